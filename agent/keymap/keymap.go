@@ -1,0 +1,251 @@
+// Package keymap maps rows of published tables to store keys through key
+// templates such as "/Index/{index_id}/{id}".
+package keymap
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"unicode/utf8"
+)
+
+// DefaultTemplates are the Bagger-compatible keys.
+func DefaultTemplates() map[string]string {
+	return map[string]string{
+		"storage.config":            "/Config/{key}",
+		"storage.postgres_instance": "/PostgresInstance/{host}/{port}",
+		"storage.servermap":         "/Servermap",
+		"storage.dimension":         "/Dimension/{id}",
+		"storage.index":             "/Index/{id}",
+		"storage.index_field":       "/Index/{index_id}/{id}",
+	}
+}
+
+// Mapper maps rows of published tables to store keys. Safe for concurrent use
+// (it is immutable after New).
+type Mapper struct {
+	prefix    string
+	templates map[string]*Template
+}
+
+// Template is one compiled key template.
+type Template struct {
+	table string
+	segs  []segment
+	cols  []string
+}
+
+type segment struct {
+	lit string
+	col string
+	isC bool
+}
+
+// New builds a mapper; every key is under prefix. templates override or
+// extend the defaults (keyed "schema.table"). Templates whose shapes could
+// produce the same key are rejected.
+func New(prefix string, templates map[string]string) (*Mapper, error) {
+	if prefix != "" {
+		if !strings.HasPrefix(prefix, "/") || strings.HasSuffix(prefix, "/") || strings.Contains(prefix, "//") {
+			return nil, fmt.Errorf("keymap: invalid prefix %q", prefix)
+		}
+	}
+	all := DefaultTemplates()
+	for k, v := range templates {
+		all[k] = v
+	}
+	m := &Mapper{prefix: prefix, templates: map[string]*Template{}}
+	shapes := map[string]string{}
+	for table, src := range all {
+		t, err := compile(table, prefix, src)
+		if err != nil {
+			return nil, err
+		}
+		shape := t.shape()
+		if other, ok := shapes[shape]; ok {
+			return nil, fmt.Errorf("keymap: templates of %s and %s can produce the same key", other, table)
+		}
+		shapes[shape] = table
+		m.templates[table] = t
+	}
+	return m, nil
+}
+
+func compile(table, prefix, src string) (*Template, error) {
+	if !strings.HasPrefix(src, "/") {
+		return nil, fmt.Errorf("keymap: template of %s must start with '/': %q", table, src)
+	}
+	t := &Template{table: table}
+	for _, p := range strings.Split(strings.TrimPrefix(prefix, "/"), "/") {
+		if p != "" {
+			t.segs = append(t.segs, segment{lit: p})
+		}
+	}
+	for _, p := range strings.Split(src[1:], "/") {
+		switch {
+		case p == "":
+			return nil, fmt.Errorf("keymap: template of %s has an empty segment: %q", table, src)
+		case strings.HasPrefix(p, "{") && strings.HasSuffix(p, "}") && len(p) > 2:
+			c := p[1 : len(p)-1]
+			if strings.ContainsAny(c, "{}") {
+				return nil, fmt.Errorf("keymap: template of %s has a bad column segment %q", table, p)
+			}
+			t.segs = append(t.segs, segment{col: c, isC: true})
+			t.cols = append(t.cols, c)
+		default:
+			if strings.ContainsAny(p, "{}") || !utf8.ValidString(p) || strings.ContainsRune(p, 0) {
+				return nil, fmt.Errorf("keymap: template of %s has a bad literal segment %q", table, p)
+			}
+			t.segs = append(t.segs, segment{lit: p})
+		}
+	}
+	return t, nil
+}
+
+func (t *Template) shape() string {
+	var b strings.Builder
+	for _, s := range t.segs {
+		b.WriteByte('/')
+		if s.isC {
+			b.WriteString("{}")
+		} else {
+			b.WriteString(s.lit)
+		}
+	}
+	return b.String()
+}
+
+// ParseTemplates parses "schema.table=/Tmpl/{col},schema2.t2=/X/{a}/{b}".
+func ParseTemplates(s string) (map[string]string, error) {
+	out := map[string]string{}
+	for _, e := range strings.Split(s, ",") {
+		e = strings.TrimSpace(e)
+		if e == "" {
+			continue
+		}
+		name, tmpl, ok := strings.Cut(e, "=")
+		if !ok || !strings.Contains(name, ".") || tmpl == "" {
+			return nil, fmt.Errorf("keymap: bad template entry %q (want schema.table=/Key/{col})", e)
+		}
+		out[name] = tmpl
+	}
+	return out, nil
+}
+
+// Table returns the compiled key template for a table; pk is its primary key
+// columns in key order, used only when no template is configured. The caller
+// checks Columns() against the relation.
+func (m *Mapper) Table(schema, table string, pk []string) (*Template, error) {
+	name := schema + "." + table
+	if t, ok := m.templates[name]; ok {
+		return t, nil
+	}
+	if len(pk) == 0 {
+		return nil, fmt.Errorf("keymap: table %s has no template and no primary key", name)
+	}
+	src := "/" + EscapeSegment(schema) + "/" + EscapeSegment(table)
+	for _, c := range pk {
+		src += "/{" + c + "}"
+	}
+	return compile(name, m.prefix, src)
+}
+
+// Columns returns the columns the key needs, in template order.
+func (t *Template) Columns() []string { return append([]string(nil), t.cols...) }
+
+// Singleton reports a template with no column.
+func (t *Template) Singleton() bool { return len(t.cols) == 0 }
+
+// Prefix is the fixed leading part of the template's keys.
+func (t *Template) Prefix() string {
+	var b strings.Builder
+	for _, s := range t.segs {
+		if s.isC {
+			break
+		}
+		b.WriteByte('/')
+		b.WriteString(s.lit)
+	}
+	return b.String()
+}
+
+// Key builds the key from the row's values as JSON.
+func (t *Template) Key(row map[string]json.RawMessage) (string, error) {
+	var b strings.Builder
+	for _, s := range t.segs {
+		b.WriteByte('/')
+		if !s.isC {
+			b.WriteString(s.lit)
+			continue
+		}
+		raw, ok := row[s.col]
+		if !ok {
+			return "", fmt.Errorf("keymap: %s: key column %q missing", t.table, s.col)
+		}
+		v := strings.TrimSpace(string(raw))
+		if v == "null" || v == "" {
+			return "", fmt.Errorf("keymap: %s: key column %q is NULL", t.table, s.col)
+		}
+		if v[0] == '"' {
+			var str string
+			if err := json.Unmarshal(raw, &str); err != nil {
+				return "", fmt.Errorf("keymap: %s: key column %q: %w", t.table, s.col, err)
+			}
+			v = str
+		}
+		if v == "" || strings.ContainsRune(v, 0) || !utf8.ValidString(v) {
+			return "", fmt.Errorf("keymap: %s: key column %q gives an invalid key segment", t.table, s.col)
+		}
+		b.WriteString(EscapeSegment(v))
+	}
+	return b.String(), nil
+}
+
+// Match reports whether a store key has this template's shape.
+func (t *Template) Match(key string) bool {
+	if !strings.HasPrefix(key, "/") {
+		return false
+	}
+	parts := strings.Split(key[1:], "/")
+	if len(parts) != len(t.segs) {
+		return false
+	}
+	for i, s := range t.segs {
+		if parts[i] == "" || (!s.isC && parts[i] != s.lit) {
+			return false
+		}
+	}
+	return true
+}
+
+// EscapeSegment escapes '%' and '/' so a key always splits back into its parts.
+func EscapeSegment(s string) string {
+	if !strings.ContainsAny(s, "%/") {
+		return s
+	}
+	return strings.NewReplacer("%", "%25", "/", "%2F").Replace(s)
+}
+
+// UnescapeSegment reverses EscapeSegment.
+func UnescapeSegment(s string) (string, error) {
+	if !strings.Contains(s, "%") {
+		return s, nil
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] != '%' {
+			b.WriteByte(s[i])
+			continue
+		}
+		switch {
+		case strings.HasPrefix(s[i:], "%25"):
+			b.WriteByte('%')
+		case strings.HasPrefix(s[i:], "%2F"):
+			b.WriteByte('/')
+		default:
+			return "", fmt.Errorf("keymap: bad escape in segment %q", s)
+		}
+		i += 2
+	}
+	return b.String(), nil
+}

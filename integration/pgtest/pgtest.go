@@ -1,0 +1,478 @@
+// Package pgtest starts real, throwaway PostgreSQL servers for tests.
+//
+// A test binary shares one cluster (wal_level=logical) started on first use
+// and stopped by Main; each test gets a fresh database from NewDatabase,
+// dropped in t.Cleanup. Tests that restart or reconfigure the server start
+// a private cluster with StartCluster.
+//
+//	func TestMain(m *testing.M) { pgtest.Main(m) }
+//
+//	func TestX(t *testing.T) {
+//		url := pgtest.NewDatabase(t)
+//		...
+//	}
+//
+// The server binaries are found through $LENKWERK_PG_BINDIR, `pg_config
+// --bindir`, /usr/lib/postgresql/*/bin or $PATH. When the test runs as root
+// the server runs as the "postgres" user, since PostgreSQL refuses root.
+// With LENKWERK_TEST_DATABASE_URL set (a superuser URL of a server with
+// wal_level=logical) NewDatabase uses that server instead of starting one.
+package pgtest
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Options configure a cluster started by StartCluster.
+type Options struct {
+	// WalLevel is the wal_level setting; default "logical".
+	WalLevel string
+	// Settings are extra postgresql.conf settings (name → value).
+	Settings map[string]string
+}
+
+// Cluster is a PostgreSQL server started from the machine's binaries (or an
+// external server named by LENKWERK_TEST_DATABASE_URL).
+type Cluster struct {
+	bindir  string
+	dir     string // holds data/ and the socket dir
+	port    int
+	owner   *syscall.Credential
+	extURL  *url.URL
+	mu      sync.Mutex
+	running bool
+}
+
+var (
+	sharedOnce sync.Once
+	shared     *Cluster
+	sharedErr  error
+)
+
+// Main runs the tests of m and stops the shared cluster afterwards. Call it
+// from TestMain.
+func Main(m *testing.M) {
+	code := m.Run()
+	if shared != nil {
+		if err := shared.Destroy(); err != nil {
+			fmt.Fprintf(os.Stderr, "pgtest: stop shared cluster: %v\n", err)
+		}
+	}
+	os.Exit(code)
+}
+
+// Shared returns the test binary's shared cluster, starting it on first use.
+// Without Main in TestMain the cluster outlives the test binary, so packages
+// that use it must call Main from TestMain.
+func Shared(tb testing.TB) *Cluster {
+	tb.Helper()
+	sharedOnce.Do(func() {
+		if raw := os.Getenv("LENKWERK_TEST_DATABASE_URL"); raw != "" {
+			u, err := url.Parse(raw)
+			if err != nil {
+				sharedErr = fmt.Errorf("LENKWERK_TEST_DATABASE_URL: cannot parse URL")
+				return
+			}
+			shared = &Cluster{extURL: u, running: true}
+			return
+		}
+		shared, sharedErr = start(Options{})
+	})
+	if sharedErr != nil {
+		tb.Fatalf("pgtest: %v", sharedErr)
+	}
+	return shared
+}
+
+// NewDatabase creates a fresh database on the shared cluster and returns a
+// superuser URL for it; the database (and any replication slot in it) is
+// dropped when the test ends.
+func NewDatabase(tb testing.TB) string {
+	tb.Helper()
+	return Shared(tb).NewDatabase(tb)
+}
+
+// StartCluster starts a private cluster that the test may stop, restart or
+// configure; it is destroyed when the test ends.
+func StartCluster(tb testing.TB, opts Options) *Cluster {
+	tb.Helper()
+	c, err := start(opts)
+	if err != nil {
+		tb.Fatalf("pgtest: %v", err)
+	}
+	tb.Cleanup(func() {
+		if err := c.Destroy(); err != nil {
+			tb.Errorf("pgtest: destroy cluster: %v", err)
+		}
+	})
+	return c
+}
+
+// BinDir finds the directory holding the PostgreSQL server binaries.
+func BinDir() (string, error) {
+	if d := os.Getenv("LENKWERK_PG_BINDIR"); d != "" {
+		return d, nil
+	}
+	if out, err := exec.Command("pg_config", "--bindir").Output(); err == nil {
+		d := strings.TrimSpace(string(out))
+		if _, err := os.Stat(filepath.Join(d, "initdb")); err == nil {
+			return d, nil
+		}
+	}
+	if m, _ := filepath.Glob("/usr/lib/postgresql/*/bin/initdb"); len(m) > 0 {
+		sort.Slice(m, func(i, j int) bool { return versionOf(m[i]) > versionOf(m[j]) })
+		return filepath.Dir(m[0]), nil
+	}
+	if p, err := exec.LookPath("initdb"); err == nil {
+		return filepath.Dir(p), nil
+	}
+	return "", errors.New("no PostgreSQL server binaries found: install postgresql (Debian: apt-get install postgresql) or set LENKWERK_PG_BINDIR")
+}
+
+func versionOf(initdb string) int {
+	v, _ := strconv.Atoi(filepath.Base(filepath.Dir(filepath.Dir(initdb))))
+	return v
+}
+
+func start(opts Options) (*Cluster, error) {
+	bindir, err := BinDir()
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", "lenkwerk-pgtest-")
+	if err != nil {
+		return nil, fmt.Errorf("make cluster dir: %w", err)
+	}
+	c := &Cluster{bindir: bindir, dir: dir}
+	if os.Geteuid() == 0 {
+		cred, err := postgresUser()
+		if err != nil {
+			os.RemoveAll(dir)
+			return nil, err
+		}
+		c.owner = cred
+		if err := os.Chown(dir, int(cred.Uid), int(cred.Gid)); err != nil {
+			os.RemoveAll(dir)
+			return nil, fmt.Errorf("chown cluster dir: %w", err)
+		}
+	}
+	if err := c.initdb(opts); err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	if err := c.Start(); err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	return c, nil
+}
+
+func postgresUser() (*syscall.Credential, error) {
+	u, err := user.Lookup("postgres")
+	if err != nil {
+		return nil, fmt.Errorf("running as root and there is no postgres user to run the server as: %w", err)
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, nil
+}
+
+func (c *Cluster) dataDir() string { return filepath.Join(c.dir, "data") }
+
+func (c *Cluster) command(name string, args ...string) *exec.Cmd {
+	cmd := exec.Command(filepath.Join(c.bindir, name), args...)
+	cmd.Dir = c.dir
+	cmd.Env = append(os.Environ(), "LC_ALL=C", "TZ=UTC")
+	if c.owner != nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: c.owner}
+	}
+	return cmd
+}
+
+func (c *Cluster) run(name string, args ...string) error {
+	out, err := c.command(name, args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s %s: %w\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return nil
+}
+
+func (c *Cluster) initdb(opts Options) error {
+	if err := c.run("initdb", "-D", c.dataDir(), "-U", "postgres", "--auth=trust", "--encoding=UTF8", "--no-sync", "--locale=C"); err != nil {
+		return err
+	}
+	port, err := freePort()
+	if err != nil {
+		return err
+	}
+	c.port = port
+	walLevel := opts.WalLevel
+	if walLevel == "" {
+		walLevel = "logical"
+	}
+	settings := map[string]string{
+		"listen_addresses":        "'127.0.0.1'",
+		"port":                    strconv.Itoa(port),
+		"unix_socket_directories": "'" + c.dir + "'",
+		"wal_level":               walLevel,
+		"max_replication_slots":   "64",
+		"max_wal_senders":         "64",
+		"max_connections":         "300",
+		"fsync":                   "off",
+		"full_page_writes":        "off",
+		"synchronous_commit":      "off",
+		"timezone":                "'UTC'",
+		"log_min_messages":        "warning",
+		"logging_collector":       "off",
+	}
+	for k, v := range opts.Settings {
+		settings[k] = v
+	}
+	var b strings.Builder
+	b.WriteString("\n# pgtest\n")
+	keys := make([]string, 0, len(settings))
+	for k := range settings {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		fmt.Fprintf(&b, "%s = %s\n", k, settings[k])
+	}
+	f, err := os.OpenFile(filepath.Join(c.dataDir(), "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		return fmt.Errorf("open postgresql.conf: %w", err)
+	}
+	defer f.Close()
+	if _, err := f.WriteString(b.String()); err != nil {
+		return fmt.Errorf("write postgresql.conf: %w", err)
+	}
+	// Allow replication connections over TCP for every role (trust: tests only).
+	hba, err := os.OpenFile(filepath.Join(c.dataDir(), "pg_hba.conf"), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		return fmt.Errorf("open pg_hba.conf: %w", err)
+	}
+	defer hba.Close()
+	_, err = hba.WriteString("host replication all 127.0.0.1/32 trust\n")
+	return err
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("find a free port: %w", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// Start starts a stopped cluster and waits until it accepts connections.
+func (c *Cluster) Start() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.extURL != nil {
+		return errors.New("cannot start an external server")
+	}
+	if c.running {
+		return nil
+	}
+	logFile := filepath.Join(c.dir, "server.log")
+	if err := c.run("pg_ctl", "-D", c.dataDir(), "-l", logFile, "-w", "-t", "60", "start"); err != nil {
+		log, _ := os.ReadFile(logFile)
+		return fmt.Errorf("%w\nserver log:\n%s", err, log)
+	}
+	c.running = true
+	return nil
+}
+
+// Stop stops the cluster (fast shutdown: clients are disconnected).
+func (c *Cluster) Stop() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.extURL != nil {
+		return errors.New("cannot stop an external server")
+	}
+	if !c.running {
+		return nil
+	}
+	if err := c.run("pg_ctl", "-D", c.dataDir(), "-m", "fast", "-w", "-t", "60", "stop"); err != nil {
+		return err
+	}
+	c.running = false
+	return nil
+}
+
+// Restart stops and starts the cluster on the same port.
+func (c *Cluster) Restart() error {
+	if err := c.Stop(); err != nil {
+		return err
+	}
+	return c.Start()
+}
+
+// Destroy stops the cluster and removes its files.
+func (c *Cluster) Destroy() error {
+	if c.extURL != nil {
+		return nil
+	}
+	c.mu.Lock()
+	running := c.running
+	c.mu.Unlock()
+	var err error
+	if running {
+		if err = c.Stop(); err != nil {
+			// Last resort: immediate shutdown, so no server outlives the test.
+			_ = c.run("pg_ctl", "-D", c.dataDir(), "-m", "immediate", "-w", "stop")
+		}
+	}
+	if rmErr := os.RemoveAll(c.dir); rmErr != nil && err == nil {
+		err = rmErr
+	}
+	return err
+}
+
+// Port is the TCP port the cluster listens on (127.0.0.1).
+func (c *Cluster) Port() int {
+	if c.extURL != nil {
+		p, _ := strconv.Atoi(c.extURL.Port())
+		return p
+	}
+	return c.port
+}
+
+// DataDir is the cluster's data directory (empty for an external server).
+func (c *Cluster) DataDir() string {
+	if c.extURL != nil {
+		return ""
+	}
+	return c.dataDir()
+}
+
+// BinDir is the directory of the server binaries (pg_recvlogical, psql…).
+func (c *Cluster) BinDir() string { return c.bindir }
+
+// URL returns a connection URL for database db as user (superuser
+// "postgres" when user is empty).
+func (c *Cluster) URL(db, user string) string {
+	if c.extURL != nil {
+		u := *c.extURL
+		u.Path = "/" + db
+		if user != "" {
+			u.User = url.User(user)
+		}
+		return u.String()
+	}
+	if user == "" {
+		user = "postgres"
+	}
+	u := url.URL{
+		Scheme:   "postgres",
+		User:     url.User(user),
+		Host:     net.JoinHostPort("127.0.0.1", strconv.Itoa(c.port)),
+		Path:     "/" + db,
+		RawQuery: "sslmode=disable",
+	}
+	return u.String()
+}
+
+// NewDatabase creates a fresh database and returns its superuser URL. The
+// database and its replication slots are dropped when the test ends.
+func (c *Cluster) NewDatabase(tb testing.TB) string {
+	tb.Helper()
+	var rnd [6]byte
+	_, _ = rand.Read(rnd[:])
+	name := "t_" + sanitize(tb.Name()) + "_" + hex.EncodeToString(rnd[:])
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := c.exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
+		tb.Fatalf("pgtest: create database: %v", err)
+	}
+	tb.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := c.DropDatabase(ctx, name); err != nil {
+			tb.Errorf("pgtest: %v", err)
+		}
+	})
+	return c.URL(name, "")
+}
+
+// DropDatabase drops database name, first terminating its sessions and
+// dropping its replication slots (DROP DATABASE refuses while slots exist).
+func (c *Cluster) DropDatabase(ctx context.Context, name string) error {
+	c.mu.Lock()
+	running := c.running
+	c.mu.Unlock()
+	if !running {
+		return nil // the test stopped it; Destroy removes the files
+	}
+	conn, err := pgx.Connect(ctx, c.URL("postgres", ""))
+	if err != nil {
+		return fmt.Errorf("drop database %s: connect: %w", name, err)
+	}
+	defer conn.Close(ctx)
+	// A walsender may hold a slot; terminate sessions until the slots go.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		_, _ = conn.Exec(ctx, `SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE database = $1 AND active_pid IS NOT NULL`, name)
+		_, err = conn.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = $1 AND NOT active`, name)
+		var left int
+		if qerr := conn.QueryRow(ctx, `SELECT count(*) FROM pg_replication_slots WHERE database = $1`, name).Scan(&left); qerr != nil {
+			return fmt.Errorf("drop database %s: count slots: %w", name, qerr)
+		}
+		if left == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("drop database %s: %d replication slots stay active: %v", name, left, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if _, err := conn.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)"); err != nil {
+		return fmt.Errorf("drop database %s: %w", name, err)
+	}
+	return nil
+}
+
+func (c *Cluster) exec(ctx context.Context, sql string) error {
+	conn, err := pgx.Connect(ctx, c.URL("postgres", ""))
+	if err != nil {
+		return fmt.Errorf("connect: %w", err)
+	}
+	defer conn.Close(ctx)
+	_, err = conn.Exec(ctx, sql)
+	return err
+}
+
+func sanitize(name string) string {
+	var b strings.Builder
+	for _, r := range strings.ToLower(name) {
+		if (r >= 'a' && r <= 'z') || (r >= '0' && r <= '9') {
+			b.WriteRune(r)
+		} else {
+			b.WriteByte('_')
+		}
+		if b.Len() >= 40 {
+			break
+		}
+	}
+	return b.String()
+}

@@ -1,0 +1,122 @@
+package kvdriver
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"unicode/utf8"
+)
+
+// DefaultMaxKeyBytes bounds key length for every driver.
+const DefaultMaxKeyBytes = 1024
+
+// ValidateKey reports whether key is a valid store key: it starts with '/',
+// has no empty segment (no "//", no trailing '/'), is valid UTF-8 without NUL
+// and is at most DefaultMaxKeyBytes long. The error wraps ErrInvalidKey and
+// names the problem.
+func ValidateKey(key string) error {
+	if err := validatePath(key); err != nil {
+		return err
+	}
+	if key == "/" {
+		return fmt.Errorf("%w: %q is the root, not a key", ErrInvalidKey, key)
+	}
+	return nil
+}
+
+// ValidatePrefix is ValidateKey but also accepts the root "/".
+func ValidatePrefix(prefix string) error { return validatePath(prefix) }
+
+func validatePath(key string) error {
+	switch {
+	case key == "":
+		return fmt.Errorf("%w: empty key", ErrInvalidKey)
+	case len(key) > DefaultMaxKeyBytes:
+		return fmt.Errorf("%w: key is %d bytes, longer than %d", ErrInvalidKey, len(key), DefaultMaxKeyBytes)
+	case key[0] != '/':
+		return fmt.Errorf("%w: key %q does not start with '/'", ErrInvalidKey, key)
+	case !utf8.ValidString(key):
+		return fmt.Errorf("%w: key %q is not valid UTF-8", ErrInvalidKey, key)
+	case strings.IndexByte(key, 0) >= 0:
+		return fmt.Errorf("%w: key %q contains a NUL byte", ErrInvalidKey, key)
+	case key == "/":
+		return nil
+	case strings.HasSuffix(key, "/"):
+		return fmt.Errorf("%w: key %q ends with '/'", ErrInvalidKey, key)
+	case strings.Contains(key, "//"):
+		return fmt.Errorf("%w: key %q has an empty segment", ErrInvalidKey, key)
+	}
+	return nil
+}
+
+// ValidateValue reports whether value is a single valid JSON document. The
+// error wraps ErrInvalidValue.
+func ValidateValue(value []byte) error {
+	if len(value) == 0 {
+		return fmt.Errorf("%w: empty value (a delete is Delete, not an empty Put)", ErrInvalidValue)
+	}
+	if !json.Valid(value) {
+		return fmt.Errorf("%w: value is not valid JSON", ErrInvalidValue)
+	}
+	return nil
+}
+
+// InPrefix reports whether key is at or below prefix ("/Index" holds
+// "/Index" and "/Index/1" but not "/IndexField"; "/" holds every key).
+func InPrefix(key, prefix string) bool {
+	if prefix == "/" {
+		return strings.HasPrefix(key, "/")
+	}
+	return key == prefix || (strings.HasPrefix(key, prefix) && len(key) > len(prefix) && key[len(prefix)] == '/')
+}
+
+// ValidateBatch checks every op of a batch against the key and value rules,
+// duplicate keys and limits, so a driver can reject a bad batch before
+// writing anything.
+func ValidateBatch(ops []Op, l Limits) error {
+	if l.MaxBatchOps > 0 && len(ops) > l.MaxBatchOps {
+		return fmt.Errorf("%w: batch has %d operations, more than %d", ErrTooLarge, len(ops), l.MaxBatchOps)
+	}
+	seen := make(map[string]struct{}, len(ops))
+	size := 0
+	for i, op := range ops {
+		if err := ValidateKey(op.Key); err != nil {
+			return fmt.Errorf("batch operation %d: %w", i, err)
+		}
+		if _, dup := seen[op.Key]; dup {
+			return fmt.Errorf("%w: key %q appears twice", ErrInvalidBatch, op.Key)
+		}
+		seen[op.Key] = struct{}{}
+		switch op.Type {
+		case OpPut:
+			if err := ValidatePut(op.Key, op.Value, l); err != nil {
+				return fmt.Errorf("batch operation %d: %w", i, err)
+			}
+		case OpDelete:
+		default:
+			return fmt.Errorf("%w: operation %d on %q has unknown type %d", ErrInvalidBatch, i, op.Key, op.Type)
+		}
+		size += len(op.Key) + len(op.Value)
+	}
+	if l.MaxBatchBytes > 0 && size > l.MaxBatchBytes {
+		return fmt.Errorf("%w: batch is %d bytes, more than %d", ErrTooLarge, size, l.MaxBatchBytes)
+	}
+	return nil
+}
+
+// ValidatePut checks a single put against the key and value rules and limits.
+func ValidatePut(key string, value []byte, l Limits) error {
+	if err := ValidateKey(key); err != nil {
+		return err
+	}
+	if l.MaxKeyBytes > 0 && len(key) > l.MaxKeyBytes {
+		return fmt.Errorf("%w: key %q is %d bytes, more than %d", ErrTooLarge, key, len(key), l.MaxKeyBytes)
+	}
+	if l.MaxValueBytes > 0 && len(value) > l.MaxValueBytes {
+		return fmt.Errorf("%w: value for %q is %d bytes, more than %d", ErrTooLarge, key, len(value), l.MaxValueBytes)
+	}
+	if err := ValidateValue(value); err != nil {
+		return fmt.Errorf("key %q: %w", key, err)
+	}
+	return nil
+}

@@ -1,0 +1,152 @@
+package kvdriver
+
+import (
+	"context"
+	"errors"
+)
+
+// Sentinel errors shared by every driver. Drivers wrap them with context;
+// test with errors.Is.
+var (
+	// ErrNotFound: the key does not exist.
+	ErrNotFound = errors.New("kvdriver: key not found")
+	// ErrCompacted: the revision a watch asked for is older than the
+	// store's retained history. List again and watch from the listed revision.
+	ErrCompacted = errors.New("kvdriver: required revision has been compacted")
+	// ErrInvalidKey: a key or prefix breaks the key rules (see ValidateKey).
+	ErrInvalidKey = errors.New("kvdriver: invalid key")
+	// ErrInvalidValue: a value is not a valid JSON document.
+	ErrInvalidValue = errors.New("kvdriver: invalid value")
+	// ErrInvalidBatch: a batch names one key twice or has an unknown operation.
+	ErrInvalidBatch = errors.New("kvdriver: invalid batch")
+	// ErrTooLarge: a value, key or batch exceeds the driver's Limits.
+	ErrTooLarge = errors.New("kvdriver: exceeds store limit")
+	// ErrClosed: the store has been closed.
+	ErrClosed = errors.New("kvdriver: store is closed")
+	// ErrUnsupportedScheme: no driver is registered for the URL's scheme.
+	ErrUnsupportedScheme = errors.New("kvdriver: unsupported URL scheme")
+	// ErrInvalidURL: the store URL cannot be parsed or has a bad parameter.
+	ErrInvalidURL = errors.New("kvdriver: invalid store URL")
+)
+
+// OpType says what an Op or Event does to its key.
+type OpType uint8
+
+const (
+	// OpPut creates or replaces a key's value.
+	OpPut OpType = iota + 1
+	// OpDelete removes a key; deleting an absent key is not an error and
+	// produces no event.
+	OpDelete
+)
+
+// String returns "put" or "delete".
+func (t OpType) String() string {
+	switch t {
+	case OpPut:
+		return "put"
+	case OpDelete:
+		return "delete"
+	}
+	return "unknown"
+}
+
+// KV is a stored key and its value.
+type KV struct {
+	Key   string
+	Value []byte
+	// ModRevision is the revision of the last change to this key.
+	ModRevision int64
+}
+
+// Op is one operation of an atomic batch (see Store.Apply).
+type Op struct {
+	Type  OpType
+	Key   string
+	Value []byte // JSON; nil for OpDelete
+}
+
+// Put returns a put operation for Store.Apply.
+func Put(key string, value []byte) Op { return Op{Type: OpPut, Key: key, Value: value} }
+
+// Delete returns a delete operation for Store.Apply.
+func Delete(key string) Op { return Op{Type: OpDelete, Key: key} }
+
+// Event is one change seen by a watch.
+type Event struct {
+	Type     OpType
+	Key      string
+	Value    []byte // nil for OpDelete
+	Revision int64
+}
+
+// WatchResponse carries the events of one or more whole revisions, in
+// revision order. A response with a non-nil Err is the last one on its
+// channel.
+type WatchResponse struct {
+	Events []Event
+	// Revision is the store revision this response brings the watcher up
+	// to (at least the revision of its last event).
+	Revision int64
+	Err      error
+}
+
+// Limits are a driver's size limits. A batch must satisfy all of them;
+// zero means "no limit".
+type Limits struct {
+	// MaxKeyBytes is the longest key accepted.
+	MaxKeyBytes int
+	// MaxValueBytes is the largest value accepted in a single Put.
+	MaxValueBytes int
+	// MaxBatchOps is the most operations one Apply may carry.
+	MaxBatchOps int
+	// MaxBatchBytes is the most key plus value bytes one Apply may carry.
+	MaxBatchBytes int
+}
+
+// Store is a connection to a key-value store. It is safe for concurrent use.
+//
+// Keys must satisfy ValidateKey and values must be valid JSON; otherwise
+// nothing is written and the error wraps ErrInvalidKey or ErrInvalidValue
+// and names the problem.
+type Store interface {
+	// Get returns the key's value, or an error wrapping ErrNotFound.
+	Get(ctx context.Context, key string) (KV, error)
+
+	// Put sets key to value and returns the new store revision.
+	Put(ctx context.Context, key string, value []byte) (rev int64, err error)
+
+	// Delete removes key and returns the store revision after it. Deleting
+	// an absent key succeeds and creates no revision.
+	Delete(ctx context.Context, key string) (rev int64, err error)
+
+	// List returns every key at or below prefix, sorted by key, and the
+	// store revision the listing reflects. Watching from that revision
+	// continues exactly where the listing ends.
+	List(ctx context.Context, prefix string) (kvs []KV, rev int64, err error)
+
+	// Apply applies ops atomically: all or none, as one revision, seen by
+	// watchers as one response. A batch may name each key once (otherwise
+	// ErrInvalidBatch) and must fit Limits (otherwise ErrTooLarge). It
+	// returns the store revision after the batch.
+	Apply(ctx context.Context, ops []Op) (rev int64, err error)
+
+	// Watch reports every change at or below prefix with a revision greater
+	// than afterRev, in revision order, exactly once; afterRev 0 means "from
+	// the current revision". The watch survives server restarts and
+	// connection loss, resuming after the last revision it delivered. The
+	// channel is closed when ctx is done or after a response with Err set
+	// (wrapping ErrCompacted when history before afterRev is gone).
+	Watch(ctx context.Context, prefix string, afterRev int64) <-chan WatchResponse
+
+	// Compact discards history at and before rev; watches from older
+	// revisions then fail with ErrCompacted.
+	Compact(ctx context.Context, rev int64) error
+
+	// Limits reports the driver's size limits.
+	Limits() Limits
+
+	// Close releases the store's resources and ends its watches. It is
+	// idempotent.
+	Close() error
+}
