@@ -1,0 +1,2 @@
+-- Nothing to undo: the up migration only checks wal_level.
+SELECT 1;

@@ -1,0 +1,37 @@
+// Package migrations provisions the Lenkwerk database: the Bagger cluster
+// state in schema storage, the configuration-tool functions, the roles
+// lenkwerk_admin, lenkwerk_config and lenkwerk_agent, the publication and
+// the logical replication slot the agent streams.
+//
+// The schema lives in this directory as golang-migrate files
+// (NNNNNN_name.up.sql / .down.sql), embedded into the binary and run by
+// Up, Down, Goto and Force through golang-migrate's pgx/v5 driver. The
+// stock CLI runs the same folder unchanged:
+//
+//	migrate -path migrations -database 'pgx5://postgres@host/lenkwerk' up
+//
+// # Names
+//
+// The publication (default bagger_lw_storage) and slot (default lw_agent)
+// are named by the custom settings lenkwerk.publication_name and
+// lenkwerk.slot_name, read by the SQL itself since golang-migrate has no
+// templating. Options.Publication and Options.Slot set them as runtime
+// parameters of the migration connection; stock CLI users add them to the
+// URL (?lenkwerk.slot_name=s) or set them with ALTER DATABASE ... SET. The
+// names are recorded in table lenkwerk.setting when the publication is
+// created, and the slot and the down migrations use the recorded names, so
+// a later run without options still finds what was created.
+//
+// # Requirements and failures
+//
+// The server needs wal_level=logical; Up and Goto check it before touching
+// the database, and migration 1 checks it again for the stock CLI. Run the
+// migrations as a superuser: creating a REPLICATION role needs one. Each
+// migration file is one transaction, so a failed migration changes nothing
+// but marks the version dirty; errors say which `lenkwerk migrate force V`
+// clears that once the cause is fixed.
+//
+// Roles are cluster-wide: up tolerates existing ones, and down leaves them
+// (drop them by hand once no database uses them). golang-migrate's own
+// version table (public.schema_migrations) also stays after down to 0.
+package migrations
