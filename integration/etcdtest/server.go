@@ -167,7 +167,14 @@ func (s *Server) Start(ctx context.Context) error {
 // Stop stops the server and keeps its data. Open client connections are
 // closed; etcd waits up to its request timeout (about 7 s) for streams
 // such as watches to end. Stopping a stopped server does nothing.
-func (s *Server) Stop() error {
+func (s *Server) Stop() error { return s.stop(false) }
+
+// Kill stops the server as a crash would look to the other members: raft
+// stops first, without handing leadership over, then the listeners close.
+// The data is kept, so Start brings the member back.
+func (s *Server) Kill() error { return s.stop(true) }
+
+func (s *Server) stop(hard bool) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.etcd == nil {
@@ -175,6 +182,9 @@ func (s *Server) Stop() error {
 	}
 	e := s.etcd
 	s.etcd = nil
+	if hard {
+		e.Server.HardStop()
+	}
 	e.Close()
 	// Err is closed by Close; an error left on it is a failure while
 	// serving, not part of stopping.

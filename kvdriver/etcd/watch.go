@@ -1,0 +1,200 @@
+package etcd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/bagger/lenkwerk/kvdriver"
+)
+
+// Backoff between re-establishing a watch whose stream ended.
+const (
+	minWatchBackoff = 50 * time.Millisecond
+	maxWatchBackoff = 2 * time.Second
+)
+
+// Watch reports every change at or below prefix after afterRev (see
+// kvdriver.Store). With afterRev 0 it resolves the current revision before
+// it returns, so a write made after Watch returns is always seen.
+func (s *Store) Watch(ctx context.Context, prefix string, afterRev int64) <-chan kvdriver.WatchResponse {
+	out := make(chan kvdriver.WatchResponse, 1)
+	fail := func(err error) <-chan kvdriver.WatchResponse {
+		out <- kvdriver.WatchResponse{Err: fmt.Errorf("etcd watch %q: %w", prefix, err)}
+		close(out)
+		return out
+	}
+	if err := kvdriver.ValidatePrefix(prefix); err != nil {
+		return fail(err)
+	}
+	if afterRev < 0 {
+		return fail(fmt.Errorf("negative revision %d", afterRev))
+	}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return fail(kvdriver.ErrClosed)
+	}
+	s.watches.Add(1)
+	s.mu.Unlock()
+
+	ctx, cancel := context.WithCancel(ctx)
+	stop := context.AfterFunc(s.ctx, cancel)
+	w := &watch{s: s, prefix: prefix, out: out, next: afterRev + 1}
+	if afterRev == 0 {
+		// If the server is unreachable now, run resolves the revision
+		// once it is back: no write can have happened in between
+		// through this client.
+		w.next, _ = s.currentRevision(ctx, prefix)
+	}
+	go func() {
+		defer s.watches.Done()
+		defer close(out)
+		defer cancel()
+		defer stop()
+		w.run(ctx)
+	}()
+	return out
+}
+
+// currentRevision returns the store revision plus one, by a linearizable
+// read of one key inside prefix (so a user allowed only the prefix may
+// call it).
+func (s *Store) currentRevision(ctx context.Context, prefix string) (int64, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
+	defer cancel()
+	resp, err := s.client.Get(ctx, prefix, clientv3.WithCountOnly())
+	if err != nil {
+		return 0, err
+	}
+	return resp.Header.Revision + 1, nil
+}
+
+// watch is one Watch call: it keeps an etcd watch open on its range,
+// re-establishing it from next whenever its stream ends.
+type watch struct {
+	s      *Store
+	prefix string
+	out    chan<- kvdriver.WatchResponse
+	// next is the first revision not yet delivered; 0 until resolved.
+	next int64
+}
+
+// errRetry says the etcd watch ended for a reason worth re-establishing it.
+var errRetry = errors.New("watch stream ended")
+
+func (w *watch) run(ctx context.Context) {
+	key, end := w.prefix, clientv3.GetPrefixRangeEnd(w.prefix)
+	if w.prefix != "/" {
+		// "/Index" up to "/Index0" holds "/Index" and "/Index/…" ('0' is
+		// the byte after '/'), plus rare keys such as "/Index-x" that
+		// deliver filters out; "/IndexField" stays outside.
+		end = w.prefix + "0"
+	}
+	backoff := minWatchBackoff
+	for ctx.Err() == nil {
+		if w.next == 0 {
+			rev, err := w.s.currentRevision(ctx, w.prefix)
+			if err == nil {
+				w.next = rev
+			}
+		}
+		if w.next != 0 {
+			wctx, wcancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+			wch := w.s.client.Watch(wctx, key, clientv3.WithRange(end), clientv3.WithRev(w.next), clientv3.WithProgressNotify())
+			delivered, err := w.consume(ctx, wch)
+			wcancel()
+			if !errors.Is(err, errRetry) {
+				if err != nil {
+					w.send(ctx, kvdriver.WatchResponse{Err: err})
+				}
+				return
+			}
+			if delivered {
+				backoff = minWatchBackoff
+			}
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		backoff = min(2*backoff, maxWatchBackoff)
+	}
+}
+
+// consume forwards one etcd watch channel until it closes. It returns
+// errRetry when the watch should be re-established, a terminal error, or
+// nil when ctx is done; delivered says whether it made progress.
+func (w *watch) consume(ctx context.Context, wch clientv3.WatchChan) (delivered bool, err error) {
+	for wr := range wch {
+		if err := wr.Err(); err != nil {
+			if errors.Is(err, rpctypes.ErrCompacted) || wr.CompactRevision != 0 {
+				return delivered, fmt.Errorf("etcd watch %q after revision %d: %w (history compacted up to revision %d)",
+					w.prefix, w.next-1, kvdriver.ErrCompacted, wr.CompactRevision)
+			}
+			return delivered, errRetry
+		}
+		if wr.Canceled {
+			return delivered, errRetry
+		}
+		if len(wr.Events) == 0 {
+			// A progress notification: every event up to the header's
+			// revision has been delivered.
+			if rev := wr.Header.Revision; wr.IsProgressNotify() && rev >= w.next {
+				if !w.send(ctx, kvdriver.WatchResponse{Revision: rev}) {
+					return delivered, nil
+				}
+				w.next, delivered = rev+1, true
+			}
+			continue
+		}
+		var events []kvdriver.Event
+		for _, ev := range wr.Events {
+			rev := ev.Kv.ModRevision
+			key := string(ev.Kv.Key)
+			// etcd resumes from the revision after the last one it sent,
+			// so rev < next does not happen; the check makes "nothing
+			// repeated" independent of that.
+			if rev < w.next || !kvdriver.InPrefix(key, w.prefix) {
+				continue
+			}
+			e := kvdriver.Event{Type: kvdriver.OpPut, Key: key, Value: ev.Kv.Value, Revision: rev}
+			if ev.Type == mvccpb.DELETE {
+				e.Type, e.Value = kvdriver.OpDelete, nil
+			}
+			events = append(events, e)
+		}
+		// etcd never splits a revision across watch responses, so one
+		// etcd response is whole revisions.
+		last := wr.Events[len(wr.Events)-1].Kv.ModRevision
+		if len(events) > 0 {
+			if !w.send(ctx, kvdriver.WatchResponse{Events: events, Revision: last}) {
+				return delivered, nil
+			}
+			delivered = true
+		}
+		w.next = max(w.next, last+1)
+	}
+	if ctx.Err() != nil {
+		return delivered, nil
+	}
+	return delivered, errRetry
+}
+
+// send delivers r unless ctx ends first.
+func (w *watch) send(ctx context.Context, r kvdriver.WatchResponse) bool {
+	select {
+	case w.out <- r:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
