@@ -1,0 +1,90 @@
+package pgkv
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/bagger/lenkwerk/kvdriver"
+)
+
+// Compact discards the change log at and before rev; watches from older
+// revisions then end with kvdriver.ErrCompacted. Compacting at or below the
+// current compaction point does nothing; rev beyond the store revision is
+// an error.
+func (s *Store) Compact(ctx context.Context, rev int64) error {
+	if s.closed.Load() {
+		return kvdriver.ErrClosed
+	}
+	if rev <= 0 {
+		return nil
+	}
+	var marked int64
+	err := s.pool.QueryRow(ctx, s.q.compactMark, rev).Scan(&marked)
+	if errors.Is(err, pgx.ErrNoRows) {
+		var head, compacted int64
+		if err := s.pool.QueryRow(ctx, s.q.head).Scan(&head, &compacted); err != nil {
+			return fmt.Errorf("pgkv: compact %d: %w", rev, s.translate(err))
+		}
+		if rev > head {
+			return fmt.Errorf("pgkv: compact %d: beyond the store revision %d", rev, head)
+		}
+		return nil // already compacted that far
+	}
+	if err != nil {
+		return fmt.Errorf("pgkv: compact %d: %w", rev, s.translate(err))
+	}
+	if _, err := s.pool.Exec(ctx, s.q.compactDelete, rev); err != nil {
+		// The marker holds: the rows are unreachable and go with the next
+		// compaction.
+		return fmt.Errorf("pgkv: compact %d: delete history: %w", rev, s.translate(err))
+	}
+	return nil
+}
+
+// autoCompact bounds the change log by HistoryRevisions and HistoryAge.
+// A role that may not compact (the reader) stops trying after the first
+// refusal.
+func (s *Store) autoCompact() {
+	defer s.wg.Done()
+	t := time.NewTicker(s.cfg.CompactInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-t.C:
+		}
+		err := s.compactOnce(s.ctx)
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "42501" {
+			return
+		}
+	}
+}
+
+// compactOnce compacts to the bound the configuration sets, if any.
+func (s *Store) compactOnce(ctx context.Context) error {
+	var head, compacted, target int64
+	age := s.cfg.HistoryAge
+	if err := s.pool.QueryRow(ctx, s.q.compactTarget, s.cfg.HistoryRevisions, age).Scan(&head, &compacted, &target); err != nil {
+		return err
+	}
+	if target <= compacted {
+		return nil
+	}
+	var marked int64
+	err := s.pool.QueryRow(ctx, s.q.compactMark, target).Scan(&marked)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil // another store compacted meanwhile
+	}
+	if err != nil {
+		return err
+	}
+	_, err = s.pool.Exec(ctx, s.q.compactDelete, target)
+	return err
+}

@@ -1,0 +1,114 @@
+// Package pgkv is the kvdriver driver that keeps the store in PostgreSQL
+// (tables plus LISTEN/NOTIFY), for sites that run PostgreSQL and nothing
+// else. It registers the URL schemes postgres and postgresql:
+//
+//	import _ "github.com/bagger/lenkwerk/kvdriver/pgkv"
+//
+//	store, err := kvdriver.Open(ctx, "postgres://lenkwerk@db/bagger?sslmode=verify-full&schema=lenkwerk_kv")
+//
+// # URL parameters
+//
+// The driver's parameters are removed before pgx parses the URL; all other
+// parameters are pgx's (libpq settings, pool_max_conns, server runtime
+// parameters). Parameters starting with "lenkwerk-" or "lenkwerk_" that the
+// driver does not know are rejected.
+//
+//	schema=lenkwerk_kv       schema of the tables (an identifier, at most 48 bytes); created if missing
+//	migrate=true             apply the embedded migrations on Open; false: the schema must be current
+//	listen=true              wake watches with LISTEN/NOTIFY; false: poll only
+//	poll-interval=5s         every watch reads the change log this often regardless
+//	probe-timeout=5s         how long the listener waits for its own probe NOTIFY
+//	history-revisions=100000 keep at least this many revisions of change log (0: no count bound)
+//	history-age=24h          discard change-log revisions older than this (0: no age bound)
+//	compact-interval=1m      how often the automatic compaction runs (0: never)
+//	max-value-bytes=1048576  largest value (1 MiB)
+//	max-batch-ops=10000      most operations in one Apply
+//	max-batch-bytes=67108864 most key+value bytes in one Apply (64 MiB)
+//
+// Keys are at most kvdriver.DefaultMaxKeyBytes. The limits are checked
+// before anything is sent (kvdriver.ValidateBatch).
+//
+// # Schema
+//
+// The driver's golang-migrate migrations are embedded (migrations/*.sql)
+// and record their version in <schema>.pgkv_schema_migrations, never in
+// Lenkwerk's schema_migrations. The schema holds:
+//
+//	kv       (key text COLLATE "C" PRIMARY KEY, value bytea, mod_rev bigint): the current state
+//	kv_log   (rev, idx, key, value, at): one row per event; value NULL is a delete
+//	kv_meta  one row: rev (the store revision) and compact_rev (the compaction point)
+//	kv_apply(keys text[], values bytea[], channel text): the only write path
+//
+// Values are stored as the exact bytes written (validated as JSON, never
+// re-encoded), so they read back byte for byte, as from etcd. Keys sort in
+// byte order (COLLATE "C"), like Go strings and etcd.
+//
+// # Revisions and ordering
+//
+// Each Put, Delete and Apply is one call of kv_apply, one implicit
+// transaction. kv_apply first locks the kv_meta row (SELECT ... FOR NO KEY
+// UPDATE) and takes rev+1; the lock is held until commit, so a second writer
+// cannot even obtain its revision before the first has committed.
+// Revisions therefore commit strictly in order and the committed revisions
+// are always exactly 1..kv_meta.rev: the out-of-order commit that makes
+// sequence-based designs (kine) lose events cannot happen. The price is
+// that writes are serialized; a batch is one round trip and one revision
+// (tens of thousands of keys per second). Deleting absent keys changes
+// nothing and takes no revision. The transaction sends
+// pg_notify('<schema>_changes', '<rev>') at commit; the payload is only the
+// revision, never a value.
+//
+// # Watch
+//
+// A store keeps one dedicated connection (application_name
+// lenkwerk-pgkv-listen, not from the pool) that LISTENs on the channel
+// once a watch exists. A notification only wakes the watches: each reads
+// kv_log after the last revision it delivered, up to kv_meta.rev, in one
+// statement (one snapshot), and delivers whole revisions in order. Since
+// the data comes from the log, a lost notification only delays a watch:
+// when the listener's connection drops or the server restarts, it
+// reconnects with capped backoff (50 ms to 5 s) and wakes every watch to
+// catch up; every watch also polls every poll-interval, and retries with
+// backoff when its reads fail. Nothing is missed and nothing repeated.
+//
+// # Compaction
+//
+// Compact(rev) first moves kv_meta.compact_rev, in its own transaction,
+// then deletes the log rows at and before it. A watch reads the
+// compaction point and the log in the same snapshot, so it sees either the
+// old point with all rows or the new point — and a watch whose last
+// revision is below the point ends with an error wrapping
+// kvdriver.ErrCompacted: a silent gap is impossible. The store also
+// compacts automatically every compact-interval to the newer of
+// history-revisions behind the head and history-age ago. A watch that is
+// current advances its position on every poll even when its prefix is
+// quiet, so it is only compacted away if it falls that far behind.
+//
+// # Permissions
+//
+// The migrations create the role lenkwerk_kv_reader (NOLOGIN; if absent
+// and the migrating role may create roles) and grant it USAGE on the
+// schema and SELECT on its tables: members can Get, List and Watch
+// (LISTEN needs no privilege) but every write fails with "permission
+// denied" (the error says the role is read-only), and their automatic
+// compaction stops quietly. Grant it to login roles:
+//
+//	CREATE ROLE bagger_node LOGIN PASSWORD '…' IN ROLE lenkwerk_kv_reader;
+//
+// A reader may Open with migrate=true as long as the schema is current:
+// the version is checked before any migration lock or DDL. NOTIFY needs no
+// privilege either, so any role can wake watchers needlessly; it cannot
+// make them see anything that is not in the log.
+//
+// # Connection poolers
+//
+// LISTEN does not work through a transaction-pooling proxy (pgbouncer
+// pool_mode=transaction): the LISTEN runs on a server connection that
+// goes back to the pool. The listener detects this by sending itself a
+// probe NOTIFY after LISTEN; if it is not back within probe-timeout,
+// Store.NotifyErr reports an error wrapping ErrNotifyUnavailable and the
+// watches keep working by polling alone (expect up to poll-interval of
+// latency). Better: point the store at PostgreSQL directly or at a
+// session-pooling proxy, or set listen=false and a short poll-interval.
+// Writes work through any proxy (each is one statement).
+package pgkv

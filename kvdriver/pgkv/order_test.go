@@ -1,0 +1,204 @@
+package pgkv_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/bagger/lenkwerk/integration/pgtest"
+	"github.com/bagger/lenkwerk/kvdriver"
+)
+
+// TestConcurrentWritersCommitInRevisionOrder: many goroutines over many
+// connections write single puts and batches while a watcher (on its own
+// store) checks that every revision arrives exactly once, in order, with
+// no gap. A sequence-based revision would let a later revision commit
+// first and the watcher skip the earlier one.
+func TestConcurrentWritersCommitInRevisionOrder(t *testing.T) {
+	dbURL := pgtest.NewDatabase(t)
+	writers := []kvdriver.Store{
+		openStore(t, withParams(dbURL, "pool_max_conns", "8")),
+		openStore(t, withParams(dbURL, "pool_max_conns", "8")),
+	}
+	watcherStore := openStore(t, dbURL)
+	ctx := ctxT(t)
+	_, start, err := watcherStore.List(ctx, "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	w := collect(watcherStore.Watch(wctx, "/", start))
+
+	const goroutines, perGoroutine = 24, 40
+	var (
+		wg      sync.WaitGroup
+		mu      sync.Mutex
+		revs    = map[int64]int{} // revision → events in it
+		maxRev  int64
+		batches int
+	)
+	for g := 0; g < goroutines; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s := writers[g%len(writers)]
+			for i := 0; i < perGoroutine; i++ {
+				var (
+					rev int64
+					err error
+					n   = 1
+				)
+				if i%5 == 4 {
+					n = 3
+					rev, err = s.Apply(ctx, []kvdriver.Op{
+						kvdriver.Put(fmt.Sprintf("/g%d/b/%d/x", g, i), []byte(`1`)),
+						kvdriver.Put(fmt.Sprintf("/g%d/b/%d/y", g, i), []byte(`2`)),
+						kvdriver.Put(fmt.Sprintf("/g%d/b/%d/z", g, i), []byte(`3`)),
+					})
+				} else {
+					rev, err = s.Put(ctx, fmt.Sprintf("/g%d/%d", g, i%4), []byte(fmt.Sprint(i)))
+				}
+				if err != nil {
+					t.Errorf("goroutine %d write %d: %v", g, i, err)
+					return
+				}
+				mu.Lock()
+				if _, dup := revs[rev]; dup {
+					t.Errorf("revision %d returned twice", rev)
+				}
+				revs[rev] = n
+				maxRev = max(maxRev, rev)
+				if n > 1 {
+					batches++
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if t.Failed() {
+		t.FailNow()
+	}
+	if got, want := int64(len(revs)), maxRev-start; got != want {
+		t.Fatalf("%d writes returned revisions %d..%d: not dense", got, start+1, maxRev)
+	}
+	evs := w.until(t, maxRev, 30*time.Second)
+	checkSequence(t, evs, start, maxRev)
+	perRev := map[int64]int{}
+	for _, ev := range evs {
+		perRev[ev.Revision]++
+	}
+	for rev, n := range revs {
+		if perRev[rev] != n {
+			t.Fatalf("revision %d: watcher saw %d events, want %d", rev, perRev[rev], n)
+		}
+	}
+	// A batch is never split across responses.
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	seen := map[int64]int{}
+	for i, r := range w.resps {
+		for _, ev := range r.Events {
+			if j, ok := seen[ev.Revision]; ok && j != i {
+				t.Fatalf("revision %d split across responses %d and %d", ev.Revision, j, i)
+			}
+			seen[ev.Revision] = i
+		}
+	}
+	t.Logf("%d revisions (%d batches) from %d goroutines on %d stores, all delivered in order", len(revs), batches, goroutines, len(writers))
+}
+
+// TestInterleavedTransactionsCannotCommitOutOfOrder plays the dangerous
+// interleaving by hand: transaction A takes a revision and stays open;
+// transaction B tries to write meanwhile. B must not obtain a revision until
+// A commits, so B can never commit a higher revision before A's lower one.
+func TestInterleavedTransactionsCannotCommitOutOfOrder(t *testing.T) {
+	dbURL := pgtest.NewDatabase(t)
+	s := openStore(t, dbURL)
+	ctx := ctxT(t)
+	start, err := s.Put(ctx, "/o/start", []byte(`0`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	w := collect(s.Watch(wctx, "/o", start))
+
+	connA, connB, observer := connect(t, dbURL), connect(t, dbURL), connect(t, dbURL)
+	const apply = `SELECT lenkwerk_kv.kv_apply(ARRAY[$1::text], ARRAY[convert_to($2, 'UTF8')], 'lenkwerk_kv_changes')`
+	txA, err := connA.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var revA int64
+	if err := txA.QueryRow(ctx, apply, "/o/a", `"A"`).Scan(&revA); err != nil {
+		t.Fatal(err)
+	}
+	if revA != start+1 {
+		t.Fatalf("A took revision %d, want %d", revA, start+1)
+	}
+
+	type result struct {
+		rev int64
+		err error
+	}
+	bDone := make(chan result, 1)
+	go func() {
+		txB, err := connB.Begin(ctx)
+		if err != nil {
+			bDone <- result{err: err}
+			return
+		}
+		var rev int64
+		if err := txB.QueryRow(ctx, apply, "/o/b", `"B"`).Scan(&rev); err != nil {
+			bDone <- result{err: err}
+			return
+		}
+		bDone <- result{rev: rev, err: txB.Commit(ctx)}
+	}()
+
+	// B is waiting on A's lock: it has no revision yet.
+	pidB := connB.PgConn().PID()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var waiting bool
+		if err := observer.QueryRow(ctx, `SELECT coalesce(wait_event_type = 'Lock', false) FROM pg_stat_activity WHERE pid = $1`, pidB).Scan(&waiting); err != nil {
+			t.Fatal(err)
+		}
+		if waiting {
+			break
+		}
+		select {
+		case r := <-bDone:
+			t.Fatalf("B wrote revision %d (err %v) while A (revision %d) was still open: revisions can commit out of order", r.rev, r.err, revA)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("B neither blocked nor finished")
+		}
+		time.Sleep(10 * time.Millisecond) // polling pg_stat_activity
+	}
+	// The store revision does not include A yet; nothing is delivered.
+	if _, rev, err := s.List(ctx, "/o"); err != nil || rev != start {
+		t.Fatalf("List during open A: rev %d, %v; want %d", rev, err, start)
+	}
+
+	if err := txA.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r := <-bDone
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	if r.rev != revA+1 {
+		t.Fatalf("B took revision %d after A's %d, want %d", r.rev, revA, revA+1)
+	}
+	evs := w.until(t, r.rev, 15*time.Second)
+	checkSequence(t, evs, start, r.rev)
+	if evs[0].Key != "/o/a" || evs[1].Key != "/o/b" {
+		t.Fatalf("events %v, want /o/a then /o/b", evs)
+	}
+}

@@ -1,0 +1,259 @@
+package pgkv
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"sync"
+	"sync/atomic"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/bagger/lenkwerk/kvdriver"
+)
+
+var _ kvdriver.Store = (*Store)(nil)
+
+func init() {
+	opener := kvdriver.OpenerFunc(func(ctx context.Context, u *url.URL) (kvdriver.Store, error) {
+		c, err := ParseURL(u.String())
+		if err != nil {
+			return nil, err
+		}
+		return Open(ctx, c)
+	})
+	kvdriver.Register("postgres", opener)
+	kvdriver.Register("postgresql", opener)
+}
+
+// Store is a kvdriver.Store on a PostgreSQL database.
+type Store struct {
+	cfg     Config
+	pool    *pgxpool.Pool
+	connCfg *pgx.ConnConfig // for the listener's dedicated connection
+	q       queries
+
+	ctx    context.Context // ends with Close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	closed atomic.Bool
+
+	listener *listener
+}
+
+// Open connects to the database, applies the migrations (unless
+// c.Migrate is false, in which case the schema must already be at
+// SchemaVersion) and starts the automatic compaction.
+func Open(ctx context.Context, c Config) (*Store, error) {
+	if err := c.validate(); err != nil {
+		return nil, fmt.Errorf("%w: %v", kvdriver.ErrInvalidURL, err)
+	}
+	pc, err := pgxpool.ParseConfig(c.ConnString)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", kvdriver.ErrInvalidURL, err)
+	}
+	if pc.ConnConfig.RuntimeParams["application_name"] == "" {
+		pc.ConnConfig.RuntimeParams["application_name"] = defaultApplicationName
+	}
+	if c.Migrate {
+		if err := Migrate(ctx, c); err != nil {
+			return nil, err
+		}
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, pc)
+	if err != nil {
+		return nil, fmt.Errorf("pgkv: connect: %w", err)
+	}
+	s := &Store{cfg: c, pool: pool, connCfg: pc.ConnConfig.Copy(), q: newQueries(c.Schema)}
+	if err := s.checkSchema(ctx); err != nil {
+		pool.Close()
+		return nil, err
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.listener = newListener(s)
+	if c.CompactInterval > 0 && (c.HistoryRevisions > 0 || c.HistoryAge > 0) {
+		s.wg.Add(1)
+		go s.autoCompact()
+	}
+	return s, nil
+}
+
+// checkSchema verifies the tables are there and at this driver's version.
+func (s *Store) checkSchema(ctx context.Context) error {
+	var version int64
+	var dirty bool
+	err := s.pool.QueryRow(ctx, `SELECT version, dirty FROM `+pgx.Identifier{s.cfg.Schema, migrationsTable}.Sanitize()).Scan(&version, &dirty)
+	var pgErr *pgconn.PgError
+	switch {
+	case errors.As(err, &pgErr) && pgErr.Code == "42P01", errors.Is(err, pgx.ErrNoRows):
+		return fmt.Errorf("pgkv: schema %q has no pgkv tables: open with migrate=true once, or as a role that may create them", s.cfg.Schema)
+	case err != nil:
+		return fmt.Errorf("pgkv: read schema version: %w", translate(err, s.cfg.Schema))
+	case dirty || uint(version) != SchemaVersion:
+		return fmt.Errorf("pgkv: schema %q is at version %d (dirty %t), this driver needs %d: open with migrate=true", s.cfg.Schema, version, dirty, SchemaVersion)
+	}
+	return nil
+}
+
+// Config returns the configuration the store was opened with.
+func (s *Store) Config() Config { return s.cfg }
+
+// Limits reports the store's size limits.
+func (s *Store) Limits() kvdriver.Limits { return s.cfg.Limits }
+
+// Get returns the key's value, or an error wrapping kvdriver.ErrNotFound.
+func (s *Store) Get(ctx context.Context, key string) (kvdriver.KV, error) {
+	if err := kvdriver.ValidateKey(key); err != nil {
+		return kvdriver.KV{}, err
+	}
+	if s.closed.Load() {
+		return kvdriver.KV{}, kvdriver.ErrClosed
+	}
+	kv := kvdriver.KV{Key: key}
+	err := s.pool.QueryRow(ctx, s.q.get, key).Scan(&kv.Value, &kv.ModRevision)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return kvdriver.KV{}, fmt.Errorf("get %q: %w", key, kvdriver.ErrNotFound)
+	}
+	if err != nil {
+		return kvdriver.KV{}, fmt.Errorf("pgkv: get %q: %w", key, s.translate(err))
+	}
+	return kv, nil
+}
+
+// List returns every key at or below prefix, sorted by key (byte order), and
+// the revision the listing reflects; both come from one snapshot.
+func (s *Store) List(ctx context.Context, prefix string) ([]kvdriver.KV, int64, error) {
+	if err := kvdriver.ValidatePrefix(prefix); err != nil {
+		return nil, 0, err
+	}
+	if s.closed.Load() {
+		return nil, 0, kvdriver.ErrClosed
+	}
+	eq, lo, hi := prefixRange(prefix)
+	rows, err := s.pool.Query(ctx, s.q.list, eq, lo, hi)
+	if err != nil {
+		return nil, 0, fmt.Errorf("pgkv: list %q: %w", prefix, s.translate(err))
+	}
+	defer rows.Close()
+	var (
+		kvs []kvdriver.KV
+		rev int64
+	)
+	for rows.Next() {
+		var (
+			key   *string
+			value []byte
+			mod   *int64
+		)
+		if err := rows.Scan(&rev, &key, &value, &mod); err != nil {
+			return nil, 0, fmt.Errorf("pgkv: list %q: %w", prefix, err)
+		}
+		if key != nil {
+			kvs = append(kvs, kvdriver.KV{Key: *key, Value: value, ModRevision: *mod})
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, 0, fmt.Errorf("pgkv: list %q: %w", prefix, s.translate(err))
+	}
+	return kvs, rev, nil
+}
+
+// Put sets key to value and returns the new revision.
+func (s *Store) Put(ctx context.Context, key string, value []byte) (int64, error) {
+	if err := kvdriver.ValidatePut(key, value, s.cfg.Limits); err != nil {
+		return 0, err
+	}
+	rev, err := s.apply(ctx, []string{key}, [][]byte{value})
+	if err != nil {
+		return 0, fmt.Errorf("pgkv: put %q: %w", key, err)
+	}
+	return rev, nil
+}
+
+// Delete removes key and returns the revision after it; deleting an absent
+// key creates no revision.
+func (s *Store) Delete(ctx context.Context, key string) (int64, error) {
+	if err := kvdriver.ValidateKey(key); err != nil {
+		return 0, err
+	}
+	rev, err := s.apply(ctx, []string{key}, [][]byte{nil})
+	if err != nil {
+		return 0, fmt.Errorf("pgkv: delete %q: %w", key, err)
+	}
+	return rev, nil
+}
+
+// Apply applies ops atomically as one revision (one PostgreSQL
+// transaction).
+func (s *Store) Apply(ctx context.Context, ops []kvdriver.Op) (int64, error) {
+	if err := kvdriver.ValidateBatch(ops, s.cfg.Limits); err != nil {
+		return 0, err
+	}
+	keys := make([]string, len(ops))
+	values := make([][]byte, len(ops))
+	for i, op := range ops {
+		keys[i] = op.Key
+		if op.Type == kvdriver.OpPut {
+			values[i] = op.Value
+		}
+	}
+	rev, err := s.apply(ctx, keys, values)
+	if err != nil {
+		return 0, fmt.Errorf("pgkv: apply %d operations: %w", len(ops), err)
+	}
+	return rev, nil
+}
+
+// apply runs kv_apply: one statement, one implicit transaction, one
+// revision, the NOTIFY sent at its commit. A nil value deletes.
+func (s *Store) apply(ctx context.Context, keys []string, values [][]byte) (int64, error) {
+	if s.closed.Load() {
+		return 0, kvdriver.ErrClosed
+	}
+	var rev int64
+	if err := s.pool.QueryRow(ctx, s.q.apply, keys, values, s.cfg.channel()).Scan(&rev); err != nil {
+		return 0, s.translate(err)
+	}
+	return rev, nil
+}
+
+// Close ends the store's watches and background work and closes its
+// connections. It is idempotent.
+func (s *Store) Close() error {
+	if s.closed.Swap(true) {
+		return nil
+	}
+	s.cancel()
+	s.wg.Wait()
+	s.pool.Close()
+	return nil
+}
+
+// prefixRange turns a key prefix into "key = eq OR lo <= key < hi" in byte
+// order: '0' is the byte after '/'.
+func prefixRange(prefix string) (eq, lo, hi string) {
+	if prefix == "/" {
+		return "/", "/", "0"
+	}
+	return prefix, prefix + "/", prefix + "0"
+}
+
+func (s *Store) translate(err error) error {
+	if s.closed.Load() {
+		return fmt.Errorf("%w (%v)", kvdriver.ErrClosed, err)
+	}
+	return translate(err, s.cfg.Schema)
+}
+
+// translate gives PostgreSQL errors that have a meaning for store users a
+// message that says so.
+func translate(err error, schema string) error {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "42501" {
+		return fmt.Errorf("permission denied: this role may not write the store in schema %q (%s is read-only): %w", schema, readerRole, err)
+	}
+	return err
+}

@@ -1,0 +1,185 @@
+package pgkv
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/bagger/lenkwerk/kvdriver"
+)
+
+// Watch reports every change at or below prefix after afterRev, in
+// revision order, exactly once. It reads the change log after the last
+// revision it delivered whenever the listener wakes it (a NOTIFY, a
+// listener reconnect), every PollInterval, and on retries after errors, so
+// lost notifications and server restarts delay events but never lose or
+// repeat them. afterRev 0 means the store revision at the time of the call
+// (read before Watch returns when the server is reachable).
+func (s *Store) Watch(ctx context.Context, prefix string, afterRev int64) <-chan kvdriver.WatchResponse {
+	ch := make(chan kvdriver.WatchResponse, 16)
+	fail := func(err error) <-chan kvdriver.WatchResponse {
+		ch <- kvdriver.WatchResponse{Err: err, Revision: afterRev}
+		close(ch)
+		return ch
+	}
+	if err := kvdriver.ValidatePrefix(prefix); err != nil {
+		return fail(err)
+	}
+	if s.closed.Load() {
+		return fail(kvdriver.ErrClosed)
+	}
+	if ctx.Err() != nil {
+		close(ch)
+		return ch
+	}
+	w := &watcher{s: s, ch: ch, last: max(afterRev, 0), fromHead: afterRev <= 0}
+	w.eq, w.lo, w.hi = prefixRange(prefix)
+	if w.fromHead {
+		if head, _, err := s.head(ctx); err == nil {
+			w.last, w.fromHead = head, false
+		}
+	}
+	wake, unsubscribe := s.listener.subscribe()
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		defer close(ch)
+		defer unsubscribe()
+		ctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		stop := context.AfterFunc(s.ctx, cancel)
+		defer stop()
+		w.run(ctx, wake)
+	}()
+	return ch
+}
+
+func (s *Store) head(ctx context.Context) (rev, compacted int64, err error) {
+	err = s.pool.QueryRow(ctx, s.q.head).Scan(&rev, &compacted)
+	if err != nil {
+		return 0, 0, s.translate(err)
+	}
+	return rev, compacted, nil
+}
+
+type watcher struct {
+	s          *Store
+	ch         chan kvdriver.WatchResponse
+	eq, lo, hi string
+	last       int64 // every revision up to here is delivered
+	fromHead   bool  // last is still to be read from the store
+}
+
+func (w *watcher) run(ctx context.Context, wake <-chan struct{}) {
+	poll := time.NewTicker(w.s.cfg.PollInterval)
+	defer poll.Stop()
+	backoff := initialReconnectBackoff
+	for {
+		err := w.catchUp(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if cerr, ok := err.(compactedError); ok {
+			select {
+			case w.ch <- kvdriver.WatchResponse{Err: cerr, Revision: w.last}:
+			case <-ctx.Done():
+			}
+			return
+		}
+		var retry *time.Timer
+		var retryC <-chan time.Time
+		if err != nil {
+			retry = time.NewTimer(backoff)
+			retryC = retry.C
+			backoff = min(2*backoff, maxReconnectBackoff)
+		} else {
+			backoff = initialReconnectBackoff
+		}
+		select {
+		case <-ctx.Done():
+		case <-wake:
+		case <-poll.C:
+		case <-retryC:
+		}
+		if retry != nil {
+			retry.Stop()
+		}
+	}
+}
+
+// compactedError ends a watch: the history it needs is gone.
+type compactedError struct{ after, compacted int64 }
+
+func (e compactedError) Error() string {
+	return fmt.Sprintf("pgkv: watch after revision %d: history up to %d compacted: %v", e.after, e.compacted, kvdriver.ErrCompacted)
+}
+
+func (e compactedError) Unwrap() error { return kvdriver.ErrCompacted }
+
+// catchUp delivers everything committed after w.last, in responses of whole
+// revisions, until it reaches the store revision.
+func (w *watcher) catchUp(ctx context.Context) error {
+	if w.fromHead {
+		head, _, err := w.s.head(ctx)
+		if err != nil {
+			return err
+		}
+		w.last, w.fromHead = head, false
+	}
+	for {
+		events, head, compacted, err := w.read(ctx)
+		if err != nil {
+			return err
+		}
+		if compacted > w.last {
+			return compactedError{after: w.last, compacted: compacted}
+		}
+		upto := min(head, w.last+watchRevisionsPerResponse)
+		if upto <= w.last {
+			return nil
+		}
+		if len(events) > 0 {
+			select {
+			case w.ch <- kvdriver.WatchResponse{Events: events, Revision: upto}:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		w.last = upto
+		if upto >= head {
+			return nil
+		}
+	}
+}
+
+// read runs the watch query: events after w.last, the head and the
+// compaction point, all from one snapshot.
+func (w *watcher) read(ctx context.Context) (events []kvdriver.Event, head, compacted int64, err error) {
+	rows, err := w.s.pool.Query(ctx, w.s.q.watch, w.last, int64(watchRevisionsPerResponse), w.eq, w.lo, w.hi)
+	if err != nil {
+		return nil, 0, 0, w.s.translate(err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var (
+			rev   *int64
+			key   *string
+			value []byte
+		)
+		if err := rows.Scan(&head, &compacted, &rev, &key, &value); err != nil {
+			return nil, 0, 0, err
+		}
+		if rev == nil {
+			continue
+		}
+		e := kvdriver.Event{Type: kvdriver.OpPut, Key: *key, Value: value, Revision: *rev}
+		if value == nil {
+			e.Type = kvdriver.OpDelete
+		}
+		events = append(events, e)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, 0, 0, w.s.translate(err)
+	}
+	return events, head, compacted, nil
+}

@@ -1,0 +1,317 @@
+package pgkv_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/bagger/lenkwerk/integration/pgtest"
+	"github.com/bagger/lenkwerk/kvdriver"
+	"github.com/bagger/lenkwerk/kvdriver/pgkv"
+)
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t testing.TB, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(20 * time.Millisecond) // polling a condition
+	}
+}
+
+// listenerPID is the backend of the store's listener in database db.
+func listenerPID(t testing.TB, conn *pgx.Conn, db string) int {
+	t.Helper()
+	var pid int
+	err := conn.QueryRow(context.Background(), `SELECT coalesce(max(pid), 0) FROM pg_stat_activity WHERE application_name = 'lenkwerk-pgkv-listen' AND datname = $1`, db).Scan(&pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pid
+}
+
+func dbName(t testing.TB, dbURL string) string {
+	t.Helper()
+	cc, err := pgx.ParseConfig(dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cc.Database
+}
+
+// TestLostNotificationsAreCaughtUp: the listener's backend is terminated
+// and writes commit while it is gone (new connections to the database are
+// refused meanwhile, so the listener cannot be back before them). The poll
+// is an hour: only the catch-up after reconnecting can deliver them. Then
+// the server restarts and the same holds.
+func TestLostNotificationsAreCaughtUp(t *testing.T) {
+	cluster := pgtest.StartCluster(t, pgtest.Options{})
+	dbURL := cluster.NewDatabase(t)
+	db := dbName(t, dbURL)
+	admin := connect(t, cluster.URL("postgres", ""))
+	ctx := ctxT(t)
+
+	writer := openStore(t, withParams(dbURL, "pool_max_conns", "1"))
+	watcher := openStore(t, withParams(dbURL, "poll-interval", "1h", "pool_max_conns", "1"))
+	start, err := writer.Put(ctx, "/n/start", []byte(`0`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	w := collect(watcher.Watch(wctx, "/n", start))
+	waitFor(t, "the listener to verify notifications", 10*time.Second, func() bool { return watcher.NotifyErr() == nil })
+	r1, err := writer.Put(ctx, "/n/live", []byte(`1`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.until(t, r1, 10*time.Second)
+
+	// Kill the listener and keep it out while writing.
+	oldPID := listenerPID(t, admin, db)
+	if _, err := admin.Exec(ctx, `ALTER DATABASE `+pgx.Identifier{db}.Sanitize()+` ALLOW_CONNECTIONS false`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.Exec(ctx, `SELECT pg_terminate_backend($1)`, oldPID); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the listener to notice", 10*time.Second, func() bool { return watcher.NotifyErr() != nil })
+	var last int64
+	for i := 0; i < 5; i++ {
+		if last, err = writer.Put(ctx, fmt.Sprintf("/n/missed/%d", i), []byte(fmt.Sprint(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := admin.Exec(ctx, `ALTER DATABASE `+pgx.Identifier{db}.Sanitize()+` ALLOW_CONNECTIONS true`); err != nil {
+		t.Fatal(err)
+	}
+	evs := w.until(t, last, 15*time.Second)
+	checkSequence(t, evs, start, last)
+	if pid := listenerPID(t, admin, db); pid == oldPID || pid == 0 {
+		t.Fatalf("listener pid %d after reconnect, was %d", pid, oldPID)
+	}
+
+	// A server restart: the same, and writes right after it too.
+	admin.Close(ctx)
+	if err := cluster.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	var after int64
+	waitFor(t, "the writer to reach the restarted server", 15*time.Second, func() bool {
+		after, err = writer.Put(ctx, "/n/after-restart", []byte(`"r"`))
+		return err == nil
+	})
+	evs = w.until(t, after, 15*time.Second)
+	checkSequence(t, evs, start, after)
+	waitFor(t, "the listener to come back", 15*time.Second, func() bool { return watcher.NotifyErr() == nil })
+	final, err := writer.Put(ctx, "/n/final", []byte(`"f"`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	evs = w.until(t, final, 10*time.Second)
+	checkSequence(t, evs, start, final)
+}
+
+// TestPollSafetyNet: a write whose NOTIFY is never sent (kv_apply with no
+// channel) still reaches the watch through the periodic poll.
+func TestPollSafetyNet(t *testing.T) {
+	dbURL := pgtest.NewDatabase(t)
+	s := openStore(t, withParams(dbURL, "poll-interval", "300ms"))
+	ctx := ctxT(t)
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	w := collect(s.Watch(wctx, "/p", 0))
+	waitFor(t, "the listener", 10*time.Second, func() bool { return s.NotifyErr() == nil })
+	conn := connect(t, dbURL)
+	var rev int64
+	if err := conn.QueryRow(ctx, `SELECT lenkwerk_kv.kv_apply(ARRAY['/p/silent'], ARRAY[convert_to('"quiet"', 'UTF8')], NULL)`).Scan(&rev); err != nil {
+		t.Fatal(err)
+	}
+	evs := w.until(t, rev, 5*time.Second)
+	if len(evs) != 1 || evs[0].Key != "/p/silent" || string(evs[0].Value) != `"quiet"` || evs[0].Revision != rev {
+		t.Fatalf("events %+v, want the silent put at %d", evs, rev)
+	}
+}
+
+// TestListenDisabledPolls: listen=false (for transaction-pooling proxies)
+// says so in NotifyErr and watches still deliver, by polling.
+func TestListenDisabledPolls(t *testing.T) {
+	dbURL := pgtest.NewDatabase(t)
+	s := openStore(t, withParams(dbURL, "listen", "false", "poll-interval", "200ms"))
+	if err := s.NotifyErr(); !errors.Is(err, pgkv.ErrNotifyUnavailable) {
+		t.Fatalf("NotifyErr = %v, want ErrNotifyUnavailable", err)
+	}
+	ctx := ctxT(t)
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	w := collect(s.Watch(wctx, "/", 0))
+	rev, err := s.Put(ctx, "/l", []byte(`true`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.until(t, rev, 5*time.Second)
+	conn := connect(t, dbURL)
+	var listeners int
+	if err := conn.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE application_name = 'lenkwerk-pgkv-listen' AND datname = $1`, dbName(t, dbURL)).Scan(&listeners); err != nil || listeners != 0 {
+		t.Fatalf("listener connections = %d, %v; want 0 with listen=false", listeners, err)
+	}
+}
+
+// TestCompaction: Compact's bounds and errors, the automatic bound, and a
+// lagging watcher racing compaction: it gets every event in order or
+// ErrCompacted, never a silent gap.
+func TestCompaction(t *testing.T) {
+	dbURL := pgtest.NewDatabase(t)
+	s := openStore(t, dbURL)
+	ctx := ctxT(t)
+	var revs []int64
+	for i := 0; i < 10; i++ {
+		r, err := s.Put(ctx, fmt.Sprintf("/c/%d", i%3), []byte(fmt.Sprint(i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		revs = append(revs, r)
+	}
+	if err := s.Compact(ctx, revs[9]+1); err == nil || !strings.Contains(err.Error(), "beyond") {
+		t.Fatalf("Compact beyond the head: %v, want an error", err)
+	}
+	if err := s.Compact(ctx, revs[5]); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Compact(ctx, revs[2]); err != nil {
+		t.Fatalf("Compact below the compaction point: %v, want nil", err)
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	old := collect(s.Watch(wctx, "/c", revs[4]))
+	<-old.done
+	if !errors.Is(old.err, kvdriver.ErrCompacted) || len(old.events) != 0 {
+		t.Fatalf("watch from compacted %d: err %v, %d events; want ErrCompacted and none", revs[4], old.err, len(old.events))
+	}
+	ok := collect(s.Watch(wctx, "/c", revs[5]))
+	checkSequence(t, ok.until(t, revs[9], 10*time.Second), revs[5], revs[9])
+	conn := connect(t, dbURL)
+	var logRows int
+	if err := conn.QueryRow(ctx, `SELECT count(*) FROM lenkwerk_kv.kv_log`).Scan(&logRows); err != nil || logRows != 4 {
+		t.Fatalf("log rows after Compact = %d, %v; want 4", logRows, err)
+	}
+
+	// Automatic: keep 3 revisions.
+	auto := openStore(t, withParams(dbURL, "history-revisions", "3", "compact-interval", "50ms"))
+	head := revs[9]
+	waitFor(t, "automatic compaction", 10*time.Second, func() bool {
+		var compacted int64
+		if err := conn.QueryRow(ctx, `SELECT compact_rev FROM lenkwerk_kv.kv_meta`).Scan(&compacted); err != nil {
+			t.Fatal(err)
+		}
+		return compacted == head-3
+	})
+	auto.Close() // the race below has its own compactor
+
+	// A slow watcher behind a compactor that keeps 20 revisions.
+	wStart := head
+	lag := s.Watch(wctx, "/race", wStart)
+	writesDone := make(chan int64)
+	go func() {
+		var last int64
+		for i := 0; i < 300; i++ {
+			r, err := s.Put(ctx, fmt.Sprintf("/race/%d", i%5), []byte(fmt.Sprint(i)))
+			if err != nil {
+				t.Error(err)
+				break
+			}
+			last = r
+			if i%10 == 0 {
+				if err := s.Compact(ctx, r-20); err != nil {
+					t.Error(err)
+				}
+			}
+		}
+		writesDone <- last
+	}()
+	var got []kvdriver.Event
+	var endErr error
+	for r := range lag {
+		if r.Err != nil {
+			endErr = r.Err
+			break
+		}
+		got = append(got, r.Events...)
+		time.Sleep(5 * time.Millisecond) // a slow consumer
+		if len(got) == 300 {
+			break
+		}
+	}
+	last := <-writesDone
+	if endErr != nil && !errors.Is(endErr, kvdriver.ErrCompacted) {
+		t.Fatalf("lagging watch ended with %v", endErr)
+	}
+	if len(got) > 0 {
+		checkSequence(t, got, wStart, got[len(got)-1].Revision)
+	}
+	t.Logf("lagging watcher: %d of 300 events in order, then %v (last write %d)", len(got), endErr, last)
+}
+
+// TestReaderRole: lenkwerk_kv_reader can Get, List and Watch but not write;
+// the error says why.
+func TestReaderRole(t *testing.T) {
+	dbURL := pgtest.NewDatabase(t)
+	writer := openStore(t, dbURL)
+	ctx := ctxT(t)
+	conn := connect(t, dbURL)
+	login := "kv_reader_" + strings.ToLower(dbName(t, dbURL)[len(dbName(t, dbURL))-12:])
+	if _, err := conn.Exec(ctx, `CREATE ROLE `+pgx.Identifier{login}.Sanitize()+` LOGIN IN ROLE lenkwerk_kv_reader`); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_, _ = conn.Exec(context.Background(), `DROP ROLE `+pgx.Identifier{login}.Sanitize())
+	})
+	rev, err := writer.Put(ctx, "/r/a", []byte(`{"a":1}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc, err := pgx.ParseConfig(dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	readerURL := fmt.Sprintf("postgres://%s@%s:%d/%s?sslmode=disable&compact-interval=50ms", login, cc.Host, cc.Port, cc.Database)
+	reader := openStore(t, readerURL) // migrations on: the schema is current, nothing to do
+	if kv, err := reader.Get(ctx, "/r/a"); err != nil || kv.ModRevision != rev {
+		t.Fatalf("reader Get = %+v, %v", kv, err)
+	}
+	kvs, lrev, err := reader.List(ctx, "/r")
+	if err != nil || len(kvs) != 1 || lrev != rev {
+		t.Fatalf("reader List = %v @%d, %v", kvs, lrev, err)
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	w := collect(reader.Watch(wctx, "/r", lrev))
+	waitFor(t, "the reader's listener", 10*time.Second, func() bool { return reader.NotifyErr() == nil })
+	r2, err := writer.Put(ctx, "/r/b", []byte(`2`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.until(t, r2, 10*time.Second)
+
+	_, err = reader.Put(ctx, "/r/c", []byte(`3`))
+	if err == nil || !strings.Contains(err.Error(), "permission denied") || !strings.Contains(err.Error(), "read-only") {
+		t.Fatalf("reader Put: %v; want a permission error", err)
+	}
+	if _, err := reader.Delete(ctx, "/r/a"); err == nil {
+		t.Fatal("reader Delete succeeded")
+	}
+	if err := reader.Compact(ctx, r2); err == nil || !strings.Contains(err.Error(), "permission denied") {
+		t.Fatalf("reader Compact: %v; want a permission error", err)
+	}
+	if kv, err := writer.Get(ctx, "/r/a"); err != nil || kv.ModRevision != rev {
+		t.Fatalf("after reader writes: Get = %+v, %v; want untouched", kv, err)
+	}
+}
