@@ -11,9 +11,9 @@ import (
 const DefaultMaxKeyBytes = 1024
 
 // ValidateKey reports whether key is a valid store key: it starts with '/',
-// has no empty segment (no "//", no trailing '/'), is valid UTF-8 without NUL
-// and is at most DefaultMaxKeyBytes long. The error wraps ErrInvalidKey and
-// names the problem.
+// has no empty segment (no "//", no trailing '/'), no "." or ".." segment,
+// is valid UTF-8 without NUL and is at most DefaultMaxKeyBytes long. The
+// error wraps ErrInvalidKey and names the problem.
 func ValidateKey(key string) error {
 	if err := validatePath(key); err != nil {
 		return err
@@ -45,15 +45,41 @@ func validatePath(key string) error {
 		return fmt.Errorf("%w: key %q ends with '/'", ErrInvalidKey, key)
 	case strings.Contains(key, "//"):
 		return fmt.Errorf("%w: key %q has an empty segment", ErrInvalidKey, key)
+	case hasDotSegment(key):
+		return fmt.Errorf("%w: key %q has a \".\" or \"..\" segment", ErrInvalidKey, key)
 	}
 	return nil
 }
 
-// ValidateValue reports whether value is a single valid JSON document. The
-// error wraps ErrInvalidValue.
+// hasDotSegment reports a "." or ".." segment. Such keys would name
+// another key (or escape their prefix) for any consumer that treats keys
+// as paths: path.Clean, HTTP routers, files of a dump.
+func hasDotSegment(key string) bool {
+	for i := 0; i < len(key); {
+		j := strings.IndexByte(key[i+1:], '/')
+		if j < 0 {
+			j = len(key)
+		} else {
+			j += i + 1
+		}
+		if seg := key[i+1 : j]; seg == "." || seg == ".." {
+			return true
+		}
+		i = j
+	}
+	return false
+}
+
+// ValidateValue reports whether value is a single valid JSON document in
+// UTF-8 (RFC 8259; encoding/json alone would accept invalid UTF-8 inside
+// strings, which PostgreSQL's json types refuse). The error wraps
+// ErrInvalidValue.
 func ValidateValue(value []byte) error {
 	if len(value) == 0 {
 		return fmt.Errorf("%w: empty value (a delete is Delete, not an empty Put)", ErrInvalidValue)
+	}
+	if !utf8.Valid(value) {
+		return fmt.Errorf("%w: value is not valid UTF-8", ErrInvalidValue)
 	}
 	if !json.Valid(value) {
 		return fmt.Errorf("%w: value is not valid JSON", ErrInvalidValue)

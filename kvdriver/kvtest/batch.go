@@ -25,6 +25,7 @@ func testBatchAtomicity(e *env) {
 	}
 	stop := make(chan struct{})
 	var bg sync.WaitGroup
+	bgctx := e.ctx()
 
 	// Drain the watch live while the batches are applied.
 	watchDone := make(chan error, 1)
@@ -40,22 +41,20 @@ func testBatchAtomicity(e *env) {
 	bg.Add(1)
 	go func() {
 		defer bg.Done()
-		for snapshots := 0; ; snapshots++ {
-			select {
-			case <-stop:
-				if snapshots == 0 {
-					t.Errorf("lister saw no snapshot")
-				}
-				return
-			default:
-			}
-			kvs, _, err := ls.List(e.ctx(), e.key("b"))
+		// At least one snapshot, even if the batches were all done first.
+		for {
+			kvs, _, err := ls.List(bgctx, e.key("b"))
 			if err != nil {
 				t.Errorf("List during batches: %v", err)
 				return
 			}
 			if len(kvs) == 0 {
-				continue
+				select {
+				case <-stop:
+					return
+				default:
+					continue
+				}
 			}
 			var g gen
 			if err := json.Unmarshal(kvs[0].Value, &g); err != nil {
@@ -79,6 +78,11 @@ func testBatchAtomicity(e *env) {
 				t.Errorf("List during batches saw %d keys %q, want %d (generation %d)", len(kvs), keysOf(kvs), len(want), g.Gen)
 				return
 			}
+			select {
+			case <-stop:
+				return
+			default:
+			}
 		}
 	}()
 
@@ -89,14 +93,14 @@ func testBatchAtomicity(e *env) {
 		defer bg.Done()
 		var evs []kvdriver.Event
 		defer func() { singles <- evs }()
-		for i := 0; ; i++ {
+		for i := 0; i < 500; i++ {
 			select {
 			case <-stop:
 				return
 			default:
 			}
 			k := e.key("single", fmt.Sprint(i%3))
-			rev, err := s.Put(e.ctx(), k, val(i))
+			rev, err := s.Put(bgctx, k, val(i))
 			if err != nil {
 				t.Errorf("Put during batches: %v", err)
 				return
