@@ -203,24 +203,58 @@ func fmtEvent(ev kvdriver.Event) string {
 }
 
 // wantEvents checks that got is exactly want (type, key, revision and
-// JSON-equal value), reporting the first difference.
+// JSON-equal value), naming missing, unexpected and repeated events, or
+// else the first difference.
 func wantEvents(t *testing.T, what string, got, want []kvdriver.Event) {
 	t.Helper()
-	for i := 0; i < len(got) || i < len(want); i++ {
+	id := func(ev kvdriver.Event) string { return fmt.Sprintf("%s %s@%d", ev.Type, ev.Key, ev.Revision) }
+	count := map[string]int{}
+	for _, ev := range want {
+		count[id(ev)]++
+	}
+	var missing, extra, twice []kvdriver.Event
+	seen := map[string]int{}
+	for _, ev := range got {
+		k := id(ev)
+		seen[k]++
 		switch {
-		case i >= len(got):
-			t.Errorf("%s: missing events from #%d: %s (got %d events, want %d)", what, i, fmtEvents(tail(want[i:], 5)), len(got), len(want))
-			return
-		case i >= len(want):
-			t.Errorf("%s: unexpected events from #%d: %s (got %d events, want %d)", what, i, fmtEvents(tail(got[i:], 5)), len(got), len(want))
-			return
+		case seen[k] > count[k] && count[k] > 0:
+			twice = append(twice, ev)
+		case count[k] == 0:
+			extra = append(extra, ev)
 		}
+	}
+	for _, ev := range want {
+		if seen[id(ev)] == 0 {
+			missing = append(missing, ev)
+		}
+	}
+	if len(missing) > 0 {
+		t.Errorf("%s: missing events (%d of %d): %s", what, len(missing), len(want), fmtEvents(head(missing, 5)))
+	}
+	if len(twice) > 0 {
+		t.Errorf("%s: events delivered twice: %s", what, fmtEvents(head(twice, 5)))
+	}
+	if len(extra) > 0 {
+		t.Errorf("%s: unexpected events (%d): %s", what, len(extra), fmtEvents(head(extra, 5)))
+	}
+	if len(missing)+len(twice)+len(extra) > 0 {
+		return
+	}
+	for i := range got {
 		g, w := got[i], want[i]
 		if g.Type != w.Type || g.Key != w.Key || g.Revision != w.Revision || (w.Type == kvdriver.OpPut && !sameJSON(g.Value, w.Value)) {
-			t.Errorf("%s: event #%d is %s, want %s", what, i, fmtEvent(g), fmtEvent(w))
+			t.Errorf("%s: event #%d is %s, want %s (out of order or wrong value)", what, i, fmtEvent(g), fmtEvent(w))
 			return
 		}
 	}
+}
+
+func head(evs []kvdriver.Event, n int) []kvdriver.Event {
+	if len(evs) > n {
+		return evs[:n]
+	}
+	return evs
 }
 
 func putEv(key string, value []byte, rev int64) kvdriver.Event {
