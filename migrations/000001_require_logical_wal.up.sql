@@ -10,10 +10,11 @@
 DO $$
 BEGIN
     IF current_setting('wal_level') <> 'logical' THEN
-        RAISE EXCEPTION 'Lenkwerk needs wal_level = logical, but this server has wal_level = %', current_setting('wal_level')
+        -- The advice is in the message and DETAIL, which the stock CLI
+        -- prints (it drops HINT).
+        RAISE EXCEPTION 'Lenkwerk needs wal_level = logical, but this server has wal_level = %: as a superuser run ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL and migrate again', current_setting('wal_level')
             USING ERRCODE = 'object_not_in_prerequisite_state',
-                  DETAIL = 'Nothing was changed: the Lenkwerk agent reads a logical replication slot, which needs wal_level = logical.',
-                  HINT = 'As a superuser run ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL and migrate again. With the stock migrate CLI clear the dirty version first: migrate ... force -1 (lenkwerk migrate force 0).';
+                  DETAIL = 'Nothing of Lenkwerk was applied. The stock migrate CLI marks version 1 dirty; clear that with: migrate ... force -1 (lenkwerk migrate force 0).';
     END IF;
 END
 $$;

@@ -8,7 +8,7 @@ BEGIN
     IF asked IS DISTINCT FROM NULL AND asked IS DISTINCT FROM pub THEN
         RAISE EXCEPTION 'this database''s publication is "%", but lenkwerk.publication_name asks for "%"', pub, asked
             USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'Run the migration without --publication (or with the recorded name); nothing was changed.';
+                  DETAIL = 'Run the migration without --publication (or with the recorded name); nothing of this migration was applied.';
     END IF;
     IF pub IS NOT NULL THEN
         EXECUTE format('DROP PUBLICATION IF EXISTS %I', pub);

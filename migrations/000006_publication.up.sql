@@ -37,14 +37,14 @@ BEGIN
     IF pub !~ '^[a-z_][a-z0-9_]{0,62}$' THEN
         RAISE EXCEPTION 'publication name "%" is invalid', pub
             USING ERRCODE = 'invalid_name',
-                  HINT = 'Use lower case letters, digits and the underscore (not first), at most 63 characters.';
+                  DETAIL = 'Use lower case letters, digits and the underscore (not first), at most 63 characters.';
     END IF;
     -- Checked here, before anything is created, rather than by
     -- pg_create_logical_replication_slot in migration 7.
     IF slot !~ '^[a-z0-9_]{1,63}$' THEN
         RAISE EXCEPTION 'replication slot name "%" is invalid', slot
             USING ERRCODE = 'invalid_name',
-                  HINT = 'Slot names may contain only lower case letters, numbers and the underscore, at most 63 characters.';
+                  DETAIL = 'Slot names may contain only lower case letters, numbers and the underscore, at most 63 characters.';
     END IF;
     INSERT INTO lenkwerk.setting (name, value)
     VALUES ('publication_name', pub), ('slot_name', slot);

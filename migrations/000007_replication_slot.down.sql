@@ -9,7 +9,7 @@ BEGIN
     IF asked IS DISTINCT FROM NULL AND asked IS DISTINCT FROM slot THEN
         RAISE EXCEPTION 'this database''s slot is "%", but lenkwerk.slot_name asks for "%"', slot, asked
             USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'Run the migration without --slot (or with the recorded name); nothing was changed.';
+                  DETAIL = 'Run the migration without --slot (or with the recorded name); nothing of this migration was applied.';
     END IF;
     SELECT active_pid INTO pid FROM pg_catalog.pg_replication_slots
      WHERE slot_name = slot AND database = current_database();
@@ -19,7 +19,7 @@ BEGIN
     IF pid IS NOT NULL THEN
         RAISE EXCEPTION 'replication slot "%" is in use by process %', slot, pid
             USING ERRCODE = 'object_in_use',
-                  HINT = 'Stop the Lenkwerk agent, then migrate down again; nothing was changed.';
+                  DETAIL = 'Stop the Lenkwerk agent, then migrate down again; nothing of this migration was applied.';
     END IF;
     PERFORM pg_catalog.pg_drop_replication_slot(slot);
 END

@@ -16,7 +16,7 @@ BEGIN
     IF asked IS DISTINCT FROM NULL AND asked IS DISTINCT FROM slot THEN
         RAISE EXCEPTION 'this database''s slot was recorded as "%", but lenkwerk.slot_name asks for "%"', slot, asked
             USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'The names are chosen when migration 6 runs; migrate down to 5 and up again to change them.';
+                  DETAIL = 'The names are chosen when migration 6 runs; migrate down to 5 and up again to change them.';
     END IF;
     SELECT database, plugin INTO existing FROM pg_catalog.pg_replication_slots WHERE slot_name = slot;
     IF FOUND THEN
@@ -25,7 +25,7 @@ BEGIN
         RAISE EXCEPTION 'replication slot "%" already exists (database %, plugin %)', slot,
                 coalesce(existing.database::text, 'none'), coalesce(existing.plugin, 'none')
             USING ERRCODE = 'duplicate_object',
-                  HINT = format('Drop it with SELECT pg_drop_replication_slot(%L) if nothing uses it, or choose another name (--slot).', slot);
+                  DETAIL = format('Drop it with SELECT pg_drop_replication_slot(%L) if nothing uses it, or choose another name (--slot).', slot);
     END IF;
     PERFORM pg_catalog.pg_create_logical_replication_slot(slot, 'pgoutput');
 END
