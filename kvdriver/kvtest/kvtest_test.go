@@ -97,7 +97,6 @@ var wantCaught = map[string]map[string]string{
 	"drop-event": {
 		"ConcurrentWriters": "missing events",
 		"WatchReplay":       "missing events",
-		"ListRevision":      "missing events",
 	},
 	"dup-event": {
 		"ConcurrentWriters": "delivered twice",
