@@ -138,7 +138,7 @@ var builtinTypes = func() map[uint32]*typeInfo {
 	}
 	box := scalar(603, "box", kindText)
 	box.delim = ';'
-	m[1020] = &typeInfo{oid: 1020, name: "box[]", kind: kindArray, delim: ',', elem: box}
+	m[1020] = &typeInfo{oid: 1020, name: "box[]", kind: kindArray, delim: ';', elem: box}
 	m[22] = &typeInfo{oid: 22, name: "int2vector", kind: kindVector, delim: ',', elem: m[21]}
 	m[30] = &typeInfo{oid: 30, name: "oidvector", kind: kindVector, delim: ',', elem: m[26]}
 	return m
