@@ -1,0 +1,235 @@
+package pgkv_test
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/bagger/lenkwerk/integration/etcdtest"
+	"github.com/bagger/lenkwerk/integration/pgtest"
+	"github.com/bagger/lenkwerk/kvdriver"
+	_ "github.com/bagger/lenkwerk/kvdriver/etcd"
+)
+
+// The benchmarks run pgkv next to the etcd driver (embedded etcd, fsync
+// off) and next to raw pgx on the same PostgreSQL server (fsync off), in
+// the same run:
+//
+//	go test -run '^$' -bench . ./kvdriver/pgkv/
+//
+// raw-pgx is the floor pgkv pays its revision log, serialization and
+// notification on top of: an upsert into a plain table, a multi-row
+// upsert, and a bare NOTIFY → LISTEN round trip.
+
+type benchTarget struct {
+	name string
+	open func(b *testing.B) (writer, watcher kvdriver.Store)
+}
+
+func benchTargets() []benchTarget {
+	return []benchTarget{
+		{"pgkv", func(b *testing.B) (kvdriver.Store, kvdriver.Store) {
+			u := pgtest.NewDatabase(b)
+			return openStore(b, u), openStore(b, u)
+		}},
+		{"etcd", func(b *testing.B) (kvdriver.Store, kvdriver.Store) {
+			srv := etcdtest.New(b)
+			return openAny(b, srv.URL()), openAny(b, srv.URL())
+		}},
+	}
+}
+
+func openAny(b *testing.B, rawURL string) kvdriver.Store {
+	b.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	s, err := kvdriver.Open(ctx, rawURL)
+	if err != nil {
+		b.Fatalf("Open: %v", err)
+	}
+	b.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+// rawPgx is a plain table on a fresh database, for the baseline.
+func rawPgx(b *testing.B) (*pgx.Conn, string) {
+	b.Helper()
+	u := pgtest.NewDatabase(b)
+	conn := connect(b, u)
+	if _, err := conn.Exec(context.Background(), `CREATE TABLE raw (key text COLLATE "C" PRIMARY KEY, value bytea NOT NULL)`); err != nil {
+		b.Fatal(err)
+	}
+	return conn, u
+}
+
+const benchBatch = 100 // within etcd's 128 operations per transaction
+
+func BenchmarkPut(b *testing.B) {
+	value := []byte(`{"id":1,"host":"db1","port":5432,"status":3}`)
+	for _, tg := range benchTargets() {
+		b.Run(tg.name, func(b *testing.B) {
+			s, _ := tg.open(b)
+			ctx := context.Background()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if _, err := s.Put(ctx, fmt.Sprintf("/bench/put/%d", i%1000), value); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "puts/s")
+		})
+	}
+	b.Run("raw-pgx", func(b *testing.B) {
+		conn, _ := rawPgx(b)
+		ctx := context.Background()
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			if _, err := conn.Exec(ctx, `INSERT INTO raw VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value`, fmt.Sprintf("/bench/put/%d", i%1000), value); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "puts/s")
+	})
+}
+
+func batchOps(i, n int, value []byte) []kvdriver.Op {
+	ops := make([]kvdriver.Op, n)
+	for j := range ops {
+		ops[j] = kvdriver.Put(fmt.Sprintf("/bench/batch/%d/%d", i%10, j), value)
+	}
+	return ops
+}
+
+func BenchmarkBatchPut(b *testing.B) {
+	value := []byte(`{"id":1,"host":"db1","port":5432,"status":3}`)
+	for _, tg := range benchTargets() {
+		b.Run(fmt.Sprintf("%s/%d", tg.name, benchBatch), func(b *testing.B) {
+			s, _ := tg.open(b)
+			benchApply(b, s, benchBatch, value)
+		})
+	}
+	// pgkv's own limit allows much larger batches; this is its ceiling.
+	b.Run("pgkv/1000", func(b *testing.B) {
+		s, _ := benchTargets()[0].open(b)
+		benchApply(b, s, 1000, value)
+	})
+	b.Run(fmt.Sprintf("raw-pgx/%d", benchBatch), func(b *testing.B) {
+		conn, _ := rawPgx(b)
+		ctx := context.Background()
+		keys := make([]string, benchBatch)
+		values := make([][]byte, benchBatch)
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			for j := range keys {
+				keys[j], values[j] = fmt.Sprintf("/bench/batch/%d/%d", i%10, j), value
+			}
+			if _, err := conn.Exec(ctx, `INSERT INTO raw SELECT * FROM unnest($1::text[], $2::bytea[]) ON CONFLICT (key) DO UPDATE SET value = excluded.value`, keys, values); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(b.N*benchBatch)/b.Elapsed().Seconds(), "keys/s")
+	})
+}
+
+func benchApply(b *testing.B, s kvdriver.Store, n int, value []byte) {
+	ctx := context.Background()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		ops := batchOps(i, n, value)
+		b.StartTimer()
+		if _, err := s.Apply(ctx, ops); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.N*n)/b.Elapsed().Seconds(), "keys/s")
+}
+
+// BenchmarkPutWatchLatency measures from just before Put to the watch
+// (on a second store, i.e. other connections) delivering its event.
+func BenchmarkPutWatchLatency(b *testing.B) {
+	value := []byte(`{"status":3}`)
+	for _, tg := range benchTargets() {
+		b.Run(tg.name, func(b *testing.B) {
+			s, ws := tg.open(b)
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			rev0, err := s.Put(ctx, "/bench/lat/0", value)
+			if err != nil {
+				b.Fatal(err)
+			}
+			ch := ws.Watch(ctx, "/bench/lat", rev0)
+			lat := make([]time.Duration, 0, b.N)
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				begin := time.Now()
+				rev, err := s.Put(ctx, "/bench/lat/x", value)
+				if err != nil {
+					b.Fatal(err)
+				}
+				waitRev(b, ch, rev)
+				lat = append(lat, time.Since(begin))
+			}
+			reportLatency(b, lat)
+		})
+	}
+	b.Run("raw-pgx", func(b *testing.B) {
+		// The floor: NOTIFY on one connection, received by LISTEN on another.
+		_, u := rawPgx(b)
+		sender, listener := connect(b, u), connect(b, u)
+		ctx := context.Background()
+		if _, err := listener.Exec(ctx, `LISTEN raw`); err != nil {
+			b.Fatal(err)
+		}
+		lat := make([]time.Duration, 0, b.N)
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			begin := time.Now()
+			if _, err := sender.Exec(ctx, `SELECT pg_notify('raw', $1)`, fmt.Sprint(i)); err != nil {
+				b.Fatal(err)
+			}
+			wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			_, err := listener.WaitForNotification(wctx)
+			cancel()
+			if err != nil {
+				b.Fatal(err)
+			}
+			lat = append(lat, time.Since(begin))
+		}
+		reportLatency(b, lat)
+	})
+}
+
+func waitRev(b *testing.B, ch <-chan kvdriver.WatchResponse, rev int64) {
+	timeout := time.NewTimer(10 * time.Second)
+	defer timeout.Stop()
+	for {
+		select {
+		case r, ok := <-ch:
+			if !ok || r.Err != nil {
+				b.Fatalf("watch ended: %v", r.Err)
+			}
+			if r.Revision >= rev {
+				return
+			}
+		case <-timeout.C:
+			b.Fatalf("revision %d not delivered within 10s", rev)
+		}
+	}
+}
+
+func reportLatency(b *testing.B, lat []time.Duration) {
+	if len(lat) == 0 {
+		return
+	}
+	slices.Sort(lat)
+	q := func(p float64) float64 {
+		return float64(lat[min(len(lat)-1, int(p*float64(len(lat))))].Microseconds()) / 1000
+	}
+	b.ReportMetric(q(0.50), "p50-ms")
+	b.ReportMetric(q(0.99), "p99-ms")
+}
