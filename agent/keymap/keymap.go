@@ -5,6 +5,7 @@ package keymap
 import (
 	"encoding/json"
 	"fmt"
+	"sort"
 	"strings"
 	"unicode/utf8"
 )
@@ -148,6 +149,51 @@ func (m *Mapper) Table(schema, table string, pk []string) (*Template, error) {
 		src += "/{" + c + "}"
 	}
 	return compile(name, m.prefix, src)
+}
+
+// Templates returns the mapper's configured templates (the defaults and the
+// overrides), sorted by table name. Tables without a configured template get
+// one from Table.
+func (m *Mapper) Templates() []*Template {
+	names := make([]string, 0, len(m.templates))
+	for n := range m.templates {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	out := make([]*Template, 0, len(names))
+	for _, n := range names {
+		out = append(out, m.templates[n])
+	}
+	return out
+}
+
+// Prefix is the key prefix every key of the mapper is under ("" for none).
+func (m *Mapper) Prefix() string { return m.prefix }
+
+// Table is the "schema.table" the template belongs to.
+func (t *Template) Table() string { return t.table }
+
+// String returns the template's key shape, "{col}" for column segments.
+func (t *Template) String() string {
+	var b strings.Builder
+	for _, s := range t.segs {
+		b.WriteByte('/')
+		if s.isC {
+			b.WriteString("{" + s.col + "}")
+		} else {
+			b.WriteString(s.lit)
+		}
+	}
+	return b.String()
+}
+
+// ListPrefix is Prefix as a valid store prefix: "/" when the template starts
+// with a column.
+func (t *Template) ListPrefix() string {
+	if p := t.Prefix(); p != "" {
+		return p
+	}
+	return "/"
 }
 
 // Columns returns the columns the key needs, in template order.

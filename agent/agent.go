@@ -1,0 +1,266 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"regexp"
+	"sync"
+	"time"
+
+	"github.com/bagger/lenkwerk/agent/keymap"
+	"github.com/bagger/lenkwerk/kvdriver"
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// Defaults of Config.
+const (
+	DefaultSlot           = "lw_agent"
+	DefaultPublication    = "bagger_lw_storage"
+	DefaultStatusInterval = 10 * time.Second
+	DefaultPollInterval   = 10 * time.Second
+	DefaultApplyTimeout   = 10 * time.Second
+	DefaultMinBackoff     = 250 * time.Millisecond
+	DefaultMaxBackoff     = 30 * time.Second
+	// DefaultMaxBatchOps and DefaultMaxBatchBytes cap a store batch when
+	// the store's own Limits are larger or unlimited, so a huge
+	// transaction is applied in chunks with bounded memory.
+	DefaultMaxBatchOps   = 10000
+	DefaultMaxBatchBytes = 16 << 20
+)
+
+// Config configures an Agent.
+type Config struct {
+	// DatabaseURL is the Lenkwerk database (postgres://…). The agent opens
+	// a replication connection and regular connections with it; the role
+	// needs REPLICATION and SELECT on the published tables.
+	DatabaseURL string
+	// Store receives the rows. The caller opens and closes it.
+	Store kvdriver.Store
+	// Slot is the logical replication slot (pgoutput); default lw_agent.
+	Slot string
+	// Publication is the publication streamed; default bagger_lw_storage.
+	Publication string
+	// Prefix is put before every key ("" or "/a/b").
+	Prefix string
+	// Templates override or extend keymap.DefaultTemplates
+	// ("schema.table" → "/Key/{col}").
+	Templates map[string]string
+	// Logger receives the agent's logs; default slog.Default().
+	Logger *slog.Logger
+
+	// StatusInterval is the longest time between standby status updates
+	// (keep it well below the server's wal_sender_timeout) and between
+	// checkpoint writes for idle keepalive positions.
+	StatusInterval time.Duration
+	// PollInterval is how often the publication's table list is read to
+	// mirror tables added to it.
+	PollInterval time.Duration
+	// ApplyTimeout bounds one store write attempt.
+	ApplyTimeout time.Duration
+	// MinBackoff and MaxBackoff bound the wait before reconnecting.
+	MinBackoff, MaxBackoff time.Duration
+	// MaxBatchOps and MaxBatchBytes cap one store batch below the store's
+	// Limits (0: DefaultMaxBatchOps, DefaultMaxBatchBytes).
+	MaxBatchOps, MaxBatchBytes int
+}
+
+// Names as migrations allows them; the publication name is spliced into
+// START_REPLICATION.
+var (
+	slotName        = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
+	publicationName = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,62}$`)
+)
+
+func (c *Config) setDefaults() {
+	if c.Slot == "" {
+		c.Slot = DefaultSlot
+	}
+	if c.Publication == "" {
+		c.Publication = DefaultPublication
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.StatusInterval <= 0 {
+		c.StatusInterval = DefaultStatusInterval
+	}
+	if c.PollInterval <= 0 {
+		c.PollInterval = DefaultPollInterval
+	}
+	if c.ApplyTimeout <= 0 {
+		c.ApplyTimeout = DefaultApplyTimeout
+	}
+	if c.MinBackoff <= 0 {
+		c.MinBackoff = DefaultMinBackoff
+	}
+	if c.MaxBackoff <= 0 {
+		c.MaxBackoff = DefaultMaxBackoff
+	}
+	if c.MaxBatchOps <= 0 {
+		c.MaxBatchOps = DefaultMaxBatchOps
+	}
+	if c.MaxBatchBytes <= 0 {
+		c.MaxBatchBytes = DefaultMaxBatchBytes
+	}
+}
+
+// Status is a snapshot of the agent's progress, for health checks and tests.
+type Status struct {
+	// Checkpoint is the last checkpoint the store acknowledged.
+	Checkpoint pglogrepl.LSN
+	// Confirmed is the last position confirmed to PostgreSQL.
+	Confirmed pglogrepl.LSN
+	// Streaming is true while the replication stream runs.
+	Streaming bool
+	// Transactions counts the transactions applied since New.
+	Transactions int64
+	// Err is the error that ended the last session; nil once a session
+	// streams again.
+	Err error
+}
+
+// Agent mirrors the published tables of a Lenkwerk database into a store.
+type Agent struct {
+	cfg     Config
+	mapper  *keymap.Mapper
+	log     *slog.Logger
+	ckptKey string
+
+	mu     sync.Mutex
+	status Status
+	stats  stats // test instrumentation (chunking, peak buffer)
+}
+
+// stats is internal instrumentation, read by the tests.
+type stats struct {
+	chunks      int64 // batches applied without a checkpoint
+	maxBuffered int   // most operations ever held for one transaction
+	copies      int64 // table copies (initial sync or added table)
+}
+
+// New checks cfg and returns an agent; it connects to nothing.
+func New(cfg Config) (*Agent, error) {
+	cfg.setDefaults()
+	if cfg.DatabaseURL == "" {
+		return nil, errors.New("agent: no database URL")
+	}
+	if cfg.Store == nil {
+		return nil, errors.New("agent: no store")
+	}
+	if !slotName.MatchString(cfg.Slot) {
+		return nil, fmt.Errorf("agent: invalid slot name %q (want 1-63 of a-z, 0-9, _)", cfg.Slot)
+	}
+	if !publicationName.MatchString(cfg.Publication) {
+		return nil, fmt.Errorf("agent: invalid publication name %q (want a lower-case identifier)", cfg.Publication)
+	}
+	if _, err := pgconn.ParseConfig(cfg.DatabaseURL); err != nil {
+		return nil, fmt.Errorf("agent: invalid database URL: %w", err)
+	}
+	m, err := keymap.New(cfg.Prefix, cfg.Templates)
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	return &Agent{
+		cfg:     cfg,
+		mapper:  m,
+		log:     cfg.Logger.With("slot", cfg.Slot),
+		ckptKey: CheckpointKey(cfg.Prefix, cfg.Slot),
+	}, nil
+}
+
+// Status returns the agent's current progress.
+func (a *Agent) Status() Status {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.status
+}
+
+func (a *Agent) update(f func(*Status)) {
+	a.mu.Lock()
+	f(&a.status)
+	a.mu.Unlock()
+}
+
+// Run mirrors the database into the store until ctx is done, then returns
+// nil. Every failure (PostgreSQL or store unreachable, slot in use by
+// another agent, a row that cannot be mirrored) is logged, and the agent
+// reconnects after a capped, jittered backoff and resumes from the store's
+// checkpoint; it never skips a change.
+func (a *Agent) Run(ctx context.Context) error {
+	bo := backoff{min: a.cfg.MinBackoff, max: a.cfg.MaxBackoff}
+	for {
+		before := a.Status().Transactions
+		err := a.session(ctx, false)
+		if ctx.Err() != nil {
+			return nil
+		}
+		a.update(func(s *Status) { s.Err = err; s.Streaming = false })
+		if a.Status().Transactions > before {
+			bo.reset()
+		}
+		d := bo.next()
+		if isSlotActive(err) {
+			a.log.Info("replication slot is used by another consumer; waiting", "retry_in", d, "err", err)
+		} else {
+			a.log.Error("agent session failed; reconnecting", "retry_in", d, "err", err)
+		}
+		if sleep(ctx, d) {
+			return nil
+		}
+	}
+}
+
+// Resync copies every published table again from a fresh snapshot: it
+// removes the store's checkpoint, recreates the slot with an exported
+// snapshot, copies, deletes keys of the agent's key space that match no
+// row and writes the new checkpoint. The slot must not be in use (stop the
+// agent first); the next Run streams from the new checkpoint.
+func Resync(ctx context.Context, cfg Config) error {
+	a, err := New(cfg)
+	if err != nil {
+		return err
+	}
+	return a.session(ctx, true)
+}
+
+// session runs one connection's worth of work: connect, initial sync when
+// needed (or forced), stream. It returns nil only when ctx is done (or, when
+// syncOnly, after the sync).
+func (a *Agent) session(ctx context.Context, syncOnly bool) error {
+	s, err := a.openSession(ctx)
+	if err != nil {
+		return err
+	}
+	defer s.close()
+	if syncOnly {
+		return s.initialSync(ctx)
+	}
+	ck, ok, err := ReadCheckpoint(ctx, a.cfg.Store, a.cfg.Prefix, a.cfg.Slot)
+	if err != nil {
+		return err
+	}
+	if ok {
+		ok, err = s.checkSlot(ctx, ck)
+		if err != nil {
+			return err
+		}
+	}
+	if !ok {
+		if err := s.initialSync(ctx); err != nil {
+			return err
+		}
+	} else {
+		s.setCheckpoint(ck)
+	}
+	return s.stream(ctx)
+}
+
+// isSlotActive reports PostgreSQL's "replication slot … is active for PID …"
+// (object_in_use), which another consumer of the slot causes.
+func isSlotActive(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "55006"
+}

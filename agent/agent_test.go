@@ -1,0 +1,125 @@
+package agent
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/bagger/lenkwerk/integration/converge"
+	"github.com/bagger/lenkwerk/kvdriver"
+)
+
+// seed fills the Bagger tables through Bagger's functions and plain DML.
+func (e *env) seed() {
+	e.exec(`SELECT storage.register_pg_instance('db1', 5432, 'bagger')`)
+	e.exec(`SELECT storage.register_pg_instance('db/2', 5433, 'bagger')`)
+	e.exec(`SELECT storage.save_servermap('{"gen": 1}')`)
+	e.exec(`SELECT storage.save_config('retention', '{"days": 30}')`)
+	e.exec(`INSERT INTO storage.index (id, indexname, access_method) VALUES (1, 'idx_a', 'btree'), (2, 'idx_b', 'gin')`)
+	e.exec(`INSERT INTO storage.index_field (id, index_id, ordinality, expression) VALUES (10, 1, 0, 'host'), (11, 1, 1, 'ts'), (12, 2, 0, 'msg')`)
+	e.exec(`INSERT INTO storage.dimension (id, ordinality, fieldname) VALUES (1, 0, 'host')`)
+}
+
+func TestInitialSyncThenStream(t *testing.T) {
+	e := newEnv(t, "")
+	e.seed()
+	ctx := context.Background()
+	// Left over from an earlier life of the store: a key of the agent's
+	// key space without a row goes; a foreign key stays.
+	if _, err := e.store.Put(ctx, "/Index/99", []byte(`{"id": 99}`)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.store.Put(ctx, "/Elsewhere/x", []byte(`1`)); err != nil {
+		t.Fatal(err)
+	}
+	a := e.start(e.config())
+	waitFor(t, "initial sync", 30*time.Second, func() bool { return a.Status().Streaming })
+	if _, ok := e.get("/Index/99"); ok {
+		t.Fatal("stale /Index/99 survived the initial sync")
+	}
+	if _, ok := e.get("/Elsewhere/x"); !ok {
+		t.Fatal("initial sync deleted a key outside the agent's key space")
+	}
+	if _, err := e.store.Delete(ctx, "/Elsewhere/x"); err != nil {
+		t.Fatal(err)
+	}
+	e.converged(converge.Options{})
+	if got := jsonField(t, mustGet(t, e, "/PostgresInstance/db%2F2/5433"), "host"); got != `"db/2"` {
+		t.Fatalf("escaped key holds host %s", got)
+	}
+
+	// Insert, update, delete, a key-moving update (delete old + put new in
+	// one batch), and the servermap's newest generation.
+	e.exec(`SELECT storage.save_config('limit', '{"n": 1}')`)
+	e.exec(`UPDATE storage.config SET value = '{"days": 7}' WHERE key = 'retention'`)
+	e.exec(`DELETE FROM storage.index_field WHERE id = 12`)
+	e.exec(`UPDATE storage.index_field SET index_id = 2 WHERE id = 11`)
+	e.exec(`SELECT storage.save_servermap('{"gen": 2}')`)
+	e.exec(`SELECT storage.set_pg_instance_status(1, 3)`)
+	e.converged(converge.Options{})
+	if _, ok := e.get("/Index/1/11"); ok {
+		t.Fatal("key-moving update left the old key")
+	}
+	if got := jsonField(t, mustGet(t, e, "/Servermap"), "server_map"); got != `{"gen": 2}` {
+		t.Fatalf("/Servermap = %s, want generation 2", got)
+	}
+	// Deleting the newest generation brings back the previous one;
+	// deleting all removes the key.
+	e.exec(`DELETE FROM storage.servermap WHERE id = (SELECT max(id) FROM storage.servermap)`)
+	e.converged(converge.Options{})
+	if got := jsonField(t, mustGet(t, e, "/Servermap"), "server_map"); got != `{"gen": 1}` {
+		t.Fatalf("/Servermap = %s, want generation 1 after deleting 2", got)
+	}
+	e.exec(`DELETE FROM storage.servermap`)
+	e.converged(converge.Options{})
+
+	// Truncate deletes exactly the table's keys: /Index/{id} and
+	// /Index/{index_id}/{id} share a prefix.
+	e.exec(`TRUNCATE storage.index_field`)
+	e.converged(converge.Options{})
+	if _, ok := e.get("/Index/1"); !ok {
+		t.Fatal("truncating index_field deleted /Index/1")
+	}
+	// Several changes to one key in one transaction (etcd refuses a key
+	// twice in a batch), a truncate followed by inserts.
+	tx, err := e.db.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{
+		`INSERT INTO storage.config (key, value) VALUES ('k', '1')`,
+		`UPDATE storage.config SET value = '2' WHERE key = 'k'`,
+		`UPDATE storage.config SET key = 'k2' WHERE key = 'k'`,
+		`UPDATE storage.config SET key = 'k' WHERE key = 'k2'`,
+		`TRUNCATE storage.dimension`,
+		`INSERT INTO storage.dimension (id, ordinality, fieldname) VALUES (5, 0, 'a/b')`,
+	} {
+		if _, err := tx.Exec(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e.converged(converge.Options{})
+	ck := e.checkpoint()
+	if ck.CommitLSN == 0 || ck.LSN <= ck.CommitLSN {
+		t.Fatalf("checkpoint %+v: want the commit end LSN after the commit LSN", ck)
+	}
+	if _, ok := ck.Tables["storage.config"]; !ok || len(ck.Tables) != 6 {
+		t.Fatalf("checkpoint tables %v", ck.Tables)
+	}
+}
+
+func mustGet(t *testing.T, e *env, key string) string {
+	t.Helper()
+	v, ok := e.get(key)
+	if !ok {
+		t.Fatalf("%s missing", key)
+	}
+	return v
+}
+
+var _ = strings.Contains
+var _ = kvdriver.Put

@@ -1,0 +1,103 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/bagger/lenkwerk/kvdriver"
+)
+
+// batchLimits are the effective limits of one store batch: the store's own,
+// capped by Config so memory stays bounded with unlimited stores.
+type batchLimits struct {
+	ops, bytes int
+	store      kvdriver.Limits
+}
+
+func (a *Agent) batchLimits() batchLimits {
+	l := a.cfg.Store.Limits()
+	b := batchLimits{ops: a.cfg.MaxBatchOps, bytes: a.cfg.MaxBatchBytes, store: l}
+	if l.MaxBatchOps > 0 {
+		b.ops = min(b.ops, l.MaxBatchOps)
+	}
+	if l.MaxBatchBytes > 0 {
+		b.bytes = min(b.bytes, l.MaxBatchBytes)
+	}
+	// A transaction's last batch carries the checkpoint too.
+	b.ops = max(b.ops, 2)
+	return b
+}
+
+// permanent reports store errors that retrying the same batch cannot fix.
+func permanent(err error) bool {
+	for _, e := range []error{kvdriver.ErrTooLarge, kvdriver.ErrInvalidKey, kvdriver.ErrInvalidValue, kvdriver.ErrInvalidBatch, kvdriver.ErrClosed} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
+// apply writes ops as one atomic batch. A failing store (outage, leader
+// election, network loss) is retried in place with backoff, while standby
+// status updates keep the replication connection alive
+// (wal_sender_timeout); batches are idempotent (puts and deletes of final
+// values), so retrying one that may have been applied is safe.
+func (s *session) apply(ctx context.Context, ops []kvdriver.Op) error {
+	if len(ops) == 0 {
+		return nil
+	}
+	bo := backoff{min: s.a.cfg.MinBackoff, max: min(s.a.cfg.MaxBackoff, s.a.cfg.StatusInterval)}
+	for {
+		actx, cancel := context.WithTimeout(ctx, s.a.cfg.ApplyTimeout)
+		_, err := s.a.cfg.Store.Apply(actx, ops)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if permanent(err) {
+			return fmt.Errorf("store batch of %d operations: %w", len(ops), err)
+		}
+		d := bo.next()
+		s.a.log.Warn("store write failed; retrying", "ops", len(ops), "retry_in", d, "err", err)
+		s.keepalive()
+		if sleep(ctx, d) {
+			return ctx.Err()
+		}
+	}
+}
+
+// applyAll applies ops in as many batches as the limits need; only the last
+// batch is counted as carrying a checkpoint.
+func (s *session) applyAll(ctx context.Context, ops []kvdriver.Op) error {
+	batches := split(ops, s.lim.ops, s.lim.bytes)
+	for i, b := range batches {
+		if err := s.apply(ctx, b); err != nil {
+			return err
+		}
+		if i < len(batches)-1 {
+			s.a.mu.Lock()
+			s.a.stats.chunks++
+			s.a.mu.Unlock()
+		}
+		s.keepalive()
+	}
+	return nil
+}
+
+// validatePut checks a row's key and value against the store's rules and
+// limits before anything of its transaction is written, naming the table
+// and key.
+func (s *session) validatePut(table, key string, value []byte) error {
+	if err := kvdriver.ValidatePut(key, value, s.lim.store); err != nil {
+		return fmt.Errorf("table %s, key %s: %w", table, key, err)
+	}
+	if n := len(key) + len(value); n > s.lim.bytes {
+		return fmt.Errorf("table %s, key %s: %w: row is %d bytes, more than a batch may carry (%d)", table, key, kvdriver.ErrTooLarge, n, s.lim.bytes)
+	}
+	return nil
+}

@@ -1,0 +1,195 @@
+package agent
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/bagger/lenkwerk/integration/converge"
+	"github.com/bagger/lenkwerk/integration/pgtest"
+	"github.com/bagger/lenkwerk/kvdriver"
+	"github.com/bagger/lenkwerk/kvdriver/mem"
+	"github.com/bagger/lenkwerk/migrations"
+	"github.com/jackc/pgx/v5"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m) }
+
+// env is one test's Lenkwerk database (provisioned by the migrations,
+// with a slot name of its own: slots are cluster-wide), a store and an
+// agent run.
+type env struct {
+	t     *testing.T
+	url   string
+	slot  string
+	db    *pgx.Conn
+	store kvdriver.Store
+	agent *Agent
+	stop  func()
+}
+
+func randomName(prefix string) string {
+	var b [5]byte
+	_, _ = rand.Read(b[:])
+	return prefix + hex.EncodeToString(b[:])
+}
+
+// newEnv provisions a database on the shared cluster (or on url when
+// given) and opens a private mem store.
+func newEnv(t *testing.T, url string) *env {
+	t.Helper()
+	if url == "" {
+		url = pgtest.NewDatabase(t)
+	}
+	e := &env{t: t, url: url, slot: randomName("lw_t")}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := migrations.Up(ctx, url, migrations.Options{Slot: e.slot}); err != nil {
+		t.Fatalf("migrations: %v", err)
+	}
+	db, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close(context.Background()) })
+	e.db = db
+	store, err := mem.Open(ctx, mem.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	e.store = store
+	return e
+}
+
+// config is the agent configuration tests use: fast status updates and
+// polls, short backoff.
+func (e *env) config() Config {
+	return Config{
+		DatabaseURL:    e.url,
+		Store:          e.store,
+		Slot:           e.slot,
+		Logger:         testLogger(e.t),
+		StatusInterval: 200 * time.Millisecond,
+		PollInterval:   300 * time.Millisecond,
+		ApplyTimeout:   2 * time.Second,
+		MinBackoff:     50 * time.Millisecond,
+		MaxBackoff:     500 * time.Millisecond,
+	}
+}
+
+// start runs an agent with cfg until the test ends or e.stop is called.
+func (e *env) start(cfg Config) *Agent {
+	e.t.Helper()
+	a, err := New(cfg)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	stopped := false
+	e.agent = a
+	e.stop = func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				e.t.Errorf("Run returned %v after cancel, want nil", err)
+			}
+		case <-time.After(30 * time.Second):
+			e.t.Errorf("Run did not return within 30s of cancel")
+		}
+	}
+	e.t.Cleanup(e.stop)
+	return a
+}
+
+func (e *env) exec(sql string, args ...any) {
+	e.t.Helper()
+	if _, err := e.db.Exec(context.Background(), sql, args...); err != nil {
+		e.t.Fatalf("%s: %v", sql, err)
+	}
+}
+
+// converged waits until the store mirrors the database.
+func (e *env) converged(opts converge.Options) {
+	e.t.Helper()
+	if opts.Publication == "" {
+		opts.Publication = DefaultPublication
+	}
+	if d, err := converge.Wait(context.Background(), converge.URL(e.url), e.store, opts, 30*time.Second); err != nil {
+		st := e.agent.Status()
+		e.t.Fatalf("%v\n(agent: checkpoint %s, confirmed %s, streaming %v, err %v)\n%s", err, st.Checkpoint, st.Confirmed, st.Streaming, st.Err, d)
+	}
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (e *env) get(key string) (string, bool) {
+	e.t.Helper()
+	kv, err := e.store.Get(context.Background(), key)
+	if errors.Is(err, kvdriver.ErrNotFound) {
+		return "", false
+	}
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return string(kv.Value), true
+}
+
+func (e *env) checkpoint() Checkpoint {
+	e.t.Helper()
+	ck, ok, err := ReadCheckpoint(context.Background(), e.store, "", e.slot)
+	if err != nil || !ok {
+		e.t.Fatalf("checkpoint: %v, found %v", err, ok)
+	}
+	return ck
+}
+
+func jsonField(t *testing.T, v, field string) string {
+	t.Helper()
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(v), &m); err != nil {
+		t.Fatalf("%s: %v", v, err)
+	}
+	return string(m[field])
+}
+
+// testLogger logs to the test at debug level when LENKWERK_TEST_LOG is
+// set, else only warnings and errors.
+func testLogger(t *testing.T) *slog.Logger {
+	lvl := slog.LevelWarn
+	if os.Getenv("LENKWERK_TEST_LOG") != "" {
+		lvl = slog.LevelDebug
+	}
+	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: lvl}))
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}

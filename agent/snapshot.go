@@ -1,0 +1,355 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"regexp"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/bagger/lenkwerk/agent/keymap"
+	"github.com/bagger/lenkwerk/kvdriver"
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+var snapshotName = regexp.MustCompile(`^[0-9A-Fa-f-]+$`)
+
+// initialSync copies every published table from one consistent snapshot:
+// the slot is recreated with CREATE_REPLICATION_SLOT … EXPORT_SNAPSHOT (a
+// slot created with SQL exports none), the tables are read as to_jsonb in a
+// REPEATABLE READ transaction on that snapshot, keys of the agent's key
+// space that match no row are deleted, and the last batch writes the
+// checkpoint: the slot's consistent point, from which streaming continues
+// without gap or overlap.
+func (s *session) initialSync(ctx context.Context) error {
+	slot := s.a.cfg.Slot
+	var active bool
+	var pid *int32
+	err := s.conn.QueryRow(ctx, `SELECT active, active_pid FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&active, &pid)
+	exists := err == nil
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return fmt.Errorf("look up replication slot %s: %w", slot, err)
+	}
+	if exists && active {
+		p := int32(0)
+		if pid != nil {
+			p = *pid
+		}
+		return &pgconn.PgError{Severity: "ERROR", Code: "55006", Message: fmt.Sprintf("replication slot %q is active for PID %d", slot, p)}
+	}
+	s.a.log.Info("initial sync: copying every published table from a new snapshot")
+	// Forget the old checkpoint before the slot: a crash from here on must
+	// lead to another copy, never to streaming from a stale position.
+	if err := s.apply(ctx, []kvdriver.Op{kvdriver.Delete(s.a.ckptKey)}); err != nil {
+		return fmt.Errorf("remove checkpoint: %w", err)
+	}
+	if exists {
+		if _, err := s.conn.Exec(ctx, `SELECT pg_drop_replication_slot($1)`, slot); err != nil {
+			return fmt.Errorf("drop replication slot %s: %w", slot, err)
+		}
+	}
+	res, err := pglogrepl.CreateReplicationSlot(ctx, s.repl, slot, "pgoutput", pglogrepl.CreateReplicationSlotOptions{
+		Mode:           pglogrepl.LogicalReplication,
+		SnapshotAction: "EXPORT_SNAPSHOT",
+	})
+	if err != nil {
+		return fmt.Errorf("create replication slot %s: %w", slot, err)
+	}
+	point, err := pglogrepl.ParseLSN(res.ConsistentPoint)
+	if err != nil {
+		return fmt.Errorf("create replication slot %s: consistent point %q: %w", slot, res.ConsistentPoint, err)
+	}
+	start := time.Now()
+	tables, ops, rows, err := s.copyTables(ctx, res.SnapshotName, nil)
+	if err != nil {
+		return fmt.Errorf("initial sync: %w", err)
+	}
+	ck := Checkpoint{LSN: point, Time: time.Now().UTC(), Tables: tables}
+	if err := s.applyAll(ctx, append(ops, kvdriver.Put(s.a.ckptKey, ck.value()))); err != nil {
+		return fmt.Errorf("initial sync: %w", err)
+	}
+	s.setCheckpoint(ck)
+	s.a.log.Info("initial sync done", "tables", len(tables), "rows", rows, "consistent_point", point, "took", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// copyTable copies one table added to the publication while streaming. A
+// temporary slot exports a snapshot with consistent point C; the table's
+// changes in transactions committed before C are in the copy and are
+// skipped in the stream, later ones are applied.
+func (s *session) copyTable(ctx context.Context, t tableInfo) error {
+	r2, err := pgconn.ConnectConfig(ctx, s.rcfg)
+	if err != nil {
+		return fmt.Errorf("copy table %s: open replication connection: %w", t.qualified(), err)
+	}
+	defer r2.Close(context.Background())
+	name := fmt.Sprintf("%.40s_copy_%d", s.a.cfg.Slot, r2.PID())
+	// Creating a slot waits for running transactions to end: keep the
+	// main stream's status updates going meanwhile.
+	type created struct {
+		res pglogrepl.CreateReplicationSlotResult
+		err error
+	}
+	done := make(chan created, 1)
+	go func() {
+		res, err := pglogrepl.CreateReplicationSlot(ctx, r2, name, "pgoutput", pglogrepl.CreateReplicationSlotOptions{
+			Temporary: true, Mode: pglogrepl.LogicalReplication, SnapshotAction: "EXPORT_SNAPSHOT",
+		})
+		done <- created{res, err}
+	}()
+	var c created
+	for waiting := true; waiting; {
+		select {
+		case c = <-done:
+			waiting = false
+		case <-time.After(s.a.cfg.StatusInterval):
+			s.keepalive()
+		}
+	}
+	if c.err != nil {
+		return fmt.Errorf("copy table %s: create temporary slot: %w", t.qualified(), c.err)
+	}
+	point, err := pglogrepl.ParseLSN(c.res.ConsistentPoint)
+	if err != nil {
+		return fmt.Errorf("copy table %s: consistent point %q: %w", t.qualified(), c.res.ConsistentPoint, err)
+	}
+	_, ops, rows, err := s.copyTables(ctx, c.res.SnapshotName, []tableInfo{t})
+	if err != nil {
+		return err
+	}
+	ck := s.ckpt
+	ck.Tables = maps.Clone(s.tables)
+	ck.Tables[t.qualified()] = t.shape
+	if err := s.applyAll(ctx, append(ops, kvdriver.Put(s.a.ckptKey, ck.value()))); err != nil {
+		return fmt.Errorf("copy table %s: %w", t.qualified(), err)
+	}
+	s.setCheckpoint(ck)
+	s.copiedAt[t.qualified()] = point
+	s.a.log.Info("table added to the publication: copied", "table", t.qualified(), "rows", rows, "consistent_point", point)
+	return nil
+}
+
+// copyTables copies tables (nil: every published table in the snapshot)
+// from the exported snapshot into the store, and returns the copied table
+// names and the operations still to apply (deletes of the keys in the
+// tables' key space that match no row), to which the caller appends the
+// checkpoint.
+func (s *session) copyTables(ctx context.Context, snapshot string, tables []tableInfo) (names map[string]string, rest []kvdriver.Op, rows int, err error) {
+	if !snapshotName.MatchString(snapshot) {
+		return nil, nil, 0, fmt.Errorf("unexpected snapshot name %q", snapshot)
+	}
+	tx, err := s.conn.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return nil, nil, 0, fmt.Errorf("begin snapshot transaction: %w", err)
+	}
+	defer tx.Rollback(context.Background())
+	if _, err := tx.Exec(ctx, "SET TRANSACTION SNAPSHOT '"+snapshot+"'"); err != nil {
+		return nil, nil, 0, fmt.Errorf("set transaction snapshot: %w", err)
+	}
+	// The key space: every key a copied table could have; with a full
+	// copy also the configured templates (Bagger's keys), so keys of rows
+	// deleted while the store was lost or replaced go too.
+	var space []*keymap.Template
+	if tables == nil {
+		if tables, err = publishedTables(ctx, tx, s.a.cfg.Publication); err != nil {
+			return nil, nil, 0, err
+		}
+		space = s.a.mapper.Templates()
+	}
+	type job struct {
+		info tableInfo
+		tmpl *keymap.Template
+	}
+	jobs := make([]job, 0, len(tables))
+	names = map[string]string{}
+	for _, t := range tables {
+		info, err := loadTableInfo(ctx, tx, t)
+		if err != nil {
+			return nil, nil, 0, err
+		}
+		tmpl, err := s.a.mapper.Table(info.schema, info.name, info.pk)
+		if err != nil {
+			return nil, nil, 0, fmt.Errorf("table %s: %w", info.qualified(), err)
+		}
+		if err := checkIdentity(info.qualified(), tmpl, info.identity, info.identCols); err != nil {
+			return nil, nil, 0, err
+		}
+		if tmpl.Singleton() && len(info.pk) == 0 {
+			return nil, nil, 0, fmt.Errorf("table %s (key %s): a single-key table needs a primary key to find its newest row", info.qualified(), tmpl)
+		}
+		jobs = append(jobs, job{info, tmpl})
+		if s.inTxn {
+			// Copied while streaming a transaction: the transaction
+			// committed before the snapshot, so its buffered changes to
+			// the table are in the copy, and applying them after it
+			// would bring back older values.
+			s.buf.drop(tmpl.Match)
+		}
+		space = append(space, tmpl)
+		names[info.qualified()] = info.shape
+	}
+	stale, err := s.keySpace(ctx, space)
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	buf := newTxnBuffer()
+	flush := func(force bool) error {
+		if !force && len(buf.ops) < s.lim.ops && buf.bytes < s.lim.bytes {
+			return nil
+		}
+		return s.applyAll(ctx, buf.take())
+	}
+	for _, j := range jobs {
+		rs, err := tx.Query(ctx, selectSQL(j.info, j.tmpl.Singleton()))
+		if err != nil {
+			return nil, nil, 0, fmt.Errorf("copy table %s: %w", j.info.qualified(), err)
+		}
+		for rs.Next() {
+			var v string
+			if err := rs.Scan(&v); err != nil {
+				rs.Close()
+				return nil, nil, 0, fmt.Errorf("copy table %s: %w", j.info.qualified(), err)
+			}
+			var row map[string]json.RawMessage
+			if err := json.Unmarshal([]byte(v), &row); err != nil {
+				rs.Close()
+				return nil, nil, 0, fmt.Errorf("copy table %s: %w", j.info.qualified(), err)
+			}
+			key, err := j.tmpl.Key(row)
+			if err == nil {
+				err = s.validatePut(j.info.qualified(), key, []byte(v))
+			}
+			if err != nil {
+				rs.Close()
+				return nil, nil, 0, fmt.Errorf("copy table %s: %w", j.info.qualified(), err)
+			}
+			buf.put(key, []byte(v))
+			delete(stale, key)
+			rows++
+			if err := flush(false); err != nil {
+				rs.Close()
+				return nil, nil, 0, err
+			}
+		}
+		rs.Close()
+		if err := rs.Err(); err != nil {
+			return nil, nil, 0, fmt.Errorf("copy table %s: %w", j.info.qualified(), err)
+		}
+		s.a.mu.Lock()
+		s.a.stats.copies++
+		s.a.mu.Unlock()
+	}
+	if err := flush(true); err != nil {
+		return nil, nil, 0, err
+	}
+	keys := make([]string, 0, len(stale))
+	for k := range stale {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		buf.del(k)
+		if err := flush(false); err != nil {
+			return nil, nil, 0, err
+		}
+	}
+	return names, buf.take(), rows, nil
+}
+
+// keySpace lists the store keys that have the shape of one of the
+// templates (never the agent's reserved keys).
+func (s *session) keySpace(ctx context.Context, space []*keymap.Template) (map[string]struct{}, error) {
+	out := map[string]struct{}{}
+	listed := map[string]bool{}
+	for _, t := range space {
+		p := t.ListPrefix()
+		if listed[p] {
+			continue
+		}
+		listed[p] = true
+		kvs, err := s.list(ctx, p)
+		if err != nil {
+			return nil, err
+		}
+		for _, kv := range kvs {
+			for _, t := range space {
+				if ours(t.Match, s.a.cfg.Prefix, kv.Key) {
+					out[kv.Key] = struct{}{}
+					break
+				}
+			}
+		}
+	}
+	return out, nil
+}
+
+// ours reports whether key has a template's shape and is not one of the
+// agent's reserved keys.
+func ours(match func(string) bool, prefix, key string) bool {
+	return match(key) && !strings.HasPrefix(key, prefix+"/"+ReservedSegment+"/") && key != prefix+"/"+ReservedSegment
+}
+
+// list lists a prefix of the store, retrying through outages like apply.
+func (s *session) list(ctx context.Context, prefix string) ([]kvdriver.KV, error) {
+	bo := backoff{min: s.a.cfg.MinBackoff, max: min(s.a.cfg.MaxBackoff, s.a.cfg.StatusInterval)}
+	for {
+		lctx, cancel := context.WithTimeout(ctx, s.a.cfg.ApplyTimeout)
+		kvs, _, err := s.a.cfg.Store.List(lctx, prefix)
+		cancel()
+		if err == nil {
+			return kvs, nil
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		if permanent(err) {
+			return nil, fmt.Errorf("list %s: %w", prefix, err)
+		}
+		d := bo.next()
+		s.a.log.Warn("store list failed; retrying", "prefix", prefix, "retry_in", d, "err", err)
+		s.keepalive()
+		if sleep(ctx, d) {
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// pollTables mirrors tables added to the publication (existing rows
+// included), copies again tables whose columns changed (to_jsonb of every
+// row changed, though no row change is streamed) and forgets tables removed
+// from the publication (their keys stay until a resync).
+func (s *session) pollTables(ctx context.Context) error {
+	pub, err := publishedTables(ctx, s.conn, s.a.cfg.Publication)
+	if err != nil {
+		return err
+	}
+	s.pub = map[string]tableInfo{}
+	for _, t := range pub {
+		s.pub[t.qualified()] = t
+	}
+	for _, t := range pub {
+		shape, ok := s.tables[t.qualified()]
+		if ok && shape == t.shape {
+			continue
+		}
+		if ok {
+			s.a.log.Info("table columns changed: copying it again", "table", t.qualified())
+		}
+		if err := s.copyTable(ctx, t); err != nil {
+			return err
+		}
+	}
+	for t := range s.tables {
+		if _, ok := s.pub[t]; !ok {
+			s.a.log.Info("table removed from the publication: no longer mirrored; its keys stay until a resync", "table", t)
+			delete(s.tables, t)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,597 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"time"
+
+	"github.com/bagger/lenkwerk/agent/pgjson"
+	"github.com/bagger/lenkwerk/kvdriver"
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+)
+
+// session is one connection's worth of agent work. All of it runs on one
+// goroutine: the replication connection is only ever used by it.
+type session struct {
+	a     *Agent
+	conn  *pgx.Conn      // catalog, copies, newest rows
+	repl  *pgconn.PgConn // replication protocol
+	rcfg  *pgconn.Config // to open replication connections for table copies
+	types *pgjson.TypeMap
+	lim   batchLimits
+
+	rels     map[uint32]*relation
+	relErrs  map[uint32]error         // relations that cannot be mirrored
+	ckpt     Checkpoint               // last checkpoint the store acknowledged
+	tables   map[string]string        // copied tables → shape; stored with the next checkpoint
+	pub      map[string]tableInfo     // the publication's tables at the last poll
+	copiedAt map[string]pglogrepl.LSN // tables copied while streaming → consistent point
+
+	streaming  bool
+	confirmed  pglogrepl.LSN // last position sent as flushed/applied
+	lastStatus time.Time
+	lastIdle   time.Time // last checkpoint written for an idle keepalive
+	nextPoll   time.Time
+
+	inTxn    bool
+	skipTxn  bool
+	finalLSN pglogrepl.LSN
+	xid      uint32
+	rows     int
+	buf      *txnBuffer
+}
+
+func (a *Agent) openSession(ctx context.Context) (*session, error) {
+	cc, err := pgx.ParseConfig(a.cfg.DatabaseURL)
+	if err != nil {
+		return nil, fmt.Errorf("parse database URL: %w", err)
+	}
+	rc, err := pgconn.ParseConfig(a.cfg.DatabaseURL)
+	if err != nil {
+		return nil, fmt.Errorf("parse database URL: %w", err)
+	}
+	for _, p := range []map[string]string{cc.RuntimeParams, rc.RuntimeParams} {
+		// pgoutput sends values in the text output of the walsender's
+		// session, and to_jsonb (copies, single-key tables) formats by the
+		// regular session's: both must be what to_jsonb gives with
+		// TimeZone=UTC.
+		for k, v := range pgjson.SessionSettings() {
+			p[k] = v
+		}
+		if p["application_name"] == "" {
+			p["application_name"] = "lenkwerk-agent"
+		}
+	}
+	rc.RuntimeParams["replication"] = "database"
+	conn, err := pgx.ConnectConfig(ctx, cc)
+	if err != nil {
+		return nil, fmt.Errorf("connect to database: %w", err)
+	}
+	repl, err := pgconn.ConnectConfig(ctx, rc)
+	if err != nil {
+		conn.Close(context.Background())
+		return nil, fmt.Errorf("open replication connection: %w", err)
+	}
+	for _, c := range []*pgconn.PgConn{conn.PgConn(), repl} {
+		if err := pgjson.CheckParameterStatus(c.ParameterStatus); err != nil {
+			conn.Close(context.Background())
+			repl.Close(context.Background())
+			return nil, err
+		}
+	}
+	return &session{
+		a:        a,
+		conn:     conn,
+		repl:     repl,
+		rcfg:     rc,
+		types:    pgjson.NewTypeMap(),
+		lim:      a.batchLimits(),
+		rels:     map[uint32]*relation{},
+		relErrs:  map[uint32]error{},
+		copiedAt: map[string]pglogrepl.LSN{},
+		tables:   map[string]string{},
+		pub:      map[string]tableInfo{},
+		buf:      newTxnBuffer(),
+	}, nil
+}
+
+func (s *session) close() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	s.repl.Close(ctx)
+	s.conn.Close(ctx)
+}
+
+// checkSlot reports whether streaming can resume from ck: the slot must
+// exist and must not have been confirmed past ck (the agent confirms only
+// what the store has, so a slot ahead of the store means the store lost
+// changes, e.g. it was restored from a backup). Otherwise the store is
+// copied again.
+func (s *session) checkSlot(ctx context.Context, ck Checkpoint) (bool, error) {
+	var plugin string
+	var confirmed pglogrepl.LSN
+	err := s.conn.QueryRow(ctx, `SELECT plugin::text, coalesce(confirmed_flush_lsn, '0/0')::text FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()`, s.a.cfg.Slot).Scan(&plugin, &confirmed)
+	if errors.Is(err, pgx.ErrNoRows) {
+		s.a.log.Warn("replication slot is missing: copying every table again", "checkpoint", ck.LSN)
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("look up replication slot %s: %w", s.a.cfg.Slot, err)
+	}
+	if plugin != "pgoutput" {
+		return false, fmt.Errorf("replication slot %s uses plugin %s, not pgoutput", s.a.cfg.Slot, plugin)
+	}
+	if confirmed > ck.LSN {
+		s.a.log.Warn("store checkpoint is behind the replication slot (store restored or replaced?): copying every table again", "checkpoint", ck.LSN, "slot_confirmed", confirmed)
+		return false, nil
+	}
+	return true, nil
+}
+
+// setCheckpoint makes ck, which the store holds, the session's position.
+func (s *session) setCheckpoint(ck Checkpoint) {
+	s.ckpt = ck
+	s.tables = maps.Clone(ck.Tables)
+	s.confirmed = max(s.confirmed, ck.LSN)
+	s.a.update(func(st *Status) {
+		st.Checkpoint = ck.LSN
+	})
+}
+
+// stream runs START_REPLICATION from the checkpoint and applies
+// transactions until ctx is done (then it returns nil) or a failure.
+func (s *session) stream(ctx context.Context) error {
+	err := pglogrepl.StartReplication(ctx, s.repl, s.a.cfg.Slot, s.ckpt.LSN, pglogrepl.StartReplicationOptions{
+		Mode:       pglogrepl.LogicalReplication,
+		PluginArgs: []string{"proto_version '1'", "publication_names '" + s.a.cfg.Publication + "'"},
+	})
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("start replication from %s: %w", s.ckpt.LSN, err)
+	}
+	s.streaming = true
+	s.a.update(func(st *Status) { st.Streaming = true; st.Err = nil })
+	s.a.log.Info("streaming", "from", s.ckpt.LSN)
+	s.sendStatus()
+	s.lastIdle = time.Now()
+	// Tables may have been added to the publication while the agent was
+	// down: look right away.
+	s.nextPoll = time.Now()
+	for {
+		if ctx.Err() != nil {
+			return s.shutdown()
+		}
+		if !s.inTxn && !time.Now().Before(s.nextPoll) {
+			if err := s.pollTables(ctx); err != nil {
+				if ctx.Err() != nil {
+					return s.shutdown()
+				}
+				return err
+			}
+			s.nextPoll = time.Now().Add(s.a.cfg.PollInterval)
+		}
+		deadline := s.lastStatus.Add(s.a.cfg.StatusInterval)
+		if !s.inTxn && s.nextPoll.Before(deadline) {
+			deadline = s.nextPoll
+		}
+		rctx, cancel := context.WithDeadline(ctx, deadline)
+		msg, err := s.repl.ReceiveMessage(rctx)
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return s.shutdown()
+			}
+			if pgconn.Timeout(err) {
+				s.keepalive()
+				continue
+			}
+			return fmt.Errorf("receive replication message: %w", err)
+		}
+		switch msg := msg.(type) {
+		case *pgproto3.CopyData:
+			if err := s.handleCopyData(ctx, msg.Data); err != nil {
+				if ctx.Err() != nil {
+					return s.shutdown()
+				}
+				return err
+			}
+		case *pgproto3.ErrorResponse:
+			return fmt.Errorf("replication stream: %w", pgconn.ErrorResponseToPgError(msg))
+		case *pgproto3.CopyDone:
+			return errors.New("replication stream: ended by the server")
+		}
+	}
+}
+
+// shutdown abandons a transaction in flight (it is replayed after the
+// restart: the checkpoint has not passed it) and confirms what the store has.
+func (s *session) shutdown() error {
+	if s.inTxn {
+		s.a.log.Info("stopping: abandoning the transaction in flight; it is replayed on restart", "xid", s.xid, "commit_lsn", s.finalLSN)
+	}
+	s.sendStatus()
+	s.a.log.Info("stopped", "checkpoint", s.ckpt.LSN)
+	return nil
+}
+
+// sendStatus confirms s.confirmed as written, flushed and applied, every
+// field set explicitly: pglogrepl would copy the write position into zero
+// fields, and a confirmed position tells PostgreSQL it may discard the WAL.
+func (s *session) sendStatus() {
+	if !s.streaming {
+		return
+	}
+	err := pglogrepl.SendStandbyStatusUpdate(context.Background(), s.repl, pglogrepl.StandbyStatusUpdate{
+		WALWritePosition: s.confirmed,
+		WALFlushPosition: s.confirmed,
+		WALApplyPosition: s.confirmed,
+		ClientTime:       time.Now(),
+	})
+	s.lastStatus = time.Now()
+	if err != nil {
+		// The receive loop sees the broken connection.
+		s.a.log.Debug("send standby status update", "err", err)
+		return
+	}
+	c := s.confirmed
+	s.a.update(func(st *Status) { st.Confirmed = c })
+}
+
+// keepalive sends a status update when one is due, also during long store
+// writes and outages, so wal_sender_timeout does not end the stream.
+func (s *session) keepalive() {
+	if s.streaming && time.Since(s.lastStatus) >= s.a.cfg.StatusInterval {
+		s.sendStatus()
+	}
+}
+
+func (s *session) handleCopyData(ctx context.Context, data []byte) error {
+	if len(data) == 0 {
+		return nil
+	}
+	switch data[0] {
+	case pglogrepl.PrimaryKeepaliveMessageByteID:
+		pkm, err := pglogrepl.ParsePrimaryKeepaliveMessage(data[1:])
+		if err != nil {
+			return fmt.Errorf("parse keepalive: %w", err)
+		}
+		// Between transactions everything before ServerWALEnd has been
+		// sent and applied: advancing there lets an idle slot release WAL
+		// and lets a shutting-down server finish. Inside a transaction it
+		// would confirm changes not yet applied.
+		if !s.inTxn && pkm.ServerWALEnd > s.ckpt.LSN && (pkm.ReplyRequested || time.Since(s.lastIdle) >= s.a.cfg.StatusInterval) {
+			if err := s.advanceIdle(ctx, pkm.ServerWALEnd); err != nil {
+				return err
+			}
+		}
+		if pkm.ReplyRequested {
+			s.sendStatus()
+		}
+	case pglogrepl.XLogDataByteID:
+		xld, err := pglogrepl.ParseXLogData(data[1:])
+		if err != nil {
+			return fmt.Errorf("parse XLogData: %w", err)
+		}
+		m, err := pglogrepl.Parse(xld.WALData)
+		if err != nil {
+			return fmt.Errorf("parse pgoutput message at %s: %w", xld.WALStart, err)
+		}
+		return s.handleMessage(ctx, m)
+	}
+	return nil
+}
+
+// advanceIdle records an idle keepalive position: first in the store, so
+// the slot is never confirmed past the store's checkpoint (a slot ahead of
+// the store then reliably means the store lost data), then to PostgreSQL.
+func (s *session) advanceIdle(ctx context.Context, lsn pglogrepl.LSN) error {
+	ck := Checkpoint{LSN: lsn, Time: time.Now().UTC(), Tables: maps.Clone(s.tables)}
+	if err := s.apply(ctx, []kvdriver.Op{kvdriver.Put(s.a.ckptKey, ck.value())}); err != nil {
+		return fmt.Errorf("write idle checkpoint %s: %w", lsn, err)
+	}
+	s.lastIdle = time.Now()
+	s.setCheckpoint(ck)
+	s.sendStatus()
+	return nil
+}
+
+func (s *session) handleMessage(ctx context.Context, m pglogrepl.Message) error {
+	switch m := m.(type) {
+	case *pglogrepl.RelationMessage:
+		return s.onRelation(ctx, m)
+	case *pglogrepl.BeginMessage:
+		if s.inTxn {
+			return fmt.Errorf("replication stream: BEGIN of xid %d inside xid %d", m.Xid, s.xid)
+		}
+		s.inTxn, s.finalLSN, s.xid, s.rows = true, m.FinalLSN, m.Xid, 0
+		// Dedupe per transaction, never per row (rows of one statement can
+		// share an LSN): a transaction whose commit record starts before
+		// the checkpoint ends at or before it, so the store has it.
+		s.skipTxn = m.FinalLSN < s.ckpt.LSN
+		s.buf.reset()
+		return nil
+	case *pglogrepl.CommitMessage:
+		if !s.inTxn {
+			return fmt.Errorf("replication stream: COMMIT %s without BEGIN", m.CommitLSN)
+		}
+		err := s.commit(ctx, m)
+		s.inTxn = false
+		s.buf.reset()
+		return err
+	case *pglogrepl.InsertMessage:
+		r, skip, err := s.relFor(ctx, m.RelationID)
+		if err != nil || skip {
+			return err
+		}
+		return s.onInsert(ctx, r, m)
+	case *pglogrepl.UpdateMessage:
+		r, skip, err := s.relFor(ctx, m.RelationID)
+		if err != nil || skip {
+			return err
+		}
+		return s.onUpdate(ctx, r, m)
+	case *pglogrepl.DeleteMessage:
+		r, skip, err := s.relFor(ctx, m.RelationID)
+		if err != nil || skip {
+			return err
+		}
+		return s.onDelete(ctx, r, m)
+	case *pglogrepl.TruncateMessage:
+		for _, id := range m.RelationIDs {
+			r, skip, err := s.relFor(ctx, id)
+			if err != nil {
+				return err
+			}
+			if !skip {
+				if err := s.onTruncate(ctx, r); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// onRelation caches a relation's new shape. A relation that cannot be
+// mirrored is remembered as an error, raised only when one of its changes
+// must be applied.
+func (s *session) onRelation(ctx context.Context, m *pglogrepl.RelationMessage) error {
+	name := m.Namespace + "." + m.RelationName
+	if old := s.rels[m.RelationID]; old != nil && !slices.Equal(old.cols, pgjson.ColumnsOf(m)) {
+		// Columns changed: every row's to_jsonb did; poll (and copy the
+		// table again) at the next transaction boundary.
+		s.nextPoll = time.Now()
+	}
+	delete(s.rels, m.RelationID)
+	delete(s.relErrs, m.RelationID)
+	info, err := loadTableInfo(ctx, s.conn, tableInfo{schema: m.Namespace, name: m.RelationName})
+	if err != nil && !errors.Is(err, errNoTable) {
+		return err
+	}
+	// The relation may have changed because a type did (ALTER TYPE):
+	// read the types again.
+	s.types.Invalidate()
+	enc, err := s.types.Encoder(ctx, s.conn, pgjson.ColumnsOf(m))
+	if err != nil {
+		s.relErrs[m.RelationID] = fmt.Errorf("table %s: %w", name, err)
+		return nil
+	}
+	r, err := newRelation(s.a.mapper, m, info, enc)
+	if err != nil {
+		s.relErrs[m.RelationID] = err
+		return nil
+	}
+	s.rels[m.RelationID] = r
+	return nil
+}
+
+// relFor returns the relation of a change; skip is true when the change is
+// already in the store because the table was copied from a snapshot taken
+// after this transaction committed. A table the agent has not copied yet
+// (added to the publication) is copied first.
+func (s *session) relFor(ctx context.Context, id uint32) (r *relation, skip bool, err error) {
+	if s.skipTxn {
+		return nil, true, nil
+	}
+	if err := s.relErrs[id]; err != nil {
+		return nil, false, err
+	}
+	r = s.rels[id]
+	if r == nil {
+		return nil, false, fmt.Errorf("replication stream: change for relation %d without a Relation message", id)
+	}
+	if _, ok := s.tables[r.qualified]; !ok {
+		// Added to the publication since the last poll.
+		if err := s.pollTables(ctx); err != nil {
+			return nil, false, err
+		}
+		if _, ok := s.tables[r.qualified]; !ok {
+			if err := s.copyTable(ctx, tableInfo{schema: r.schema, name: r.name}); err != nil {
+				return nil, false, err
+			}
+		}
+	}
+	if c, ok := s.copiedAt[r.qualified]; ok && s.finalLSN < c {
+		return r, true, nil
+	}
+	s.rows++
+	return r, false, nil
+}
+
+func (s *session) onInsert(ctx context.Context, r *relation, m *pglogrepl.InsertMessage) error {
+	if r.tmpl.Singleton() {
+		s.buf.markNewest(r)
+		return nil
+	}
+	vals, err := r.values(m.Tuple, nil)
+	if err != nil {
+		return err
+	}
+	return s.putRow(ctx, r, vals)
+}
+
+func (s *session) onUpdate(ctx context.Context, r *relation, m *pglogrepl.UpdateMessage) error {
+	if r.tmpl.Singleton() {
+		s.buf.markNewest(r)
+		return nil
+	}
+	vals, err := r.values(m.NewTuple, m.OldTuple)
+	if err != nil {
+		return err
+	}
+	if m.OldTuple != nil {
+		// The old row comes with REPLICA IDENTITY FULL, or when the
+		// identity columns changed: the key may have moved.
+		newKey, err := r.key(s.types, vals)
+		if err != nil {
+			return err
+		}
+		oldKey, err := r.oldKey(s.types, m.OldTuple, vals)
+		if err != nil {
+			return err
+		}
+		if oldKey != newKey {
+			s.buf.del(oldKey)
+		}
+	}
+	return s.putRow(ctx, r, vals)
+}
+
+func (s *session) putRow(ctx context.Context, r *relation, vals [][]byte) error {
+	key, err := r.key(s.types, vals)
+	if err != nil {
+		return err
+	}
+	val, err := r.enc.AppendRow(nil, vals)
+	if err != nil {
+		return fmt.Errorf("table %s, key %s: %w", r.qualified, key, err)
+	}
+	if err := s.validatePut(r.qualified, key, val); err != nil {
+		return err
+	}
+	s.buf.put(key, val)
+	return s.maybeFlush(ctx)
+}
+
+func (s *session) onDelete(ctx context.Context, r *relation, m *pglogrepl.DeleteMessage) error {
+	if r.tmpl.Singleton() {
+		s.buf.markNewest(r)
+		return nil
+	}
+	if m.OldTuple == nil {
+		return fmt.Errorf("table %s: delete without the old row's key", r.qualified)
+	}
+	key, err := r.oldKey(s.types, m.OldTuple, nil)
+	if err != nil {
+		return err
+	}
+	s.buf.del(key)
+	return s.maybeFlush(ctx)
+}
+
+// onTruncate deletes every key of the table: those the store has (listed
+// by the template's prefix and matched against its shape, since
+// "/Index/{id}" and "/Index/{index_id}/{id}" share a prefix) and those the
+// transaction wrote so far.
+func (s *session) onTruncate(ctx context.Context, r *relation) error {
+	if r.tmpl.Singleton() {
+		s.buf.markNewest(r)
+		return nil
+	}
+	for _, op := range slices.Clone(s.buf.ops) {
+		if ours(r.tmpl.Match, s.a.cfg.Prefix, op.Key) {
+			s.buf.del(op.Key)
+		}
+	}
+	kvs, err := s.list(ctx, r.tmpl.ListPrefix())
+	if err != nil {
+		return err
+	}
+	for _, kv := range kvs {
+		if ours(r.tmpl.Match, s.a.cfg.Prefix, kv.Key) {
+			s.buf.del(kv.Key)
+			if err := s.maybeFlush(ctx); err != nil {
+				return err
+			}
+		}
+	}
+	return s.maybeFlush(ctx)
+}
+
+// maybeFlush applies the buffered part of a transaction when it reaches
+// the batch limits: a chunk without checkpoint. A crash before the last
+// chunk replays the whole transaction, which rewrites the same final values.
+func (s *session) maybeFlush(ctx context.Context) error {
+	if n := len(s.buf.ops); n > s.a.stats.maxBuffered {
+		s.a.mu.Lock()
+		s.a.stats.maxBuffered = n
+		s.a.mu.Unlock()
+	}
+	if len(s.buf.ops) < s.lim.ops && s.buf.bytes < s.lim.bytes {
+		return nil
+	}
+	return s.applyAll(ctx, s.buf.take())
+}
+
+// commit resolves single-key tables, then applies the rest of the
+// transaction with the checkpoint (its commit end LSN) in the last batch,
+// then confirms it.
+func (s *session) commit(ctx context.Context, m *pglogrepl.CommitMessage) error {
+	if s.skipTxn {
+		s.a.log.Debug("transaction already in the store: skipped", "xid", s.xid, "commit_lsn", m.CommitLSN, "end_lsn", m.TransactionEndLSN)
+		return nil
+	}
+	for _, r := range s.buf.newest {
+		if err := s.resolveNewest(ctx, r); err != nil {
+			return err
+		}
+	}
+	ck := Checkpoint{LSN: m.TransactionEndLSN, CommitLSN: m.CommitLSN, Time: m.CommitTime.UTC(), Tables: maps.Clone(s.tables)}
+	ops := append(s.buf.take(), kvdriver.Put(s.a.ckptKey, ck.value()))
+	if err := s.applyAll(ctx, ops); err != nil {
+		return fmt.Errorf("apply transaction %d (commit %s): %w", s.xid, m.CommitLSN, err)
+	}
+	s.setCheckpoint(ck)
+	s.a.update(func(st *Status) { st.Transactions++ })
+	s.sendStatus()
+	s.a.log.Debug("transaction applied", "xid", s.xid, "commit_lsn", m.CommitLSN, "end_lsn", m.TransactionEndLSN, "rows", s.rows, "ops", len(ops))
+	return nil
+}
+
+// resolveNewest sets a single-key table's key (/Servermap) to its newest
+// row, read from the database now. The database may be ahead of the
+// stream; the key then shows a newer state early, never an older one, and
+// every later transaction touching the table reads again.
+func (s *session) resolveNewest(ctx context.Context, r *relation) error {
+	key, err := r.tmpl.Key(nil)
+	if err != nil {
+		return fmt.Errorf("table %s: %w", r.qualified, err)
+	}
+	var v string
+	t, ok := s.pub[r.qualified]
+	if !ok {
+		t = tableInfo{schema: r.schema, name: r.name}
+	}
+	t.pk = r.pk
+	err = s.conn.QueryRow(ctx, selectSQL(t, true)).Scan(&v)
+	if errors.Is(err, pgx.ErrNoRows) {
+		s.buf.del(key)
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("table %s, key %s: read newest row: %w", r.qualified, key, err)
+	}
+	if err := s.validatePut(r.qualified, key, []byte(v)); err != nil {
+		return err
+	}
+	s.buf.put(key, []byte(v))
+	return nil
+}
