@@ -45,9 +45,9 @@ type Checkpoint struct {
 }
 
 type checkpointJSON struct {
-	LSN       string   `json:"lsn"`
-	CommitLSN string   `json:"commit_lsn,omitempty"`
-	Time      string   `json:"time"`
+	LSN       string            `json:"lsn"`
+	CommitLSN string            `json:"commit_lsn,omitempty"`
+	Time      string            `json:"time"`
 	Tables    map[string]string `json:"tables"`
 }
 
