@@ -33,6 +33,9 @@ type Options struct {
 	// UnsafeNoFsync skips fsync: faster, and safe as long as the process
 	// (not just the server) does not crash. For tests.
 	UnsafeNoFsync bool
+	// MaxRequestBytes and MaxTxnOps override etcd's request limits
+	// (--max-request-bytes, --max-txn-ops) when not zero.
+	MaxRequestBytes, MaxTxnOps uint
 
 	// initialCluster and clusterToken are set by NewCluster.
 	initialCluster string
@@ -129,6 +132,12 @@ func (s *Server) config() (*embed.Config, error) {
 	cfg.LogLevel = s.opts.LogLevel
 	cfg.LogOutputs = []string{s.opts.LogOutput}
 	cfg.UnsafeNoFsync = s.opts.UnsafeNoFsync
+	if s.opts.MaxRequestBytes != 0 {
+		cfg.MaxRequestBytes = s.opts.MaxRequestBytes
+	}
+	if s.opts.MaxTxnOps != 0 {
+		cfg.MaxTxnOps = s.opts.MaxTxnOps
+	}
 	// The HTTP gateway is not used by Lenkwerk; fewer goroutines to stop.
 	cfg.EnableGRPCGateway = false
 	return cfg, nil

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/url"
 	"sync"
+	"sync/atomic"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -57,6 +58,10 @@ type Store struct {
 	mu      sync.Mutex
 	closed  bool
 	watches sync.WaitGroup
+
+	// watchRestarts counts etcd watches re-established after their stream
+	// ended, for tests.
+	watchRestarts atomic.Int64
 }
 
 var _ kvdriver.Store = (*Store)(nil)

@@ -127,6 +127,7 @@ func (w *watch) run(ctx context.Context) {
 		case <-t.C:
 		}
 		backoff = min(2*backoff, maxWatchBackoff)
+		w.s.watchRestarts.Add(1)
 	}
 }
 

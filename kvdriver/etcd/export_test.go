@@ -1,0 +1,4 @@
+package etcd
+
+// WatchRestarts reports how many times s re-established an etcd watch.
+func WatchRestarts(s *Store) int64 { return s.watchRestarts.Load() }
