@@ -38,6 +38,9 @@ type Store struct {
 
 	ctx    context.Context // ends with Close
 	cancel context.CancelFunc
+	// mu orders goroutine starts (wg.Add) before Close's wg.Wait: once
+	// closed is set under mu, nothing starts.
+	mu     sync.Mutex
 	wg     sync.WaitGroup
 	closed atomic.Bool
 
@@ -223,7 +226,10 @@ func (s *Store) apply(ctx context.Context, keys []string, values [][]byte) (int6
 // Close ends the store's watches and background work and closes its
 // connections. It is idempotent.
 func (s *Store) Close() error {
-	if s.closed.Swap(true) {
+	s.mu.Lock()
+	already := s.closed.Swap(true)
+	s.mu.Unlock()
+	if already {
 		return nil
 	}
 	s.cancel()
@@ -253,7 +259,7 @@ func (s *Store) translate(err error) error {
 func translate(err error, schema string) error {
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && pgErr.Code == "42501" {
-		return fmt.Errorf("permission denied: this role may not write the store in schema %q (%s is read-only): %w", schema, readerRole, err)
+		return fmt.Errorf("permission denied in schema %q: the role lacks the privilege for this (%s is read-only: Get, List and Watch): %w", schema, readerRole, err)
 	}
 	return err
 }

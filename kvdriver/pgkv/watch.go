@@ -39,8 +39,14 @@ func (s *Store) Watch(ctx context.Context, prefix string, afterRev int64) <-chan
 			w.last, w.fromHead = head, false
 		}
 	}
+	s.mu.Lock()
+	if s.closed.Load() {
+		s.mu.Unlock()
+		return fail(kvdriver.ErrClosed)
+	}
 	wake, unsubscribe := s.listener.subscribe()
 	s.wg.Add(1)
+	s.mu.Unlock()
 	go func() {
 		defer s.wg.Done()
 		defer close(ch)
