@@ -20,6 +20,29 @@
 //
 //	store, err := kvdriver.Open(ctx, "etcd://127.0.0.1:2379")
 //
+// # Keys and values
+//
+// A key is a '/'-delimited path (ValidateKey): it starts with '/', has no
+// empty segment (no "//", no trailing '/'), is valid UTF-8 without NUL and
+// is at most DefaultMaxKeyBytes long. A segment may not be "." or "..":
+// such a key would name another key, or escape its prefix, for any
+// consumer that treats keys as paths (path.Clean, HTTP routers, a dump to
+// files), so producers escape such values (keymap does) rather than
+// store them. Dots inside a segment ("db1.example.com", "...") are fine.
+// The root "/" is a prefix, not a key.
+//
 // Prefixes are path prefixes: "/Index" matches "/Index" and "/Index/7" but
 // not "/IndexField"; "/" matches every key.
+//
+// A value is one JSON document in UTF-8 (ValidateValue); the empty value is
+// not one: delete the key instead. Drivers may normalise a document (jsonb
+// does) but never change what it means.
+//
+// Every bad key, value or batch is refused before anything is written, with
+// an error wrapping ErrInvalidKey, ErrInvalidValue, ErrInvalidBatch or
+// ErrTooLarge that names the problem. Drivers check with ValidatePut and
+// ValidateBatch against their Limits.
+//
+// The conformance suite in package kvtest holds every driver to this
+// contract; package mem is the in-process driver for tests.
 package kvdriver

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/url"
+	"regexp"
 	"sort"
 	"strings"
 	"sync"
@@ -74,22 +75,69 @@ func Open(ctx context.Context, rawURL string) (Store, error) {
 }
 
 // Redact returns rawURL with any password replaced by "xxxxx", for logs and
-// errors. Unparseable input is replaced whole.
+// errors: the userinfo password, query parameters whose name says password,
+// secret or token (password-file is masked too: a path is nobody's
+// business in a log), libpq key=value strings' password, and a query or
+// fragment that cannot be parsed. Unparseable input is replaced whole.
 func Redact(rawURL string) string {
 	u, err := url.Parse(rawURL)
 	if err != nil {
 		return "<unparseable URL>"
 	}
-	q := u.Query()
+	if u.Scheme == "" && conninfoSecret.MatchString(rawURL) {
+		// "host=db password=x": a libpq connection string, not a URL.
+		return conninfoSecret.ReplaceAllString(rawURL, "${1}xxxxx")
+	}
 	masked := false
-	for k := range q {
-		if lk := strings.ToLower(k); strings.Contains(lk, "password") || strings.Contains(lk, "secret") || strings.Contains(lk, "token") {
-			q.Set(k, "xxxxx")
+	if u.Opaque != "" && strings.Contains(u.Opaque, "@") {
+		// "user:pass@host" parses as scheme "user", opaque "pass@host".
+		u.Opaque = "xxxxx@" + u.Opaque[strings.LastIndexByte(u.Opaque, '@')+1:]
+		masked = true
+	}
+	if _, ok := u.User.Password(); ok {
+		masked = true
+	}
+	if u.RawQuery != "" {
+		q, err := url.ParseQuery(u.RawQuery)
+		if err != nil {
+			// Query() would drop the bad pair and Redacted keep it raw.
+			u.RawQuery = "xxxxx"
 			masked = true
+		} else {
+			secret := false
+			for k := range q {
+				if secretParam(k) {
+					q[k] = []string{"xxxxx"}
+					secret = true
+				}
+			}
+			if secret {
+				u.RawQuery = q.Encode()
+				masked = true
+			}
 		}
 	}
-	if masked {
-		u.RawQuery = q.Encode()
+	if u.Fragment != "" {
+		u.Fragment, u.RawFragment = "xxxxx", ""
+		masked = true
+	}
+	if !masked {
+		return rawURL
 	}
 	return u.Redacted()
 }
+
+// secretParam reports a URL parameter that may carry a secret.
+func secretParam(name string) bool {
+	n := strings.ToLower(name)
+	for _, s := range []string{"password", "passwd", "pwd", "secret", "token", "credential"} {
+		if strings.Contains(n, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// conninfoSecret matches the value of a secret in a libpq key=value
+// connection string (quoted or not).
+var conninfoSecret = regexp.MustCompile(`(?i)(\b\w*(?:password|passwd|pwd|secret|token)\w*\s*=\s*)('(?:[^'\\]|\\.)*'|\S*)`)
