@@ -132,6 +132,11 @@ type Agent struct {
 	mu     sync.Mutex
 	status Status
 	stats  stats // test instrumentation (chunking, peak buffer)
+
+	// testNoConfirm makes status updates repeat the start position, as if
+	// the agent crashed after each store write before confirming: the
+	// restart then replays, and must skip, what the store has.
+	testNoConfirm bool
 }
 
 // stats is internal instrumentation, read by the tests.

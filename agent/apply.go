@@ -71,15 +71,16 @@ func (s *session) apply(ctx context.Context, ops []kvdriver.Op) error {
 	}
 }
 
-// applyAll applies ops in as many batches as the limits need; only the last
-// batch is counted as carrying a checkpoint.
-func (s *session) applyAll(ctx context.Context, ops []kvdriver.Op) error {
+// applyAll applies ops in as many batches as the limits need. With final,
+// the last batch carries the checkpoint (the caller put it last); the others
+// are chunks.
+func (s *session) applyAll(ctx context.Context, ops []kvdriver.Op, final bool) error {
 	batches := split(ops, s.lim.ops, s.lim.bytes)
 	for i, b := range batches {
 		if err := s.apply(ctx, b); err != nil {
 			return err
 		}
-		if i < len(batches)-1 {
+		if !final || i < len(batches)-1 {
 			s.a.mu.Lock()
 			s.a.stats.chunks++
 			s.a.mu.Unlock()

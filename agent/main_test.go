@@ -116,6 +116,14 @@ func (e *env) start(cfg Config) *Agent {
 	return a
 }
 
+// run starts an agent and waits until it streams (the initial sync is done).
+func (e *env) run(cfg Config) *Agent {
+	e.t.Helper()
+	a := e.start(cfg)
+	waitFor(e.t, "streaming", 30*time.Second, func() bool { return a.Status().Streaming })
+	return a
+}
+
 func (e *env) exec(sql string, args ...any) {
 	e.t.Helper()
 	if _, err := e.db.Exec(context.Background(), sql, args...); err != nil {

@@ -71,7 +71,7 @@ func (s *session) initialSync(ctx context.Context) error {
 		return fmt.Errorf("initial sync: %w", err)
 	}
 	ck := Checkpoint{LSN: point, Time: time.Now().UTC(), Tables: tables}
-	if err := s.applyAll(ctx, append(ops, kvdriver.Put(s.a.ckptKey, ck.value()))); err != nil {
+	if err := s.applyAll(ctx, append(ops, kvdriver.Put(s.a.ckptKey, ck.value())), true); err != nil {
 		return fmt.Errorf("initial sync: %w", err)
 	}
 	s.setCheckpoint(ck)
@@ -126,7 +126,7 @@ func (s *session) copyTable(ctx context.Context, t tableInfo) error {
 	ck := s.ckpt
 	ck.Tables = maps.Clone(s.tables)
 	ck.Tables[t.qualified()] = t.shape
-	if err := s.applyAll(ctx, append(ops, kvdriver.Put(s.a.ckptKey, ck.value()))); err != nil {
+	if err := s.applyAll(ctx, append(ops, kvdriver.Put(s.a.ckptKey, ck.value())), true); err != nil {
 		return fmt.Errorf("copy table %s: %w", t.qualified(), err)
 	}
 	s.setCheckpoint(ck)
@@ -203,7 +203,7 @@ func (s *session) copyTables(ctx context.Context, snapshot string, tables []tabl
 		if !force && len(buf.ops) < s.lim.ops && buf.bytes < s.lim.bytes {
 			return nil
 		}
-		return s.applyAll(ctx, buf.take())
+		return s.applyAll(ctx, buf.take(), false)
 	}
 	for _, j := range jobs {
 		rs, err := tx.Query(ctx, selectSQL(j.info, j.tmpl.Singleton()))
