@@ -19,7 +19,7 @@
 //
 //	srv := etcdtest.New(t)
 //	c := etcdtest.StartCluster(t, 3)
-//	c.Members[0].Stop()
+//	c.Members[c.Leader()].Kill() // a crash: no leadership hand-over
 //
 // Servers log at level "error" to etcd.log in their directory (data lives
 // in its data/ subdirectory), so test output stays clean and failures can

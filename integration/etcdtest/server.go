@@ -229,6 +229,9 @@ func (s *Server) Dir() string { return s.opts.Dir }
 // Endpoint returns the client address, "127.0.0.1:port".
 func (s *Server) Endpoint() string { return "127.0.0.1:" + strconv.Itoa(s.opts.ClientPort) }
 
+// Endpoints returns the client address as a list, like Cluster.Endpoints.
+func (s *Server) Endpoints() []string { return []string{s.Endpoint()} }
+
 // URL returns the Lenkwerk store URL of this server, "etcd://127.0.0.1:port".
 func (s *Server) URL() string { return "etcd://" + s.Endpoint() }
 
