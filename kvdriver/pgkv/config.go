@@ -34,6 +34,7 @@ const (
 	maxReconnectBackoff       = 5 * time.Second
 	initialReconnectBackoff   = 50 * time.Millisecond
 	watchRevisionsPerResponse = 1000
+	watchEventsPerResponse    = 10_000
 )
 
 // Config is what a postgres:// store URL parses into; library users may

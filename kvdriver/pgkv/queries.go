@@ -28,16 +28,19 @@ func newQueries(schema string) queries {
 		head: r.Replace(`SELECT rev, compact_rev FROM $schema.kv_meta`),
 
 		// One snapshot gives the head, the compaction point and the events
-		// after $1 up to the head (at most $2 revisions). The head is a
-		// safe horizon: writers are serialized, so every revision up to it
-		// is committed and visible in this snapshot. If the compaction
-		// point is past $1 no rows are read: the watch has lost history.
+		// after $1 up to the head (at most $2 revisions, at most $6 events;
+		// NULL: all). The head is a safe horizon: writers are serialized,
+		// so every revision up to it is committed and visible in this
+		// snapshot. If the compaction point is past $1 no rows are read:
+		// the watch has lost history.
 		watch: r.Replace(`SELECT m.rev, m.compact_rev, l.rev, l.key, l.value
 			FROM $schema.kv_meta m
 			LEFT JOIN LATERAL (
 				SELECT rev, idx, key, value FROM $schema.kv_log
 				WHERE rev > $1 AND rev <= least(m.rev, $1 + $2)
 				  AND (key = $3 OR (key >= $4 AND key < $5))
+				ORDER BY rev, idx
+				LIMIT $6
 			) l ON m.compact_rev <= $1
 			ORDER BY l.rev, l.idx`),
 

@@ -123,7 +123,9 @@ func (e compactedError) Error() string {
 func (e compactedError) Unwrap() error { return kvdriver.ErrCompacted }
 
 // catchUp delivers everything committed after w.last, in responses of whole
-// revisions, until it reaches the store revision.
+// revisions, until it reaches the store revision. A response carries at
+// most watchRevisionsPerResponse revisions and, unless one revision alone
+// is bigger, watchEventsPerResponse events.
 func (w *watcher) catchUp(ctx context.Context) error {
 	if w.fromHead {
 		head, _, err := w.s.head(ctx)
@@ -133,7 +135,8 @@ func (w *watcher) catchUp(ctx context.Context) error {
 		w.last, w.fromHead = head, false
 	}
 	for {
-		events, head, compacted, err := w.read(ctx)
+		limit := int64(watchEventsPerResponse)
+		events, head, compacted, err := w.read(ctx, w.last, watchRevisionsPerResponse, &limit)
 		if err != nil {
 			return err
 		}
@@ -143,6 +146,30 @@ func (w *watcher) catchUp(ctx context.Context) error {
 		upto := min(head, w.last+watchRevisionsPerResponse)
 		if upto <= w.last {
 			return nil
+		}
+		if len(events) >= watchEventsPerResponse {
+			// The page may end inside its last revision: hold that
+			// revision back, or read it alone and whole if it is the only one.
+			lastRev := events[len(events)-1].Revision
+			cut := len(events)
+			for cut > 0 && events[cut-1].Revision == lastRev {
+				cut--
+			}
+			if cut > 0 {
+				events, upto = events[:cut], lastRev-1
+			} else {
+				// Reading "after lastRev-1" keeps the compaction check
+				// sound: if the point is still at or below lastRev-1,
+				// revision lastRev is intact.
+				events, _, compacted, err = w.read(ctx, lastRev-1, 1, nil)
+				if err != nil {
+					return err
+				}
+				if compacted > lastRev-1 {
+					return compactedError{after: w.last, compacted: compacted}
+				}
+				upto = lastRev
+			}
 		}
 		if len(events) > 0 {
 			select {
@@ -158,10 +185,11 @@ func (w *watcher) catchUp(ctx context.Context) error {
 	}
 }
 
-// read runs the watch query: events after w.last, the head and the
+// read runs the watch query: events after `after` (at most revs
+// revisions, at most *limit events; nil: no limit), the head and the
 // compaction point, all from one snapshot.
-func (w *watcher) read(ctx context.Context) (events []kvdriver.Event, head, compacted int64, err error) {
-	rows, err := w.s.pool.Query(ctx, w.s.q.watch, w.last, int64(watchRevisionsPerResponse), w.eq, w.lo, w.hi)
+func (w *watcher) read(ctx context.Context, after, revs int64, limit *int64) (events []kvdriver.Event, head, compacted int64, err error) {
+	rows, err := w.s.pool.Query(ctx, w.s.q.watch, after, revs, w.eq, w.lo, w.hi, limit)
 	if err != nil {
 		return nil, 0, 0, w.s.translate(err)
 	}

@@ -216,7 +216,7 @@ func TestCompaction(t *testing.T) {
 	})
 	auto.Close() // the race below has its own compactor
 
-	// A slow watcher behind a compactor that keeps 20 revisions.
+	// A slow watcher behind a compactor that keeps 60 revisions.
 	wStart := head
 	lag := s.Watch(wctx, "/race", wStart)
 	writesDone := make(chan int64)
@@ -230,7 +230,7 @@ func TestCompaction(t *testing.T) {
 			}
 			last = r
 			if i%10 == 0 {
-				if err := s.Compact(ctx, r-20); err != nil {
+				if err := s.Compact(ctx, r-60); err != nil {
 					t.Error(err)
 				}
 			}
@@ -313,5 +313,57 @@ func TestReaderRole(t *testing.T) {
 	}
 	if kv, err := writer.Get(ctx, "/r/a"); err != nil || kv.ModRevision != rev {
 		t.Fatalf("after reader writes: Get = %+v, %v; want untouched", kv, err)
+	}
+}
+
+// TestWatchPagesWholeRevisions: a catch-up larger than one page
+// (10,000 events) is cut at revision boundaries, and a revision bigger
+// than a page still arrives whole, in one response.
+func TestWatchPagesWholeRevisions(t *testing.T) {
+	s := openStore(t, pgtest.NewDatabase(t))
+	ctx := ctxT(t)
+	start, err := s.Put(ctx, "/pg/start", []byte(`0`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	batch := func(n int, tag string) int64 {
+		ops := make([]kvdriver.Op, n)
+		for i := range ops {
+			ops[i] = kvdriver.Put(fmt.Sprintf("/pg/%s/%d", tag, i), []byte(fmt.Sprint(i)))
+		}
+		rev, err := s.Apply(ctx, ops)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rev
+	}
+	a := batch(3, "a")
+	b := batch(pgkv.DefaultMaxBatchOps, "b")
+	c := batch(1, "c")
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	w := collect(s.Watch(wctx, "/pg", start))
+	evs := w.until(t, c, 20*time.Second)
+	checkSequence(t, evs, start, c)
+	if len(evs) != 3+pgkv.DefaultMaxBatchOps+1 {
+		t.Fatalf("%d events, want %d", len(evs), 3+pgkv.DefaultMaxBatchOps+1)
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	perResp := map[int64]int{}
+	for i, r := range w.resps {
+		revs := map[int64]bool{}
+		for _, ev := range r.Events {
+			revs[ev.Revision] = true
+		}
+		for rev := range revs {
+			if _, dup := perResp[rev]; dup {
+				t.Fatalf("revision %d split across responses", rev)
+			}
+			perResp[rev] = i
+		}
+	}
+	if perResp[a] == perResp[b] {
+		t.Fatalf("revisions %d and %d (10,003 events) came in one response", a, b)
 	}
 }
