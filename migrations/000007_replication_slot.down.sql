@@ -13,14 +13,16 @@ BEGIN
     END IF;
     SELECT active_pid INTO pid FROM pg_catalog.pg_replication_slots
      WHERE slot_name = slot AND database = current_database();
-    IF NOT FOUND THEN
-        RETURN; -- already dropped by hand
-    END IF;
-    IF pid IS NOT NULL THEN
+    IF FOUND AND pid IS NOT NULL THEN
         RAISE EXCEPTION 'replication slot "%" is in use by process %', slot, pid
             USING ERRCODE = 'object_in_use',
                   DETAIL = 'Stop the Lenkwerk agent, then migrate down again; nothing of this migration was applied.';
     END IF;
-    PERFORM pg_catalog.pg_drop_replication_slot(slot);
 END
 $$;
+
+-- Like the creation, at top level. No row when it was dropped by hand.
+SELECT pg_catalog.pg_drop_replication_slot(slot_name)
+  FROM pg_catalog.pg_replication_slots
+ WHERE slot_name = (SELECT value FROM lenkwerk.setting WHERE name = 'slot_name')
+   AND database = current_database();

@@ -6,7 +6,8 @@
 -- A slot retains WAL until its consumer confirms it: a slot nobody streams
 -- fills the disk. Run the agent, watch sql/monitor-slot.sql, and consider
 -- max_slot_wal_keep_size. A slot created like this exports no snapshot; the
--- agent's initial sync takes care of that.
+-- agent's initial sync takes care of that. Creating it waits until every
+-- transaction running on the server has finished.
 DO $$
 DECLARE
     slot  text := (SELECT value FROM lenkwerk.setting WHERE name = 'slot_name');
@@ -27,6 +28,12 @@ BEGIN
             USING ERRCODE = 'duplicate_object',
                   DETAIL = format('Drop it with SELECT pg_drop_replication_slot(%L) if nothing uses it, or choose another name (--slot).', slot);
     END IF;
-    PERFORM pg_catalog.pg_create_logical_replication_slot(slot, 'pgoutput');
 END
 $$;
+
+-- At top level, not in the DO block: PostgreSQL 15 fails with "snapshot
+-- reference ... is not owned by resource owner" when a slot created from
+-- PL/pgSQL has to wait for concurrent transactions.
+SELECT slot_name, lsn
+  FROM pg_catalog.pg_create_logical_replication_slot(
+           (SELECT value FROM lenkwerk.setting WHERE name = 'slot_name'), 'pgoutput');

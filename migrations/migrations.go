@@ -2,7 +2,9 @@ package migrations
 
 import (
 	"context"
+	"crypto/rand"
 	"embed"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -11,6 +13,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/bagger/lenkwerk/kvdriver"
 	"github.com/golang-migrate/migrate/v4"
@@ -134,7 +137,8 @@ func next(v uint) uint {
 // Up applies every migration not yet applied. It fails with ErrWalLevel,
 // changing nothing, on a server without wal_level=logical.
 func Up(ctx context.Context, databaseURL string, opts Options) error {
-	return run(ctx, databaseURL, opts, true, func(m *migrate.Migrate) error { return m.Up() })
+	latest := Versions()[len(Versions())-1]
+	return migrateTo(ctx, databaseURL, opts, true, func(uint) (uint, error) { return latest, nil })
 }
 
 // Down reverts the last n applied migrations, or all of them when n is 0,
@@ -144,11 +148,18 @@ func Down(ctx context.Context, databaseURL string, n int, opts Options) error {
 	if n < 0 {
 		return fmt.Errorf("migrate down: invalid number of migrations %d", n)
 	}
-	return run(ctx, databaseURL, opts, false, func(m *migrate.Migrate) error {
+	return migrateTo(ctx, databaseURL, opts, false, func(cur uint) (uint, error) {
 		if n == 0 {
-			return m.Down()
+			return 0, nil
 		}
-		return m.Steps(-n)
+		target := cur
+		for i := 0; i < n; i++ {
+			if target == 0 {
+				return 0, fmt.Errorf("migrate down %d: only %d migrations are applied (nothing was changed)", n, i)
+			}
+			target = prev(target)
+		}
+		return target, nil
 	})
 }
 
@@ -157,26 +168,17 @@ func Goto(ctx context.Context, databaseURL string, version uint, opts Options) e
 	if err := known(version); err != nil {
 		return fmt.Errorf("migrate goto: %w", err)
 	}
-	// Every version above 0 needs wal_level=logical (the server would not
-	// even start with the slot of version 7 and another wal_level), so the
-	// check cannot block a way down that exists.
-	return run(ctx, databaseURL, opts, version > 0, func(m *migrate.Migrate) error {
-		if version == 0 {
-			return m.Down()
-		}
-		return m.Migrate(version)
-	})
+	// Every version above 0 needs wal_level=logical (a server with the slot
+	// of version 7 does not even start with another wal_level), so the check
+	// cannot block a way down that exists.
+	return migrateTo(ctx, databaseURL, opts, version > 0, func(uint) (uint, error) { return version, nil })
 }
 
 // Version returns the version the database is at (0: none applied) and
 // whether its last migration failed (dirty).
 func Version(ctx context.Context, databaseURL string) (version uint, dirty bool, err error) {
-	err = run(ctx, databaseURL, Options{}, false, func(m *migrate.Migrate) error {
-		v, d, err := m.Version()
-		if errors.Is(err, migrate.ErrNilVersion) {
-			return nil
-		}
-		version, dirty = v, d
+	err = withMigrate(ctx, databaseURL, Options{}, false, func(m *migrate.Migrate, _ *progress, _ func(func() error) error) error {
+		version, dirty, err = currentVersion(m)
 		return err
 	})
 	return version, dirty, err
@@ -188,7 +190,7 @@ func Force(ctx context.Context, databaseURL string, version uint) error {
 	if err := known(version); err != nil {
 		return fmt.Errorf("migrate force: %w", err)
 	}
-	return run(ctx, databaseURL, Options{}, false, func(m *migrate.Migrate) error {
+	return withMigrate(ctx, databaseURL, Options{}, false, func(m *migrate.Migrate, _ *progress, _ func(func() error) error) error {
 		if version == 0 {
 			return m.Force(database.NilVersion)
 		}
@@ -209,10 +211,74 @@ func known(version uint) error {
 	return fmt.Errorf("no migration has version %d (known: 0 for none, %d to %d)", version, vs[0], vs[len(vs)-1])
 }
 
-// run opens golang-migrate on the embedded files and databaseURL, runs do,
-// and turns its errors into ones an operator can act on. needLogical checks
-// wal_level first.
-func run(ctx context.Context, databaseURL string, opts Options, needLogical bool, do func(*migrate.Migrate) error) (err error) {
+func currentVersion(m *migrate.Migrate) (uint, bool, error) {
+	v, dirty, err := m.Version()
+	if errors.Is(err, migrate.ErrNilVersion) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, fmt.Errorf("read version: %w", err)
+	}
+	return v, dirty, nil
+}
+
+// migrateTo moves the database to the version target picks, one migration
+// at a time. Between migrations it honours ctx; during one it cancels the
+// running statement, so that even a slot creation waiting for other
+// transactions stops (the migration then rolls back and the version is
+// marked dirty, as the error explains). golang-migrate's GracefulStop is
+// not used: its flag is shared between goroutines without synchronisation.
+func migrateTo(ctx context.Context, databaseURL string, opts Options, needLogical bool, target func(cur uint) (uint, error)) error {
+	return withMigrate(ctx, databaseURL, opts, needLogical, func(m *migrate.Migrate, log *progress, cancellable func(func() error) error) error {
+		cur, dirty, err := currentVersion(m)
+		if err != nil {
+			return err
+		}
+		if dirty {
+			return explain(migrate.ErrDirty{Version: int(cur)}, "")
+		}
+		if err := known(cur); err != nil {
+			return fmt.Errorf("the database is at version %d, which this lenkwerk does not know (a newer one migrated it?)", cur)
+		}
+		want, err := target(cur)
+		if err != nil {
+			return err
+		}
+		for {
+			if cur == want {
+				return nil
+			}
+			if err := ctx.Err(); err != nil {
+				return fmt.Errorf("stopped at version %d before all migrations ran: %w", cur, err)
+			}
+			step := 1
+			if want < cur {
+				step = -1
+			}
+			if err := cancellable(func() error { return m.Steps(step) }); err != nil {
+				err = explain(err, log.last())
+				if ctx.Err() != nil {
+					err = fmt.Errorf("%w: %w", ctx.Err(), err)
+				}
+				return err
+			}
+			// Read back rather than count: another migrator may have moved it.
+			if cur, dirty, err = currentVersion(m); err != nil {
+				return err
+			}
+			if dirty {
+				return explain(migrate.ErrDirty{Version: int(cur)}, "")
+			}
+		}
+	})
+}
+
+// withMigrate opens golang-migrate on the embedded files and databaseURL
+// and runs do with it, keeping the password out of any error. needLogical
+// checks wal_level first. do gets cancellable, which runs a golang-migrate
+// call (which has no context) and cancels its statement when ctx ends.
+func withMigrate(ctx context.Context, databaseURL string, opts Options, needLogical bool,
+	do func(m *migrate.Migrate, log *progress, cancellable func(func() error) error) error) (err error) {
 	if err := opts.validate(); err != nil {
 		return err
 	}
@@ -229,32 +295,77 @@ func run(ctx context.Context, databaseURL string, opts Options, needLogical bool
 			return err
 		}
 	}
+	// The migration connection is found by its application_name to cancel
+	// its statement.
+	var rnd [8]byte
+	_, _ = rand.Read(rnd[:])
+	appName := "lenkwerk-migrate-" + hex.EncodeToString(rnd[:])
+	u, _ := url.Parse(migrateURL)
+	q := u.Query()
+	q.Set("application_name", appName)
+	u.RawQuery = q.Encode()
+
 	src, err := iofs.New(files, ".")
 	if err != nil {
 		return fmt.Errorf("read embedded migrations: %w", err)
 	}
-	m, err := migrate.NewWithSourceInstance("iofs", src, migrateURL)
+	m, err := openMigrate(ctx, src, u.String())
 	if err != nil {
 		return fmt.Errorf("open database %s: %w", kvdriver.Redact(databaseURL), err)
 	}
 	defer m.Close()
 	log := &progress{log: opts.Log}
 	m.Log = log
-
-	done := make(chan error, 1)
-	go func() { done <- do(m) }()
-	select {
-	case err = <-done:
-	case <-ctx.Done():
-		// golang-migrate has no context: ask it to stop after the migration
-		// it is running (which is one transaction), and wait for that.
-		m.GracefulStop <- true
-		err = <-done
-		if err == nil {
-			err = fmt.Errorf("stopped before all migrations ran: %w", ctx.Err())
+	cancellable := func(call func() error) error {
+		done := make(chan error, 1)
+		go func() { done <- call() }()
+		select {
+		case err := <-done:
+			return err
+		case <-ctx.Done():
+			cancelBackends(pgURL, appName)
+			return <-done
 		}
 	}
-	return explain(err, log.last())
+	return do(m, log, cancellable)
+}
+
+// openMigrate opens golang-migrate, giving up (and leaving the attempt to
+// finish in the background) when ctx ends first.
+func openMigrate(ctx context.Context, src source.Driver, migrateURL string) (*migrate.Migrate, error) {
+	type result struct {
+		m   *migrate.Migrate
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		m, err := migrate.NewWithSourceInstance("iofs", src, migrateURL)
+		ch <- result{m, err}
+	}()
+	select {
+	case r := <-ch:
+		return r.m, r.err
+	case <-ctx.Done():
+		go func() {
+			if r := <-ch; r.m != nil {
+				r.m.Close()
+			}
+		}()
+		return nil, ctx.Err()
+	}
+}
+
+// cancelBackends cancels the running statement of the sessions named
+// appName, from a connection of its own.
+func cancelBackends(pgURL, appName string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, pgURL)
+	if err != nil {
+		return // the statement then runs to its end; nothing else to do
+	}
+	defer conn.Close(ctx)
+	_, _ = conn.Exec(ctx, `SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name = $1`, appName)
 }
 
 // checkServer refuses, before golang-migrate creates even its version
@@ -264,7 +375,7 @@ func run(ctx context.Context, databaseURL string, opts Options, needLogical bool
 func checkServer(ctx context.Context, pgURL string, needLogical bool, opts Options) error {
 	conn, err := pgx.Connect(ctx, pgURL)
 	if err != nil {
-		return fmt.Errorf("connect: %w", err)
+		return fmt.Errorf("connect to %s: %w", kvdriver.Redact(pgURL), err)
 	}
 	defer conn.Close(context.Background())
 	if needLogical {
@@ -328,11 +439,7 @@ func explain(err error, last string) error {
 	}
 	var dirty migrate.ErrDirty
 	if errors.As(err, &dirty) {
-		v := uint(max(dirty.Version, 0))
-		return fmt.Errorf("%w: the database is at version %d, marked dirty because a migration failed earlier. "+
-			"Each migration runs in one transaction, so the failed one changed nothing: fix its cause, then run "+
-			"'lenkwerk migrate force %d' if it failed going up (or 'lenkwerk migrate force %d' if going down) and migrate again",
-			ErrDirty, v, prev(v), next(v))
+		return fmt.Errorf("%w: %s", ErrDirty, DirtyAdvice(uint(max(dirty.Version, 0))))
 	}
 	var dbErr database.Error
 	if errors.As(err, &dbErr) && last != "" {
@@ -359,6 +466,14 @@ func explain(err error, last string) error {
 			last, msg, force, dbErr.OrigErr)
 	}
 	return err
+}
+
+// DirtyAdvice explains a version marked dirty and how to get out of it.
+func DirtyAdvice(version uint) string {
+	return fmt.Sprintf("the database is at version %d, marked dirty because a migration failed. "+
+		"Each migration runs in one transaction, so the failed one changed nothing: fix its cause, then run "+
+		"'lenkwerk migrate force %d' if it failed going up (or 'lenkwerk migrate force %d' if going down) and migrate again",
+		version, prev(version), next(version))
 }
 
 // progress collects golang-migrate's log to know the migration running.

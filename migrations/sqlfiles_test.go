@@ -5,8 +5,11 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 
+	"github.com/bagger/lenkwerk/integration/pgtest"
 	"github.com/bagger/lenkwerk/migrations"
 	"github.com/jackc/pgx/v5/pgconn"
 )
@@ -71,5 +74,80 @@ func TestCancelledContext(t *testing.T) {
 	err := migrations.Up(ctx, "postgres://postgres@127.0.0.1:1/x", migrations.Options{})
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("Up with a cancelled context: %v", err)
+	}
+}
+
+// Cancelling stops between migrations, each of which is one transaction:
+// the database is left clean at the last migration applied.
+func TestCancelStopsBetweenMigrations(t *testing.T) {
+	ctx := testContext(t)
+	raw := pgtest.NewDatabase(t)
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	err := migrations.Up(cctx, raw, migrations.Options{Log: func(msg string) {
+		if strings.HasPrefix(msg, "2/u") {
+			cancel()
+		}
+	}})
+	v, dirty, verr := migrations.Version(ctx, raw)
+	if verr != nil || dirty {
+		t.Fatalf("after cancel: version %d dirty %v, %v", v, dirty, verr)
+	}
+	t.Logf("stopped at version %d: %v", v, err)
+	switch {
+	case errors.Is(err, context.Canceled) && v >= 2 && v < lastVersion():
+	case err == nil && v == lastVersion(): // finished before the stop arrived
+	default:
+		t.Fatalf("Up cancelled after 2/u: %v, version %d", err, v)
+	}
+	if err := migrations.Up(ctx, raw, migrations.Options{}); err != nil {
+		t.Fatalf("Up after cancel: %v", err)
+	}
+}
+
+// Cancelling during a migration cancels its statement: here the slot
+// creation, which waits for a transaction left open elsewhere.
+func TestCancelInterruptsWaitingSlotCreation(t *testing.T) {
+	ctx := testContext(t)
+	raw := pgtest.NewDatabase(t)
+	blocker := connect(t, ctx, raw)
+	mustExec(t, ctx, blocker, "BEGIN")
+	mustExec(t, ctx, blocker, "SELECT txid_current()") // holds an xid: slot creation waits for it
+	watcher := connect(t, ctx, raw)
+
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- migrations.Up(cctx, raw, migrations.Options{Slot: "interrupted"}) }()
+	deadline := time.Now().Add(30 * time.Second)
+	for !queryBool(t, ctx, watcher, `SELECT EXISTS (SELECT FROM pg_stat_activity WHERE application_name LIKE 'lenkwerk-migrate-%'
+			AND datname = current_database() AND query LIKE '%pg_create_logical_replication_slot%' AND wait_event_type = 'Lock')`) {
+		if time.Now().After(deadline) {
+			t.Fatal("the migration never waited in slot creation")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	cancel()
+	var err error
+	select {
+	case err = <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("Up did not return after cancel")
+	}
+	if !errors.Is(err, context.Canceled) || !strings.Contains(err.Error(), "lenkwerk migrate force 6") {
+		t.Fatalf("Up cancelled in slot creation: %v", err)
+	}
+	mustExec(t, ctx, blocker, "COMMIT")
+	if s := inspect(t, ctx, watcher); len(s.Slots) != 0 {
+		t.Fatalf("cancelled slot creation left slots %q", s.Slots)
+	}
+	if v, dirty, err := migrations.Version(ctx, raw); err != nil || v != 7 || !dirty {
+		t.Fatalf("after cancel: %d %v %v; want 7 dirty", v, dirty, err)
+	}
+	if err := migrations.Force(ctx, raw, 6); err != nil {
+		t.Fatal(err)
+	}
+	if err := migrations.Up(ctx, raw, migrations.Options{}); err != nil {
+		t.Fatalf("Up after force: %v", err)
 	}
 }

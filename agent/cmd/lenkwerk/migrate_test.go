@@ -1,0 +1,146 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/bagger/lenkwerk/integration/pgtest"
+	"github.com/bagger/lenkwerk/migrations"
+)
+
+// migrateRun runs the migrate command with stdin and returns its output.
+func migrateRun(ctx context.Context, stdin string, args ...string) (stdout, stderr string, err error) {
+	var out, errOut bytes.Buffer
+	err = runMigrate(ctx, args, strings.NewReader(stdin), &out, &errOut)
+	return out.String(), errOut.String(), err
+}
+
+// The migrate tests use a private cluster: this package may get a TestMain
+// of someone else's, and slot names are cluster-wide.
+func TestMigrateCommand(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	c := pgtest.StartCluster(t, pgtest.Options{})
+	url := c.NewDatabase(t)
+	t.Setenv("LENKWERK_DATABASE_URL", url)
+	latest := migrations.Versions()[len(migrations.Versions())-1]
+
+	step := func(stdin, wantOut string, args ...string) {
+		t.Helper()
+		out, errOut, err := migrateRun(ctx, stdin, args...)
+		if err != nil {
+			t.Fatalf("migrate %q: %v\n%s", args, err, errOut)
+		}
+		if !strings.Contains(out, wantOut) {
+			t.Fatalf("migrate %q printed %q, want %q", args, out, wantOut)
+		}
+	}
+	version := func() uint {
+		t.Helper()
+		v, dirty, err := migrations.Version(ctx, url)
+		if err != nil || dirty {
+			t.Fatalf("Version: %d %v %v", v, dirty, err)
+		}
+		return v
+	}
+
+	step("", "version 0 (latest is 7)", "version")
+	// Flags after the action, the URL from the environment.
+	step("", "applied 7/u replication_slot", "up", "--slot", "cmd_slot")
+	step("", "version 7 (latest)", "version")
+	if got := version(); got != latest {
+		t.Fatalf("after up: version %d", got)
+	}
+	step("", "version 5", "down", "2")
+	step("", "version 7", "up")
+	step("", "version 3", "goto", "3")
+	step("", "version 2", "force", "2")
+	step("", "version 3", "force", "3")
+	step("", "version 7", "goto", "7")
+
+	// down without N asks; anything but yes, or no answer, keeps everything.
+	for _, stdin := range []string{"no\n", "", "maybe"} {
+		_, errOut, err := migrateRun(ctx, stdin, "down")
+		if err == nil || !strings.Contains(err.Error(), "aborted") {
+			t.Fatalf("down answered %q: %v", stdin, err)
+		}
+		if !strings.Contains(errOut, "Type yes to continue") || !strings.Contains(errOut, "ALL the Bagger cluster state") {
+			t.Fatalf("down prompt: %q", errOut)
+		}
+		if got := version(); got != latest {
+			t.Fatalf("down answered %q changed the version to %d", stdin, got)
+		}
+	}
+	step("yes\n", "version 0", "down")
+	step("", "version 7", "--slot=cmd_slot", "up")
+	step("", "version 0", "-y", "down")
+}
+
+func TestMigrateCommandErrors(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	t.Setenv("LENKWERK_DATABASE_URL", "")
+	for _, c := range []struct {
+		args  []string
+		usage bool   // errUsage, explained on stderr
+		want  string // in the error or on stderr
+	}{
+		{[]string{"up"}, true, "no database"},
+		{[]string{"--database-url", "postgres://x@127.0.0.1/x"}, true, "no action"},
+		{[]string{"--database-url", "postgres://x@127.0.0.1/x", "sideways"}, true, `unknown action "sideways"`},
+		{[]string{"--database-url", "postgres://x@127.0.0.1/x", "down", "-1"}, false, "flag provided but not defined"},
+		{[]string{"--database-url", "postgres://x@127.0.0.1/x", "down", "zero"}, true, "positive number"},
+		{[]string{"--database-url", "postgres://x@127.0.0.1/x", "goto"}, true, "one argument"},
+		{[]string{"--database-url", "postgres://x@127.0.0.1/x", "force", "v1"}, true, "invalid version"},
+		{[]string{"--database-url", "mysql://u:s3cr3t@127.0.0.1/x", "up"}, false, `unsupported database URL scheme "mysql"`},
+		{[]string{"--database-url", "postgres://u:s3cr3t@127.0.0.1:1/x?connect_timeout=2", "up"}, false, "connect to postgres://u:xxxxx@127.0.0.1:1/x"},
+		{[]string{"--database-url", "postgres://u:s3cr3t@127.0.0.1:1/x", "--slot", "Bad", "up"}, false, "invalid slot name"},
+		{[]string{"--database-url", "postgres://u:s3cr3t@127.0.0.1:1/x", "force", "99"}, false, "no migration has version 99"},
+	} {
+		_, errOut, err := migrateRun(ctx, "", c.args...)
+		if err == nil {
+			t.Errorf("migrate %q succeeded", c.args)
+			continue
+		}
+		if got := errors.Is(err, errUsage); got != c.usage {
+			t.Errorf("migrate %q: usage error %v, want %v (%v)", c.args, got, c.usage, err)
+		}
+		if text := err.Error() + errOut; !strings.Contains(text, c.want) || strings.Contains(text, "s3cr3t") {
+			t.Errorf("migrate %q: %v\n%s\nwant %q and no password", c.args, err, errOut, c.want)
+		}
+	}
+}
+
+// The built binary: exit status and messages as an operator sees them.
+func TestMigrateBinary(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	bin := filepath.Join(t.TempDir(), "lenkwerk")
+	if out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	c := pgtest.StartCluster(t, pgtest.Options{WalLevel: "replica"})
+	cmd := exec.CommandContext(ctx, bin, "migrate", "--database-url", c.NewDatabase(t), "up")
+	out, err := cmd.CombinedOutput()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 1 {
+		t.Fatalf("migrate up on wal_level=replica: %v\n%s", err, out)
+	}
+	for _, want := range []string{"lenkwerk migrate:", "wal_level = replica", "ALTER SYSTEM SET wal_level = logical", "nothing was changed"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	cmd = exec.CommandContext(ctx, bin, "migrate", "--database-url", c.URL("postgres", ""), "down")
+	cmd.Stdin = strings.NewReader("")
+	out, err = cmd.CombinedOutput()
+	if !errors.As(err, &exit) || exit.ExitCode() != 1 || !strings.Contains(string(out), "use -y") {
+		t.Fatalf("migrate down without an answer: %v\n%s", err, out)
+	}
+}
