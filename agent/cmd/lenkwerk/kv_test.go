@@ -1,0 +1,208 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/bagger/lenkwerk/kvdriver"
+)
+
+// kvRun runs `lenkwerk kv args...` in-process and returns its stdout.
+func kvRun(t *testing.T, stdin string, args ...string) (string, error) {
+	t.Helper()
+	var out bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err := runKV(ctx, args, strings.NewReader(stdin), &out)
+	return out.String(), err
+}
+
+func mustKV(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := kvRun(t, "", args...)
+	if err != nil {
+		t.Fatalf("lenkwerk kv %q: %v", args, err)
+	}
+	return out
+}
+
+// memURL is a store private to the test, shared by its kv invocations.
+func memURL(t *testing.T) string {
+	return "mem://kv-test-" + strings.ReplaceAll(t.Name(), "/", "-")
+}
+
+func TestKVGetPutDelLs(t *testing.T) {
+	u := memURL(t)
+	if got := mustKV(t, "--kv", u, "put", "/Index/1", `{"id": 1, "name": "a"}`); got != "1\n" {
+		t.Errorf("put printed %q, want the revision 1", got)
+	}
+	mustKV(t, "--kv", u, "put", "/Index/10", `{"id":10}`)
+	mustKV(t, "--kv", u, "put", "/IndexField/1", `"x"`)
+	// Flags after the arguments, and a value read from stdin.
+	if _, err := kvRun(t, "{\n  \"multi\": \"line\"\n}\n", "put", "/Config/a", "-", "--kv", u); err != nil {
+		t.Fatalf("put from stdin: %v", err)
+	}
+	// "--" lets a value start with '-'.
+	mustKV(t, "--kv", u, "put", "--", "/Config/neg", "-1")
+
+	if got := mustKV(t, "--kv", u, "get", "/Index/1"); got != "{\"id\": 1, \"name\": \"a\"}\n" {
+		t.Errorf("get = %q", got)
+	}
+	want := "/Index/1\t{\"id\":1,\"name\":\"a\"}\n/Index/10\t{\"id\":10}\n"
+	if got := mustKV(t, "--kv", u, "ls", "/Index"); got != want {
+		t.Errorf("ls /Index = %q, want %q", got, want)
+	}
+	all := mustKV(t, "--kv", u, "ls")
+	if lines := strings.Split(strings.TrimSpace(all), "\n"); len(lines) != 5 || lines[0] != "/Config/a\t{\"multi\":\"line\"}" || lines[1] != "/Config/neg\t-1" {
+		t.Errorf("ls = %q, want 5 one-line records, sorted", all)
+	}
+	if got := mustKV(t, "--kv", u, "del", "/Index/1"); got != "6\n" {
+		t.Errorf("del printed %q, want the revision 6", got)
+	}
+	_, err := kvRun(t, "", "--kv", u, "get", "/Index/1")
+	if !errors.Is(err, kvdriver.ErrNotFound) {
+		t.Errorf("get after del: %v, want ErrNotFound", err)
+	}
+	if got := mustKV(t, "--kv", u, "ls", "/Nothing"); got != "" {
+		t.Errorf("ls of an empty prefix = %q, want nothing", got)
+	}
+}
+
+func TestKVEnvURL(t *testing.T) {
+	t.Setenv("LENKWERK_KV_URL", memURL(t))
+	mustKV(t, "put", "/a", "1")
+	if got := mustKV(t, "get", "/a"); got != "1\n" {
+		t.Errorf("get with the URL from LENKWERK_KV_URL = %q", got)
+	}
+}
+
+func TestKVBadInput(t *testing.T) {
+	u := memURL(t)
+	t.Setenv("LENKWERK_KV_URL", "")
+	for _, c := range []struct {
+		args []string
+		want string // in the error
+		is   error
+	}{
+		{[]string{"--kv", u}, "missing subcommand", errUsage},
+		{[]string{"--kv", u, "cat", "/a"}, `unknown subcommand "cat"`, nil},
+		{[]string{"--kv", u, "get"}, "get: 0 arguments, want 1", nil},
+		{[]string{"--kv", u, "get", "/a", "/b"}, "get: 2 arguments, want 1", nil},
+		{[]string{"--kv", u, "put", "/a"}, "usage: lenkwerk kv put KEY JSON", nil},
+		{[]string{"--kv", u, "ls", "/a", "/b"}, "0 to 1", nil},
+		{[]string{"--kv", u, "get", "a"}, "does not start with '/'", kvdriver.ErrInvalidKey},
+		{[]string{"--kv", u, "put", "/a/", "1"}, "ends with '/'", kvdriver.ErrInvalidKey},
+		{[]string{"--kv", u, "del", "/a//b"}, "empty segment", kvdriver.ErrInvalidKey},
+		{[]string{"--kv", u, "ls", "Index"}, "does not start with '/'", kvdriver.ErrInvalidKey},
+		{[]string{"--kv", u, "put", "/a", "{bad"}, "not valid JSON", kvdriver.ErrInvalidValue},
+		{[]string{"--kv", u, "put", "/a", ""}, "empty value", kvdriver.ErrInvalidValue},
+		{[]string{"get", "/a"}, "no store: set --kv URL or LENKWERK_KV_URL", nil},
+		{[]string{"--kv", "nope://h", "get", "/a"}, `"nope"`, kvdriver.ErrUnsupportedScheme},
+		{[]string{"--kv", "mem://x?bogus=1", "get", "/a"}, `unknown parameter "bogus"`, kvdriver.ErrInvalidURL},
+		{[]string{"--kv", u, "get", "/a", "--from", "3"}, "--from is for watch only", nil},
+		{[]string{"--kv", u, "watch", "--from", "-2"}, "a revision is positive", nil},
+		{[]string{"--kv", u, "watch", "--from", "x"}, "invalid value", nil},
+		{[]string{"--kv", u, "watch", "--from", "1"}, "use --from 2", nil},
+		{[]string{"--kv", u, "--bogus", "ls"}, "flag provided but not defined", nil},
+		{[]string{"--kv", "postgres://bob:s3cret@127.0.0.1:1/x?connect_timeout=1", "get", "/a"}, "", nil},
+	} {
+		_, err := kvRun(t, "", c.args...)
+		if err == nil {
+			t.Errorf("kv %q succeeded, want an error", c.args)
+			continue
+		}
+		if !strings.Contains(err.Error(), c.want) {
+			t.Errorf("kv %q: error %q does not say %q", c.args, err, c.want)
+		}
+		if c.is != nil && !errors.Is(err, c.is) {
+			t.Errorf("kv %q: error %v does not wrap %v", c.args, err, c.is)
+		}
+		if strings.Contains(err.Error(), "s3cret") {
+			t.Errorf("kv %q: error %q shows the password", c.args, err)
+		}
+	}
+}
+
+func TestKVWatch(t *testing.T) {
+	u := memURL(t)
+	mustKV(t, "--kv", u, "put", "/Index/0", `0`)        // rev 1
+	mustKV(t, "--kv", u, "put", "/Index/1", `{"a": 1}`) // rev 2
+	mustKV(t, "--kv", u, "put", "/Other", `2`)          // rev 3
+	mustKV(t, "--kv", u, "put", "/Index/2", `3`)        // rev 4
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		done <- runKV(ctx, []string{"--kv", u, "watch", "/Index", "--from", "2"}, strings.NewReader(""), pw)
+		pw.Close()
+	}()
+	lines := bufio.NewScanner(pr)
+	next := func() string {
+		t.Helper()
+		got := make(chan string, 1)
+		go func() {
+			if lines.Scan() {
+				got <- lines.Text()
+			} else {
+				got <- "<EOF>"
+			}
+		}()
+		select {
+		case l := <-got:
+			return l
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no watch line within 10s")
+			return ""
+		}
+	}
+	// --from 2 replays from revision 2 inclusive; /Other is outside the
+	// prefix.
+	for _, want := range []string{"2\tput\t/Index/1\t{\"a\":1}", "4\tput\t/Index/2\t3"} {
+		if got := next(); got != want {
+			t.Errorf("watch line = %q, want %q", got, want)
+		}
+	}
+	// Live events come out while the watch runs: each line is flushed.
+	mustKV(t, "--kv", u, "del", "/Index/1")
+	if got, want := next(), "5\tdelete\t/Index/1"; got != want {
+		t.Errorf("watch line = %q, want %q", got, want)
+	}
+	mustKV(t, "--kv", u, "put", "/Index/3", "{\n\"x\": [1,\n2]}")
+	if got, want := next(), "6\tput\t/Index/3\t{\"x\":[1,2]}"; got != want {
+		t.Errorf("watch line = %q, want %q", got, want)
+	}
+	// Interrupting (main cancels the context) ends it cleanly.
+	cancel()
+	go io.Copy(io.Discard, pr)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("watch after interrupt: %v, want nil", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("watch did not end within 10s of its context")
+	}
+}
+
+func TestKVWatchCompacted(t *testing.T) {
+	u := memURL(t) + "?history=2"
+	for i := 0; i < 5; i++ {
+		mustKV(t, "--kv", u, "put", "/k", fmt.Sprint(i))
+	}
+	out, err := kvRun(t, "", "--kv", u, "watch", "--from", "2")
+	if !errors.Is(err, kvdriver.ErrCompacted) || !strings.Contains(err.Error(), "later --from") {
+		t.Errorf("watch from a compacted revision: %v, want ErrCompacted with a hint", err)
+	}
+	if out != "" {
+		t.Errorf("watch from a compacted revision printed %q", out)
+	}
+}
