@@ -31,7 +31,14 @@
 // but marks the version dirty; errors say which `lenkwerk migrate force V`
 // clears that once the cause is fixed.
 //
-// Roles are cluster-wide: up tolerates existing ones, and down leaves them
-// (drop them by hand once no database uses them). golang-migrate's own
-// version table (public.schema_migrations) also stays after down to 0.
+// Migrations run one at a time; a cancelled context stops the run between
+// two of them, or cancels the statement of the one running (which then
+// rolls back and leaves the version dirty, as the error says).
+//
+// Roles and slot names are cluster-wide: up tolerates existing roles, but
+// two databases of one server need different slot names. Down leaves the
+// roles (drop them by hand once no database uses them), and golang-migrate's
+// own version table (public.schema_migrations) stays after down to 0.
+// golang-migrate's x-multi-statement option must stay off: it splits files
+// at every ";", which breaks the DO blocks and function bodies.
 package migrations

@@ -1,0 +1,210 @@
+package migrations
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/url"
+	"time"
+
+	"github.com/bagger/lenkwerk/kvdriver"
+	"github.com/golang-migrate/migrate/v4"
+	"github.com/golang-migrate/migrate/v4/source"
+	"github.com/golang-migrate/migrate/v4/source/iofs"
+	"github.com/jackc/pgx/v5"
+)
+
+func currentVersion(m *migrate.Migrate) (uint, bool, error) {
+	v, dirty, err := m.Version()
+	if errors.Is(err, migrate.ErrNilVersion) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, fmt.Errorf("read version: %w", err)
+	}
+	return v, dirty, nil
+}
+
+// migrateTo moves the database to the version target picks, one migration
+// at a time. Between migrations it honours ctx; during one it cancels the
+// running statement, so that even a slot creation waiting for other
+// transactions stops (the migration then rolls back and the version is
+// marked dirty, as the error explains). golang-migrate's GracefulStop is
+// not used: its flag is shared between goroutines without synchronisation.
+func migrateTo(ctx context.Context, databaseURL string, opts Options, needLogical bool, target func(cur uint) (uint, error)) error {
+	return withMigrate(ctx, databaseURL, opts, needLogical, func(m *migrate.Migrate, log *progress, cancellable func(func() error) error) error {
+		cur, dirty, err := currentVersion(m)
+		if err != nil {
+			return err
+		}
+		if dirty {
+			return explain(migrate.ErrDirty{Version: int(cur)}, "")
+		}
+		if err := known(cur); err != nil {
+			return fmt.Errorf("the database is at version %d, which this lenkwerk does not know (a newer one migrated it?)", cur)
+		}
+		want, err := target(cur)
+		if err != nil {
+			return err
+		}
+		for {
+			if cur == want {
+				return nil
+			}
+			if err := ctx.Err(); err != nil {
+				return fmt.Errorf("stopped at version %d before all migrations ran: %w", cur, err)
+			}
+			step := 1
+			if want < cur {
+				step = -1
+			}
+			if err := cancellable(func() error { return m.Steps(step) }); err != nil {
+				err = explain(err, log.last())
+				if ctx.Err() != nil {
+					err = fmt.Errorf("%w: %w", ctx.Err(), err)
+				}
+				return err
+			}
+			// Read back rather than count: another migrator may have moved it.
+			if cur, dirty, err = currentVersion(m); err != nil {
+				return err
+			}
+			if dirty {
+				return explain(migrate.ErrDirty{Version: int(cur)}, "")
+			}
+		}
+	})
+}
+
+// withMigrate opens golang-migrate on the embedded files and databaseURL
+// and runs do with it, keeping the password out of any error. needLogical
+// checks wal_level first. do gets cancellable, which runs a golang-migrate
+// call (which has no context) and cancels its statement when ctx ends.
+func withMigrate(ctx context.Context, databaseURL string, opts Options, needLogical bool,
+	do func(m *migrate.Migrate, log *progress, cancellable func(func() error) error) error) (err error) {
+	if err := opts.validate(); err != nil {
+		return err
+	}
+	pgURL, migrateURL, password, err := convertURL(databaseURL, opts)
+	if err != nil {
+		return err
+	}
+	defer func() { err = scrub(err, password) }()
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if needLogical || opts.Slot != "" || opts.Publication != "" {
+		if err := checkServer(ctx, pgURL, needLogical, opts); err != nil {
+			return err
+		}
+	}
+	// The migration connection is found by its application_name to cancel
+	// its statement.
+	var rnd [8]byte
+	_, _ = rand.Read(rnd[:])
+	appName := "lenkwerk-migrate-" + hex.EncodeToString(rnd[:])
+	u, _ := url.Parse(migrateURL)
+	q := u.Query()
+	q.Set("application_name", appName)
+	u.RawQuery = q.Encode()
+
+	src, err := iofs.New(files, ".")
+	if err != nil {
+		return fmt.Errorf("read embedded migrations: %w", err)
+	}
+	m, err := openMigrate(ctx, src, u.String())
+	if err != nil {
+		return fmt.Errorf("open database %s: %w", kvdriver.Redact(databaseURL), err)
+	}
+	defer m.Close()
+	log := &progress{log: opts.Log}
+	m.Log = log
+	cancellable := func(call func() error) error {
+		done := make(chan error, 1)
+		go func() { done <- call() }()
+		select {
+		case err := <-done:
+			return err
+		case <-ctx.Done():
+			cancelBackends(pgURL, appName)
+			return <-done
+		}
+	}
+	return do(m, log, cancellable)
+}
+
+// openMigrate opens golang-migrate, giving up (and leaving the attempt to
+// finish in the background) when ctx ends first.
+func openMigrate(ctx context.Context, src source.Driver, migrateURL string) (*migrate.Migrate, error) {
+	type result struct {
+		m   *migrate.Migrate
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		m, err := migrate.NewWithSourceInstance("iofs", src, migrateURL)
+		ch <- result{m, err}
+	}()
+	select {
+	case r := <-ch:
+		return r.m, r.err
+	case <-ctx.Done():
+		go func() {
+			if r := <-ch; r.m != nil {
+				r.m.Close()
+			}
+		}()
+		return nil, ctx.Err()
+	}
+}
+
+// cancelBackends cancels the running statement of the sessions named
+// appName, from a connection of its own.
+func cancelBackends(pgURL, appName string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, pgURL)
+	if err != nil {
+		return // the statement then runs to its end; nothing else to do
+	}
+	defer conn.Close(ctx)
+	_, _ = conn.Exec(ctx, `SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name = $1`, appName)
+}
+
+// checkServer refuses, before golang-migrate creates even its version
+// table, a server without wal_level=logical (when needLogical) and names in
+// opts that differ from those the database recorded (the migrations would
+// refuse them halfway, leaving a dirty version).
+func checkServer(ctx context.Context, pgURL string, needLogical bool, opts Options) error {
+	conn, err := pgx.Connect(ctx, pgURL)
+	if err != nil {
+		return fmt.Errorf("connect to %s: %w", kvdriver.Redact(pgURL), err)
+	}
+	defer conn.Close(context.Background())
+	if needLogical {
+		var level string
+		if err := conn.QueryRow(ctx, "SHOW wal_level").Scan(&level); err != nil {
+			return fmt.Errorf("read wal_level: %w", err)
+		}
+		if level != "logical" {
+			return fmt.Errorf("%w: the server has wal_level = %s and Lenkwerk's replication slot needs logical; "+
+				"as a superuser run ALTER SYSTEM SET wal_level = logical; restart PostgreSQL and migrate again (nothing was changed)",
+				ErrWalLevel, level)
+		}
+	}
+	recorded, err := Names(ctx, conn)
+	if err != nil || recorded == nil {
+		return err
+	}
+	if opts.Publication != "" && opts.Publication != recorded.Publication {
+		return fmt.Errorf("this database's publication is %q: --publication %q differs (the names are fixed when the publication is created; nothing was changed)",
+			recorded.Publication, opts.Publication)
+	}
+	if opts.Slot != "" && opts.Slot != recorded.Slot {
+		return fmt.Errorf("this database's slot is %q: --slot %q differs (the names are fixed when the publication is created; nothing was changed)",
+			recorded.Slot, opts.Slot)
+	}
+	return nil
+}
