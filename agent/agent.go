@@ -120,6 +120,9 @@ type Status struct {
 	// Err is the error that ended the last session; nil once a session
 	// streams again.
 	Err error
+	// StoreErr is the last failed store write or list, being retried;
+	// nil after the next success.
+	StoreErr error
 }
 
 // Agent mirrors the published tables of a Lenkwerk database into a store.
@@ -228,7 +231,13 @@ func Resync(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	return a.session(ctx, true)
+	if err := a.session(ctx, true); err != nil {
+		if isSlotActive(err) {
+			return fmt.Errorf("%w: stop the agent first", err)
+		}
+		return err
+	}
+	return nil
 }
 
 // session runs one connection's worth of work: connect, initial sync when

@@ -53,6 +53,7 @@ func (s *session) apply(ctx context.Context, ops []kvdriver.Op) error {
 		actx, cancel := context.WithTimeout(ctx, s.a.cfg.ApplyTimeout)
 		_, err := s.a.cfg.Store.Apply(actx, ops)
 		cancel()
+		s.a.update(func(st *Status) { st.StoreErr = err })
 		if err == nil {
 			return nil
 		}

@@ -31,10 +31,16 @@ func (s *session) initialSync(ctx context.Context) error {
 	slot := s.a.cfg.Slot
 	var active bool
 	var pid *int32
-	err := s.conn.QueryRow(ctx, `SELECT active, active_pid FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&active, &pid)
+	var db *string
+	var ours bool
+	err := s.conn.QueryRow(ctx, `SELECT active, active_pid, database::text, coalesce(database = current_database(), false) FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&active, &pid, &db, &ours)
 	exists := err == nil
 	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 		return fmt.Errorf("look up replication slot %s: %w", slot, err)
+	}
+	if exists && !ours {
+		// Slot names are cluster-wide: never drop another database's.
+		return fmt.Errorf("replication slot %s belongs to another database (%v); choose another slot name", slot, deref(db))
 	}
 	if exists && active {
 		p := int32(0)
@@ -302,6 +308,7 @@ func (s *session) list(ctx context.Context, prefix string) ([]kvdriver.KV, error
 		lctx, cancel := context.WithTimeout(ctx, s.a.cfg.ApplyTimeout)
 		kvs, _, err := s.a.cfg.Store.List(lctx, prefix)
 		cancel()
+		s.a.update(func(st *Status) { st.StoreErr = err })
 		if err == nil {
 			return kvs, nil
 		}
@@ -352,4 +359,11 @@ func (s *session) pollTables(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+func deref(p *string) string {
+	if p == nil {
+		return "none"
+	}
+	return *p
 }

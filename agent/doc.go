@@ -1,0 +1,84 @@
+// Package agent is the Lenkwerk replication agent: it streams the Lenkwerk
+// database's logical replication slot (pgoutput, proto_version 1, text
+// format) and mirrors every published row into a kvdriver.Store as the JSON
+// to_jsonb(row) gives with TimeZone=UTC, under keys from agent/keymap.
+//
+//	a, err := agent.New(agent.Config{DatabaseURL: url, Store: store})
+//	err = a.Run(ctx) // until ctx is done; reconnects on every failure
+//
+// # Transactions and keys
+//
+// A transaction's changes are buffered coalesced per key (a store batch may
+// name a key once; only its last change matters) and applied at its commit
+// as one store batch together with the checkpoint. An update that changes
+// key columns deletes the old key and puts the new one in the same batch; a
+// truncate deletes every store key of the table's template shape; a table
+// whose template has no columns (/Servermap) holds its newest row (greatest
+// primary key), read from the database at the commit of every transaction
+// touching it, so it shows a newer state early but never an older one. A
+// transaction larger than a batch (the store's Limits, capped by
+// Config.MaxBatchOps/MaxBatchBytes) is applied in chunks while it streams,
+// so memory holds one batch; only the last chunk carries the checkpoint.
+//
+// # Checkpoint and confirmation
+//
+// The checkpoint, under <prefix>/.lenkwerk/checkpoint/<slot>, is
+//
+//	{"lsn":"0/16B3748","commit_lsn":"0/16B3720","time":"…","tables":{"storage.config":"<shape>",…}}
+//
+// where lsn is the commit END LSN of the last applied transaction (or the
+// slot's consistent point after a copy, or an idle keepalive position) and
+// tables lists the copied tables with a hash of their columns. On start the
+// agent reads it, streams from it, and skips every transaction whose commit
+// starts before it (whose end is at or before it): deduplication is per
+// transaction, never per row. PostgreSQL is told a position (write, flush
+// and apply, all set explicitly) only after the store acknowledged the batch
+// holding it. Keepalives advance the position to ServerWALEnd only between
+// transactions, and the store's checkpoint is written first, so the slot is
+// never confirmed past the store: a slot ahead of the store's checkpoint
+// means the store lost data (restored, replaced), and the agent copies
+// everything again. Replies are sent at once when asked for, and at least
+// every StatusInterval, also during long writes and store outages.
+//
+// A crash (SIGKILL) leaves behind, depending on when it happens:
+//   - while buffering a transaction: nothing of it; it is replayed.
+//   - after some chunks of a large transaction: those chunks (newer values
+//     for some keys); the checkpoint is older, so the whole transaction is
+//     replayed and rewrites the same final values.
+//   - after the batch with the checkpoint, before confirming: the store has
+//     the transaction; PostgreSQL resends it and the agent skips it.
+//   - during an initial copy: the old checkpoint was deleted first, so the
+//     next start copies again; keys already copied are rewritten and keys
+//     matching no row deleted.
+//   - during the copy of a table added to the publication: the table is not
+//     in the checkpoint's tables, so it is copied again on start.
+//
+// # Initial sync, resync, new tables, schema changes
+//
+// Without a checkpoint (new or wiped store) or with Resync, the agent drops
+// the slot (created by the migrations with SQL, which exports no snapshot),
+// recreates it with CREATE_REPLICATION_SLOT … EXPORT_SNAPSHOT, copies every
+// published table as to_jsonb in a REPEATABLE READ transaction on that
+// snapshot, deletes store keys of its key space (the templates' shapes,
+// never the reserved .lenkwerk keys) that match no row, writes the
+// checkpoint (the consistent point) in the last batch and streams from it.
+// A table added to the publication while running, or whose columns changed
+// (ADD/DROP COLUMN, type change: to_jsonb of every row changes, but pgoutput
+// carries no DDL), is copied from the snapshot of a temporary slot with
+// consistent point C; its stream changes in transactions committed before C
+// are skipped. Relation messages rebuild the column list and the pgjson
+// encoder of a table.
+//
+// # Failures
+//
+// Every failure ends the session; Run logs it and reconnects after a capped,
+// jittered exponential backoff, resuming from the store's checkpoint. A
+// store that fails is retried in place (with status updates) without
+// dropping the replication connection. "replication slot … is active for
+// PID …" (another agent) is waited out. A table without a usable replica
+// identity, a value beyond the store's limits or an unsupported type is an
+// error naming the table and the key: the agent stops advancing, logs and
+// retries, and never skips a change. When ctx is cancelled (SIGTERM) the
+// agent abandons the transaction in flight, confirms what the store has and
+// Run returns nil.
+package agent

@@ -1,0 +1,156 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/bagger/lenkwerk/integration/converge"
+	"github.com/bagger/lenkwerk/integration/etcdtest"
+	"github.com/bagger/lenkwerk/integration/pgtest"
+	"github.com/bagger/lenkwerk/kvdriver"
+	_ "github.com/bagger/lenkwerk/kvdriver/etcd"
+	"github.com/bagger/lenkwerk/kvdriver/mem"
+	_ "github.com/bagger/lenkwerk/kvdriver/pgkv"
+	"github.com/jackc/pgx/v5"
+)
+
+func (e *env) useStore(t *testing.T, rawURL string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	store, err := kvdriver.Open(ctx, rawURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	e.store = store
+}
+
+// The agent works with every driver: a short life on etcd and pgkv,
+// including a transaction above etcd's 128 operations.
+func TestDrivers(t *testing.T) {
+	for _, name := range []string{"etcd", "pgkv"} {
+		t.Run(name, func(t *testing.T) {
+			e := newEnv(t, "")
+			switch name {
+			case "etcd":
+				e.useStore(t, etcdtest.New(t).URL())
+			case "pgkv":
+				e.useStore(t, pgtest.NewDatabase(t))
+			}
+			e.seed()
+			e.run(e.config())
+			e.converged(converge.Options{})
+			e.exec(`INSERT INTO storage.config (key, value) SELECT 'k' || g, json_build_object('n', g) FROM generate_series(1, 500) g`)
+			e.exec(`UPDATE storage.index_field SET index_id = 2 WHERE id = 11`)
+			e.exec(`SELECT storage.save_servermap('{"gen": 2}')`)
+			e.converged(converge.Options{})
+			e.exec(`TRUNCATE storage.config`)
+			e.converged(converge.Options{})
+		})
+	}
+}
+
+// A store outage: writes are retried in place while status updates keep
+// the replication connection alive; nothing is lost.
+func TestStoreOutage(t *testing.T) {
+	e := newEnv(t, "")
+	srv := etcdtest.New(t)
+	e.useStore(t, srv.URL())
+	a := e.run(e.config())
+	e.exec(`SELECT storage.save_config('before', '1')`)
+	e.converged(converge.Options{})
+	if err := srv.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		e.exec(fmt.Sprintf(`SELECT storage.save_config('during%d', '2')`, i))
+	}
+	waitFor(t, "a failed store write", 30*time.Second, func() bool { return a.Status().StoreErr != nil })
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := srv.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e.exec(`SELECT storage.save_config('after', '3')`)
+	e.converged(converge.Options{})
+	if st := a.Status(); st.Err != nil {
+		t.Errorf("a store outage ended the session: %v", st.Err)
+	}
+}
+
+// A PostgreSQL restart: the agent reconnects with backoff and resumes from
+// its checkpoint.
+func TestPostgresRestart(t *testing.T) {
+	c := pgtest.StartCluster(t, pgtest.Options{})
+	e := newEnv(t, c.NewDatabase(t))
+	e.seed()
+	a := e.run(e.config())
+	e.converged(converge.Options{})
+	before := a.Status().Transactions
+	if err := c.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	db, err := pgx.Connect(ctx, e.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close(ctx) })
+	e.db = db
+	e.exec(`SELECT storage.save_config('after_restart', '1')`)
+	e.exec(`SELECT storage.set_pg_instance_status(1, 1)`)
+	e.converged(converge.Options{})
+	waitFor(t, "streaming again", 30*time.Second, func() bool { return a.Status().Streaming })
+	if got := a.Status().Transactions - before; got != 2 {
+		t.Errorf("%d transactions applied after the restart, want 2", got)
+	}
+}
+
+// A table whose deletes would not carry its key columns stops the agent
+// with an error naming the table; nothing after it is applied.
+func TestBadReplicaIdentity(t *testing.T) {
+	e := newEnv(t, "")
+	e.seed()
+	a := e.run(e.config())
+	e.converged(converge.Options{})
+	ck := e.checkpoint().LSN
+	e.exec(`ALTER TABLE storage.index_field REPLICA IDENTITY DEFAULT`)
+	e.exec(`INSERT INTO storage.index_field (id, index_id, ordinality, expression) VALUES (20, 2, 5, 'x')`)
+	e.exec(`SELECT storage.save_config('later', '1')`)
+	var err error
+	waitFor(t, "the error", 30*time.Second, func() bool { err = a.Status().Err; return err != nil })
+	for _, want := range []string{"storage.index_field", "/Index/{index_id}/{id}", "replica identity"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not name %q", err, want)
+		}
+	}
+	if _, ok := e.get("/Config/later"); ok {
+		t.Error("a later transaction was applied past the failing one")
+	}
+	if got := e.checkpoint().LSN; got != ck {
+		t.Errorf("checkpoint moved from %s to %s", ck, got)
+	}
+}
+
+// A value beyond the store's limit is an error naming table and key.
+func TestValueTooLarge(t *testing.T) {
+	e := newEnv(t, "")
+	store, err := mem.Open(context.Background(), mem.Config{Limits: kvdriver.Limits{MaxValueBytes: 1000}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	e.store = store
+	a := e.run(e.config())
+	e.exec(`SELECT storage.save_config('huge', json_build_object('s', repeat('x', 2000)))`)
+	var got error
+	waitFor(t, "the error", 30*time.Second, func() bool { got = a.Status().Err; return got != nil })
+	if !errors.Is(got, kvdriver.ErrTooLarge) || !strings.Contains(got.Error(), "storage.config") || !strings.Contains(got.Error(), "/Config/huge") {
+		t.Fatalf("error %v: want ErrTooLarge naming storage.config and /Config/huge", got)
+	}
+}
