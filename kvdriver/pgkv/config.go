@@ -35,6 +35,7 @@ const (
 	initialReconnectBackoff   = 50 * time.Millisecond
 	watchRevisionsPerResponse = 1000
 	watchEventsPerResponse    = 10_000
+	maxApplyAttempts          = 100
 )
 
 // Config is what a postgres:// store URL parses into; library users may
@@ -185,14 +186,33 @@ func ParseURL(rawURL string) (Config, error) {
 		if err := set(&c, vs[0]); err != nil {
 			return Config{}, fmt.Errorf("%w: %s: parameter %s=%q: %v", kvdriver.ErrInvalidURL, kvdriver.Redact(rawURL), k, vs[0], err)
 		}
-		q.Del(k)
 	}
 	if err := c.validate(); err != nil {
 		return Config{}, fmt.Errorf("%w: %s: %v", kvdriver.ErrInvalidURL, kvdriver.Redact(rawURL), err)
 	}
-	u.RawQuery = q.Encode()
+	u.RawQuery = withoutDriverParams(u.RawQuery)
 	c.ConnString = u.String()
 	return c, nil
+}
+
+// withoutDriverParams drops the driver's parameters from a raw query and
+// keeps the others exactly as written: re-encoding would turn "%20" into
+// "+", which pgx does not read as a space.
+func withoutDriverParams(rawQuery string) string {
+	var kept []string
+	for _, part := range strings.Split(rawQuery, "&") {
+		if part == "" {
+			continue
+		}
+		name, _, _ := strings.Cut(part, "=")
+		if k, err := url.QueryUnescape(name); err == nil {
+			if _, ours := driverParams[k]; ours {
+				continue
+			}
+		}
+		kept = append(kept, part)
+	}
+	return strings.Join(kept, "&")
 }
 
 func knownParams() string {

@@ -54,7 +54,10 @@
 // sequence-based designs (kine) lose events cannot happen. The price is
 // that writes are serialized; a batch is one round trip and one revision
 // (tens of thousands of keys per second). Deleting absent keys changes
-// nothing and takes no revision. The transaction sends
+// nothing and takes no revision. Under a REPEATABLE READ or SERIALIZABLE
+// session default a writer that waited for the lock fails with a
+// serialization error; nothing was written and the driver retries it. The
+// transaction sends
 // pg_notify('<schema>_changes', '<rev>') at commit; the payload is only the
 // revision, never a value.
 //
@@ -110,5 +113,13 @@
 // watches keep working by polling alone (expect up to poll-interval of
 // latency). Better: point the store at PostgreSQL directly or at a
 // session-pooling proxy, or set listen=false and a short poll-interval.
-// Writes work through any proxy (each is one statement).
+// Writes work through any proxy (each is one statement); with pgbouncer
+// before 1.21 in transaction mode, also add default_query_exec_mode=exec
+// (pgx's prepared-statement cache needs a session). LISTEN is refused on a
+// hot standby too: a store opened on a replica reads and watches by polling.
+//
+// The listener never holds a transaction open, so it cannot pin
+// PostgreSQL's notification queue (8 GB; when full, NOTIFY and with it
+// every write fails); other sessions that LISTEN on the channel must not
+// idle in a transaction either.
 package pgkv

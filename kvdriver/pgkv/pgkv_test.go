@@ -29,7 +29,8 @@ func withParams(dbURL string, params ...string) string {
 	for i := 0; i+1 < len(params); i += 2 {
 		q.Set(params[i], params[i+1])
 	}
-	u.RawQuery = q.Encode()
+	// pgx reads "%20", not "+", as a space.
+	u.RawQuery = strings.ReplaceAll(q.Encode(), "+", "%20")
 	return u.String()
 }
 
@@ -212,8 +213,12 @@ func TestParseURL(t *testing.T) {
 		t.Fatalf("ParseURL = %+v", c)
 	}
 	// Driver parameters are gone, pgx's stay.
-	if want := "postgresql://u:secret@db:5433/kv?application_name=x&sslmode=disable"; c.ConnString != want {
+	if want := "postgresql://u:secret@db:5433/kv?sslmode=disable&application_name=x"; c.ConnString != want {
 		t.Fatalf("ConnString = %q, want %q", c.ConnString, want)
+	}
+	// Other parameters are passed on exactly as written.
+	if o, err := pgkv.ParseURL("postgres://db/kv?options=-c%20search_path%3Dx&schema=s"); err != nil || o.ConnString != "postgres://db/kv?options=-c%20search_path%3Dx" {
+		t.Fatalf("ParseURL kept %q, %v", o.ConnString, err)
 	}
 	d, err := pgkv.ParseURL("postgres://db/kv")
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -217,10 +218,27 @@ func (s *Store) apply(ctx context.Context, keys []string, values [][]byte) (int6
 		return 0, kvdriver.ErrClosed
 	}
 	var rev int64
-	if err := s.pool.QueryRow(ctx, s.q.apply, keys, values, s.cfg.channel()).Scan(&rev); err != nil {
-		return 0, s.translate(err)
+	for attempt := 1; ; attempt++ {
+		err := s.pool.QueryRow(ctx, s.q.apply, keys, values, s.cfg.channel()).Scan(&rev)
+		if err == nil {
+			return rev, nil
+		}
+		// Under REPEATABLE READ or SERIALIZABLE (a server or role default)
+		// a writer that waited for the revision lock fails with a
+		// serialization error instead of reading the new revision. The
+		// statement is its own transaction and nothing committed: retry.
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) || (pgErr.Code != "40001" && pgErr.Code != "40P01") || attempt == maxApplyAttempts {
+			return 0, s.translate(err)
+		}
+		t := time.NewTimer(time.Duration(min(attempt, 20)) * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return 0, ctx.Err()
+		case <-t.C:
+		}
 	}
-	return rev, nil
 }
 
 // Close ends the store's watches and background work and closes its
