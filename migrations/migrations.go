@@ -10,7 +10,6 @@ import (
 	"sort"
 	"sync"
 
-	"github.com/golang-migrate/migrate/v4"
 	"github.com/golang-migrate/migrate/v4/database"
 	_ "github.com/golang-migrate/migrate/v4/database/pgx/v5" // registers pgx5://
 	"github.com/golang-migrate/migrate/v4/source"
@@ -168,7 +167,8 @@ func Goto(ctx context.Context, databaseURL string, version uint, opts Options) e
 // Version returns the version the database is at (0: none applied) and
 // whether its last migration failed (dirty).
 func Version(ctx context.Context, databaseURL string) (version uint, dirty bool, err error) {
-	err = withMigrate(ctx, databaseURL, Options{}, false, func(m *migrate.Migrate, _ *progress, _ func(func() error) error) error {
+	err = withMigrate(ctx, databaseURL, Options{}, false, func(r *runner) error {
+		m := r.m
 		version, dirty, err = currentVersion(m)
 		return err
 	})
@@ -181,7 +181,8 @@ func Force(ctx context.Context, databaseURL string, version uint) error {
 	if err := known(version); err != nil {
 		return fmt.Errorf("migrate force: %w", err)
 	}
-	return withMigrate(ctx, databaseURL, Options{}, false, func(m *migrate.Migrate, _ *progress, _ func(func() error) error) error {
+	return withMigrate(ctx, databaseURL, Options{}, false, func(r *runner) error {
+		m := r.m
 		if version == 0 {
 			return m.Force(database.NilVersion)
 		}

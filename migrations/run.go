@@ -34,7 +34,8 @@ func currentVersion(m *migrate.Migrate) (uint, bool, error) {
 // marked dirty, as the error explains). golang-migrate's GracefulStop is
 // not used: its flag is shared between goroutines without synchronisation.
 func migrateTo(ctx context.Context, databaseURL string, opts Options, needLogical bool, target func(cur uint) (uint, error)) error {
-	return withMigrate(ctx, databaseURL, opts, needLogical, func(m *migrate.Migrate, log *progress, cancellable func(func() error) error) error {
+	return withMigrate(ctx, databaseURL, opts, needLogical, func(r *runner) error {
+		m := r.m
 		cur, dirty, err := currentVersion(m)
 		if err != nil {
 			return err
@@ -49,6 +50,11 @@ func migrateTo(ctx context.Context, databaseURL string, opts Options, needLogica
 		if err != nil {
 			return err
 		}
+		if want < slotVersion && cur >= slotVersion {
+			if err := checkSlotIdle(ctx, r.pgURL); err != nil {
+				return err
+			}
+		}
 		for {
 			if cur == want {
 				return nil
@@ -60,8 +66,8 @@ func migrateTo(ctx context.Context, databaseURL string, opts Options, needLogica
 			if want < cur {
 				step = -1
 			}
-			if err := cancellable(func() error { return m.Steps(step) }); err != nil {
-				err = explain(err, log.last())
+			if err := r.cancellable(func() error { return m.Steps(step) }); err != nil {
+				err = explain(err, r.log.last())
 				if ctx.Err() != nil {
 					err = fmt.Errorf("%w: %w", ctx.Err(), err)
 				}
@@ -83,7 +89,7 @@ func migrateTo(ctx context.Context, databaseURL string, opts Options, needLogica
 // checks wal_level first. do gets cancellable, which runs a golang-migrate
 // call (which has no context) and cancels its statement when ctx ends.
 func withMigrate(ctx context.Context, databaseURL string, opts Options, needLogical bool,
-	do func(m *migrate.Migrate, log *progress, cancellable func(func() error) error) error) (err error) {
+	do func(*runner) error) (err error) {
 	if err := opts.validate(); err != nil {
 		return err
 	}
@@ -132,7 +138,47 @@ func withMigrate(ctx context.Context, databaseURL string, opts Options, needLogi
 			return <-done
 		}
 	}
-	return do(m, log, cancellable)
+	return do(&runner{m: m, log: log, pgURL: pgURL, cancellable: cancellable})
+}
+
+// runner is what withMigrate hands its callback.
+type runner struct {
+	m     *migrate.Migrate
+	log   *progress
+	pgURL string // for connections of our own
+	// cancellable runs a golang-migrate call (which has no context),
+	// cancelling its statement when the context ends.
+	cancellable func(func() error) error
+}
+
+// slotVersion is the migration that creates the replication slot.
+const slotVersion = 7
+
+// checkSlotIdle refuses to revert the slot migration while a consumer (the
+// agent) streams the slot: migration 7 would refuse too, but only after
+// golang-migrate marked the version dirty.
+func checkSlotIdle(ctx context.Context, pgURL string) error {
+	conn, err := pgx.Connect(ctx, pgURL)
+	if err != nil {
+		return fmt.Errorf("connect to %s: %w", kvdriver.Redact(pgURL), err)
+	}
+	defer conn.Close(context.Background())
+	names, err := Names(ctx, conn)
+	if err != nil || names == nil {
+		return err
+	}
+	var pid *int32
+	err = conn.QueryRow(ctx, `SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()`, names.Slot).Scan(&pid)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("look at slot %s: %w", names.Slot, err)
+	}
+	if pid != nil {
+		return fmt.Errorf("replication slot %q is in use by process %d: stop the Lenkwerk agent, then migrate down again (nothing was changed)", names.Slot, *pid)
+	}
+	return nil
 }
 
 // openMigrate opens golang-migrate, giving up (and leaving the attempt to

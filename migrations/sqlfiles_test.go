@@ -11,6 +11,7 @@ import (
 
 	"github.com/bagger/lenkwerk/integration/pgtest"
 	"github.com/bagger/lenkwerk/migrations"
+	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
@@ -149,5 +150,44 @@ func TestCancelInterruptsWaitingSlotCreation(t *testing.T) {
 	}
 	if err := migrations.Up(ctx, raw, migrations.Options{}); err != nil {
 		t.Fatalf("Up after force: %v", err)
+	}
+}
+
+// Down refuses, before anything runs, to drop a slot an agent streams.
+func TestDownRefusesActiveSlot(t *testing.T) {
+	ctx := testContext(t)
+	raw := migrated(t, ctx)
+	repl, err := pgconn.Connect(ctx, raw+"&replication=database")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer repl.Close(context.Background())
+	if err := pglogrepl.StartReplication(ctx, repl, migrations.DefaultSlot, 0, pglogrepl.StartReplicationOptions{
+		PluginArgs: []string{"proto_version '1'", "publication_names '" + migrations.DefaultPublication + "'"},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	err = migrations.Down(ctx, raw, 1, migrations.Options{})
+	if err == nil || !strings.Contains(err.Error(), "in use by process") || !strings.Contains(err.Error(), "stop the Lenkwerk agent") {
+		t.Fatalf("Down with the slot streamed: %v", err)
+	}
+	if v, dirty, err := migrations.Version(ctx, raw); err != nil || v != 7 || dirty {
+		t.Fatalf("refused Down: version %d dirty %v, %v", v, dirty, err)
+	}
+	// Once the consumer is gone, down drops the slot.
+	repl.Close(ctx)
+	conn := connect(t, ctx, raw)
+	deadline := time.Now().Add(30 * time.Second)
+	for queryBool(t, ctx, conn, `SELECT active FROM pg_replication_slots WHERE slot_name = $1`, migrations.DefaultSlot) {
+		if time.Now().After(deadline) {
+			t.Fatal("slot stays active after the consumer closed")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := migrations.Down(ctx, raw, 1, migrations.Options{}); err != nil {
+		t.Fatalf("Down with the slot idle: %v", err)
+	}
+	if s := inspect(t, ctx, conn); len(s.Slots) != 0 {
+		t.Fatalf("slots after Down 1: %q", s.Slots)
 	}
 }
