@@ -1,6 +1,7 @@
 package pgjson
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"slices"
@@ -180,7 +181,7 @@ func (n *jsonNormalizer) str(dst []byte, raw bool) ([]byte, error) {
 	s := n.src
 	for {
 		i := n.pos
-		for i < len(s) && s[i] != '"' && s[i] != '\\' && s[i] >= 0x20 {
+		for i < len(s) && plain[s[i]] {
 			i++
 		}
 		dst = append(dst, s[n.pos:i]...)
@@ -410,12 +411,21 @@ func (n *jsonNormalizer) finishObject(base, objStart int) {
 	if ordered {
 		return
 	}
-	slices.SortFunc(ms, func(a, b member) int {
-		if c := n.compareKeys(a, b); c != 0 {
-			return c
+	// Among equal keys the later member sorts first: it wins.
+	if len(ms) <= 12 {
+		for i := 1; i < len(ms); i++ {
+			for j := i; j > 0 && n.less(&ms[j], &ms[j-1]); j-- {
+				ms[j], ms[j-1] = ms[j-1], ms[j]
+			}
 		}
-		return b.order - a.order // later first: it wins
-	})
+	} else {
+		slices.SortFunc(ms, func(a, b member) int {
+			if n.less(&a, &b) {
+				return -1
+			}
+			return 1 // never equal: orders differ
+		})
+	}
 	n.tmp = append(n.tmp[:0], n.out[objStart:]...)
 	n.out = n.out[:objStart]
 	for i, m := range ms {
@@ -434,12 +444,16 @@ func (n *jsonNormalizer) compareKeys(a, b member) int {
 	if a.keyLen != b.keyLen {
 		return a.keyLen - b.keyLen
 	}
-	ka := n.keys[a.keyOff : a.keyOff+a.keyLen]
-	kb := n.keys[b.keyOff : b.keyOff+b.keyLen]
-	for i := range ka {
-		if ka[i] != kb[i] {
-			return int(ka[i]) - int(kb[i])
-		}
+	return bytes.Compare(n.keys[a.keyOff:a.keyOff+a.keyLen], n.keys[b.keyOff:b.keyOff+b.keyLen])
+}
+
+// less is the sort order of finishObject: key order, then later first.
+func (n *jsonNormalizer) less(a, b *member) bool {
+	if a.keyLen != b.keyLen {
+		return a.keyLen < b.keyLen
 	}
-	return 0
+	if c := bytes.Compare(n.keys[a.keyOff:a.keyOff+a.keyLen], n.keys[b.keyOff:b.keyOff+b.keyLen]); c != 0 {
+		return c < 0
+	}
+	return a.order > b.order
 }

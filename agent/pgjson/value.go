@@ -267,6 +267,9 @@ func (st *state) appendComposite(dst []byte, t *typeInfo, s []byte) ([]byte, err
 				st.spans = append(st.spans, span{off: off, n: len(st.scratch) - off, inScratch: true})
 			}
 		}
+		if i >= len(s) {
+			return bad()
+		}
 		if s[i] == ')' {
 			i++
 			break
