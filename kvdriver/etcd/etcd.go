@@ -76,11 +76,11 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	cfg = cfg.withDefaults()
 	tlsCfg, err := cfg.tlsConfig()
 	if err != nil {
-		return nil, fmt.Errorf("etcd %s: %w", cfg, err)
+		return nil, fmt.Errorf("%s: %w", cfg, err)
 	}
 	if cfg.PasswordFile != "" {
 		if cfg.Password, err = readPasswordFile(cfg.PasswordFile); err != nil {
-			return nil, fmt.Errorf("etcd %s: %w", cfg, err)
+			return nil, fmt.Errorf("%s: %w", cfg, err)
 		}
 	}
 	if cfg.Username != "" && cfg.Password == "" {
@@ -97,11 +97,11 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		Context: context.WithoutCancel(ctx),
 	})
 	if err != nil {
-		return nil, fmt.Errorf("etcd %s: connect: %w", cfg, err)
+		return nil, fmt.Errorf("%s: connect: %w", cfg, err)
 	}
 	if err := ping(ctx, client, cfg); err != nil {
 		client.Close()
-		return nil, fmt.Errorf("etcd %s: %w", cfg, err)
+		return nil, fmt.Errorf("%s: %w", cfg, err)
 	}
 	s := &Store{client: client, cfg: cfg}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
@@ -168,9 +168,9 @@ func (s *Store) wrap(op string, err error) error {
 		sentinel = kvdriver.ErrClosed
 	}
 	if sentinel != nil {
-		return fmt.Errorf("etcd %s: %w: %w", op, sentinel, err)
+		return fmt.Errorf("%s: %w: %w", op, sentinel, err)
 	}
-	return fmt.Errorf("etcd %s: %w", op, err)
+	return fmt.Errorf("%s: %w", op, err)
 }
 
 func (s *Store) isClosed() bool {
