@@ -168,9 +168,9 @@ func (s *Store) wrap(op string, err error) error {
 		sentinel = kvdriver.ErrClosed
 	}
 	if sentinel != nil {
-		return fmt.Errorf("%s: %w: %w", op, sentinel, err)
+		return fmt.Errorf("etcd %s: %w: %w", op, sentinel, err)
 	}
-	return fmt.Errorf("%s: %w", op, err)
+	return fmt.Errorf("etcd %s: %w", op, err)
 }
 
 func (s *Store) isClosed() bool {
