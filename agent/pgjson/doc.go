@@ -9,12 +9,24 @@
 //	types := pgjson.NewTypeMap()
 //	// on a Relation message (a new relation, or its columns changed):
 //	types.Invalidate() // types may have changed too
-//	enc, err := types.Encoder(ctx, catalogConn, pgjson.ColumnsOf(rel))
-//	// on Insert/Update:
+//	cols := pgjson.ColumnsOf(rel)
+//	err := pgjson.CheckColumns(ctx, catalogConn, rel.RelationID, cols)
+//	enc, err := types.Encoder(ctx, catalogConn, cols)
+//	// on Insert/Update, before the next message is received (pglogrepl's
+//	// tuple data points into pgconn's read buffer):
 //	buf, err = enc.AppendTuple(buf[:0], ins.Tuple)
 //
 // The replication connection must be opened with SessionSettings, which
-// fix the walsender's output formats to what the encoder expects.
+// fix the walsender's output formats to what the encoder expects; a
+// connection that computes to_jsonb itself (a table copy) should use them
+// too.
+//
+// What cannot be equal, and is reported rather than written wrong:
+// generated columns, which pgoutput does not send (CheckColumns,
+// ErrGeneratedColumn); unchanged TOAST values, which it does not send
+// either (ErrUnchangedToast); user types with a cast to json
+// (ErrUnsupportedType); json values to_jsonb itself rejects (\u0000,
+// numbers beyond numeric's range).
 //
 // What to_jsonb does, and so what this package does (json_categorize_type
 // and datum_to_jsonb in PostgreSQL): domains are encoded as their base
