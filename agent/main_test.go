@@ -92,6 +92,11 @@ func (e *env) start(cfg Config) *Agent {
 	if err != nil {
 		e.t.Fatal(err)
 	}
+	return e.startAgent(a)
+}
+
+func (e *env) startAgent(a *Agent) *Agent {
+	e.t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- a.Run(ctx) }()

@@ -83,13 +83,12 @@ func (e *env) slotConfirmed() pglogrepl.LSN {
 func TestRestartFromCheckpointWithoutDuplicates(t *testing.T) {
 	e := newEnv(t, "")
 	cfg := e.config()
-	a, err := New(cfg)
+	first, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_ = a
-	first := e.start(cfg)
-	first.testNoConfirm = true // set before any status is sent: Run has only just started
+	first.testNoConfirm = true
+	e.startAgent(first)
 	waitFor(t, "streaming", 30*time.Second, func() bool { return first.Status().Streaming })
 	w := e.watch()
 	for i := range 20 {
