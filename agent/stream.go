@@ -384,7 +384,15 @@ func (s *session) onRelation(ctx context.Context, m *pglogrepl.RelationMessage) 
 	// The relation may have changed because a type did (ALTER TYPE):
 	// read the types again.
 	s.types.Invalidate()
-	enc, err := s.types.Encoder(ctx, s.conn, pgjson.ColumnsOf(m))
+	cols := pgjson.ColumnsOf(m)
+	if err := pgjson.CheckColumns(ctx, s.conn, m.RelationID, cols); err != nil {
+		if errors.Is(err, pgjson.ErrGeneratedColumn) {
+			s.relErrs[m.RelationID] = err
+			return nil
+		}
+		return err
+	}
+	enc, err := s.types.Encoder(ctx, s.conn, cols)
 	if err != nil {
 		s.relErrs[m.RelationID] = fmt.Errorf("table %s: %w", name, err)
 		return nil
