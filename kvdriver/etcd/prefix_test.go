@@ -65,3 +65,28 @@ func TestPrefixRangeEdges(t *testing.T) {
 		t.Errorf("List = %q, want %q", keys, want)
 	}
 }
+
+// TestWatchFromNowServerDown: with the server down, Watch from the current
+// revision cannot fix "now"; it reports that promptly instead of guessing.
+func TestWatchFromNowServerDown(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	srv := etcdtest.New(t)
+	s, err := kvdriver.Open(ctx, srv.URL()+"?request-timeout=500ms")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := srv.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	r, ok := <-s.Watch(ctx, "/down", 0)
+	if !ok || r.Err == nil {
+		t.Fatalf("Watch from now with the server down: %v, %v; want an error response", r, ok)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("Watch took %v to report the outage", d)
+	}
+	t.Logf("Watch from now, server down: %v", r.Err)
+}

@@ -20,8 +20,10 @@ const (
 )
 
 // Watch reports every change at or below prefix after afterRev (see
-// kvdriver.Store). With afterRev 0 it resolves the current revision before
-// it returns, so a write made after Watch returns is always seen.
+// kvdriver.Store). With afterRev 0 it reads the current revision before it
+// returns, so a write made after Watch returns is always seen; when no
+// member answers within the request timeout the channel carries that
+// error instead.
 func (s *Store) Watch(ctx context.Context, prefix string, afterRev int64) <-chan kvdriver.WatchResponse {
 	out := make(chan kvdriver.WatchResponse, 1)
 	fail := func(err error) <-chan kvdriver.WatchResponse {
@@ -47,10 +49,16 @@ func (s *Store) Watch(ctx context.Context, prefix string, afterRev int64) <-chan
 	stop := context.AfterFunc(s.ctx, cancel)
 	w := &watch{s: s, prefix: prefix, out: out, next: afterRev + 1}
 	if afterRev == 0 {
-		// If the server is unreachable now, run resolves the revision
-		// once it is back: no write can have happened in between
-		// through this client.
-		w.next, _ = s.currentRevision(ctx, prefix)
+		// "Now" must be fixed before Watch returns. Resolving it later,
+		// after an outage, would skip writes made in between by others.
+		next, err := s.currentRevision(ctx, prefix)
+		if err != nil {
+			stop()
+			cancel()
+			s.watches.Done()
+			return fail(fmt.Errorf("read current revision: %w", err))
+		}
+		w.next = next
 	}
 	go func() {
 		defer s.watches.Done()
@@ -81,7 +89,7 @@ type watch struct {
 	s      *Store
 	prefix string
 	out    chan<- kvdriver.WatchResponse
-	// next is the first revision not yet delivered; 0 until resolved.
+	// next is the first revision not yet delivered.
 	next int64
 }
 
@@ -98,26 +106,18 @@ func (w *watch) run(ctx context.Context) {
 	}
 	backoff := minWatchBackoff
 	for ctx.Err() == nil {
-		if w.next == 0 {
-			rev, err := w.s.currentRevision(ctx, w.prefix)
-			if err == nil {
-				w.next = rev
+		wctx, wcancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+		wch := w.s.client.Watch(wctx, key, clientv3.WithRange(end), clientv3.WithRev(w.next), clientv3.WithProgressNotify())
+		delivered, err := w.consume(ctx, wch)
+		wcancel()
+		if !errors.Is(err, errRetry) {
+			if err != nil {
+				w.send(ctx, kvdriver.WatchResponse{Err: err})
 			}
+			return
 		}
-		if w.next != 0 {
-			wctx, wcancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-			wch := w.s.client.Watch(wctx, key, clientv3.WithRange(end), clientv3.WithRev(w.next), clientv3.WithProgressNotify())
-			delivered, err := w.consume(ctx, wch)
-			wcancel()
-			if !errors.Is(err, errRetry) {
-				if err != nil {
-					w.send(ctx, kvdriver.WatchResponse{Err: err})
-				}
-				return
-			}
-			if delivered {
-				backoff = minWatchBackoff
-			}
+		if delivered {
+			backoff = minWatchBackoff
 		}
 		t := time.NewTimer(backoff)
 		select {
