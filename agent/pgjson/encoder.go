@@ -51,20 +51,25 @@ func (m *TypeMap) Encoder(ctx context.Context, q Querier, cols []Column) (*Encod
 	for i, c := range cols {
 		oids[i] = c.TypeOID
 	}
-	if err := m.Load(ctx, q, oids...); err != nil {
+	types, err := m.load(ctx, q, oids)
+	if err != nil {
 		return nil, err
 	}
-	return m.NewEncoder(cols)
+	return newEncoder(cols, func(oid uint32) *typeInfo { return types[oid] })
 }
 
 // NewEncoder returns an Encoder for rows with columns cols, whose types m
 // must already know (built-in or loaded); otherwise the error wraps
 // ErrUnknownType and names the column.
 func (m *TypeMap) NewEncoder(cols []Column) (*Encoder, error) {
+	return newEncoder(cols, m.lookup)
+}
+
+func newEncoder(cols []Column, lookup func(uint32) *typeInfo) (*Encoder, error) {
 	e := &Encoder{cols: make([]encCol, len(cols))}
 	names := make([]string, len(cols))
 	for i, c := range cols {
-		t := m.lookup(c.TypeOID)
+		t := lookup(c.TypeOID)
 		if t == nil {
 			return nil, fmt.Errorf("pgjson: column %q: type oid %d: %w", c.Name, c.TypeOID, ErrUnknownType)
 		}

@@ -92,10 +92,40 @@ ORDER BY a.attrelid, a.attnum`
 // types). It fails, naming the type, for a type that does not exist or that
 // is unsupported (see ErrUnsupportedType).
 func (m *TypeMap) Load(ctx context.Context, q Querier, oids ...uint32) error {
+	_, err := m.load(ctx, q, oids)
+	return err
+}
+
+// load is Load returning the types of oids, which stay valid whatever
+// Invalidate does meanwhile.
+func (m *TypeMap) load(ctx context.Context, q Querier, oids []uint32) (map[uint32]*typeInfo, error) {
+	got := make(map[uint32]*typeInfo, len(oids))
+	all := true
+	for _, oid := range oids {
+		if t := m.lookup(oid); t != nil {
+			got[oid] = t
+		} else {
+			all = false
+		}
+	}
+	if all {
+		return got, nil
+	}
 	rows := map[uint32]*catalogType{}
 	var todo []uint32
+	known := got // types resolved before the catalog is read
+	lookup := func(oid uint32) *typeInfo {
+		if t := known[oid]; t != nil {
+			return t
+		}
+		if t := m.lookup(oid); t != nil {
+			known[oid] = t
+			return t
+		}
+		return nil
+	}
 	need := func(oid uint32) {
-		if oid == 0 || m.lookup(oid) != nil {
+		if oid == 0 || lookup(oid) != nil {
 			return
 		}
 		if _, ok := rows[oid]; ok {
@@ -110,14 +140,14 @@ func (m *TypeMap) Load(ctx context.Context, q Querier, oids ...uint32) error {
 	for len(todo) > 0 {
 		batch := todo
 		todo = nil
-		got, err := queryTypes(ctx, q, batch)
+		cat, err := queryTypes(ctx, q, batch)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		for _, oid := range batch {
-			ct := got[oid]
+			ct := cat[oid]
 			if ct == nil {
-				return fmt.Errorf("pgjson: type oid %d: %w: not in pg_type", oid, ErrUnknownType)
+				return nil, fmt.Errorf("pgjson: type oid %d: %w: not in pg_type", oid, ErrUnknownType)
 			}
 			rows[oid] = ct
 			switch {
@@ -132,13 +162,10 @@ func (m *TypeMap) Load(ctx context.Context, q Querier, oids ...uint32) error {
 			}
 		}
 	}
-	if len(rows) == 0 {
-		return nil
-	}
 	built := map[uint32]*typeInfo{}
 	var build func(oid uint32, depth int) (*typeInfo, error)
 	build = func(oid uint32, depth int) (*typeInfo, error) {
-		if t := m.lookup(oid); t != nil {
+		if t := lookup(oid); t != nil {
 			return t, nil
 		}
 		if t := built[oid]; t != nil {
@@ -193,7 +220,7 @@ func (m *TypeMap) Load(ctx context.Context, q Querier, oids ...uint32) error {
 	}
 	for oid := range rows {
 		if _, err := build(oid, 0); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	m.mu.Lock()
@@ -201,7 +228,12 @@ func (m *TypeMap) Load(ctx context.Context, q Querier, oids ...uint32) error {
 		m.loaded[oid] = t
 	}
 	m.mu.Unlock()
-	return nil
+	for _, oid := range oids {
+		if got[oid] == nil {
+			got[oid] = built[oid]
+		}
+	}
+	return got, nil
 }
 
 func queryTypes(ctx context.Context, q Querier, oids []uint32) (map[uint32]*catalogType, error) {
