@@ -18,11 +18,13 @@ key-value store the storage nodes watch.$$;
 -- only the replica identity, and with the default (the primary key) deletes
 -- of dimension (fieldname), index (indexname) and index_field (index_id,
 -- ordinality) would lack the id their keys (/Dimension/<id>, /Index/<id>,
--- /Index/<index_id>/<id>) are built from. FULL also makes updates carry the
--- old row with TOASTed values inlined, so an update that leaves a large json
--- value (server_map, config.value) unchanged, which pgoutput sends as
--- "unchanged TOAST", can still be written as a complete flat row; a
--- key-changing update carries the old key to delete. The cost (the old row
+-- /Index/<index_id>/<id>) are built from; index_field's key is even
+-- DEFERRABLE, which cannot be a replica identity at all, so with the default
+-- every DELETE or UPDATE on it would fail once published. FULL also makes
+-- updates carry the old row with TOASTed values inlined, so an update that
+-- leaves a large json value (server_map, config.value) unchanged, which
+-- pgoutput sends as "unchanged TOAST", can still be written as a complete
+-- flat row; a key-changing update carries the old key to delete. The cost (the old row
 -- in WAL on update/delete) is nothing for tables this small and rarely
 -- written. json has no equality operator, which only matters to a
 -- PostgreSQL subscriber applying FULL-identity changes; the consumer here
