@@ -22,6 +22,7 @@ const (
 	DefaultStatusInterval = 10 * time.Second
 	DefaultPollInterval   = 10 * time.Second
 	DefaultApplyTimeout   = 10 * time.Second
+	DefaultStoreRetry     = 10 * time.Second
 	DefaultMinBackoff     = 250 * time.Millisecond
 	DefaultMaxBackoff     = 30 * time.Second
 	// DefaultMaxBatchOps and DefaultMaxBatchBytes cap a store batch when
@@ -60,6 +61,12 @@ type Config struct {
 	PollInterval time.Duration
 	// ApplyTimeout bounds one store write attempt.
 	ApplyTimeout time.Duration
+	// StoreRetry is how long a failing store write is retried in place,
+	// with the replication connection kept alive, before the session ends
+	// and the agent reconnects from the checkpoint: a walsender that must
+	// stop (PostgreSQL shutting down, perhaps the store's own server) waits
+	// for its consumer to confirm or go.
+	StoreRetry time.Duration
 	// MinBackoff and MaxBackoff bound the wait before reconnecting.
 	MinBackoff, MaxBackoff time.Duration
 	// MaxBatchOps and MaxBatchBytes cap one store batch below the store's
@@ -92,6 +99,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.ApplyTimeout <= 0 {
 		c.ApplyTimeout = DefaultApplyTimeout
+	}
+	if c.StoreRetry <= 0 {
+		c.StoreRetry = DefaultStoreRetry
 	}
 	if c.MinBackoff <= 0 {
 		c.MinBackoff = DefaultMinBackoff
@@ -252,7 +262,10 @@ func (a *Agent) session(ctx context.Context, syncOnly bool) error {
 	if syncOnly {
 		return s.initialSync(ctx)
 	}
-	ck, ok, err := ReadCheckpoint(ctx, a.cfg.Store, a.cfg.Prefix, a.cfg.Slot)
+	rctx, cancel := context.WithTimeout(ctx, a.cfg.ApplyTimeout)
+	ck, ok, err := ReadCheckpoint(rctx, a.cfg.Store, a.cfg.Prefix, a.cfg.Slot)
+	cancel()
+	a.update(func(st *Status) { st.StoreErr = err })
 	if err != nil {
 		return err
 	}

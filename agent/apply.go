@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/bagger/lenkwerk/kvdriver"
 )
@@ -40,15 +41,17 @@ func permanent(err error) bool {
 }
 
 // apply writes ops as one atomic batch. A failing store (outage, leader
-// election, network loss) is retried in place with backoff, while standby
-// status updates keep the replication connection alive
-// (wal_sender_timeout); batches are idempotent (puts and deletes of final
-// values), so retrying one that may have been applied is safe.
+// election, network loss) is retried in place with backoff for up to
+// Config.StoreRetry, while standby status updates keep the replication
+// connection alive (wal_sender_timeout); then the session ends and Run
+// reconnects. Batches are idempotent (puts and deletes of final values), so
+// retrying one that may have been applied is safe.
 func (s *session) apply(ctx context.Context, ops []kvdriver.Op) error {
 	if len(ops) == 0 {
 		return nil
 	}
 	bo := backoff{min: s.a.cfg.MinBackoff, max: min(s.a.cfg.MaxBackoff, s.a.cfg.StatusInterval)}
+	start := time.Now()
 	for {
 		actx, cancel := context.WithTimeout(ctx, s.a.cfg.ApplyTimeout)
 		_, err := s.a.cfg.Store.Apply(actx, ops)
@@ -62,6 +65,9 @@ func (s *session) apply(ctx context.Context, ops []kvdriver.Op) error {
 		}
 		if permanent(err) {
 			return fmt.Errorf("store batch of %d operations: %w", len(ops), err)
+		}
+		if time.Since(start) >= s.a.cfg.StoreRetry {
+			return fmt.Errorf("store unavailable for %v: %w", time.Since(start).Round(time.Second), err)
 		}
 		d := bo.next()
 		s.a.log.Warn("store write failed; retrying", "ops", len(ops), "retry_in", d, "err", err)

@@ -80,6 +80,7 @@ func (e *env) config() Config {
 		StatusInterval: 200 * time.Millisecond,
 		PollInterval:   300 * time.Millisecond,
 		ApplyTimeout:   2 * time.Second,
+		StoreRetry:     time.Second,
 		MinBackoff:     50 * time.Millisecond,
 		MaxBackoff:     500 * time.Millisecond,
 	}

@@ -304,6 +304,7 @@ func ours(match func(string) bool, prefix, key string) bool {
 // list lists a prefix of the store, retrying through outages like apply.
 func (s *session) list(ctx context.Context, prefix string) ([]kvdriver.KV, error) {
 	bo := backoff{min: s.a.cfg.MinBackoff, max: min(s.a.cfg.MaxBackoff, s.a.cfg.StatusInterval)}
+	start := time.Now()
 	for {
 		lctx, cancel := context.WithTimeout(ctx, s.a.cfg.ApplyTimeout)
 		kvs, _, err := s.a.cfg.Store.List(lctx, prefix)
@@ -317,6 +318,9 @@ func (s *session) list(ctx context.Context, prefix string) ([]kvdriver.KV, error
 		}
 		if permanent(err) {
 			return nil, fmt.Errorf("list %s: %w", prefix, err)
+		}
+		if time.Since(start) >= s.a.cfg.StoreRetry {
+			return nil, fmt.Errorf("list %s: store unavailable for %v: %w", prefix, time.Since(start).Round(time.Second), err)
 		}
 		d := bo.next()
 		s.a.log.Warn("store list failed; retrying", "prefix", prefix, "retry_in", d, "err", err)
