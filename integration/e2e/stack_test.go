@@ -111,6 +111,19 @@ func (s *stack) exec(ctx context.Context, sql string, args ...any) {
 	}
 }
 
+// execRetry is exec for right after a PostgreSQL restart: the pool's old
+// connections fail once, and the server may still be starting.
+func (s *stack) execRetry(ctx context.Context, sql string, args ...any) {
+	s.t.Helper()
+	err := waitFor(ctx, 30*time.Second, sql, func(ctx context.Context) (bool, error) {
+		_, err := s.pool.Exec(ctx, sql, args...)
+		return err == nil, err
+	})
+	if err != nil {
+		s.t.Fatal(err)
+	}
+}
+
 // tryConverge waits until the store mirrors the database. It gives up at
 // once if the agent process ends: it would wait for nothing.
 func (s *stack) tryConverge(ctx context.Context, timeout time.Duration) (converge.Diff, error) {
