@@ -2,8 +2,12 @@ package pgkv
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"strings"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/bagger/lenkwerk/kvdriver"
 )
@@ -85,9 +89,9 @@ func (w *watcher) run(ctx context.Context, wake <-chan struct{}) {
 		if ctx.Err() != nil {
 			return
 		}
-		if cerr, ok := err.(compactedError); ok {
+		if permanent(err) {
 			select {
-			case w.ch <- kvdriver.WatchResponse{Err: cerr, Revision: w.last}:
+			case w.ch <- kvdriver.WatchResponse{Err: fmt.Errorf("pgkv: watch: %w", err), Revision: w.last}:
 			case <-ctx.Done():
 			}
 			return
@@ -113,11 +117,19 @@ func (w *watcher) run(ctx context.Context, wake <-chan struct{}) {
 	}
 }
 
+// permanent reports errors that end a watch instead of being retried:
+// compacted history, and SQLSTATE class 42 (no privilege, no such table:
+// retrying cannot help).
+func permanent(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.Is(err, kvdriver.ErrCompacted) || (errors.As(err, &pgErr) && strings.HasPrefix(pgErr.Code, "42"))
+}
+
 // compactedError ends a watch: the history it needs is gone.
 type compactedError struct{ after, compacted int64 }
 
 func (e compactedError) Error() string {
-	return fmt.Sprintf("pgkv: watch after revision %d: history up to %d compacted: %v", e.after, e.compacted, kvdriver.ErrCompacted)
+	return fmt.Sprintf("after revision %d: history up to %d compacted: %v", e.after, e.compacted, kvdriver.ErrCompacted)
 }
 
 func (e compactedError) Unwrap() error { return kvdriver.ErrCompacted }

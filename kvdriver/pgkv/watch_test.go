@@ -314,6 +314,23 @@ func TestReaderRole(t *testing.T) {
 	if kv, err := writer.Get(ctx, "/r/a"); err != nil || kv.ModRevision != rev {
 		t.Fatalf("after reader writes: Get = %+v, %v; want untouched", kv, err)
 	}
+
+	// Losing the privilege ends the watch with the error, not a silent
+	// retry loop.
+	if _, err := conn.Exec(ctx, `REVOKE SELECT ON lenkwerk_kv.kv_log FROM lenkwerk_kv_reader`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := writer.Put(ctx, "/r/d", []byte(`4`)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-w.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("watch still open after losing SELECT on the log")
+	}
+	if w.err == nil || !strings.Contains(w.err.Error(), "permission denied") {
+		t.Fatalf("watch ended with %v, want permission denied", w.err)
+	}
 }
 
 // TestWatchPagesWholeRevisions: a catch-up larger than one page
