@@ -2,15 +2,21 @@ package main
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/bagger/lenkwerk/agent"
 	"github.com/bagger/lenkwerk/agent/keymap"
 	"github.com/bagger/lenkwerk/kvdriver"
+	"github.com/jackc/pgx/v5"
 )
 
 func init() {
@@ -25,7 +31,7 @@ type agentFlags struct {
 
 func (f *agentFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.databaseURL, "database-url", envOr("LENKWERK_DATABASE_URL", ""), "Lenkwerk database `URL` (env LENKWERK_DATABASE_URL)")
-	fs.StringVar(&f.kvURL, "kv", envOr("LENKWERK_KV_URL", ""), "key-value store `URL`: etcd://host:port, postgres://…, mem://name (env LENKWERK_KV_URL)")
+	fs.StringVar(&f.kvURL, "kv", envOr("LENKWERK_KV_URL", ""), "key-value store `URL`: etcd://host:port, postgres://…, mem://name (env LENKWERK_KV_URL; default: from storage.config kvstore_type/kvstore_config)")
 	fs.StringVar(&f.slot, "slot", envOr("LENKWERK_SLOT", agent.DefaultSlot), "logical replication slot (env LENKWERK_SLOT)")
 	fs.StringVar(&f.publication, "publication", envOr("LENKWERK_PUBLICATION", agent.DefaultPublication), "publication to mirror (env LENKWERK_PUBLICATION)")
 	fs.StringVar(&f.prefix, "prefix", envOr("LENKWERK_PREFIX", ""), "key `prefix` put before every key, e.g. /bagger (env LENKWERK_PREFIX)")
@@ -40,9 +46,18 @@ func (f *agentFlags) open(ctx context.Context, fs *flag.FlagSet) (agent.Config, 
 		return agent.Config{}, nil, fmt.Errorf("-log-level: %w", err)
 	}
 	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl})))
-	if f.databaseURL == "" || f.kvURL == "" {
+	if f.databaseURL == "" {
 		fs.Usage()
-		return agent.Config{}, nil, fmt.Errorf("%w: --database-url and --kv are required", errUsage)
+		return agent.Config{}, nil, fmt.Errorf("%w: --database-url is required", errUsage)
+	}
+	if f.kvURL == "" {
+		// Bagger keeps its store settings in Lenkwerk itself.
+		u, err := kvURLFromDatabase(ctx, f.databaseURL)
+		if err != nil {
+			return agent.Config{}, nil, fmt.Errorf("no --kv given and %w", err)
+		}
+		slog.Info("key-value store from storage.config (kvstore_type, kvstore_config)", "kv", kvdriver.Redact(u))
+		f.kvURL = u
 	}
 	tmpl, err := keymap.ParseTemplates(f.templates)
 	if err != nil {
@@ -61,6 +76,57 @@ func (f *agentFlags) open(ctx context.Context, fs *flag.FlagSet) (agent.Config, 
 		Templates:   tmpl,
 		Logger:      slog.Default(),
 	}, store, nil
+}
+
+// kvURLFromDatabase builds the store URL from Bagger's storage.config rows
+// kvstore_type (e.g. "etcd") and kvstore_config (e.g. {"host": …, "port": …}).
+func kvURLFromDatabase(ctx context.Context, databaseURL string) (string, error) {
+	conn, err := pgx.Connect(ctx, databaseURL)
+	if err != nil {
+		return "", fmt.Errorf("cannot read storage.config: %w", err)
+	}
+	defer conn.Close(context.Background())
+	var typ, cfg []byte
+	err = conn.QueryRow(ctx, `SELECT (SELECT value::text FROM storage.config WHERE key = 'kvstore_type'), (SELECT value::text FROM storage.config WHERE key = 'kvstore_config')`).Scan(&typ, &cfg)
+	if err != nil {
+		return "", fmt.Errorf("cannot read storage.config: %w", err)
+	}
+	return kvURLFromSettings(typ, cfg)
+}
+
+// kvURLFromSettings turns the kvstore_type and kvstore_config values (JSON)
+// into a store URL.
+func kvURLFromSettings(typ, cfg []byte) (string, error) {
+	if typ == nil {
+		return "", errors.New("storage.config has no kvstore_type row")
+	}
+	var t string
+	if err := json.Unmarshal(typ, &t); err != nil {
+		return "", fmt.Errorf("storage.config kvstore_type is not a JSON string: %w", err)
+	}
+	if t != "etcd" {
+		return "", fmt.Errorf("storage.config kvstore_type %q: only etcd can be derived; give --kv", t)
+	}
+	var c struct {
+		Host string          `json:"host"`
+		Port json.RawMessage `json:"port"`
+	}
+	if cfg != nil {
+		if err := json.Unmarshal(cfg, &c); err != nil {
+			return "", fmt.Errorf("storage.config kvstore_config: %w", err)
+		}
+	}
+	if c.Host == "" {
+		c.Host = "127.0.0.1"
+	}
+	port := strings.Trim(string(c.Port), `"`)
+	if port == "" {
+		port = "2379"
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return "", fmt.Errorf("storage.config kvstore_config: bad port %s", c.Port)
+	}
+	return "etcd://" + net.JoinHostPort(c.Host, port), nil
 }
 
 func runAgent(ctx context.Context, args []string) error {
