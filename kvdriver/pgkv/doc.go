@@ -61,6 +61,14 @@
 // pg_notify('<schema>_changes', '<rev>') at commit; the payload is only the
 // revision, never a value.
 //
+// A revision a watcher has seen must not vanish, or its number would be
+// reused for another change the watcher then skips. kv_apply therefore
+// commits with synchronous_commit at least local even when the session has
+// it off. Restoring a backup or failing over to an asynchronous standby
+// can still lose the last revisions: a watch that notices the store
+// revision going back ends with an error wrapping kvdriver.ErrCompacted,
+// so the consumer lists again.
+//
 // # Watch
 //
 // A store keeps one dedicated connection (application_name

@@ -248,3 +248,26 @@ func TestConcurrentWritersUnderSerializable(t *testing.T) {
 		}
 	}
 }
+
+// TestWritesCommitSynchronously: with synchronous_commit=off as the
+// session default, kv_apply still commits synchronously (locally): a crash
+// must not lose a revision a watcher has seen.
+func TestWritesCommitSynchronously(t *testing.T) {
+	dbURL := pgtest.NewDatabase(t)
+	openStore(t, dbURL) // migrate
+	ctx := ctxT(t)
+	conn := connect(t, withParams(dbURL, "options", "-c synchronous_commit=off"))
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	var rev int64
+	if err := tx.QueryRow(ctx, `SELECT lenkwerk_kv.kv_apply(ARRAY['/sc'], ARRAY[convert_to('1', 'UTF8')], NULL)`).Scan(&rev); err != nil {
+		t.Fatal(err)
+	}
+	var setting string
+	if err := tx.QueryRow(ctx, `SHOW synchronous_commit`).Scan(&setting); err != nil || setting != "local" {
+		t.Fatalf("synchronous_commit in the writing transaction = %q, %v; want local", setting, err)
+	}
+}

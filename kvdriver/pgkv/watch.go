@@ -77,6 +77,7 @@ type watcher struct {
 	ch         chan kvdriver.WatchResponse
 	eq, lo, hi string
 	last       int64 // every revision up to here is delivered
+	maxHead    int64 // highest store revision seen
 	fromHead   bool  // last is still to be read from the store
 }
 
@@ -134,6 +135,16 @@ func (e compactedError) Error() string {
 
 func (e compactedError) Unwrap() error { return kvdriver.ErrCompacted }
 
+// rewoundError ends a watch whose store lost revisions it had seen. It
+// wraps ErrCompacted because the remedy is the same: list again.
+type rewoundError struct{ seen, head int64 }
+
+func (e rewoundError) Error() string {
+	return fmt.Sprintf("store revision went back from %d to %d (restored from backup or failed over without the latest commits): %v", e.seen, e.head, kvdriver.ErrCompacted)
+}
+
+func (e rewoundError) Unwrap() error { return kvdriver.ErrCompacted }
+
 // catchUp delivers everything committed after w.last, in responses of whole
 // revisions, until it reaches the store revision. A response carries at
 // most watchRevisionsPerResponse revisions and, unless one revision alone
@@ -155,6 +166,13 @@ func (w *watcher) catchUp(ctx context.Context) error {
 		if compacted > w.last {
 			return compactedError{after: w.last, compacted: compacted}
 		}
+		if head < w.maxHead {
+			// Committed revisions vanished: a restore, or a failover to a
+			// standby without the last commits. The numbers will be reused
+			// for other changes, so this watch cannot go on.
+			return rewoundError{seen: w.maxHead, head: head}
+		}
+		w.maxHead = head
 		upto := min(head, w.last+watchRevisionsPerResponse)
 		if upto <= w.last {
 			return nil

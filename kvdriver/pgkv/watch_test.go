@@ -384,3 +384,38 @@ func TestWatchPagesWholeRevisions(t *testing.T) {
 		t.Fatalf("revisions %d and %d (10,003 events) came in one response", a, b)
 	}
 }
+
+// TestWatchEndsWhenRevisionsVanish: if the store's revision goes back (a
+// restore, a failover without the last commits), a watch that saw the
+// lost revisions ends with ErrCompacted (re-list) instead of silently
+// skipping the reused numbers.
+func TestWatchEndsWhenRevisionsVanish(t *testing.T) {
+	dbURL := pgtest.NewDatabase(t)
+	s := openStore(t, withParams(dbURL, "poll-interval", "200ms"))
+	ctx := ctxT(t)
+	w := collect(s.Watch(ctx, "/v", 0))
+	var last int64
+	for i := 0; i < 3; i++ {
+		r, err := s.Put(ctx, fmt.Sprintf("/v/%d", i), []byte(`1`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		last = r
+	}
+	w.until(t, last, 10*time.Second)
+	conn := connect(t, dbURL)
+	if _, err := conn.Exec(ctx, `UPDATE lenkwerk_kv.kv_meta SET rev = rev - 2`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, `DELETE FROM lenkwerk_kv.kv_log WHERE rev > $1`, last-2); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-w.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("watch still open after the store revision went back")
+	}
+	if !errors.Is(w.err, kvdriver.ErrCompacted) || !strings.Contains(w.err.Error(), "went back") {
+		t.Fatalf("watch ended with %v, want ErrCompacted saying the revision went back", w.err)
+	}
+}

@@ -75,6 +75,11 @@ BEGIN
         RETURN v_rev - 1;
     END IF;
     UPDATE kv_meta SET rev = v_rev;
+    -- A revision a watcher has seen must survive a crash: an asynchronous
+    -- commit could be lost and its number reused for another change.
+    IF current_setting('synchronous_commit') = 'off' THEN
+        PERFORM set_config('synchronous_commit', 'local', true);
+    END IF;
     IF p_channel IS NOT NULL THEN
         PERFORM pg_notify(p_channel, v_rev::text);
     END IF;
