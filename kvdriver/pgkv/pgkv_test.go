@@ -298,3 +298,33 @@ func TestListOrderAndPrefixes(t *testing.T) {
 		t.Errorf("List(/) = %s, want %s (byte order)", g, w)
 	}
 }
+
+// TestConcurrentOpenMigratesOnce: stores opening at the same moment on an
+// empty database race to create the schema and migrate; all succeed.
+func TestConcurrentOpenMigratesOnce(t *testing.T) {
+	dbURL := withParams(pgtest.NewDatabase(t), "schema", "racy")
+	ctx := ctxT(t)
+	errs := make(chan error, 8)
+	stores := make(chan kvdriver.Store, 8)
+	for i := 0; i < 8; i++ {
+		go func() {
+			s, err := kvdriver.Open(ctx, dbURL)
+			if err == nil {
+				stores <- s
+			}
+			errs <- err
+		}()
+	}
+	for i := 0; i < 8; i++ {
+		if err := <-errs; err != nil {
+			t.Errorf("concurrent Open: %v", err)
+		}
+	}
+	close(stores)
+	for s := range stores {
+		if _, err := s.Put(ctx, "/x", []byte(`1`)); err != nil {
+			t.Errorf("Put: %v", err)
+		}
+		s.Close()
+	}
+}
