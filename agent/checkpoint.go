@@ -40,7 +40,9 @@ type Checkpoint struct {
 	// been copied, each with the shape (a hash of its columns and their
 	// types) it was copied with. A published table missing here, or whose
 	// shape changed (ADD/DROP COLUMN, type change: to_jsonb of every row
-	// changes, but no row change is streamed), is copied again.
+	// changes, but no row change is streamed), is copied again. A table
+	// removed from the publication stays with shape "" until the next
+	// initial sync deletes its keys.
 	Tables map[string]string
 }
 

@@ -50,6 +50,12 @@ func (s *session) initialSync(ctx context.Context) error {
 		return &pgconn.PgError{Severity: "ERROR", Code: "55006", Message: fmt.Sprintf("replication slot %q is active for PID %d", slot, p)}
 	}
 	s.a.log.Info("initial sync: copying every published table from a new snapshot")
+	// Tables the old checkpoint names: those no longer published have
+	// left keys behind.
+	old, _, err := ReadCheckpoint(ctx, s.a.cfg.Store, s.a.cfg.Prefix, slot)
+	if err != nil {
+		return err
+	}
 	// Forget the old checkpoint before the slot: a crash from here on must
 	// lead to another copy, never to streaming from a stale position.
 	if err := s.apply(ctx, []kvdriver.Op{kvdriver.Delete(s.a.ckptKey)}); err != nil {
@@ -72,7 +78,7 @@ func (s *session) initialSync(ctx context.Context) error {
 		return fmt.Errorf("create replication slot %s: consistent point %q: %w", slot, res.ConsistentPoint, err)
 	}
 	start := time.Now()
-	tables, ops, rows, err := s.copyTables(ctx, res.SnapshotName, nil)
+	tables, ops, rows, err := s.copyTables(ctx, res.SnapshotName, nil, old.Tables)
 	if err != nil {
 		return fmt.Errorf("initial sync: %w", err)
 	}
@@ -125,7 +131,7 @@ func (s *session) copyTable(ctx context.Context, t tableInfo) error {
 	if err != nil {
 		return fmt.Errorf("copy table %s: consistent point %q: %w", t.qualified(), c.res.ConsistentPoint, err)
 	}
-	_, ops, rows, err := s.copyTables(ctx, c.res.SnapshotName, []tableInfo{t})
+	_, ops, rows, err := s.copyTables(ctx, c.res.SnapshotName, []tableInfo{t}, nil)
 	if err != nil {
 		return err
 	}
@@ -145,8 +151,11 @@ func (s *session) copyTable(ctx context.Context, t tableInfo) error {
 // from the exported snapshot into the store, and returns the copied table
 // names and the operations still to apply (deletes of the keys in the
 // tables' key space that match no row), to which the caller appends the
-// checkpoint.
-func (s *session) copyTables(ctx context.Context, snapshot string, tables []tableInfo) (names map[string]string, rest []kvdriver.Op, rows int, err error) {
+// checkpoint. The tables of previous (the old checkpoint's) that are no
+// longer published add every key under their default key prefix
+// (/<schema>/<table>) to the key space: their rows are no longer mirrored,
+// and the table may be gone from the catalog, primary key and all.
+func (s *session) copyTables(ctx context.Context, snapshot string, tables []tableInfo, previous map[string]string) (names map[string]string, rest []kvdriver.Op, rows int, err error) {
 	if !snapshotName.MatchString(snapshot) {
 		return nil, nil, 0, fmt.Errorf("unexpected snapshot name %q", snapshot)
 	}
@@ -200,7 +209,15 @@ func (s *session) copyTables(ctx context.Context, snapshot string, tables []tabl
 		space = append(space, tmpl)
 		names[info.qualified()] = info.shape
 	}
-	stale, err := s.keySpace(ctx, space)
+	var retired []string
+	for t := range previous {
+		if _, ok := names[t]; ok {
+			continue
+		}
+		schema, name, _ := strings.Cut(t, ".")
+		retired = append(retired, s.a.cfg.Prefix+"/"+keymap.EscapeSegment(schema)+"/"+keymap.EscapeSegment(name))
+	}
+	stale, err := s.keySpace(ctx, space, retired)
 	if err != nil {
 		return nil, nil, 0, err
 	}
@@ -269,9 +286,21 @@ func (s *session) copyTables(ctx context.Context, snapshot string, tables []tabl
 }
 
 // keySpace lists the store keys that have the shape of one of the
-// templates (never the agent's reserved keys).
-func (s *session) keySpace(ctx context.Context, space []*keymap.Template) (map[string]struct{}, error) {
+// templates, or are below one of the prefixes (never the agent's reserved
+// keys).
+func (s *session) keySpace(ctx context.Context, space []*keymap.Template, prefixes []string) (map[string]struct{}, error) {
 	out := map[string]struct{}{}
+	for _, p := range prefixes {
+		kvs, err := s.list(ctx, p)
+		if err != nil {
+			return nil, err
+		}
+		for _, kv := range kvs {
+			if ours(func(string) bool { return true }, s.a.cfg.Prefix, kv.Key) {
+				out[kv.Key] = struct{}{}
+			}
+		}
+	}
 	listed := map[string]bool{}
 	for _, t := range space {
 		p := t.ListPrefix()
@@ -345,21 +374,21 @@ func (s *session) pollTables(ctx context.Context) error {
 		s.pub[t.qualified()] = t
 	}
 	for _, t := range pub {
-		shape, ok := s.tables[t.qualified()]
-		if ok && shape == t.shape {
+		shape := s.tables[t.qualified()]
+		if shape == t.shape {
 			continue
 		}
-		if ok {
+		if shape != "" {
 			s.a.log.Info("table columns changed: copying it again", "table", t.qualified())
 		}
 		if err := s.copyTable(ctx, t); err != nil {
 			return err
 		}
 	}
-	for t := range s.tables {
-		if _, ok := s.pub[t]; !ok {
+	for t, shape := range s.tables {
+		if _, ok := s.pub[t]; !ok && shape != "" {
 			s.a.log.Info("table removed from the publication: no longer mirrored; its keys stay until a resync", "table", t)
-			delete(s.tables, t)
+			s.tables[t] = "" // retired: the next initial sync deletes its keys
 		}
 	}
 	return nil

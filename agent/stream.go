@@ -16,6 +16,13 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 )
 
+// relError is a relation that cannot be mirrored: the error is raised
+// when one of its changes must be applied.
+type relError struct {
+	table string
+	err   error
+}
+
 // session is one connection's worth of agent work. All of it runs on one
 // goroutine: the replication connection is only ever used by it.
 type session struct {
@@ -26,12 +33,15 @@ type session struct {
 	types *pgjson.TypeMap
 	lim   batchLimits
 
-	rels     map[uint32]*relation
-	relErrs  map[uint32]error         // relations that cannot be mirrored
-	ckpt     Checkpoint               // last checkpoint the store acknowledged
-	tables   map[string]string        // copied tables → shape; stored with the next checkpoint
-	pub      map[string]tableInfo     // the publication's tables at the last poll
-	copiedAt map[string]pglogrepl.LSN // tables copied while streaming → consistent point
+	rels    map[uint32]*relation
+	relErrs map[uint32]relError // relations that cannot be mirrored
+	// unmirrored are tables no longer published whose old changes were
+	// seen (logged once).
+	unmirrored map[string]bool
+	ckpt       Checkpoint               // last checkpoint the store acknowledged
+	tables     map[string]string        // copied tables → shape; stored with the next checkpoint
+	pub        map[string]tableInfo     // the publication's tables at the last poll
+	copiedAt   map[string]pglogrepl.LSN // tables copied while streaming → consistent point
 
 	streaming  bool
 	confirmed  pglogrepl.LSN // last position sent as flushed/applied
@@ -87,18 +97,19 @@ func (a *Agent) openSession(ctx context.Context) (*session, error) {
 		}
 	}
 	return &session{
-		a:        a,
-		conn:     conn,
-		repl:     repl,
-		rcfg:     rc,
-		types:    pgjson.NewTypeMap(),
-		lim:      a.batchLimits(),
-		rels:     map[uint32]*relation{},
-		relErrs:  map[uint32]error{},
-		copiedAt: map[string]pglogrepl.LSN{},
-		tables:   map[string]string{},
-		pub:      map[string]tableInfo{},
-		buf:      newTxnBuffer(),
+		a:          a,
+		conn:       conn,
+		repl:       repl,
+		rcfg:       rc,
+		types:      pgjson.NewTypeMap(),
+		lim:        a.batchLimits(),
+		rels:       map[uint32]*relation{},
+		relErrs:    map[uint32]relError{},
+		unmirrored: map[string]bool{},
+		copiedAt:   map[string]pglogrepl.LSN{},
+		tables:     map[string]string{},
+		pub:        map[string]tableInfo{},
+		buf:        newTxnBuffer(),
 	}, nil
 }
 
@@ -387,19 +398,19 @@ func (s *session) onRelation(ctx context.Context, m *pglogrepl.RelationMessage) 
 	cols := pgjson.ColumnsOf(m)
 	if err := pgjson.CheckColumns(ctx, s.conn, m.RelationID, cols); err != nil {
 		if errors.Is(err, pgjson.ErrGeneratedColumn) {
-			s.relErrs[m.RelationID] = err
+			s.relErrs[m.RelationID] = relError{name, err}
 			return nil
 		}
 		return err
 	}
 	enc, err := s.types.Encoder(ctx, s.conn, cols)
 	if err != nil {
-		s.relErrs[m.RelationID] = fmt.Errorf("table %s: %w", name, err)
+		s.relErrs[m.RelationID] = relError{name, fmt.Errorf("table %s: %w", name, err)}
 		return nil
 	}
 	r, err := newRelation(s.a.mapper, m, info, enc)
 	if err != nil {
-		s.relErrs[m.RelationID] = err
+		s.relErrs[m.RelationID] = relError{name, err}
 		return nil
 	}
 	s.rels[m.RelationID] = r
@@ -414,23 +425,33 @@ func (s *session) relFor(ctx context.Context, id uint32) (r *relation, skip bool
 	if s.skipTxn {
 		return nil, true, nil
 	}
-	if err := s.relErrs[id]; err != nil {
-		return nil, false, err
-	}
 	r = s.rels[id]
-	if r == nil {
+	bad, isBad := s.relErrs[id]
+	if r == nil && !isBad {
 		return nil, false, fmt.Errorf("replication stream: change for relation %d without a Relation message", id)
 	}
-	if _, ok := s.tables[r.qualified]; !ok {
-		// Added to the publication since the last poll.
+	name := bad.table
+	if r != nil {
+		name = r.qualified
+	}
+	if s.tables[name] == "" {
+		// Added to the publication since the last poll?
 		if err := s.pollTables(ctx); err != nil {
 			return nil, false, err
 		}
-		if _, ok := s.tables[r.qualified]; !ok {
-			if err := s.copyTable(ctx, tableInfo{schema: r.schema, name: r.name}); err != nil {
-				return nil, false, err
+		if s.tables[name] == "" {
+			// No longer published (removed or dropped since this
+			// transaction): not mirrored any more, like every table
+			// removed from the publication.
+			if !s.unmirrored[name] {
+				s.unmirrored[name] = true
+				s.a.log.Info("changes of a table no longer published are not mirrored", "table", name)
 			}
+			return nil, true, nil
 		}
+	}
+	if isBad {
+		return nil, false, bad.err
 	}
 	if c, ok := s.copiedAt[r.qualified]; ok && s.finalLSN < c {
 		return r, true, nil

@@ -303,4 +303,22 @@ func TestTableAddedToPublication(t *testing.T) {
 	if st := a.Status(); st.Err != nil {
 		t.Fatal(st.Err)
 	}
+
+	// Changed, then dropped while the agent was down: its old changes are
+	// no longer mirrored (the keys stay until a resync), and they must not
+	// stop the agent.
+	e.stop()
+	e.exec(`INSERT INTO storage.extra VALUES (1000, 'late')`)
+	e.exec(`DROP TABLE storage.extra`)
+	a = e.run(e.config())
+	e.exec(`SELECT storage.save_config('after_drop', '1')`)
+	waitFor(t, "/Config/after_drop", 20*time.Second, func() bool { _, ok := e.get("/Config/after_drop"); return ok })
+	if st := a.Status(); st.Err != nil {
+		t.Fatal(st.Err)
+	}
+	e.stop()
+	if err := Resync(context.Background(), e.config()); err != nil {
+		t.Fatal(err)
+	}
+	e.converged(converge.Options{})
 }
