@@ -38,8 +38,8 @@ const (
 	maxApplyAttempts          = 100
 )
 
-// Config is what a postgres:// store URL parses into; library users may
-// fill it directly and call Open.
+// Config is what a postgres:// store URL parses into. Library users start
+// from DefaultConfig, adjust it and call Open.
 type Config struct {
 	// ConnString is the pgx connection string (URL or key=value), without
 	// the driver's own parameters.
