@@ -14,15 +14,18 @@ import (
 
 // Defaults of Config (and of the URL parameters that set them).
 const (
-	DefaultSchema             = "lenkwerk_kv"
-	DefaultPollInterval       = 5 * time.Second
-	DefaultProbeTimeout       = 5 * time.Second
-	DefaultHistoryRevisions   = 100_000
-	DefaultHistoryAge         = 24 * time.Hour
-	DefaultCompactInterval    = time.Minute
-	DefaultMaxValueBytes      = 1 << 20
-	DefaultMaxBatchOps        = 10_000
-	DefaultMaxBatchBytes      = 64 << 20
+	DefaultSchema           = "lenkwerk_kv"
+	DefaultPollInterval     = 5 * time.Second
+	DefaultProbeTimeout     = 5 * time.Second
+	DefaultHistoryRevisions = 100_000
+	DefaultHistoryAge       = 24 * time.Hour
+	DefaultCompactInterval  = time.Minute
+	DefaultMaxValueBytes    = 1 << 20
+	DefaultMaxBatchOps      = 10_000
+	DefaultMaxBatchBytes    = 64 << 20
+)
+
+const (
 	maxSchemaLen              = 48 // leaves room for the "_changes" channel suffix within NAMEDATALEN
 	readerRole                = "lenkwerk_kv_reader"
 	listenerApplicationName   = "lenkwerk-pgkv-listen"
