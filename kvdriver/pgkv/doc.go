@@ -121,7 +121,10 @@
 // watches keep working by polling alone (expect up to poll-interval of
 // latency). Better: point the store at PostgreSQL directly or at a
 // session-pooling proxy, or set listen=false and a short poll-interval.
-// Writes work through any proxy (each is one statement); with pgbouncer
+// Migrations take a session-level advisory lock: run them (migrate=true,
+// the default) against PostgreSQL or a session pooler, and open through a
+// transaction pooler with migrate=false. Writes work through any proxy
+// (each is one statement); with pgbouncer
 // before 1.21 in transaction mode, also add default_query_exec_mode=exec
 // (pgx's prepared-statement cache needs a session). LISTEN is refused on a
 // hot standby too: a store opened on a replica reads and watches by polling.

@@ -63,11 +63,15 @@ func Migrate(ctx context.Context, c Config) error {
 	cc := pc.ConnConfig
 	// Unqualified names in the migrations resolve to the schema, and
 	// kv_apply captures it with SET search_path FROM CURRENT.
-	cc.RuntimeParams["search_path"] = pgx.Identifier{c.Schema}.Sanitize()
+	// Set by SQL, not as a startup parameter, which proxies such as
+	// pgbouncer refuse.
 	if cc.RuntimeParams["application_name"] == "" {
 		cc.RuntimeParams["application_name"] = defaultApplicationName
 	}
-	db := stdlib.OpenDB(*cc)
+	db := stdlib.OpenDB(*cc, stdlib.OptionAfterConnect(func(ctx context.Context, conn *pgx.Conn) error {
+		_, err := conn.Exec(ctx, "SET search_path TO "+pgx.Identifier{c.Schema}.Sanitize())
+		return err
+	}))
 	defer db.Close()
 
 	version, dirty, found, err := currentVersion(ctx, db, c.Schema)
