@@ -47,8 +47,8 @@
 //
 // Each Put, Delete and Apply is one call of kv_apply, one implicit
 // transaction. kv_apply first locks the kv_meta row (SELECT ... FOR NO KEY
-// UPDATE) and takes rev+1; the lock is held until commit, so a second writer
-// cannot even obtain its revision before the first has committed.
+// UPDATE) and takes rev+1; the lock is held until commit, so a second
+// writer cannot even obtain its revision before the first has committed.
 // Revisions therefore commit strictly in order and the committed revisions
 // are always exactly 1..kv_meta.rev: the out-of-order commit that makes
 // sequence-based designs (kine) lose events cannot happen. The price is
@@ -57,9 +57,8 @@
 // nothing and takes no revision. Under a REPEATABLE READ or SERIALIZABLE
 // session default a writer that waited for the lock fails with a
 // serialization error; nothing was written and the driver retries it. The
-// transaction sends
-// pg_notify('<schema>_changes', '<rev>') at commit; the payload is only the
-// revision, never a value.
+// transaction sends pg_notify('<schema>_changes', '<rev>') at commit; the
+// payload is only the revision, never a value.
 //
 // A revision a watcher has seen must not vanish, or its number would be
 // reused for another change the watcher then skips. kv_apply therefore
@@ -121,13 +120,14 @@
 // watches keep working by polling alone (expect up to poll-interval of
 // latency). Better: point the store at PostgreSQL directly or at a
 // session-pooling proxy, or set listen=false and a short poll-interval.
+//
 // Migrations take a session-level advisory lock: run them (migrate=true,
 // the default) against PostgreSQL or a session pooler, and open through a
 // transaction pooler with migrate=false. Writes work through any proxy
-// (each is one statement); with pgbouncer
-// before 1.21 in transaction mode, also add default_query_exec_mode=exec
-// (pgx's prepared-statement cache needs a session). LISTEN is refused on a
-// hot standby too: a store opened on a replica reads and watches by polling.
+// (each is one statement); with pgbouncer before 1.21 in transaction mode
+// also add default_query_exec_mode=exec (pgx's prepared-statement cache
+// needs a session). LISTEN is refused on a hot standby too: a store opened
+// on a replica reads and watches by polling.
 //
 // The listener never holds a transaction open, so it cannot pin
 // PostgreSQL's notification queue (8 GB; when full, NOTIFY and with it
