@@ -122,7 +122,8 @@ type Store interface {
 
 	// List returns every key at or below prefix, sorted by key, and the
 	// store revision the listing reflects. Watching from that revision
-	// continues exactly where the listing ends.
+	// continues exactly where the listing ends. The revision is at least 1,
+	// even for an empty store (as in etcd), since Watch takes 0 for "now".
 	List(ctx context.Context, prefix string) (kvs []KV, rev int64, err error)
 
 	// Apply applies ops atomically: all or none, as one revision, seen by

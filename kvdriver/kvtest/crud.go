@@ -8,6 +8,27 @@ import (
 	"github.com/bagger/lenkwerk/kvdriver"
 )
 
+// testFirstListRevision: the revision List returns is never 0, even
+// before anything is written (a fresh server: etcd starts at revision 1),
+// because Watch takes afterRev 0 for "from now" and would miss a write
+// made between the List and the Watch.
+func testFirstListRevision(e *env) {
+	s, s2 := e.store(), e.store()
+	kvs, rev := e.list(s, e.prefix)
+	if len(kvs) != 0 {
+		e.t.Fatalf("List(%q) of a new run's prefix = %q, want nothing", e.prefix, keysOf(kvs))
+	}
+	if rev < 1 {
+		e.t.Errorf("List(%q) = revision %d, want >= 1: a watch from it would start from now, not after the listing (start an empty store at revision 1, as etcd does)", e.prefix, rev)
+	}
+	// A write between List and Watch is seen.
+	r := e.put(s2, e.key("k"), val(1))
+	ctx, _ := e.watchCtx()
+	w := e.watch(ctx, s, e.prefix, rev)
+	w.mustUntil(r)
+	wantEvents(e.t, w.name, w.events, []kvdriver.Event{putEv(e.key("k"), val(1), r)})
+}
+
 // testCRUD: Get, Put, Delete, not-found and revisions.
 func testCRUD(e *env) {
 	t := e.t

@@ -27,6 +27,7 @@
 //
 // The checks, each a subtest of RunConformanceTests's caller:
 //
+//	FirstListRevision    List's revision is >= 1 even on a fresh server; a write between List and Watch is seen
 //	CRUD                 Get/Put/Delete, ErrNotFound, revisions grow, ModRevision
 //	PrefixIsolation      /Index/1 vs /Index/10, /Index vs /IndexField, in List and Watch
 //	ListRevision         watching from a List's revision continues exactly after it

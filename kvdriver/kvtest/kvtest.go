@@ -36,6 +36,7 @@ type check struct {
 
 // checks are run in this order; Reconnect is added for Restarters.
 var checks = []check{
+	{"FirstListRevision", testFirstListRevision},
 	{"CRUD", testCRUD},
 	{"PrefixIsolation", testPrefixIsolation},
 	{"ListRevision", testListRevision},

@@ -33,8 +33,11 @@ type revision struct {
 	events []kvdriver.Event
 }
 
+// newDB returns an empty store at revision 1, as etcd starts: a List of an
+// empty store must return a revision a watch can start after, and
+// Watch's afterRev 0 means "from now", not "from the beginning".
 func newDB(cfg Config) *db {
-	return &db{cfg: cfg, data: map[string]record{}, changed: make(chan struct{})}
+	return &db{cfg: cfg, rev: 1, compacted: 1, data: map[string]record{}, changed: make(chan struct{})}
 }
 
 var (

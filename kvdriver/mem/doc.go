@@ -37,6 +37,10 @@
 // caller lists again. Watch(ctx, prefix, 0) starts at the revision current
 // when Watch is called, so every write made after Watch returns is seen.
 //
+// Like etcd, an empty store is at revision 1 and the first write makes
+// revision 2, so the revision List returns is never 0 (which Watch would
+// take for "from now").
+//
 // Values handed out by Get, List and events are copies of the stored ones
 // except for Event.Value, which is shared between watchers: do not modify
 // it.

@@ -40,8 +40,8 @@ func memURL(t *testing.T) string {
 
 func TestKVGetPutDelLs(t *testing.T) {
 	u := memURL(t)
-	if got := mustKV(t, "--kv", u, "put", "/Index/1", `{"id": 1, "name": "a"}`); got != "1\n" {
-		t.Errorf("put printed %q, want the revision 1", got)
+	if got := mustKV(t, "--kv", u, "put", "/Index/1", `{"id": 1, "name": "a"}`); got != "2\n" {
+		t.Errorf("put printed %q, want the revision 2 (a new store is at 1)", got)
 	}
 	mustKV(t, "--kv", u, "put", "/Index/10", `{"id":10}`)
 	mustKV(t, "--kv", u, "put", "/IndexField/1", `"x"`)
@@ -63,8 +63,8 @@ func TestKVGetPutDelLs(t *testing.T) {
 	if lines := strings.Split(strings.TrimSpace(all), "\n"); len(lines) != 5 || lines[0] != "/Config/a\t{\"multi\":\"line\"}" || lines[1] != "/Config/neg\t-1" {
 		t.Errorf("ls = %q, want 5 one-line records, sorted", all)
 	}
-	if got := mustKV(t, "--kv", u, "del", "/Index/1"); got != "6\n" {
-		t.Errorf("del printed %q, want the revision 6", got)
+	if got := mustKV(t, "--kv", u, "del", "/Index/1"); got != "7\n" {
+		t.Errorf("del printed %q, want the revision 7", got)
 	}
 	_, err := kvRun(t, "", "--kv", u, "get", "/Index/1")
 	if !errors.Is(err, kvdriver.ErrNotFound) {
@@ -132,17 +132,18 @@ func TestKVBadInput(t *testing.T) {
 
 func TestKVWatch(t *testing.T) {
 	u := memURL(t)
-	mustKV(t, "--kv", u, "put", "/Index/0", `0`)        // rev 1
-	mustKV(t, "--kv", u, "put", "/Index/1", `{"a": 1}`) // rev 2
-	mustKV(t, "--kv", u, "put", "/Other", `2`)          // rev 3
-	mustKV(t, "--kv", u, "put", "/Index/2", `3`)        // rev 4
+	// A new store is at revision 1, the first write makes revision 2.
+	mustKV(t, "--kv", u, "put", "/Index/0", `0`)        // rev 2
+	mustKV(t, "--kv", u, "put", "/Index/1", `{"a": 1}`) // rev 3
+	mustKV(t, "--kv", u, "put", "/Other", `2`)          // rev 4
+	mustKV(t, "--kv", u, "put", "/Index/2", `3`)        // rev 5
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	pr, pw := io.Pipe()
 	done := make(chan error, 1)
 	go func() {
-		done <- runKV(ctx, []string{"--kv", u, "watch", "/Index", "--from", "2"}, strings.NewReader(""), pw)
+		done <- runKV(ctx, []string{"--kv", u, "watch", "/Index", "--from", "3"}, strings.NewReader(""), pw)
 		pw.Close()
 	}()
 	lines := bufio.NewScanner(pr)
@@ -164,20 +165,20 @@ func TestKVWatch(t *testing.T) {
 			return ""
 		}
 	}
-	// --from 2 replays from revision 2 inclusive; /Other is outside the
+	// --from 3 replays from revision 3 inclusive; /Other is outside the
 	// prefix.
-	for _, want := range []string{"2\tput\t/Index/1\t{\"a\":1}", "4\tput\t/Index/2\t3"} {
+	for _, want := range []string{"3\tput\t/Index/1\t{\"a\":1}", "5\tput\t/Index/2\t3"} {
 		if got := next(); got != want {
 			t.Errorf("watch line = %q, want %q", got, want)
 		}
 	}
 	// Live events come out while the watch runs: each line is flushed.
 	mustKV(t, "--kv", u, "del", "/Index/1")
-	if got, want := next(), "5\tdelete\t/Index/1"; got != want {
+	if got, want := next(), "6\tdelete\t/Index/1"; got != want {
 		t.Errorf("watch line = %q, want %q", got, want)
 	}
 	mustKV(t, "--kv", u, "put", "/Index/3", "{\n\"x\": [1,\n2]}")
-	if got, want := next(), "6\tput\t/Index/3\t{\"x\":[1,2]}"; got != want {
+	if got, want := next(), "7\tput\t/Index/3\t{\"x\":[1,2]}"; got != want {
 		t.Errorf("watch line = %q, want %q", got, want)
 	}
 	// Interrupting (main cancels the context) ends it cleanly.
