@@ -47,8 +47,8 @@ func (s *Store) Compact(ctx context.Context, rev int64) error {
 }
 
 // autoCompact bounds the change log by HistoryRevisions and HistoryAge.
-// A role that may not compact (the reader) stops trying after the first
-// refusal.
+// A store that may not compact (a reader role, a hot standby) stops
+// trying after the first refusal.
 func (s *Store) autoCompact() {
 	defer s.wg.Done()
 	t := time.NewTicker(s.cfg.CompactInterval)
@@ -61,8 +61,8 @@ func (s *Store) autoCompact() {
 		}
 		err := s.compactOnce(s.ctx)
 		var pgErr *pgconn.PgError
-		if errors.As(err, &pgErr) && pgErr.Code == "42501" {
-			return
+		if errors.As(err, &pgErr) && (pgErr.Code == "42501" || pgErr.Code == "25006") {
+			return // a reader role, or a hot standby: never ours to compact
 		}
 	}
 }
