@@ -60,6 +60,45 @@ func TestAuth(t *testing.T) {
 		s.Close()
 	}
 
+	// A user allowed only /auth/ whose watch elsewhere is refused: the
+	// watch ends with the error instead of retrying forever.
+	rootClient, err := clientv3.New(clientv3.Config{Endpoints: srv.Endpoints(), Username: "root", Password: pw, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rootClient.Close()
+	for _, step := range []func() error{
+		func() error { _, err := rootClient.RoleAdd(ctx, "reader"); return err },
+		func() error {
+			_, err := rootClient.RoleGrantPermission(ctx, "reader", "/auth/", clientv3.GetPrefixRangeEnd("/auth/"), clientv3.PermissionType(clientv3.PermReadWrite))
+			return err
+		},
+		func() error { _, err := rootClient.UserAdd(ctx, "reader", "reader-pw"); return err },
+		func() error { _, err := rootClient.UserGrantRole(ctx, "reader", "reader"); return err },
+	} {
+		if err := step(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Setenv("LENKWERK_ETCD_PASSWORD", "reader-pw")
+	reader, err := kvdriver.Open(ctx, "etcd://reader@"+host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reader.Close()
+	if _, err := reader.Put(ctx, "/auth/r", []byte(`1`)); err != nil {
+		t.Fatalf("reader Put inside its prefix: %v", err)
+	}
+	select {
+	case r := <-reader.Watch(ctx, "/other", 1):
+		if r.Err == nil {
+			t.Fatalf("watch outside the granted prefix: %v, want permission denied", r)
+		}
+		t.Logf("watch outside the granted prefix: %v", r.Err)
+	case <-time.After(15 * time.Second):
+		t.Fatal("watch outside the granted prefix neither failed nor ended")
+	}
+
 	t.Setenv("LENKWERK_ETCD_PASSWORD", "")
 	const wrong = "wrong-pa55word"
 	for _, u := range []string{

@@ -24,6 +24,12 @@
 // Unknown parameters are an error that names them. Skipping TLS
 // verification is deliberately not offered.
 //
+// With etcd auth, grant a role the store prefix without a trailing slash
+// (etcdctl role grant-permission R readwrite /Index --prefix): the driver
+// reads the key "/Index" itself as well as "/Index/…", and watches the
+// range from "/Index" to "/Index0". A watch refused for permissions ends
+// with the error rather than retrying.
+//
 // # Semantics
 //
 // Keys are stored as they are; a prefix "/Index" is read as the key

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -56,6 +57,9 @@ func (s *Store) Watch(ctx context.Context, prefix string, afterRev int64) <-chan
 			stop()
 			cancel()
 			s.watches.Done()
+			if s.isClosed() {
+				err = kvdriver.ErrClosed
+			}
 			return fail(fmt.Errorf("read current revision: %w", err))
 		}
 		w.next = next
@@ -141,6 +145,10 @@ func (w *watch) consume(ctx context.Context, wch clientv3.WatchChan) (delivered 
 				return delivered, fmt.Errorf("etcd watch %q after revision %d: %w (history compacted up to revision %d)",
 					w.prefix, w.next-1, kvdriver.ErrCompacted, wr.CompactRevision)
 			}
+			if permanent(err) {
+				// Retrying cannot help until an operator acts.
+				return delivered, fmt.Errorf("etcd watch %q: %w", w.prefix, err)
+			}
 			return delivered, errRetry
 		}
 		if wr.Canceled {
@@ -188,6 +196,19 @@ func (w *watch) consume(ctx context.Context, wch clientv3.WatchChan) (delivered 
 		return delivered, nil
 	}
 	return delivered, errRetry
+}
+
+// permanent reports a watch error that retrying cannot cure: missing
+// permission or credentials. clientv3 turns a refused watch's cancel
+// reason into a plain error carrying the gRPC status text, so the
+// message is matched too.
+func permanent(err error) bool {
+	for _, e := range []error{rpctypes.ErrPermissionDenied, rpctypes.ErrUserEmpty, rpctypes.ErrAuthFailed} {
+		if errors.Is(err, e) || strings.Contains(err.Error(), e.Error()) {
+			return true
+		}
+	}
+	return false
 }
 
 // send delivers r unless ctx ends first.
