@@ -2,12 +2,10 @@ package agent
 
 import (
 	"context"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/bagger/lenkwerk/integration/converge"
-	"github.com/bagger/lenkwerk/kvdriver"
 )
 
 // seed fills the Bagger tables through Bagger's functions and plain DML.
@@ -121,5 +119,59 @@ func mustGet(t *testing.T, e *env, key string) string {
 	return v
 }
 
-var _ = strings.Contains
-var _ = kvdriver.Put
+// Keys under a prefix with a configured template; the store's other keys
+// are left alone.
+func TestPrefixAndTemplates(t *testing.T) {
+	e := newEnv(t, "")
+	e.seed()
+	ctx := context.Background()
+	if _, err := e.store.Put(ctx, "/Config/retention", []byte(`"not the agent's"`)); err != nil {
+		t.Fatal(err)
+	}
+	cfg := e.config()
+	cfg.Prefix = "/bagger"
+	cfg.Templates = map[string]string{"storage.config": "/Cfg/{key}/{id}"}
+	e.run(cfg)
+	e.exec(`SELECT storage.save_config('a/b', '1')`)
+	opts := converge.Options{Prefix: cfg.Prefix, Templates: cfg.Templates}
+	e.converged(opts)
+	if _, ok := e.get("/Config/retention"); !ok {
+		t.Fatal("a key outside the prefix was deleted")
+	}
+	if _, ok := e.get(CheckpointKey("/bagger", e.slot)); !ok {
+		t.Fatal("no checkpoint under the prefix")
+	}
+	e.exec(`TRUNCATE storage.config`)
+	e.converged(opts)
+}
+
+// A second agent on the same slot waits ("replication slot … is active for
+// PID …") and takes over when the first stops.
+func TestSecondAgentWaitsForSlot(t *testing.T) {
+	e := newEnv(t, "")
+	e.seed()
+	e.run(e.config())
+	e.converged(converge.Options{})
+	second, err := New(e.config())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- second.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("second agent: %v", err)
+		}
+	}()
+	waitFor(t, "the second agent to find the slot in use", 20*time.Second, func() bool { return isSlotActive(second.Status().Err) })
+	e.exec(`SELECT storage.save_config('first', '1')`)
+	e.converged(converge.Options{})
+	e.stop()
+	e.exec(`SELECT storage.save_config('second', '2')`)
+	e.converged(converge.Options{})
+	if second.Status().Transactions == 0 {
+		t.Fatal("the second agent applied nothing after taking over")
+	}
+}

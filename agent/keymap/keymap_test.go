@@ -40,3 +40,50 @@ func TestEscapeRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+func TestTemplatesAndPrefixes(t *testing.T) {
+	m, err := New("/p", map[string]string{"s.t": "/{a}/{b}"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, tm := range m.Templates() {
+		names = append(names, tm.Table())
+	}
+	if got, want := len(names), len(DefaultTemplates())+1; got != want {
+		t.Fatalf("%d templates, want %d", got, want)
+	}
+	for i := 1; i < len(names); i++ {
+		if names[i-1] >= names[i] {
+			t.Fatalf("templates not sorted: %v", names)
+		}
+	}
+	st, err := m.Table("s", "t", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := st.String(); got != "/p/{a}/{b}" {
+		t.Fatalf("String() = %q", got)
+	}
+	if got := st.ListPrefix(); got != "/p" {
+		t.Fatalf("ListPrefix() = %q", got)
+	}
+	bare, err := New("", map[string]string{"s.t": "/{a}"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bt, _ := bare.Table("s", "t", nil)
+	if got := bt.ListPrefix(); got != "/" {
+		t.Fatalf("ListPrefix() of a template starting with a column = %q, want /", got)
+	}
+	def, err := m.Table("other", "x/y", []string{"k1", "k2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := def.String(); got != "/p/other/x%2Fy/{k1}/{k2}" {
+		t.Fatalf("default template %q", got)
+	}
+	if m.Prefix() != "/p" {
+		t.Fatalf("Prefix() = %q", m.Prefix())
+	}
+}
