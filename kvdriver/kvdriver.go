@@ -134,10 +134,13 @@ type Store interface {
 
 	// Watch reports every change at or below prefix with a revision greater
 	// than afterRev, in revision order, exactly once; afterRev 0 means "from
-	// the current revision". The watch survives server restarts and
-	// connection loss, resuming after the last revision it delivered. The
-	// channel is closed when ctx is done or after a response with Err set
-	// (wrapping ErrCompacted when history before afterRev is gone).
+	// the current revision": every change committed after Watch returns is
+	// reported. The watch survives server restarts and connection loss,
+	// resuming after the last revision it delivered. The channel is closed
+	// when ctx is done (maybe after a response whose Err wraps ctx's error)
+	// or after a response with Err set: wrapping ErrCompacted when history
+	// after afterRev is gone, ErrInvalidKey for a bad prefix, ErrClosed
+	// when the store is closed.
 	Watch(ctx context.Context, prefix string, afterRev int64) <-chan WatchResponse
 
 	// Compact discards history at and before rev; watches from older
@@ -148,6 +151,7 @@ type Store interface {
 	Limits() Limits
 
 	// Close releases the store's resources and ends its watches. It is
-	// idempotent.
+	// idempotent; every other call fails with ErrClosed afterwards (Limits
+	// still answers).
 	Close() error
 }

@@ -2,16 +2,16 @@
 // the style of gocloud.dev's drivertest: a driver's test supplies a Harness
 // (how to open a Store on a server) and calls RunConformanceTests.
 //
-//	type harness struct{ srv *etcdtest.Server }
+//	type harness struct{ url string } // a server started by the test
 //
 //	func (h *harness) MakeStore(ctx context.Context, t *testing.T) (kvdriver.Store, error) {
-//		return etcd.Open(ctx, etcd.Config{Endpoints: h.srv.Endpoints()})
+//		return kvdriver.Open(ctx, h.url)
 //	}
 //	func (h *harness) Close() {}
 //
 //	func TestConformance(t *testing.T) {
 //		kvtest.RunConformanceTests(t, func(ctx context.Context, t *testing.T) (kvtest.Harness, error) {
-//			return &harness{srv: etcdtest.Start(t)}, nil
+//			return &harness{url: startServer(t)}, nil
 //		})
 //	}
 //
@@ -37,6 +37,7 @@
 //	BatchAllOrNothing    a batch with one bad op writes nothing
 //	Compaction           ErrCompacted (errors.Is) for a compacted start, recovery by re-listing
 //	ConcurrentWriters    every watcher sees every revision exactly once, in order
+//	SlowWatcher          a watcher that reads only after 1120 writes, and a replay of them, miss nothing
 //	Limits               MaxKeyBytes, MaxValueBytes, MaxBatchOps, MaxBatchBytes: at passes, beyond is ErrTooLarge
 //	InvalidKeys          every class of bad key → ErrInvalidKey, nothing written
 //	InvalidValues        empty, nil and non-JSON values → ErrInvalidValue, nothing written

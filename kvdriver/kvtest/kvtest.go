@@ -46,6 +46,7 @@ var checks = []check{
 	{"BatchAllOrNothing", testBatchAllOrNothing},
 	{"Compaction", testCompaction},
 	{"ConcurrentWriters", testConcurrentWriters},
+	{"SlowWatcher", testSlowWatcher},
 	{"Limits", testLimits},
 	{"InvalidKeys", testInvalidKeys},
 	{"InvalidValues", testInvalidValues},

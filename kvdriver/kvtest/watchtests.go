@@ -242,3 +242,52 @@ func testConcurrentWriters(e *env) {
 	sub.mustUntil(subWant[len(subWant)-1].Revision)
 	wantEvents(t, sub.name, sortBatches(sub.events), subWant)
 }
+
+// testSlowWatcher: a watcher that does not read while many revisions are
+// written (more than 1000, etcd's catch-up batch) still gets every event
+// exactly once, in order, as does a watch opened afterwards that replays
+// them all.
+func testSlowWatcher(e *env) {
+	t := e.t
+	const writers, perWriter = 8, 140 // 1120 revisions
+	s, ws := e.store(), e.store()
+	_, start := e.list(s, e.prefix)
+	ctx, _ := e.watchCtx()
+	slow := e.watch(ctx, ws, e.prefix, start) // not read until the end
+
+	var (
+		mu   sync.Mutex
+		want []kvdriver.Event
+		wg   sync.WaitGroup
+	)
+	for w := 0; w < writers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx := e.ctx()
+			for i := 0; i < perWriter; i++ {
+				k := e.key(fmt.Sprintf("w%d", w), fmt.Sprint(i%5))
+				v := []byte(fmt.Sprintf(`{"w":%d,"i":%d}`, w, i))
+				rev, err := s.Put(ctx, k, v)
+				if err != nil {
+					t.Errorf("writer %d: Put: %v", w, err)
+					return
+				}
+				mu.Lock()
+				want = append(want, putEv(k, v, rev))
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if t.Failed() {
+		t.FailNow()
+	}
+	want = sortBatches(want)
+	last := want[len(want)-1].Revision
+	slow.mustUntil(last)
+	wantEvents(t, slow.name+" (read only after the writes)", slow.events, want)
+	replay := e.watch(ctx, ws, e.prefix, start)
+	replay.mustUntil(last)
+	wantEvents(t, replay.name+" (replay)", replay.events, want)
+}
