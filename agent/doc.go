@@ -52,6 +52,9 @@
 //     matching no row deleted.
 //   - during the copy of a table added to the publication: the table is not
 //     in the checkpoint's tables, so it is copied again on start.
+//   - after that copy, before the stream passed its consistent point: the
+//     restart replays the table's older changes over the copy; its keys show
+//     older values during the catch-up and end equal (last write wins).
 //
 // # Initial sync, resync, new tables, schema changes
 //
@@ -67,7 +70,9 @@
 // carries no DDL), is copied from the snapshot of a temporary slot with
 // consistent point C; its stream changes in transactions committed before C
 // are skipped. Relation messages rebuild the column list and the pgjson
-// encoder of a table.
+// encoder of a table. A table removed from the publication (or dropped) is
+// no longer mirrored; its keys stay until the next initial sync, which
+// deletes every key under its default prefix /<schema>/<table>.
 //
 // # Failures
 //
