@@ -12,7 +12,9 @@ CREATE TABLE kv_meta (
     CHECK (compact_rev <= rev)
 ) WITH (fillfactor = 20);
 
-INSERT INTO kv_meta (rev, compact_rev) VALUES (0, 0);
+-- An empty store is at revision 1, as etcd is: a List of it returns 1, and
+-- watching after 1 cannot be mistaken for "from now" (afterRev 0).
+INSERT INTO kv_meta (rev, compact_rev) VALUES (1, 0);
 
 -- Current state. Values are the exact bytes the writer gave (validated as
 -- JSON by the driver, never re-normalized). COLLATE "C" makes ORDER BY key
