@@ -89,6 +89,19 @@ var broken = map[string]func(kvdriver.Store) kvdriver.Store{
 	},
 	// nonAtomicApply applies a batch one operation at a time.
 	"nonatomic-apply": func(s kvdriver.Store) kvdriver.Store { return nonAtomic{s} },
+	// swallowError ends a failed watch by closing its channel, without
+	// saying why (so a compacted watch looks like a finished one).
+	"swallow-error": func(s kvdriver.Store) kvdriver.Store {
+		return &badWatch{Store: s, edit: func(n int, r kvdriver.WatchResponse) []kvdriver.WatchResponse {
+			if r.Err != nil {
+				return nil
+			}
+			return []kvdriver.WatchResponse{r}
+		}}
+	},
+	// staleList reports a listing one revision older than it is, so a
+	// watch from it replays a change the listing already holds.
+	"stale-list": func(s kvdriver.Store) kvdriver.Store { return staleList{s} },
 }
 
 // wantCaught are, per broken driver, the checks that must fail and a
@@ -111,6 +124,14 @@ var wantCaught = map[string]map[string]string{
 		"BatchAtomicity":    "half-applied",
 		"BatchAllOrNothing": "want ErrNotFound",
 		"InvalidBatches":    "want ErrNotFound",
+	},
+	"swallow-error": {
+		"Compaction":  "want an error wrapping ErrCompacted",
+		"InvalidKeys": "want an error wrapping ErrInvalidKey",
+		"Close":       "want a response with ErrClosed",
+	},
+	"stale-list": {
+		"ListRevision": "unexpected events",
 	},
 }
 
@@ -227,6 +248,14 @@ func (b *badWatch) Watch(ctx context.Context, prefix string, afterRev int64) <-c
 		}
 	}()
 	return out
+}
+
+// staleList under-reports List's revision by one.
+type staleList struct{ kvdriver.Store }
+
+func (s staleList) List(ctx context.Context, prefix string) ([]kvdriver.KV, int64, error) {
+	kvs, rev, err := s.Store.List(ctx, prefix)
+	return kvs, rev - 1, err
 }
 
 // nonAtomic applies a batch's operations one by one, stopping at the
