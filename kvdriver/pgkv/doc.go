@@ -49,8 +49,9 @@
 // transaction. kv_apply first locks the kv_meta row (SELECT ... FOR NO KEY
 // UPDATE) and takes rev+1; the lock is held until commit, so a second
 // writer cannot even obtain its revision before the first has committed.
-// Revisions therefore commit strictly in order and the committed revisions
-// are always exactly 1..kv_meta.rev: the out-of-order commit that makes
+// Revisions therefore commit strictly in order and every revision up to
+// kv_meta.rev is committed, without holes (an empty store is at revision
+// 1, as etcd is; the first write is 2): the out-of-order commit that makes
 // sequence-based designs (kine) lose events cannot happen. The price is
 // that writes are serialized; a batch is one round trip and one revision
 // (tens of thousands of keys per second). Deleting absent keys changes
