@@ -53,9 +53,10 @@ func (s *session) apply(ctx context.Context, ops []kvdriver.Op) error {
 	bo := backoff{min: s.a.cfg.MinBackoff, max: min(s.a.cfg.MaxBackoff, s.a.cfg.StatusInterval)}
 	start := time.Now()
 	for {
-		actx, cancel := context.WithTimeout(ctx, s.a.cfg.ApplyTimeout)
-		_, err := s.a.cfg.Store.Apply(actx, ops)
-		cancel()
+		err := s.whileAlive(ctx, func(ctx context.Context) error {
+			_, err := s.a.cfg.Store.Apply(ctx, ops)
+			return err
+		})
 		s.a.update(func(st *Status) { st.StoreErr = err })
 		if err == nil {
 			return nil
@@ -108,4 +109,25 @@ func (s *session) validatePut(table, key string, value []byte) error {
 		return fmt.Errorf("table %s, key %s: %w: row is %d bytes, more than a batch may carry (%d)", table, key, kvdriver.ErrTooLarge, n, s.lim.bytes)
 	}
 	return nil
+}
+
+// whileAlive runs one store call, bounded by ApplyTimeout, and keeps the
+// replication connection alive meanwhile: a store call may hang longer than
+// wal_sender_timeout. The call runs on its own goroutine; the replication
+// connection stays with this one.
+func (s *session) whileAlive(ctx context.Context, call func(context.Context) error) error {
+	ctx, cancel := context.WithTimeout(ctx, s.a.cfg.ApplyTimeout)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- call(ctx) }()
+	tick := time.NewTicker(s.a.cfg.StatusInterval / 2)
+	defer tick.Stop()
+	for {
+		select {
+		case err := <-done:
+			return err
+		case <-tick.C:
+			s.keepalive()
+		}
+	}
 }

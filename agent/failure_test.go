@@ -56,25 +56,37 @@ func TestDrivers(t *testing.T) {
 }
 
 // A store outage: writes are retried in place while status updates keep
-// the replication connection alive, then the agent reconnects until the
-// store is back; nothing is lost.
+// the replication connection alive (here for four times the server's
+// wal_sender_timeout), then the agent lets go of the slot and reconnects
+// until the store is back; nothing is lost.
 func TestStoreOutage(t *testing.T) {
-	e := newEnv(t, "")
+	c := pgtest.StartCluster(t, pgtest.Options{Settings: map[string]string{"wal_sender_timeout": "'1s'"}})
+	e := newEnv(t, c.NewDatabase(t))
 	srv := etcdtest.New(t)
 	e.useStore(t, srv.URL())
-	a := e.run(e.config())
+	cfg := e.config()
+	cfg.StoreRetry = 4 * time.Second
+	a := e.run(cfg)
 	e.exec(`SELECT storage.save_config('before', '1')`)
 	e.converged(converge.Options{})
+	walsender := e.slotPID()
 	if err := srv.Stop(); err != nil {
 		t.Fatal(err)
 	}
 	for i := range 5 {
 		e.exec(fmt.Sprintf(`SELECT storage.save_config('during%d', '2')`, i))
 	}
-	waitFor(t, "the session to end on the store's outage", 30*time.Second, func() bool {
-		st := a.Status()
-		return st.StoreErr != nil && st.Err != nil
-	})
+	waitFor(t, "a failed store write", 30*time.Second, func() bool { return a.Status().StoreErr != nil })
+	// While the writes are retried the walsender must not time out.
+	for end := time.Now().Add(3 * time.Second); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+		if a.Status().Err != nil {
+			break
+		}
+		if pid := e.slotPID(); pid != walsender {
+			t.Fatalf("walsender %d replaced by %d during in-place retries (wal_sender_timeout)", walsender, pid)
+		}
+	}
+	waitFor(t, "the session to end on the store's outage", 30*time.Second, func() bool { return a.Status().Err != nil })
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if err := srv.Start(ctx); err != nil {

@@ -335,9 +335,11 @@ func (s *session) list(ctx context.Context, prefix string) ([]kvdriver.KV, error
 	bo := backoff{min: s.a.cfg.MinBackoff, max: min(s.a.cfg.MaxBackoff, s.a.cfg.StatusInterval)}
 	start := time.Now()
 	for {
-		lctx, cancel := context.WithTimeout(ctx, s.a.cfg.ApplyTimeout)
-		kvs, _, err := s.a.cfg.Store.List(lctx, prefix)
-		cancel()
+		var kvs []kvdriver.KV
+		err := s.whileAlive(ctx, func(ctx context.Context) (err error) {
+			kvs, _, err = s.a.cfg.Store.List(ctx, prefix)
+			return err
+		})
 		s.a.update(func(st *Status) { st.StoreErr = err })
 		if err == nil {
 			return kvs, nil

@@ -77,6 +77,18 @@ func (e *env) slotConfirmed() pglogrepl.LSN {
 	return lsn
 }
 
+func (e *env) slotPID() int32 {
+	e.t.Helper()
+	var pid *int32
+	if err := e.db.QueryRow(context.Background(), `SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1`, e.slot).Scan(&pid); err != nil {
+		e.t.Fatal(err)
+	}
+	if pid == nil {
+		return 0
+	}
+	return *pid
+}
+
 // A restart replays what the agent had not confirmed; the store's
 // checkpoint makes it skip whole transactions, so each committed
 // transaction reaches the store once.
