@@ -69,6 +69,10 @@ type Config struct {
 	StoreRetry time.Duration
 	// MinBackoff and MaxBackoff bound the wait before reconnecting.
 	MinBackoff, MaxBackoff time.Duration
+	// RetainedWALWarn: above this many bytes of WAL held back by the slot
+	// the agent logs a warning at every poll (a stalled agent fills the
+	// server's disk; see max_slot_wal_keep_size). Default 1 GiB.
+	RetainedWALWarn int64
 	// MaxBatchOps and MaxBatchBytes cap one store batch below the store's
 	// Limits (0: DefaultMaxBatchOps, DefaultMaxBatchBytes).
 	MaxBatchOps, MaxBatchBytes int
@@ -109,6 +113,9 @@ func (c *Config) setDefaults() {
 	if c.MaxBackoff <= 0 {
 		c.MaxBackoff = DefaultMaxBackoff
 	}
+	if c.RetainedWALWarn <= 0 {
+		c.RetainedWALWarn = 1 << 30
+	}
 	if c.MaxBatchOps <= 0 {
 		c.MaxBatchOps = DefaultMaxBatchOps
 	}
@@ -133,6 +140,9 @@ type Status struct {
 	// StoreErr is the last failed store write or list, being retried;
 	// nil after the next success.
 	StoreErr error
+	// RetainedWAL is how many bytes of WAL the slot holds back, as of the
+	// last publication poll.
+	RetainedWAL int64
 }
 
 // Agent mirrors the published tables of a Lenkwerk database into a store.

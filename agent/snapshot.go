@@ -371,6 +371,14 @@ func (s *session) pollTables(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	var retained int64
+	if err := s.conn.QueryRow(ctx, `SELECT coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::bigint FROM pg_replication_slots WHERE slot_name = $1`, s.a.cfg.Slot).Scan(&retained); err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return fmt.Errorf("read retained WAL of slot %s: %w", s.a.cfg.Slot, err)
+	}
+	s.a.update(func(st *Status) { st.RetainedWAL = retained })
+	if retained > s.a.cfg.RetainedWALWarn {
+		s.a.log.Warn("replication slot holds back much WAL: is the store keeping up? (bound it with max_slot_wal_keep_size)", "retained_bytes", retained)
+	}
 	s.pub = map[string]tableInfo{}
 	for _, t := range pub {
 		s.pub[t.qualified()] = t
