@@ -40,7 +40,8 @@ type stack struct {
 	kvURL string
 	store kvdriver.Store // the test's own connection to the store
 
-	agent *agentProc
+	agent  *agentProc
+	prefix string // the agent's --prefix
 }
 
 type storeKind string
@@ -52,7 +53,10 @@ const (
 
 // newStack starts PostgreSQL, migrates it with `lenkwerk migrate up` and
 // starts the store; the agent is created but not started.
-func newStack(t *testing.T, kind storeKind) *stack {
+func newStack(t *testing.T, kind storeKind) *stack { return newStackPrefix(t, kind, "") }
+
+// newStackPrefix is newStack with the agent's keys under prefix.
+func newStackPrefix(t *testing.T, kind storeKind, prefix string) *stack {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -99,7 +103,8 @@ func newStack(t *testing.T, kind storeKind) *stack {
 	}
 	t.Cleanup(func() { s.store.Close() })
 
-	s.agent = newAgent(t, "--database-url", s.agentDB, "--kv", s.kvURL)
+	s.prefix = prefix
+	s.agent = newAgent(t, "--database-url", s.agentDB, "--kv", s.kvURL, "--prefix", prefix)
 	return s
 }
 
@@ -138,7 +143,7 @@ func (s *stack) tryConverge(ctx context.Context, timeout time.Duration) (converg
 			}
 		}()
 	}
-	d, err := converge.Wait(ctx, converge.URL(s.dbURL), s.store, converge.Options{}, timeout)
+	d, err := converge.Wait(ctx, converge.URL(s.dbURL), s.store, converge.Options{Prefix: s.prefix}, timeout)
 	if cause := context.Cause(ctx); err != nil && cause != nil && !errors.Is(cause, context.Canceled) {
 		err = fmt.Errorf("%w (%v)", err, cause)
 	}
@@ -157,7 +162,7 @@ func (s *stack) converge(ctx context.Context, timeout time.Duration) converge.Di
 
 // checkpoint reads the agent's checkpoint LSN from the store.
 func (s *stack) checkpoint(ctx context.Context) (pglogrepl.LSN, error) {
-	key := "/" + converge.ReservedSegment + "/checkpoint/" + slotName
+	key := s.prefix + "/" + converge.ReservedSegment + "/checkpoint/" + slotName
 	kv, err := s.store.Get(ctx, key)
 	if err != nil {
 		return 0, fmt.Errorf("get %s: %w", key, err)
