@@ -19,7 +19,7 @@ import (
 // when they poll (every PollInterval).
 var ErrNotifyUnavailable = errors.New("pgkv: LISTEN/NOTIFY does not work on this connection")
 
-var errListenerPending = errors.New("pgkv: listener not verified yet")
+var errListenerPending = errors.New("pgkv: listener not started or not verified yet")
 
 // listener is the store's one LISTEN connection, shared by all its
 // watches. It carries no data: a notification (or a reconnect) only wakes
@@ -47,8 +47,9 @@ func newListener(s *Store) *listener {
 
 // NotifyErr reports whether the store's watches are woken by notifications:
 // nil once the listener has received its own probe NOTIFY, otherwise why
-// not (still connecting, lost connection, or an error wrapping
-// ErrNotifyUnavailable). Watches work either way, polling when they must.
+// not (not started yet: the listener connects with the first Watch; still
+// connecting; connection lost; or an error wrapping ErrNotifyUnavailable).
+// Watches work either way, polling when they must.
 func (s *Store) NotifyErr() error { return *s.listener.status.Load() }
 
 func (l *listener) setStatus(err error) { l.status.Store(&err) }
