@@ -8,7 +8,7 @@ TESTFLAGS   ?= -count=1 -timeout 40m
 BENCHFLAGS  ?= -count=1 -timeout 60m
 AGENT_IMAGE ?= lenkwerk/agent:dev
 
-.PHONY: all build test lint bench images clean
+.PHONY: all build test lint bench fuzz images clean
 
 all: build
 
@@ -28,6 +28,18 @@ lint:
 # to a raw baseline measured in the same run.
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem $(BENCHFLAGS) $(PKGS)
+
+# Fuzz targets (package:target). Their seed corpora in testdata/fuzz run in
+# every `make test`; this runs the fuzzer itself for FUZZTIME each.
+FUZZTIME    ?= 60s
+FUZZ_TARGETS := ./kvdriver:FuzzValidateKey ./kvdriver:FuzzValidateValue ./kvdriver:FuzzRedact \
+	./agent/pgjson:FuzzJSONNormalize ./agent/pgjson:FuzzTextParsers
+
+fuzz:
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; fn=$${t##*:}; echo "fuzz $$pkg $$fn ($(FUZZTIME))"; \
+		$(GO) test -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) $$pkg; \
+	done
 
 # The agent image (FROM scratch: no registry needed).
 images: build
