@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bagger/lenkwerk/agent/pgjson"
 	"github.com/bagger/lenkwerk/integration/converge"
 	"github.com/bagger/lenkwerk/integration/etcdtest"
 	"github.com/bagger/lenkwerk/integration/pgtest"
@@ -171,5 +172,25 @@ func TestValueTooLarge(t *testing.T) {
 	waitFor(t, "the error", 30*time.Second, func() bool { got = a.Status().Err; return got != nil })
 	if !errors.Is(got, kvdriver.ErrTooLarge) || !strings.Contains(got.Error(), "storage.config") || !strings.Contains(got.Error(), "/Config/huge") {
 		t.Fatalf("error %v: want ErrTooLarge naming storage.config and /Config/huge", got)
+	}
+}
+
+// A column of a type the encoder cannot match to_jsonb for (here: an enum
+// with a cast to json, which to_jsonb calls) is an error naming the table
+// and the type.
+func TestUnsupportedType(t *testing.T) {
+	e := newEnv(t, "")
+	e.exec(`CREATE TYPE storage.mood AS ENUM ('glad', 'sad')`)
+	e.exec(`CREATE FUNCTION storage.mood_json(storage.mood) RETURNS json LANGUAGE sql AS $$ SELECT json_build_object('mood', $1::text) $$`)
+	e.exec(`CREATE CAST (storage.mood AS json) WITH FUNCTION storage.mood_json(storage.mood)`)
+	e.exec(`CREATE TABLE storage.moods (id int PRIMARY KEY, m storage.mood)`)
+	e.exec(`ALTER TABLE storage.moods REPLICA IDENTITY FULL`)
+	e.exec(`ALTER PUBLICATION bagger_lw_storage ADD TABLE storage.moods`)
+	a := e.run(e.config())
+	e.exec(`INSERT INTO storage.moods VALUES (1, 'glad')`)
+	var err error
+	waitFor(t, "the error", 30*time.Second, func() bool { err = a.Status().Err; return err != nil })
+	if !errors.Is(err, pgjson.ErrUnsupportedType) || !strings.Contains(err.Error(), "storage.moods") || !strings.Contains(err.Error(), "mood") {
+		t.Fatalf("error %v: want ErrUnsupportedType naming storage.moods and the type", err)
 	}
 }
