@@ -17,6 +17,13 @@
 // the server runs as the "postgres" user, since PostgreSQL refuses root.
 // With LENKWERK_TEST_DATABASE_URL set (a superuser URL of a server with
 // wal_level=logical) NewDatabase uses that server instead of starting one.
+//
+// Outside tests (lenkwerk dev), Start starts a cluster and the caller
+// stops it with Stop (keeping its files) or Destroy:
+//
+//	c, err := pgtest.Start(ctx, pgtest.Options{Dir: dir})
+//	...
+//	defer c.Destroy()
 package pgtest
 
 import (
@@ -42,12 +49,19 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// Options configure a cluster started by StartCluster.
+// Options configure a cluster started by StartCluster or Start.
 type Options struct {
 	// WalLevel is the wal_level setting; default "logical".
 	WalLevel string
 	// Settings are extra postgresql.conf settings (name → value).
 	Settings map[string]string
+	// Dir holds the cluster (Dir/data, the socket and Dir/server.log); it
+	// is created if missing. A Dir whose data directory was initialized
+	// before is started as it is (WalLevel, Settings and Port were fixed
+	// when it was created). Default: a new temporary directory.
+	Dir string
+	// Port is the TCP port on 127.0.0.1; 0 picks a free one.
+	Port int
 }
 
 // Cluster is a PostgreSQL server started from the machine's binaries (or an
@@ -95,7 +109,7 @@ func Shared(tb testing.TB) *Cluster {
 			shared = &Cluster{extURL: u, running: true}
 			return
 		}
-		shared, sharedErr = start(Options{})
+		shared, sharedErr = Start(context.Background(), Options{})
 	})
 	if sharedErr != nil {
 		tb.Fatalf("pgtest: %v", sharedErr)
@@ -115,7 +129,7 @@ func NewDatabase(tb testing.TB) string {
 // configure; it is destroyed when the test ends.
 func StartCluster(tb testing.TB, opts Options) *Cluster {
 	tb.Helper()
-	c, err := start(opts)
+	c, err := Start(context.Background(), opts)
 	if err != nil {
 		tb.Fatalf("pgtest: %v", err)
 	}
@@ -153,37 +167,96 @@ func versionOf(initdb string) int {
 	return v
 }
 
-func start(opts Options) (*Cluster, error) {
+// Start starts a cluster from the machine's server binaries and waits
+// until it accepts connections. As root, the server runs as the "postgres"
+// user, which then owns the cluster directory. The caller stops it with
+// Stop or Destroy; ctx bounds only the start.
+func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	bindir, err := BinDir()
 	if err != nil {
 		return nil, err
 	}
-	dir, err := os.MkdirTemp("", "lenkwerk-pgtest-")
+	dir, made, err := clusterDir(opts.Dir)
 	if err != nil {
-		return nil, fmt.Errorf("make cluster dir: %w", err)
+		return nil, err
+	}
+	fail := func(err error) (*Cluster, error) {
+		if made {
+			os.RemoveAll(dir)
+		}
+		return nil, err
 	}
 	c := &Cluster{bindir: bindir, dir: dir}
 	if os.Geteuid() == 0 {
 		cred, err := postgresUser()
 		if err != nil {
-			os.RemoveAll(dir)
-			return nil, err
+			return fail(err)
 		}
 		c.owner = cred
 		if err := os.Chown(dir, int(cred.Uid), int(cred.Gid)); err != nil {
-			os.RemoveAll(dir)
-			return nil, fmt.Errorf("chown cluster dir: %w", err)
+			return fail(fmt.Errorf("chown cluster dir: %w", err))
 		}
 	}
-	if err := c.initdb(opts); err != nil {
-		os.RemoveAll(dir)
-		return nil, err
+	if _, err := os.Stat(filepath.Join(c.dataDir(), "PG_VERSION")); err == nil {
+		if c.port, err = configuredPort(c.dataDir()); err != nil {
+			return fail(err)
+		}
+	} else if err := c.initdb(ctx, opts); err != nil {
+		if c.owner != nil && errors.Is(err, os.ErrPermission) {
+			err = fmt.Errorf("%w (as root the server runs as user postgres, which must be able to enter every directory above %s)", err, dir)
+		}
+		return fail(err)
 	}
-	if err := c.Start(); err != nil {
-		os.RemoveAll(dir)
-		return nil, err
+	if err := c.start(ctx); err != nil {
+		// pg_ctl may have been cancelled after the server started.
+		_ = c.run(context.Background(), "pg_ctl", "-D", c.dataDir(), "-m", "immediate", "-w", "stop")
+		return fail(err)
 	}
 	return c, nil
+}
+
+// clusterDir returns dir, created if missing, or a new temporary directory
+// when dir is empty; made tells whether the directory is new.
+func clusterDir(dir string) (string, bool, error) {
+	if dir == "" {
+		d, err := os.MkdirTemp("", "lenkwerk-pgtest-")
+		if err != nil {
+			return "", false, fmt.Errorf("make cluster dir: %w", err)
+		}
+		return d, true, nil
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return "", false, fmt.Errorf("cluster dir: %w", err)
+	}
+	_, statErr := os.Stat(abs)
+	if err := os.MkdirAll(abs, 0o700); err != nil {
+		return "", false, fmt.Errorf("make cluster dir: %w", err)
+	}
+	return abs, os.IsNotExist(statErr), nil
+}
+
+// configuredPort reads the port a data directory initialized by Start was
+// given (the last "port = N" line of postgresql.conf).
+func configuredPort(dataDir string) (int, error) {
+	b, err := os.ReadFile(filepath.Join(dataDir, "postgresql.conf"))
+	if err != nil {
+		return 0, fmt.Errorf("read postgresql.conf: %w", err)
+	}
+	port := 0
+	for _, line := range strings.Split(string(b), "\n") {
+		k, v, ok := strings.Cut(line, "=")
+		if !ok || strings.TrimSpace(k) != "port" {
+			continue
+		}
+		if p, err := strconv.Atoi(strings.TrimSpace(v)); err == nil {
+			port = p
+		}
+	}
+	if port == 0 {
+		return 0, fmt.Errorf("no port in %s/postgresql.conf", dataDir)
+	}
+	return port, nil
 }
 
 func postgresUser() (*syscall.Credential, error) {
@@ -198,8 +271,8 @@ func postgresUser() (*syscall.Credential, error) {
 
 func (c *Cluster) dataDir() string { return filepath.Join(c.dir, "data") }
 
-func (c *Cluster) command(name string, args ...string) *exec.Cmd {
-	cmd := exec.Command(filepath.Join(c.bindir, name), args...)
+func (c *Cluster) command(ctx context.Context, name string, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, filepath.Join(c.bindir, name), args...)
 	cmd.Dir = c.dir
 	cmd.Env = append(os.Environ(), "LC_ALL=C", "TZ=UTC")
 	if c.owner != nil {
@@ -208,21 +281,24 @@ func (c *Cluster) command(name string, args ...string) *exec.Cmd {
 	return cmd
 }
 
-func (c *Cluster) run(name string, args ...string) error {
-	out, err := c.command(name, args...).CombinedOutput()
+func (c *Cluster) run(ctx context.Context, name string, args ...string) error {
+	out, err := c.command(ctx, name, args...).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("%s %s: %w\n%s", name, strings.Join(args, " "), err, out)
 	}
 	return nil
 }
 
-func (c *Cluster) initdb(opts Options) error {
-	if err := c.run("initdb", "-D", c.dataDir(), "-U", "postgres", "--auth=trust", "--encoding=UTF8", "--no-sync", "--locale=C"); err != nil {
+func (c *Cluster) initdb(ctx context.Context, opts Options) error {
+	if err := c.run(ctx, "initdb", "-D", c.dataDir(), "-U", "postgres", "--auth=trust", "--encoding=UTF8", "--no-sync", "--locale=C"); err != nil {
 		return err
 	}
-	port, err := freePort()
-	if err != nil {
-		return err
+	port := opts.Port
+	if port == 0 {
+		var err error
+		if port, err = freePort(); err != nil {
+			return err
+		}
 	}
 	c.port = port
 	walLevel := opts.WalLevel
@@ -285,7 +361,9 @@ func freePort() (int, error) {
 }
 
 // Start starts a stopped cluster and waits until it accepts connections.
-func (c *Cluster) Start() error {
+func (c *Cluster) Start() error { return c.start(context.Background()) }
+
+func (c *Cluster) start(ctx context.Context) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.extURL != nil {
@@ -295,7 +373,7 @@ func (c *Cluster) Start() error {
 		return nil
 	}
 	logFile := filepath.Join(c.dir, "server.log")
-	if err := c.run("pg_ctl", "-D", c.dataDir(), "-l", logFile, "-w", "-t", "60", "start"); err != nil {
+	if err := c.run(ctx, "pg_ctl", "-D", c.dataDir(), "-l", logFile, "-w", "-t", "60", "start"); err != nil {
 		log, _ := os.ReadFile(logFile)
 		return fmt.Errorf("%w\nserver log:\n%s", err, log)
 	}
@@ -313,7 +391,7 @@ func (c *Cluster) Stop() error {
 	if !c.running {
 		return nil
 	}
-	if err := c.run("pg_ctl", "-D", c.dataDir(), "-m", "fast", "-w", "-t", "60", "stop"); err != nil {
+	if err := c.run(context.Background(), "pg_ctl", "-D", c.dataDir(), "-m", "fast", "-w", "-t", "60", "stop"); err != nil {
 		return err
 	}
 	c.running = false
@@ -340,7 +418,7 @@ func (c *Cluster) Destroy() error {
 	if running {
 		if err = c.Stop(); err != nil {
 			// Last resort: immediate shutdown, so no server outlives the test.
-			_ = c.run("pg_ctl", "-D", c.dataDir(), "-m", "immediate", "-w", "stop")
+			_ = c.run(context.Background(), "pg_ctl", "-D", c.dataDir(), "-m", "immediate", "-w", "stop")
 		}
 	}
 	if rmErr := os.RemoveAll(c.dir); rmErr != nil && err == nil {

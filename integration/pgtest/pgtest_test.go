@@ -2,6 +2,8 @@ package pgtest_test
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/bagger/lenkwerk/integration/pgtest"
@@ -48,5 +50,58 @@ func TestPrivateClusterRestart(t *testing.T) {
 	}
 	if level != "replica" {
 		t.Fatalf("wal_level = %q, want replica", level)
+	}
+}
+
+func TestStartInDirKeepsData(t *testing.T) {
+	ctx := context.Background()
+	tmp := t.TempDir()
+	// As root the server runs as postgres, which must enter the directory.
+	for _, d := range []string{tmp, filepath.Dir(tmp)} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dir := filepath.Join(tmp, "pg")
+	c, err := pgtest.Start(ctx, pgtest.Options{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Destroy() })
+	port := c.Port()
+	conn, err := pgx.Connect(ctx, c.URL("postgres", ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, "CREATE TABLE kept (x int)"); err != nil {
+		t.Fatal(err)
+	}
+	conn.Close(ctx)
+	if err := c.Stop(); err != nil {
+		t.Fatal(err)
+	}
+
+	// A second Start on the directory reuses the data and the port.
+	c2, err := pgtest.Start(ctx, pgtest.Options{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c2.Destroy() })
+	if got := c2.Port(); got != port {
+		t.Fatalf("port after restart = %d, want %d", got, port)
+	}
+	conn, err = pgx.Connect(ctx, c2.URL("postgres", ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "SELECT * FROM kept"); err != nil {
+		t.Fatalf("table lost across Stop and Start: %v", err)
+	}
+	if err := c2.Destroy(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Fatalf("Destroy left %s: %v", dir, err)
 	}
 }
