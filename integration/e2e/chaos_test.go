@@ -56,8 +56,8 @@ func chaosDuration(t *testing.T, def time.Duration) time.Duration {
 func TestChaos(t *testing.T) {
 	seed := chaosSeed(t)
 	t.Logf("chaos seed %d (replay: LENKWERK_CHAOS_SEED=%d)", seed, seed)
-	t.Run("etcd", func(t *testing.T) { testChaos(t, storeEtcd, seed, chaosDuration(t, 25*time.Second)) })
-	t.Run("pgkv", func(t *testing.T) { testChaos(t, storePGKV, seed, chaosDuration(t, 12*time.Second)) })
+	t.Run("etcd", func(t *testing.T) { testChaos(t, storeEtcd, seed, chaosDuration(t, 20*time.Second)) })
+	t.Run("pgkv", func(t *testing.T) { testChaos(t, storePGKV, seed, chaosDuration(t, 10*time.Second)) })
 }
 
 func testChaos(t *testing.T, kind storeKind, seed uint64, duration time.Duration) {

@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
@@ -21,6 +22,14 @@ func TestMain(m *testing.M) {
 }
 
 func runMain(m *testing.M) int {
+	flag.Parse()
+	// Most e2e tests wait (for polls, timeouts, restarts) rather than
+	// compute: run the parallel ones four at a time unless told otherwise.
+	parallelSet := false
+	flag.Visit(func(f *flag.Flag) { parallelSet = parallelSet || f.Name == "test.parallel" })
+	if !parallelSet {
+		_ = flag.Set("test.parallel", "4")
+	}
 	dir, err := os.MkdirTemp("", "lenkwerk-e2e-")
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "e2e: %v\n", err)
@@ -49,6 +58,20 @@ func (s *syncBuffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.Write(p)
+}
+
+// size is how many bytes were written so far.
+func (s *syncBuffer) size() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Len()
+}
+
+// containsFrom reports whether sub was written at or after offset from.
+func (s *syncBuffer) containsFrom(from int, sub string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return from <= s.b.Len() && bytes.Contains(s.b.Bytes()[from:], []byte(sub))
 }
 
 // tail returns at most the last n bytes written.
@@ -90,6 +113,7 @@ type agentProc struct {
 	state    *os.ProcessState
 	stopping bool // we asked it to go: its exit is expected
 	runs     int
+	runStart int // offset of the current run's output in out
 	// unexpected lists exits nobody asked for (a crash of the agent).
 	unexpected []string
 }
@@ -114,6 +138,7 @@ func (a *agentProc) Start() {
 		a.t.Fatalf("agent started twice")
 	}
 	a.runs++
+	a.runStart = a.out.size()
 	fmt.Fprintf(a.out, "=== run %d: %s\n", a.runs, time.Now().UTC().Format("15:04:05.000"))
 	cmd := exec.Command(lenkwerkBin, a.args...)
 	cmd.Env = append(os.Environ(), a.env...)
@@ -181,6 +206,23 @@ func (a *agentProc) Terminate(timeout time.Duration) int {
 		a.Kill()
 		return -1
 	}
+}
+
+// waitLog waits until the current run has logged a line containing one of
+// subs: how a test knows the agent reached a state it cannot observe
+// otherwise (for example waiting for the slot).
+func (a *agentProc) waitLog(ctx context.Context, timeout time.Duration, subs ...string) error {
+	a.mu.Lock()
+	from := a.runStart
+	a.mu.Unlock()
+	return waitFor(ctx, timeout, fmt.Sprintf("agent log line with %q", subs), func(context.Context) (bool, error) {
+		for _, sub := range subs {
+			if a.out.containsFrom(from, sub) {
+				return true, nil
+			}
+		}
+		return false, nil
+	})
 }
 
 // exited returns a channel closed when the running agent exits, or nil if

@@ -14,6 +14,7 @@ import (
 // server being stopped. Afterwards the agent reconnects by itself and
 // mirrors what changed.
 func TestPostgresRestart(t *testing.T) {
+	t.Parallel()
 	for _, kind := range []storeKind{storeEtcd, storePGKV} {
 		t.Run(string(kind), func(t *testing.T) { testPostgresRestart(t, kind) })
 	}

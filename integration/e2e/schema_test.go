@@ -13,6 +13,7 @@ import (
 // the table): the untouched rows' to_jsonb changed too, and the store must
 // follow.
 func TestSchemaChanges(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	s := newStackPrefix(t, storeEtcd, "/bagger")
 	s.exec(ctx, `SELECT storage.register_pg_instance('db1', 5432, 'bagger'), storage.register_pg_instance('db2', 5432, 'bagger');
