@@ -15,5 +15,6 @@ BEGIN
     END IF;
 END
 $$;
+DROP TABLE IF EXISTS lenkwerk.follow_state; -- a copy's (lenkwerk follow)
 DROP TABLE lenkwerk.setting;
 DROP SCHEMA lenkwerk;

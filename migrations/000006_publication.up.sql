@@ -14,6 +14,11 @@
 -- The names chosen are recorded in lenkwerk.setting, so migration 7 and the
 -- down migrations act on what was created, whatever the connection says
 -- later; a connection asking for other names is refused there.
+--
+-- A local copy (lenkwerk.role = 'copy', see migration 1) gets no
+-- publication: it records role = copy instead of the names (so migration 7
+-- creates no slot) and gets lenkwerk.follow_state, where `lenkwerk follow`
+-- keeps the store revision it has applied.
 CREATE SCHEMA lenkwerk AUTHORIZATION lenkwerk_admin;
 COMMENT ON SCHEMA lenkwerk IS 'Lenkwerk''s own bookkeeping (not Bagger state, not published).';
 
@@ -29,9 +34,23 @@ lenkwerk.publication_name / lenkwerk.slot_name settings).$$;
 
 DO $$
 DECLARE
+    role text := coalesce(nullif(current_setting('lenkwerk.role', true), ''), 'source');
     pub  text := coalesce(nullif(current_setting('lenkwerk.publication_name', true), ''), 'bagger_lw_storage');
     slot text := coalesce(nullif(current_setting('lenkwerk.slot_name', true), ''), 'lw_agent');
 BEGIN
+    IF role = 'copy' THEN
+        INSERT INTO lenkwerk.setting (name, value) VALUES ('role', 'copy');
+        CREATE TABLE lenkwerk.follow_state (
+            prefix   text PRIMARY KEY,
+            store    text NOT NULL,
+            revision bigint NOT NULL,
+            updated  timestamptz NOT NULL DEFAULT now()
+        );
+        ALTER TABLE lenkwerk.follow_state OWNER TO lenkwerk_admin;
+        COMMENT ON TABLE lenkwerk.follow_state IS
+            'lenkwerk follow: the store revision applied to this copy, per key prefix, committed with the rows it brought.';
+        RETURN;
+    END IF;
     -- Plain identifiers only: URL query values (the stock CLI's way to set
     -- these) cannot carry much else intact through golang-migrate.
     IF pub !~ '^[a-z_][a-z0-9_]{0,62}$' THEN

@@ -8,12 +8,19 @@
 -- max_slot_wal_keep_size. A slot created like this exports no snapshot; the
 -- agent's initial sync takes care of that. Creating it waits until every
 -- transaction running on the server has finished.
+--
+-- A local copy (role copy, recorded by migration 6) has no slot name
+-- recorded, hence no slot: the DO block returns at once and the SELECT
+-- below does not call the function.
 DO $$
 DECLARE
     slot  text := (SELECT value FROM lenkwerk.setting WHERE name = 'slot_name');
     asked text := nullif(current_setting('lenkwerk.slot_name', true), '');
     existing record;
 BEGIN
+    IF EXISTS (SELECT FROM lenkwerk.setting WHERE name = 'role' AND value = 'copy') THEN
+        RETURN;
+    END IF;
     IF asked IS DISTINCT FROM NULL AND asked IS DISTINCT FROM slot THEN
         RAISE EXCEPTION 'this database''s slot was recorded as "%", but lenkwerk.slot_name asks for "%"', slot, asked
             USING ERRCODE = 'invalid_parameter_value',
@@ -33,7 +40,11 @@ $$;
 
 -- At top level, not in the DO block: PostgreSQL 15 fails with "snapshot
 -- reference ... is not owned by resource owner" when a slot created from
--- PL/pgSQL has to wait for concurrent transactions.
+-- PL/pgSQL has to wait for concurrent transactions. The name is read by a
+-- scalar subquery, evaluated before the call: a scan left open across the
+-- call fails the same way ("buffer … is not owned by resource owner"). A
+-- copy has no slot name recorded, and the function, being strict, is then
+-- not called at all (the statement returns one row of NULLs).
 SELECT slot_name, lsn
   FROM pg_catalog.pg_create_logical_replication_slot(
            (SELECT value FROM lenkwerk.setting WHERE name = 'slot_name'), 'pgoutput');

@@ -22,6 +22,18 @@
 // created, and the slot and the down migrations use the recorded names, so
 // a later run without options still finds what was created.
 //
+// # Local copies
+//
+// Options.Copy provisions a local copy, as `lenkwerk follow` keeps on
+// Bagger's storage nodes (ordinary servers): the same schema, functions and
+// roles, but no publication and no slot, so wal_level does not matter; it
+// has lenkwerk.follow_state, where the follower records the store revision
+// it applied. The custom setting lenkwerk.role = 'copy' (RoleSetting) tells
+// migrations 1 and 6 (stock CLI: ?lenkwerk.role=copy in the URL); migration
+// 6 records role = copy in lenkwerk.setting and migration 7 reads it from
+// there. The runner refuses to migrate a source as a copy or a copy as a
+// source.
+//
 // # Requirements and failures
 //
 // The server needs wal_level=logical; Up and Goto check it before touching

@@ -28,6 +28,9 @@ const (
 const (
 	PublicationSetting = "lenkwerk.publication_name"
 	SlotSetting        = "lenkwerk.slot_name"
+	// RoleSetting is "copy" for a local copy (Options.Copy): migrations 1,
+	// 6 and 7 then skip the wal_level check, the publication and the slot.
+	RoleSetting = "lenkwerk.role"
 )
 
 var (
@@ -47,6 +50,12 @@ type Options struct {
 	// Slot names the replication slot, resolved like Publication
 	// (DefaultSlot).
 	Slot string
+	// Copy provisions a local copy of the Lenkwerk tables, as `lenkwerk
+	// follow` keeps on storage nodes: the same schema, functions and roles,
+	// but no publication and no slot, so any wal_level will do; it gets
+	// lenkwerk.follow_state instead. Set through RoleSetting; the database
+	// records it, and a source cannot be migrated as a copy or back.
+	Copy bool
 	// Log, when set, is told of each migration applied, e.g.
 	// "3/u storage_schema".
 	Log func(msg string)
@@ -62,6 +71,9 @@ var (
 )
 
 func (o Options) validate() error {
+	if o.Copy && (o.Slot != "" || o.Publication != "") {
+		return errors.New("a local copy has no publication or slot: do not name them")
+	}
 	if o.Slot != "" && !slotName.MatchString(o.Slot) {
 		return fmt.Errorf("invalid slot name %q: use lower case letters, digits and _, at most 63", o.Slot)
 	}

@@ -11,6 +11,8 @@ import (
 type Provisioned struct {
 	Publication string
 	Slot        string
+	// Copy: a local copy (Options.Copy), with neither publication nor slot.
+	Copy bool
 }
 
 // Names returns the publication and slot names recorded in the database
@@ -26,7 +28,8 @@ func Names(ctx context.Context, conn *pgx.Conn) (*Provisioned, error) {
 	var p Provisioned
 	err := conn.QueryRow(ctx, `SELECT
 		coalesce((SELECT value FROM lenkwerk.setting WHERE name = 'publication_name'), ''),
-		coalesce((SELECT value FROM lenkwerk.setting WHERE name = 'slot_name'), '')`).Scan(&p.Publication, &p.Slot)
+		coalesce((SELECT value FROM lenkwerk.setting WHERE name = 'slot_name'), ''),
+		coalesce((SELECT value = 'copy' FROM lenkwerk.setting WHERE name = 'role'), false)`).Scan(&p.Publication, &p.Slot, &p.Copy)
 	if err != nil {
 		return nil, fmt.Errorf("read lenkwerk.setting: %w", err)
 	}

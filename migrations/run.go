@@ -101,7 +101,9 @@ func withMigrate(ctx context.Context, databaseURL string, opts Options, needLogi
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if needLogical || opts.Slot != "" || opts.Publication != "" {
+	// A copy has no slot: any wal_level will do.
+	needLogical = needLogical && !opts.Copy
+	if needLogical || opts.Copy || opts.Slot != "" || opts.Publication != "" {
 		if err := checkServer(ctx, pgURL, needLogical, opts); err != nil {
 			return err
 		}
@@ -220,15 +222,29 @@ func cancelBackends(pgURL, appName string) {
 }
 
 // checkServer refuses, before golang-migrate creates even its version
-// table, a server without wal_level=logical (when needLogical) and names in
-// opts that differ from those the database recorded (the migrations would
-// refuse them halfway, leaving a dirty version).
+// table, a copy migrated as a source or the other way round (Options.Copy),
+// a server without wal_level=logical (when needLogical) and names in opts
+// that differ from those the database recorded (the migrations would refuse
+// them halfway, leaving a dirty version).
 func checkServer(ctx context.Context, pgURL string, needLogical bool, opts Options) error {
 	conn, err := pgx.Connect(ctx, pgURL)
 	if err != nil {
 		return fmt.Errorf("connect to %s: %w", kvdriver.Redact(pgURL), err)
 	}
 	defer conn.Close(context.Background())
+	recorded, err := Names(ctx, conn)
+	if err != nil {
+		return err
+	}
+	switch {
+	case recorded == nil:
+	case opts.Copy && !recorded.Copy:
+		return fmt.Errorf("this database is a Lenkwerk source (publication %q, slot %q), not a local copy: "+
+			"refusing to migrate it as a copy (nothing was changed)", recorded.Publication, recorded.Slot)
+	case !opts.Copy && recorded.Copy:
+		return errors.New("this database is a local copy of Lenkwerk (lenkwerk follow) without publication or slot: " +
+			"migrate it as a copy (nothing was changed)")
+	}
 	if needLogical {
 		var level string
 		if err := conn.QueryRow(ctx, "SHOW wal_level").Scan(&level); err != nil {
@@ -240,9 +256,8 @@ func checkServer(ctx context.Context, pgURL string, needLogical bool, opts Optio
 				ErrWalLevel, level)
 		}
 	}
-	recorded, err := Names(ctx, conn)
-	if err != nil || recorded == nil {
-		return err
+	if recorded == nil {
+		return nil
 	}
 	if opts.Publication != "" && opts.Publication != recorded.Publication {
 		return fmt.Errorf("this database's publication is %q: --publication %q differs (the names are fixed when the publication is created; nothing was changed)",

@@ -31,6 +31,9 @@ func convertURL(raw string, opts Options) (pgURL, migrateURL, password string, e
 	if opts.Slot != "" {
 		q.Set(SlotSetting, opts.Slot)
 	}
+	if opts.Copy {
+		q.Set(RoleSetting, "copy")
+	}
 	u.RawQuery = q.Encode()
 	u.Scheme = "pgx5"
 	migrateURL = u.String()
