@@ -90,6 +90,8 @@ func testChaos(t *testing.T, kind storeKind, seed uint64, duration time.Duration
 	// Faults: one goroutine, so each fault is logged in order.
 	r := rand.New(rand.NewPCG(seed, 1000))
 	faults := map[string]int{}
+	firstFaults := []int{0, 6, 9, 11, 12} // one of each kind below
+	r.Shuffle(len(firstFaults), func(i, j int) { firstFaults[i], firstFaults[j] = firstFaults[j], firstFaults[i] })
 	sleep := func(max time.Duration) {
 		d := time.Duration(r.Int64N(int64(max)))
 		select {
@@ -102,7 +104,13 @@ func testChaos(t *testing.T, kind storeKind, seed uint64, duration time.Duration
 		if wctx.Err() != nil {
 			break
 		}
-		k := r.IntN(14)
+		// Every kind of fault once, in random order, then random ones.
+		var k int
+		if len(firstFaults) > 0 {
+			k, firstFaults = firstFaults[0], firstFaults[1:]
+		} else {
+			k = r.IntN(14)
+		}
 		if kind != storeEtcd && (k >= 6 && k < 11 || k >= 12) {
 			// The etcd faults, and a PostgreSQL restart: with pgkv that is
 			// the store's outage too, which TestPostgresRestart covers on
