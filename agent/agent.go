@@ -22,7 +22,7 @@ const (
 	DefaultStatusInterval = 10 * time.Second
 	DefaultPollInterval   = 10 * time.Second
 	DefaultApplyTimeout   = 10 * time.Second
-	DefaultStoreRetry     = 10 * time.Second
+	DefaultStoreRetry     = 5 * time.Second
 	DefaultMinBackoff     = 250 * time.Millisecond
 	DefaultMaxBackoff     = 30 * time.Second
 	// DefaultMaxBatchOps and DefaultMaxBatchBytes cap a store batch when

@@ -284,7 +284,7 @@ func (s *session) handleCopyData(ctx context.Context, data []byte) error {
 		// and lets a shutting-down server finish. Inside a transaction it
 		// would confirm changes not yet applied.
 		if !s.inTxn && pkm.ServerWALEnd > s.ckpt.LSN && (pkm.ReplyRequested || time.Since(s.lastIdle) >= s.a.cfg.StatusInterval) {
-			if err := s.advanceIdle(ctx, pkm.ServerWALEnd); err != nil {
+			if err := s.advanceIdle(ctx, pkm.ServerWALEnd, pkm.ReplyRequested); err != nil {
 				return err
 			}
 		}
@@ -308,12 +308,25 @@ func (s *session) handleCopyData(ctx context.Context, data []byte) error {
 // advanceIdle records an idle keepalive position: first in the store, so
 // the slot is never confirmed past the store's checkpoint (a slot ahead of
 // the store then reliably means the store lost data), then to PostgreSQL.
-func (s *session) advanceIdle(ctx context.Context, lsn pglogrepl.LSN) error {
+// It is one short attempt: a store that cannot take it now is asked again
+// at a later keepalive; but when the server asks for the reply (a stopping
+// server waits for its walsender, which waits for this confirmation) the
+// session ends instead, which lets the walsender go at once: the store may
+// be on that very server.
+func (s *session) advanceIdle(ctx context.Context, lsn pglogrepl.LSN, urgent bool) error {
 	ck := Checkpoint{LSN: lsn, Time: time.Now().UTC(), Tables: maps.Clone(s.tables)}
-	if err := s.apply(ctx, []kvdriver.Op{kvdriver.Put(s.a.ckptKey, ck.value())}); err != nil {
-		return fmt.Errorf("write idle checkpoint %s: %w", lsn, err)
-	}
+	actx, cancel := context.WithTimeout(ctx, min(s.a.cfg.ApplyTimeout, 2*time.Second))
+	_, err := s.a.cfg.Store.Apply(actx, []kvdriver.Op{kvdriver.Put(s.a.ckptKey, ck.value())})
+	cancel()
+	s.a.update(func(st *Status) { st.StoreErr = err })
 	s.lastIdle = time.Now()
+	if err != nil {
+		if urgent && ctx.Err() == nil {
+			return fmt.Errorf("the server asks to confirm %s (stopping?) and the store cannot take the checkpoint; releasing the slot: %w", lsn, err)
+		}
+		s.a.log.Debug("write idle checkpoint", "lsn", lsn, "err", err)
+		return nil
+	}
 	s.setCheckpoint(ck)
 	s.sendStatus()
 	return nil

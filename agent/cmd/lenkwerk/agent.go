@@ -27,6 +27,9 @@ func init() {
 type agentFlags struct {
 	databaseURL, kvURL, slot, publication, prefix, templates string
 	logLevel                                                 string
+	// retryOpen keeps trying to open an unreachable store (the agent
+	// must outlive store outages, also at its start).
+	retryOpen bool
 }
 
 func (f *agentFlags) register(fs *flag.FlagSet) {
@@ -63,7 +66,7 @@ func (f *agentFlags) open(ctx context.Context, fs *flag.FlagSet) (agent.Config, 
 	if err != nil {
 		return agent.Config{}, nil, err
 	}
-	store, err := kvdriver.Open(ctx, f.kvURL)
+	store, err := openStore(ctx, f.kvURL, f.retryOpen)
 	if err != nil {
 		return agent.Config{}, nil, err
 	}
@@ -129,9 +132,31 @@ func kvURLFromSettings(typ, cfg []byte) (string, error) {
 	return "etcd://" + net.JoinHostPort(c.Host, port), nil
 }
 
+// openStore opens the store; with retry, an unreachable store is retried
+// with capped backoff until ctx is done (then the error is ctx's), while a
+// bad URL fails at once.
+func openStore(ctx context.Context, rawURL string, retry bool) (kvdriver.Store, error) {
+	wait := 250 * time.Millisecond
+	for {
+		store, err := kvdriver.Open(ctx, rawURL)
+		if err == nil || !retry || errors.Is(err, kvdriver.ErrInvalidURL) || errors.Is(err, kvdriver.ErrUnsupportedScheme) {
+			return store, err
+		}
+		slog.Warn("cannot open the key-value store; retrying", "retry_in", wait, "err", err)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
+		case <-t.C:
+		}
+		wait = min(2*wait, 30*time.Second)
+	}
+}
+
 func runAgent(ctx context.Context, args []string) error {
 	fs := newFlagSet("agent", "agent --database-url URL --kv URL [--slot lw_agent] [--publication bagger_lw_storage] [--prefix \"\"] [--key-template schema.table=/Tmpl/{col},...]")
-	var f agentFlags
+	f := agentFlags{retryOpen: true}
 	f.register(fs)
 	statusInterval := fs.Duration("status-interval", agent.DefaultStatusInterval, "longest time between standby status updates (keep below wal_sender_timeout)")
 	if err := fs.Parse(args); err != nil {
@@ -139,6 +164,9 @@ func runAgent(ctx context.Context, args []string) error {
 	}
 	cfg, store, err := f.open(ctx, fs)
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while waiting for the store
+		}
 		return err
 	}
 	defer store.Close()
