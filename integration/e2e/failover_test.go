@@ -3,6 +3,8 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
+	"sync"
 	"testing"
 	"time"
 )
@@ -50,6 +52,44 @@ func TestFailover(t *testing.T) {
 		}
 	}
 	checkSlotAtCheckpoint(t, ctx, s)
+}
+
+// TestDuelingInitialSync wipes the store and starts two agents at once,
+// several rounds, while writers commit: both see no checkpoint and race to
+// recreate the slot and copy a snapshot. Whoever wins, no change committed
+// during the race may be lost: after each round the store must equal the
+// database.
+func TestDuelingInitialSync(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := newStack(t, storeEtcd)
+	a, b := s.agent, newAgent(t, a0args(s)...)
+	r := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
+	w := newWorkload()
+	for round := range 3 {
+		a.Kill()
+		b.Kill()
+		wipeStore(t, s)
+		wctx, stop := context.WithTimeout(ctx, time.Duration(500+r.IntN(1500))*time.Millisecond)
+		var wg sync.WaitGroup
+		for i := range 2 {
+			wr := rand.New(rand.NewPCG(r.Uint64(), uint64(i)))
+			wg.Go(func() { w.write(wctx, s.pool, wr) })
+		}
+		a.Start()
+		b.Start()
+		wg.Wait()
+		stop()
+		if _, err := s.tryConverge(ctx, 60*time.Second); err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+	}
+	t.Logf("workload: %d transactions committed", w.committed.Load())
+	for i, ag := range []*agentProc{a, b} {
+		if u := ag.Unexpected(); len(u) > 0 {
+			t.Errorf("agent %d exited without being asked to:\n%v", i, u)
+		}
+	}
 }
 
 // a0args are the arguments of the stack's agent, for a second one.
