@@ -1,0 +1,283 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/bagger/lenkwerk/agent"
+	"github.com/bagger/lenkwerk/integration/etcdtest"
+	"github.com/bagger/lenkwerk/integration/pgtest"
+	"github.com/bagger/lenkwerk/kvdriver"
+	"github.com/bagger/lenkwerk/migrations"
+	"github.com/jackc/pgx/v5"
+)
+
+const devSynopsis = `dev [--kv etcd|postgres|mem] [--dir DIR] [--port PORT]
+
+Starts a throwaway Lenkwerk to play with: a PostgreSQL server (wal_level=
+logical) from the machine's binaries, migrated; a key-value store (an
+embedded etcd, pgkv in the same PostgreSQL, or an in-process mem store);
+and the agent between them. Prints the connection URLs and the key tree,
+then every change of the tree as you change Lenkwerk, e.g.
+
+  psql "$CONFIG_URL" -c "select storage.register_pg_instance('db1', 5432, 'bagger')"
+
+Ctrl-C stops everything and deletes the data (kept with --dir).`
+
+// devDatabase is the database lenkwerk dev creates and migrates.
+const devDatabase = "lenkwerk"
+
+func init() {
+	register("dev", "run a throwaway PostgreSQL, store and agent, and show the key tree live", func(ctx context.Context, args []string) error {
+		return runDev(ctx, args, os.Stdout)
+	})
+}
+
+func runDev(ctx context.Context, args []string, stdout io.Writer) (err error) {
+	fs := newFlagSet("dev", devSynopsis)
+	kind := fs.String("kv", "etcd", "key-value store: etcd (embedded), postgres (pgkv in the same PostgreSQL) or mem (in this process)")
+	dir := fs.String("dir", "", "keep the data in `DIR` (and reuse it next time) instead of a temporary directory deleted on exit")
+	port := fs.Int("port", 0, "PostgreSQL TCP `port` on 127.0.0.1 (default: a free one)")
+	logLevel := fs.String("log-level", "warn", "the agent's log level (logs go to stderr): debug, info, warn, error")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		fs.Usage()
+		return fmt.Errorf("%w: unexpected arguments %q", errUsage, fs.Args())
+	}
+	if *kind != "etcd" && *kind != "postgres" && *kind != "mem" {
+		return fmt.Errorf("--kv %q: want etcd, postgres or mem", *kind)
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(*logLevel)); err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+
+	// Everything started is undone in reverse order, whatever happens.
+	var undo []func() error
+	defer func() {
+		for i := len(undo) - 1; i >= 0; i-- {
+			if uerr := undo[i](); uerr != nil {
+				err = errors.Join(err, uerr)
+			}
+		}
+	}()
+
+	root, keep := *dir, *dir != ""
+	if keep {
+		if root, err = filepath.Abs(root); err != nil {
+			return err
+		}
+		if err := os.MkdirAll(root, 0o755); err != nil {
+			return fmt.Errorf("--dir: %w", err)
+		}
+	} else {
+		if root, err = os.MkdirTemp("", "lenkwerk-dev-"); err != nil {
+			return err
+		}
+		undo = append(undo, func() error {
+			if err := os.RemoveAll(root); err != nil {
+				return err
+			}
+			fmt.Fprintf(os.Stderr, "lenkwerk dev: removed %s\n", root)
+			return nil
+		})
+		// As root the server runs as user postgres, which must enter it.
+		if err := os.Chmod(root, 0o755); err != nil {
+			return err
+		}
+	}
+
+	fmt.Fprintf(os.Stderr, "lenkwerk dev: starting PostgreSQL in %s\n", root)
+	pg, err := pgtest.Start(ctx, pgtest.Options{Dir: filepath.Join(root, "postgres"), Port: *port})
+	if err != nil {
+		return fmt.Errorf("start PostgreSQL: %w", err)
+	}
+	undo = append(undo, func() error {
+		if keep {
+			return pg.Stop()
+		}
+		return pg.Destroy()
+	})
+	adminURL := pg.URL(devDatabase, "")
+	if err := createDatabase(ctx, pg.URL("postgres", ""), devDatabase); err != nil {
+		return err
+	}
+	if err := migrations.Up(ctx, adminURL, migrations.Options{}); err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+
+	var kvURL, kvNote string
+	switch *kind {
+	case "etcd":
+		srv, err := etcdtest.Start(ctx, filepath.Join(root, "etcd"))
+		if err != nil {
+			return fmt.Errorf("start etcd: %w", err)
+		}
+		undo = append(undo, srv.Close)
+		kvURL = srv.URL()
+	case "postgres":
+		kvURL, kvNote = adminURL, " (pgkv, schema "+"lenkwerk_kv)"
+	case "mem":
+		kvURL, kvNote = "mem://lenkwerk-dev", " (in this process only: the tree below is the way to see it)"
+	}
+	store, err := kvdriver.Open(ctx, kvURL)
+	if err != nil {
+		return err
+	}
+	undo = append(undo, store.Close)
+
+	agentURL := pg.URL(devDatabase, "lenkwerk_agent")
+	a, err := agent.New(agent.Config{DatabaseURL: agentURL, Store: store, Logger: log})
+	if err != nil {
+		return err
+	}
+	agentCtx, stopAgent := context.WithCancel(ctx)
+	agentDone := make(chan error, 1)
+	go func() { agentDone <- a.Run(agentCtx) }()
+	undo = append(undo, func() error {
+		stopAgent()
+		return <-agentDone // the agent lets go of the slot before PostgreSQL stops
+	})
+	if err := waitStreaming(ctx, a, agentDone); err != nil {
+		return err
+	}
+
+	configURL := withOptions(adminURL, "-c role=lenkwerk_config")
+	psql := "psql"
+	if _, err := exec.LookPath("psql"); err != nil {
+		psql = filepath.Join(pg.BinDir(), "psql")
+	}
+	removed := "deleted on exit"
+	if keep {
+		removed = "kept"
+	}
+	w := bufio.NewWriter(stdout)
+	fmt.Fprintf(w, `Lenkwerk dev is running.
+
+  admin:           %s
+  lenkwerk_config: %s
+  lenkwerk_agent:  %s
+  kv:              %s%s
+  data:            %s (%s)
+
+lenkwerk_config cannot log in (NOLOGIN); its URL logs in as the superuser
+and takes the role (options=-c role=lenkwerk_config). In another terminal:
+
+  %s '%s' -c "select storage.register_pg_instance('db1', 5432, 'bagger')"
+  %s '%s' -c "select storage.set_pg_instance_status(1, 3)"
+  %s '%s' -c "select storage.save_config('kvstore_type', '\"etcd\"')"
+`, adminURL, configURL, agentURL, kvURL, kvNote, root, removed,
+		psql, configURL, psql, configURL, psql, configURL)
+	if *kind != "mem" {
+		fmt.Fprintf(w, "  lenkwerk status --database-url '%s' --kv '%s'\n  lenkwerk kv --kv '%s' ls /\n", agentURL, kvURL, kvURL)
+	}
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	return showTree(ctx, store, stdout)
+}
+
+// showTree prints the key tree, then every change until ctx ends. The
+// agent's own keys (checkpoint) are left out.
+func showTree(ctx context.Context, store kvdriver.Store, stdout io.Writer) error {
+	hidden := "/" + agent.ReservedSegment + "/"
+	kvs, rev, err := store.List(ctx, "/")
+	if err != nil {
+		return fmt.Errorf("list the tree: %w", err)
+	}
+	w := bufio.NewWriter(stdout)
+	fmt.Fprintf(w, "\nKey tree at revision %d (without %s…):\n", rev, hidden)
+	for _, kv := range kvs {
+		if !strings.HasPrefix(kv.Key, hidden) {
+			fmt.Fprintf(w, "%s\t%s\n", kv.Key, oneLine(kv.Value))
+		}
+	}
+	fmt.Fprintf(w, "\nWatching / for changes: REVISION put|delete KEY [VALUE] (Ctrl-C stops and cleans up)\n")
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	for resp := range store.Watch(ctx, "/", rev) {
+		for _, ev := range resp.Events {
+			if strings.HasPrefix(ev.Key, hidden) {
+				continue
+			}
+			if ev.Type == kvdriver.OpPut {
+				fmt.Fprintf(w, "%d\tput\t%s\t%s\n", ev.Revision, ev.Key, oneLine(ev.Value))
+			} else {
+				fmt.Fprintf(w, "%d\t%s\t%s\n", ev.Revision, ev.Type, ev.Key)
+			}
+		}
+		if err := w.Flush(); err != nil {
+			return err
+		}
+		if resp.Err != nil && ctx.Err() == nil {
+			return fmt.Errorf("watch: %w", resp.Err)
+		}
+	}
+	return nil
+}
+
+// waitStreaming waits until the agent streams (its initial sync is done).
+func waitStreaming(ctx context.Context, a *agent.Agent, done <-chan error) error {
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	timeout := time.After(time.Minute)
+	for !a.Status().Streaming {
+		select {
+		case err := <-done:
+			return fmt.Errorf("agent stopped: %w", err)
+		case <-ctx.Done():
+			return nil
+		case <-timeout:
+			return fmt.Errorf("agent not streaming after a minute: %v", a.Status().Err)
+		case <-tick.C:
+		}
+	}
+	return nil
+}
+
+// createDatabase creates database name unless it exists (a kept --dir).
+func createDatabase(ctx context.Context, serverURL, name string) error {
+	conn, err := pgx.Connect(ctx, serverURL)
+	if err != nil {
+		return fmt.Errorf("connect: %w", err)
+	}
+	defer conn.Close(context.Background())
+	var exists bool
+	if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT FROM pg_database WHERE datname = $1)", name).Scan(&exists); err != nil {
+		return fmt.Errorf("create database %s: %w", name, err)
+	}
+	if exists {
+		return nil
+	}
+	if _, err := conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
+		return fmt.Errorf("create database %s: %w", name, err)
+	}
+	return nil
+}
+
+// withOptions adds the libpq "options" parameter (server settings at
+// connection start) to a URL.
+func withOptions(raw, options string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return raw
+	}
+	q := u.Query()
+	q.Set("options", options)
+	u.RawQuery = strings.ReplaceAll(q.Encode(), "+", "%20")
+	return u.String()
+}
