@@ -1,0 +1,352 @@
+package follow
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/bagger/lenkwerk/agent/keymap"
+	"github.com/bagger/lenkwerk/kvdriver"
+	"github.com/bagger/lenkwerk/migrations"
+	"github.com/jackc/pgx/v5"
+)
+
+// Defaults of Config.
+const (
+	DefaultMinBackoff = 250 * time.Millisecond
+	DefaultMaxBackoff = 30 * time.Second
+	// maxLoggedKeys bounds the memory spent remembering which unknown keys
+	// were logged: a hostile store could hold any number.
+	maxLoggedKeys = 10000
+)
+
+// Config configures a Follower.
+type Config struct {
+	// DatabaseURL is the local copy (postgres://…): a database provisioned
+	// as a copy (migrations.Options.Copy), never the Lenkwerk database of
+	// record, which Run refuses. The role needs to write the templates'
+	// tables and lenkwerk.follow_state.
+	DatabaseURL string
+	// Store is watched. The caller opens and closes it.
+	Store kvdriver.Store
+	// StoreName identifies the store in the checkpoint (use
+	// kvdriver.Redact of its URL): a checkpoint of another store is not
+	// resumed from, the copy is reconciled instead.
+	StoreName string
+	// Prefix and Templates are the agent's (keymap.New).
+	Prefix    string
+	Templates map[string]string
+	// Migrate provisions or upgrades the local copy at start
+	// (migrations.Up with Copy); it needs a superuser.
+	Migrate bool
+	// Logger receives the follower's logs; default slog.Default().
+	Logger *slog.Logger
+	// MinBackoff and MaxBackoff bound the wait before reconnecting.
+	MinBackoff, MaxBackoff time.Duration
+}
+
+// Follower keeps a local copy equal to the store.
+type Follower struct {
+	cfg    Config
+	mapper *keymap.Mapper
+	log    *slog.Logger
+
+	revision atomic.Int64
+	skipped  atomic.Int64
+	migrated bool
+
+	mu     sync.Mutex
+	logged map[string]bool // keys and tables already logged as unusable
+}
+
+// Status is what the follower has done so far.
+type Status struct {
+	// Revision is the store revision the local copy is at (0: none yet).
+	Revision int64
+	// Skipped counts the puts and deletes not applied: keys no template
+	// matches, values that are not rows of their key, data the local table
+	// refuses.
+	Skipped int64
+}
+
+// New checks cfg and returns a Follower; Run starts it.
+func New(cfg Config) (*Follower, error) {
+	if cfg.DatabaseURL == "" {
+		return nil, errors.New("follow: no database URL")
+	}
+	if cfg.Store == nil {
+		return nil, errors.New("follow: no store")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.MinBackoff <= 0 {
+		cfg.MinBackoff = DefaultMinBackoff
+	}
+	if cfg.MaxBackoff <= 0 {
+		cfg.MaxBackoff = DefaultMaxBackoff
+	}
+	m, err := keymap.New(cfg.Prefix, cfg.Templates)
+	if err != nil {
+		return nil, fmt.Errorf("follow: %w", err)
+	}
+	return &Follower{cfg: cfg, mapper: m, log: cfg.Logger, logged: map[string]bool{}}, nil
+}
+
+// Status reports the follower's progress; safe for concurrent use.
+func (f *Follower) Status() Status {
+	return Status{Revision: f.revision.Load(), Skipped: f.skipped.Load()}
+}
+
+// errPermanent marks errors reconnecting cannot fix.
+type errPermanent struct{ error }
+
+func (e errPermanent) Unwrap() error { return e.error }
+
+// Run follows the store until ctx is done, then returns nil. Failures of the
+// store or the database end the session, which is started again after a
+// capped, jittered backoff; a database that is not a copy ends Run with an
+// error.
+func (f *Follower) Run(ctx context.Context) error {
+	wait := f.cfg.MinBackoff
+	for {
+		start := time.Now()
+		err := f.session(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		var perm errPermanent
+		if errors.As(err, &perm) {
+			return perm.error
+		}
+		if time.Since(start) > f.cfg.MaxBackoff {
+			wait = f.cfg.MinBackoff // it ran a while: start over
+		}
+		d := wait/2 + rand.N(wait/2+1)
+		f.log.Warn("follow: session ended, reconnecting", "err", err, "in", d.Round(time.Millisecond))
+		t := time.NewTimer(d)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+		wait = min(wait*2, f.cfg.MaxBackoff)
+	}
+}
+
+// listPrefix is what the follower lists and watches.
+func (f *Follower) listPrefix() string {
+	if f.cfg.Prefix == "" {
+		return "/"
+	}
+	return f.cfg.Prefix
+}
+
+// session connects, catches up and applies the watch until an error.
+func (f *Follower) session(ctx context.Context) error {
+	if f.cfg.Migrate && !f.migrated {
+		if err := migrations.Up(ctx, f.cfg.DatabaseURL, migrations.Options{Copy: true}); err != nil {
+			return fmt.Errorf("migrate the local copy: %w", err)
+		}
+		f.migrated = true
+	}
+	conn, err := pgx.Connect(ctx, f.cfg.DatabaseURL)
+	if err != nil {
+		return fmt.Errorf("connect to the local copy %s: %w", kvdriver.Redact(f.cfg.DatabaseURL), err)
+	}
+	defer conn.Close(context.Background())
+	// to_jsonb of timestamptz depends on it; the agent writes UTC.
+	if _, err := conn.Exec(ctx, "SET TimeZone = 'UTC'"); err != nil {
+		return fmt.Errorf("set TimeZone: %w", err)
+	}
+	names, err := migrations.Names(ctx, conn)
+	if err != nil {
+		return err
+	}
+	switch {
+	case names == nil:
+		return errPermanent{errors.New("follow: the database is not a Lenkwerk copy (not migrated; run with migrate, or migrate it as a copy)")}
+	case !names.Copy:
+		return errPermanent{fmt.Errorf("follow: the database is a Lenkwerk source (publication %q), not a local copy: refusing to write to it", names.Publication)}
+	}
+	tables, err := f.resolve(ctx, conn)
+	if err != nil {
+		return err
+	}
+	r := newRouter(f.cfg.Prefix, tables)
+
+	store, rev, ok, err := loadCheckpoint(ctx, conn, f.cfg.Prefix)
+	if err != nil {
+		return err
+	}
+	switch {
+	case !ok:
+		f.log.Info("follow: no checkpoint, loading the store")
+		ok = false
+	case store != f.cfg.StoreName:
+		f.log.Info("follow: checkpoint is of another store, reconciling", "checkpoint_store", store, "store", f.cfg.StoreName)
+		ok = false
+	default:
+		// A store restored or replaced can be behind the checkpoint; a
+		// watch from the checkpoint would then wait for revisions that
+		// are not the ones applied.
+		_, cur, err := f.cfg.Store.List(ctx, f.cfg.Prefix+"/"+reservedProbe)
+		if err != nil {
+			return fmt.Errorf("read the store revision: %w", err)
+		}
+		if cur < rev {
+			f.log.Warn("follow: the store is behind the checkpoint (restored or replaced?), reconciling", "checkpoint", rev, "store_revision", cur)
+			ok = false
+		}
+	}
+	if !ok {
+		if rev, err = f.reconcile(ctx, conn, r); err != nil {
+			return err
+		}
+	} else {
+		f.revision.Store(rev)
+		f.log.Info("follow: resuming from checkpoint", "revision", rev)
+	}
+	for {
+		err := f.watch(ctx, conn, r, rev)
+		if !errors.Is(err, kvdriver.ErrCompacted) {
+			return err
+		}
+		f.log.Warn("follow: the store's history is compacted past our revision, reconciling", "revision", rev)
+		if rev, err = f.reconcile(ctx, conn, r); err != nil {
+			return err
+		}
+	}
+}
+
+// reservedProbe is a key under the agent's reserved subtree that is never
+// written: listing it is a cheap way to learn the store's revision.
+const reservedProbe = ".lenkwerk/follow-probe"
+
+// resolve finds the templates' tables; a template whose table is missing
+// or refused is logged (once) and its keys are then unknown.
+func (f *Follower) resolve(ctx context.Context, conn *pgx.Conn) ([]*table, error) {
+	var tables []*table
+	for _, tmpl := range f.mapper.Templates() {
+		t, err := resolveTable(ctx, conn, tmpl)
+		if err != nil {
+			if ctx.Err() != nil || conn.IsClosed() {
+				return nil, err
+			}
+			f.logOnce("table:"+tmpl.Table(), "follow: template unusable, its keys are skipped", "err", err)
+			continue
+		}
+		tables = append(tables, t)
+	}
+	if err := rankTables(ctx, conn, tables); err != nil {
+		return nil, err
+	}
+	return tables, nil
+}
+
+// logOnce logs an error the first time id is seen.
+func (f *Follower) logOnce(id, msg string, args ...any) {
+	f.mu.Lock()
+	seen := f.logged[id]
+	if !seen && len(f.logged) < maxLoggedKeys {
+		f.logged[id] = true
+	}
+	f.mu.Unlock()
+	if !seen {
+		f.log.Error(msg, args...)
+	}
+}
+
+// routeAll routes a revision's changes, coalesced per key (the last
+// wins), logging and counting what cannot be applied.
+func (f *Follower) routeAll(r *router, evs []kvdriver.Event) []op {
+	last := map[string]int{}
+	for i, ev := range evs {
+		last[ev.Key] = i
+	}
+	ops := make([]op, 0, len(evs))
+	for i, ev := range evs {
+		if last[ev.Key] != i {
+			continue
+		}
+		o, err := r.route(ev.Type, ev.Key, ev.Value)
+		if errors.Is(err, errIgnored) {
+			continue
+		}
+		if err != nil {
+			f.skipped.Add(1)
+			f.logOnce("key:"+ev.Key, "follow: key skipped", "key", ev.Key, "err", err)
+			continue
+		}
+		ops = append(ops, o)
+	}
+	return ops
+}
+
+// skip logs an op PostgreSQL refused.
+func (f *Follower) skip(o op, err error) {
+	f.skipped.Add(1)
+	f.log.Error("follow: change refused by the local table, skipped (the row keeps its previous value)", "key", o.key, "table", o.t.name, "err", err)
+}
+
+// watch applies the watch from rev on until an error.
+func (f *Follower) watch(ctx context.Context, conn *pgx.Conn, r *router, rev int64) error {
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	for resp := range f.cfg.Store.Watch(wctx, f.listPrefix(), rev) {
+		if resp.Err != nil {
+			return fmt.Errorf("watch from revision %d: %w", rev, resp.Err)
+		}
+		if resp.Revision <= rev && len(resp.Events) == 0 {
+			continue
+		}
+		if err := f.applyResponse(ctx, conn, r, resp); err != nil {
+			return err
+		}
+		rev = max(rev, resp.Revision)
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return fmt.Errorf("watch from revision %d ended", rev)
+}
+
+// applyResponse applies one watch response and its checkpoint in one
+// transaction, revision by revision.
+func (f *Follower) applyResponse(ctx context.Context, conn *pgx.Conn, r *router, resp kvdriver.WatchResponse) error {
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("begin: %w", err)
+	}
+	defer tx.Rollback(context.Background())
+	evs := resp.Events
+	for len(evs) > 0 {
+		n := 1
+		for n < len(evs) && evs[n].Revision == evs[0].Revision {
+			n++
+		}
+		if err := applyRevision(ctx, tx, f.routeAll(r, evs[:n]), f.skip); err != nil {
+			return fmt.Errorf("apply revision %d: %w", evs[0].Revision, err)
+		}
+		evs = evs[n:]
+	}
+	rev := resp.Revision
+	if k := len(resp.Events); k > 0 {
+		rev = max(rev, resp.Events[k-1].Revision)
+	}
+	if err := saveCheckpoint(ctx, tx, f.cfg.Prefix, f.cfg.StoreName, rev); err != nil {
+		return err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("commit revision %d: %w", rev, err)
+	}
+	f.revision.Store(rev)
+	f.log.Debug("follow: applied", "revision", rev, "events", len(resp.Events))
+	return nil
+}

@@ -1,0 +1,390 @@
+package follow_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/bagger/lenkwerk/agent/follow"
+	"github.com/bagger/lenkwerk/agent/keymap"
+	"github.com/bagger/lenkwerk/integration/pgtest"
+	"github.com/bagger/lenkwerk/kvdriver"
+	_ "github.com/bagger/lenkwerk/kvdriver/mem"
+	"github.com/jackc/pgx/v5"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m) }
+
+func testContext(t *testing.T) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// logBuffer collects a follower's logs.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *logBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *logBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// env is a local copy, a store and a running follower.
+type env struct {
+	t      *testing.T
+	ctx    context.Context
+	local  string
+	db     *pgx.Conn
+	store  kvdriver.Store
+	cfg    follow.Config
+	f      *follow.Follower
+	logs   *logBuffer
+	stop   func()
+	runErr error
+}
+
+func newEnv(t *testing.T, storeURL string, cfg follow.Config) *env {
+	t.Helper()
+	ctx := testContext(t)
+	if storeURL == "" {
+		storeURL = "mem://"
+	}
+	store, err := kvdriver.Open(ctx, storeURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	e := &env{t: t, ctx: ctx, store: store, logs: &logBuffer{}}
+	e.local = pgtest.NewDatabase(t)
+	cfg.DatabaseURL = e.local
+	cfg.Store = store
+	cfg.StoreName = kvdriver.Redact(storeURL)
+	cfg.Migrate = true
+	cfg.Logger = slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	cfg.MinBackoff = 20 * time.Millisecond
+	cfg.MaxBackoff = 200 * time.Millisecond
+	e.cfg = cfg
+	return e
+}
+
+// start runs a new follower until stop.
+func (e *env) start() {
+	e.t.Helper()
+	f, err := follow.New(e.cfg)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.f = f
+	ctx, cancel := context.WithCancel(e.ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		e.runErr = f.Run(ctx)
+	}()
+	e.stop = func() {
+		cancel()
+		<-done
+		if e.runErr != nil {
+			e.t.Errorf("Run: %v", e.runErr)
+		}
+		e.stop = nil
+	}
+	e.t.Cleanup(func() {
+		if e.stop != nil {
+			e.stop()
+		}
+	})
+}
+
+// conn is a connection to the local copy (after the follower migrated it).
+func (e *env) conn() *pgx.Conn {
+	e.t.Helper()
+	if e.db == nil {
+		c, err := pgx.Connect(e.ctx, e.local)
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		e.t.Cleanup(func() { c.Close(context.Background()) })
+		e.db = c
+	}
+	return e.db
+}
+
+func (e *env) apply(ops ...kvdriver.Op) int64 {
+	e.t.Helper()
+	rev, err := e.store.Apply(e.ctx, ops)
+	if err != nil {
+		e.t.Fatalf("Apply: %v", err)
+	}
+	return rev
+}
+
+func put(key string, row any) kvdriver.Op {
+	b, err := json.Marshal(row)
+	if err != nil {
+		panic(err)
+	}
+	return kvdriver.Put(key, b)
+}
+
+// storeRevision is the store's current revision.
+func (e *env) storeRevision() int64 {
+	e.t.Helper()
+	_, rev, err := e.store.List(e.ctx, "/no/such/key")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return rev
+}
+
+// caughtUp waits until the follower has applied the store's current
+// revision.
+func (e *env) caughtUp() {
+	e.t.Helper()
+	want := e.storeRevision()
+	deadline := time.Now().Add(30 * time.Second)
+	for e.f.Status().Revision < want {
+		if time.Now().After(deadline) {
+			e.t.Fatalf("follower at revision %d, store at %d after 30s; logs:\n%s", e.f.Status().Revision, want, e.logs)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// equal checks that every row of the templates' tables is, as to_jsonb,
+// the store's value under its key, and that every store key of a template
+// has its row.
+func (e *env) equal(skip ...string) {
+	e.t.Helper()
+	m, err := keymap.New(e.cfg.Prefix, e.cfg.Templates)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	want := map[string]string{}
+	kvs, _, err := e.store.List(e.ctx, "/")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	templates := m.Templates()
+	for _, kv := range kvs {
+		for _, tm := range templates {
+			if tm.Match(kv.Key) && !contains(skip, kv.Key) {
+				want[kv.Key] = string(kv.Value)
+				break
+			}
+		}
+	}
+	got := map[string]string{}
+	for _, tm := range templates {
+		if contains(skip, "table:"+tm.Table()) {
+			continue
+		}
+		schema, name, _ := strings.Cut(tm.Table(), ".")
+		rows, err := e.conn().Query(e.ctx, "SELECT to_jsonb(t)::text FROM ONLY "+pgx.Identifier{schema, name}.Sanitize()+" t")
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		vals, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		for _, v := range vals {
+			var row map[string]json.RawMessage
+			if err := json.Unmarshal([]byte(v), &row); err != nil {
+				e.t.Fatal(err)
+			}
+			k, err := tm.Key(row)
+			if err != nil {
+				e.t.Fatalf("local row of %s without key: %s", tm.Table(), v)
+			}
+			if _, dup := got[k]; dup {
+				e.t.Errorf("two local rows for %s", k)
+			}
+			got[k] = v
+		}
+	}
+	var diffs []string
+	for k, w := range want {
+		g, ok := got[k]
+		switch {
+		case !ok:
+			diffs = append(diffs, "missing locally: "+k)
+		case !jsonEqual(w, g):
+			diffs = append(diffs, fmt.Sprintf("%s: local %s, store %s", k, g, w))
+		}
+	}
+	for k := range got {
+		if _, ok := want[k]; !ok {
+			diffs = append(diffs, "not in the store: "+k)
+		}
+	}
+	sort.Strings(diffs)
+	if len(diffs) > 0 {
+		e.t.Fatalf("local copy differs from the store:\n%s\nlogs:\n%s", strings.Join(diffs, "\n"), e.logs)
+	}
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func jsonEqual(a, b string) bool {
+	var x, y any
+	if json.Unmarshal([]byte(a), &x) != nil || json.Unmarshal([]byte(b), &y) != nil {
+		return false
+	}
+	xa, _ := json.Marshal(x)
+	ya, _ := json.Marshal(y)
+	return bytes.Equal(xa, ya)
+}
+
+func (e *env) count(sql string, args ...any) int {
+	e.t.Helper()
+	var n int
+	if err := e.conn().QueryRow(e.ctx, sql, args...).Scan(&n); err != nil {
+		e.t.Fatalf("%s: %v", sql, err)
+	}
+	return n
+}
+
+// Rows as to_jsonb gives them for the Lenkwerk tables.
+type (
+	row = map[string]any
+)
+
+func config(id int, key string, value any) row { return row{"id": id, "key": key, "value": value} }
+
+func instance(id int, host string, port, status int) row {
+	return row{"id": id, "host": host, "port": port, "username": "bagger", "status": status}
+}
+
+func servermap(id int, gen int) row { return row{"id": id, "server_map": row{"gen": gen}} }
+
+func dimension(id, ord int, field string) row {
+	return row{"valid_from": "-infinity", "valid_until": "infinity", "id": id, "ordinality": ord, "default_val": "notexist", "fieldname": field}
+}
+
+func index(id int, name, am string) row {
+	return row{"valid_from": "-infinity", "valid_until": "infinity", "id": id, "indexname": name, "access_method": am, "tablespc": "pg_default"}
+}
+
+func field(id, indexID, ord int, expr string) row {
+	return row{"valid_from": "-infinity", "valid_until": "2030-01-01T00:00:00", "id": id, "index_id": indexID, "ordinality": ord, "expression": expr}
+}
+
+// baseline is a small cluster state.
+func baseline(prefix string) []kvdriver.Op {
+	return []kvdriver.Op{
+		put(prefix+"/Config/kvstore_type", config(1, "kvstore_type", "etcd")),
+		put(prefix+"/Config/a%2Fb", config(2, "a/b", row{"nested": []any{1, "x", nil}})),
+		put(prefix+"/PostgresInstance/db1/5432", instance(1, "db1", 5432, 3)),
+		put(prefix+"/PostgresInstance/db2/5432", instance(2, "db2", 5432, 0)),
+		put(prefix+"/Servermap", servermap(3, 3)),
+		put(prefix+"/Dimension/1", dimension(1, 0, "host")),
+		put(prefix+"/Dimension/2", dimension(2, 1, "app")),
+		put(prefix+"/Index/1", index(1, "by_host", "btree")),
+		put(prefix+"/Index/2", index(2, "by_app", "gin")),
+		put(prefix+"/Index/1/10", field(10, 1, 0, "host")),
+		put(prefix+"/Index/1/11", field(11, 1, 1, "lower(app)")),
+		put(prefix+"/.lenkwerk/checkpoint/lw_agent", row{"lsn": "0/16B3748"}),
+	}
+}
+
+func TestLoadAndFollow(t *testing.T) {
+	e := newEnv(t, "", follow.Config{})
+	e.apply(baseline("")...)
+	e.start()
+	e.caughtUp()
+	e.equal()
+
+	steps := []struct {
+		name string
+		ops  []kvdriver.Op
+	}{
+		{"new rows", []kvdriver.Op{
+			put("/Config/x", config(3, "x", 1)),
+			put("/Index/3", index(3, "by_level", "hash")),
+			put("/Index/3/12", field(12, 3, 0, "level")),
+		}},
+		{"update in place, parent with children", []kvdriver.Op{
+			put("/Index/1", index(1, "by_host", "gist")),
+			put("/PostgresInstance/db2/5432", instance(2, "db2", 5432, 3)),
+		}},
+		{"move a field to another index", []kvdriver.Op{
+			kvdriver.Delete("/Index/1/11"),
+			put("/Index/2/11", field(11, 2, 0, "lower(app)")),
+		}},
+		{"instance port change keeps its unique id", []kvdriver.Op{
+			kvdriver.Delete("/PostgresInstance/db1/5432"),
+			put("/PostgresInstance/db1/5433", instance(1, "db1", 5433, 3)),
+		}},
+		{"dimension inserted first (deferred ordinality)", []kvdriver.Op{
+			put("/Dimension/3", dimension(3, 0, "tenant")),
+			put("/Dimension/1", dimension(1, 1, "host")),
+			put("/Dimension/2", dimension(2, 2, "app")),
+		}},
+		{"dimensions swap their names (unique, not deferrable)", []kvdriver.Op{
+			put("/Dimension/1", dimension(1, 1, "app")),
+			put("/Dimension/2", dimension(2, 2, "host")),
+		}},
+		{"config recreated with a new id", []kvdriver.Op{
+			put("/Config/x", config(4, "x", 2)),
+		}},
+		{"index deleted with its fields", []kvdriver.Op{
+			kvdriver.Delete("/Index/3"),
+			kvdriver.Delete("/Index/3/12"),
+		}},
+		{"new servermap generation", []kvdriver.Op{
+			put("/Servermap", servermap(4, 4)),
+		}},
+		{"newest generation deleted", []kvdriver.Op{
+			put("/Servermap", servermap(3, 3)),
+		}},
+		{"servermap emptied", []kvdriver.Op{
+			kvdriver.Delete("/Servermap"),
+		}},
+	}
+	for _, s := range steps {
+		e.apply(s.ops...)
+		e.caughtUp()
+		t.Run(s.name, func(t *testing.T) { e.equal() })
+	}
+	// Several revisions in one go, and deletes of absent keys.
+	e.apply(put("/Config/y", config(5, "y", true)))
+	e.apply(kvdriver.Delete("/Config/y"), put("/Config/z", config(6, "z", "s")))
+	e.apply(put("/Config/y", config(7, "y", false)))
+	e.caughtUp()
+	e.equal()
+	if n := e.count(`SELECT count(*) FROM storage.servermap`); n != 0 {
+		t.Fatalf("servermap has %d rows after its key was deleted", n)
+	}
+	if s := e.f.Status(); s.Skipped != 0 {
+		t.Fatalf("skipped %d changes; logs:\n%s", s.Skipped, e.logs)
+	}
+	if strings.Contains(e.logs.String(), "checkpoint/lw_agent") {
+		t.Fatalf("the agent's reserved key was logged:\n%s", e.logs)
+	}
+}
