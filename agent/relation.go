@@ -37,7 +37,7 @@ type tableInfo struct {
 	// From the publication (publishedTables):
 	rowFilter   *string // the publication's WHERE for the table
 	partitioned bool    // a partition root: read its partitions too
-	shape       string  // hash of the columns and their types
+	shape       string  // hash of the columns, their types and the row filter
 	// From the table (loadTableInfo):
 	identity  byte
 	pk        []string // primary key columns, key order
@@ -88,8 +88,9 @@ func loadTableInfo(ctx context.Context, q querier, t tableInfo) (tableInfo, erro
 
 const publishedSQL = `
 SELECT pt.schemaname::text, pt.tablename::text, pt.rowfilter, c.relkind = 'p',
-  (SELECT md5(string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod), ', ' ORDER BY a.attnum))
-     FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped)
+  md5(coalesce((SELECT string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod), ', ' ORDER BY a.attnum)
+         FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '')
+      || coalesce(' WHERE ' || pt.rowfilter, ''))
 FROM pg_publication_tables pt
 JOIN pg_namespace n ON n.nspname = pt.schemaname
 JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename
