@@ -346,7 +346,7 @@ func TestRowFilter(t *testing.T) {
 	e.exec(`ALTER PUBLICATION bagger_lw_storage ADD TABLE storage.extra WHERE (id > 10)`)
 	e.run(e.config())
 	e.converged(converge.Options{})
-	e.exec(`UPDATE storage.extra SET id = -id WHERE id IN (12, 13)`) // out of the filter
+	e.exec(`UPDATE storage.extra SET id = -id WHERE id IN (12, 13)`)    // out of the filter
 	e.exec(`UPDATE storage.extra SET id = id + 100 WHERE id IN (2, 3)`) // into it
 	e.converged(converge.Options{})
 	tx, err := e.db.Begin(context.Background())
