@@ -79,8 +79,11 @@
 // Every failure ends the session; Run logs it and reconnects after a capped,
 // jittered exponential backoff, resuming from the store's checkpoint. A
 // store that fails is retried in place (with status updates) without
-// dropping the replication connection. "replication slot … is active for
-// PID …" (another agent) is waited out. A table without a usable replica
+// dropping the replication connection. One agent per slot works at a time:
+// a session holds a PostgreSQL advisory lock (keys 0x4c57, hashtext(slot))
+// from before the initial copy, since the slot itself is released between
+// its creation and START_REPLICATION; a second agent, like one that meets
+// "replication slot … is active for PID …", waits and retries. A table without a usable replica
 // identity, a value beyond the store's limits or an unsupported type is an
 // error naming the table and the key: the agent stops advancing, logs and
 // retries, and never skips a change. When ctx is cancelled (SIGTERM) the

@@ -16,6 +16,10 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 )
 
+// advisoryLockSpace is the first key of the agents' advisory locks
+// ("LW"); the second is hashtext(slot).
+const advisoryLockSpace = 0x4c57
+
 // relError is a relation that cannot be mirrored: the error is raised
 // when one of its changes must be applied.
 type relError struct {
@@ -88,6 +92,22 @@ func (a *Agent) openSession(ctx context.Context) (*session, error) {
 	if err != nil {
 		conn.Close(context.Background())
 		return nil, fmt.Errorf("open replication connection: %w", err)
+	}
+	// One agent per slot at a time, from the initial copy on: PostgreSQL
+	// releases a slot between CREATE_REPLICATION_SLOT and
+	// START_REPLICATION, so two agents could otherwise drop and recreate
+	// it under each other and interleave their copies. The session lock
+	// goes with the connection, also when the agent is killed.
+	var locked bool
+	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1, hashtext($2))`, advisoryLockSpace, a.cfg.Slot).Scan(&locked); err != nil {
+		conn.Close(context.Background())
+		repl.Close(context.Background())
+		return nil, fmt.Errorf("take the agent lock of slot %s: %w", a.cfg.Slot, err)
+	}
+	if !locked {
+		conn.Close(context.Background())
+		repl.Close(context.Background())
+		return nil, &pgconn.PgError{Severity: "ERROR", Code: "55006", Message: fmt.Sprintf("replication slot %q is used by another Lenkwerk agent (it holds the agent's advisory lock)", a.cfg.Slot)}
 	}
 	for _, c := range []*pgconn.PgConn{conn.PgConn(), repl} {
 		if err := pgjson.CheckParameterStatus(c.ParameterStatus); err != nil {
