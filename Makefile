@@ -6,7 +6,13 @@ LDFLAGS     := -s -w -X main.version=$(VERSION)
 PKGS        := ./...
 TESTFLAGS   ?= -count=1 -timeout 40m
 BENCHFLAGS  ?= -count=1 -timeout 60m
-AGENT_IMAGE ?= lenkwerk/agent:dev
+# Images (docker/build-images.sh; the container tests read the same names).
+# Point them at a registry's images, e.g. LENKWERK_PG_IMAGE=postgres:16;
+# only names containing "lenkwerk" are built here.
+LENKWERK_AGENT_IMAGE ?= lenkwerk/agent:dev
+LENKWERK_ETCD_IMAGE  ?= lenkwerk/etcd:dev
+LENKWERK_PG_IMAGE    ?= lenkwerk/postgres:15
+export LENKWERK_AGENT_IMAGE LENKWERK_ETCD_IMAGE LENKWERK_PG_IMAGE
 
 .PHONY: all build test lint bench fuzz images clean
 
@@ -41,10 +47,10 @@ fuzz:
 		$(GO) test -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) $$pkg; \
 	done
 
-# The agent image (FROM scratch: no registry needed).
-images: build
-	cp $(BIN) docker/agent/lenkwerk
-	docker build -t $(AGENT_IMAGE) docker/agent; rc=$$?; rm -f docker/agent/lenkwerk; exit $$rc
+# The agent, etcd and PostgreSQL images, built without a registry; an image
+# whose inputs did not change is kept (FORCE=1 rebuilds).
+images:
+	docker/build-images.sh $(if $(FORCE),-f)
 
 clean:
 	rm -rf bin

@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# Builds the images the container tests (integration/containers) and
+# docker/compose.yaml use, from what this machine can reach without a
+# registry: the Go module proxy and Debian's package mirror.
+#
+#   docker/build-images.sh [-f]
+#
+#   LENKWERK_AGENT_IMAGE  (lenkwerk/agent:dev)    FROM scratch + static lenkwerk
+#   LENKWERK_ETCD_IMAGE   (lenkwerk/etcd:dev)     FROM scratch + docker/etcd
+#   LENKWERK_PG_IMAGE     (lenkwerk/postgres:15)  debootstrap'ed bookworm + postgresql-15
+#
+# An image is built only when its name contains "lenkwerk"; any other name
+# (postgres:16, quay.io/coreos/etcd:v3.5.17) is left to Docker to pull.
+# Idempotent: an image whose inputs (binary, Dockerfile, entrypoint, package
+# list) are unchanged is kept; -f or LENKWERK_FORCE_IMAGES=1 rebuilds. The
+# Debian root filesystem is cached in $LENKWERK_IMAGE_CACHE (docker/.cache),
+# so even a forced rebuild does not run debootstrap again (delete the cache
+# for that). Parallel runs (several test binaries) wait for each other.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+force=${LENKWERK_FORCE_IMAGES:-0}
+if [ "${1:-}" = -f ]; then force=1; fi
+AGENT_IMAGE=${LENKWERK_AGENT_IMAGE:-lenkwerk/agent:dev}
+ETCD_IMAGE=${LENKWERK_ETCD_IMAGE:-lenkwerk/etcd:dev}
+PG_IMAGE=${LENKWERK_PG_IMAGE:-lenkwerk/postgres:15}
+cache=${LENKWERK_IMAGE_CACHE:-$root/docker/.cache}
+GO=${GO:-go}
+command -v "$GO" >/dev/null || GO=/usr/local/go/bin/go
+export DOCKER_BUILDKIT=0 # the classic builder resolves FROM locally, never pulls
+
+mkdir -p "$cache"
+exec 9>"$cache/build.lock"
+flock 9
+
+log() { printf 'build-images: %s\n' "$*" >&2; }
+ours() { case "$1" in *lenkwerk*) return 0 ;; esac; return 1; }
+sum() { cat "$@" | sha256sum | cut -c1-16; }
+# current IMAGE HASH: is IMAGE present, built from inputs hashing to HASH?
+current() {
+	[ "$force" = 1 ] && return 1
+	local got
+	got=$(docker image inspect -f '{{index .Config.Labels "org.lenkwerk.inputs"}}' "$1" 2>/dev/null) || return 1
+	[ "$got" = "$2" ]
+}
+# gobuild OUT PKG [LDFLAGS]: a static binary.
+gobuild() {
+	CGO_ENABLED=0 "$GO" build -trimpath -ldflags "-s -w ${3:-}" -o "$1" "$2"
+}
+# dbuild ARGS…: docker build, quiet unless it fails (the classic builder
+# prints a deprecation notice every time).
+dbuild() {
+	local out
+	out=$(docker build "$@" 2>&1) || { printf '%s\n' "$out" >&2; return 1; }
+}
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+# agent: rebuilt whenever the binary differs, so tests run today's agent.
+if ours "$AGENT_IMAGE"; then
+	start=$SECONDS
+	mkdir "$tmp/agent"
+	gobuild "$tmp/agent/lenkwerk" ./agent/cmd/lenkwerk "-X main.version=container"
+	cp docker/agent/Dockerfile "$tmp/agent/"
+	h=$(sum "$tmp/agent/lenkwerk" "$tmp/agent/Dockerfile")
+	if current "$AGENT_IMAGE" "$h"; then
+		log "$AGENT_IMAGE is current"
+	else
+		dbuild --label "org.lenkwerk.inputs=$h" -t "$AGENT_IMAGE" "$tmp/agent"
+		log "$AGENT_IMAGE built in $((SECONDS - start))s"
+	fi
+fi
+
+if ours "$ETCD_IMAGE"; then
+	start=$SECONDS
+	mkdir -p "$tmp/etcd/data"
+	gobuild "$tmp/etcd/etcd" ./docker/etcd
+	cp docker/etcd/Dockerfile "$tmp/etcd/"
+	h=$(sum "$tmp/etcd/etcd" "$tmp/etcd/Dockerfile")
+	if current "$ETCD_IMAGE" "$h"; then
+		log "$ETCD_IMAGE is current"
+	else
+		dbuild --label "org.lenkwerk.inputs=$h" -t "$ETCD_IMAGE" "$tmp/etcd"
+		log "$ETCD_IMAGE built in $((SECONDS - start))s"
+	fi
+fi
+
+# PostgreSQL: debootstrap (cached tarball) → docker import → Dockerfile.
+PG_PACKAGES=postgresql-15,postgresql-client-15
+if ours "$PG_IMAGE"; then
+	start=$SECONDS
+	h=$(sum docker/postgres/Dockerfile docker/postgres/entrypoint.sh <(echo "$PG_PACKAGES"))
+	if current "$PG_IMAGE" "$h"; then
+		log "$PG_IMAGE is current"
+	else
+		rootfs_tag=$(echo "$PG_PACKAGES" | sha256sum | cut -c1-12)
+		base=lenkwerk/pg-rootfs:bookworm-$rootfs_tag
+		tarball=$cache/pg-rootfs-bookworm-$rootfs_tag.tar
+		if ! docker image inspect "$base" >/dev/null 2>&1; then
+			if [ ! -s "$tarball" ]; then
+				if ! command -v debootstrap >/dev/null; then
+					log "installing debootstrap"
+					DEBIAN_FRONTEND=noninteractive apt-get update -qq
+					DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap >/dev/null
+				fi
+				log "debootstrap bookworm with $PG_PACKAGES (a few minutes, once)"
+				rfs=$cache/rootfs.tmp
+				rm -rf "$rfs"
+				debootstrap --variant=minbase --include="$PG_PACKAGES" bookworm "$rfs" http://deb.debian.org/debian >"$cache/debootstrap.log" 2>&1 ||
+					{ tail -20 "$cache/debootstrap.log" >&2; exit 1; }
+				# The package's own cluster and caches are dead weight.
+				rm -rf "$rfs"/var/lib/postgresql/15 "$rfs"/etc/postgresql/15 \
+					"$rfs"/var/cache/apt/* "$rfs"/var/lib/apt/lists/* \
+					"$rfs"/usr/share/doc "$rfs"/usr/share/man "$rfs"/usr/share/info
+				find "$rfs"/usr/share/locale -mindepth 1 -maxdepth 1 ! -name 'locale.alias' -exec rm -rf {} + 2>/dev/null || true
+				tar -C "$rfs" -cf "$tarball.tmp" .
+				mv "$tarball.tmp" "$tarball"
+				rm -rf "$rfs"
+			fi
+			docker import "$tarball" "$base" >/dev/null
+		fi
+		dbuild --build-arg "BASE=$base" --label "org.lenkwerk.inputs=$h" -t "$PG_IMAGE" docker/postgres
+		log "$PG_IMAGE built in $((SECONDS - start))s"
+	fi
+fi

@@ -1,0 +1,284 @@
+package containers
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/moby/moby/api/types/network"
+	"github.com/moby/moby/client"
+	"github.com/testcontainers/testcontainers-go"
+	tclog "github.com/testcontainers/testcontainers-go/log"
+	tcnetwork "github.com/testcontainers/testcontainers-go/network"
+)
+
+// Network is a Docker network of its own for one stack; its containers
+// reach each other by name.
+type Network struct {
+	nw *testcontainers.DockerNetwork
+}
+
+// NewNetwork creates a network that tb's Cleanup removes (after the
+// containers on it, which are registered later and so removed first).
+func NewNetwork(tb testing.TB) *Network {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	nw, err := tcnetwork.New(ctx, tcnetwork.WithLabels(map[string]string{"org.lenkwerk.test": tb.Name()}))
+	testcontainers.CleanupNetwork(tb, nw)
+	if err != nil {
+		tb.Fatalf("create network: %v", err)
+	}
+	return &Network{nw: nw}
+}
+
+// Name is the network's Docker name.
+func (n *Network) Name() string { return n.nw.Name }
+
+// Container is one container of a stack, known on its network by Name.
+type Container struct {
+	tb   testing.TB
+	Name string
+	nw   *Network
+	ctr  *testcontainers.DockerContainer
+}
+
+// run creates and starts a container on nw under the network alias name;
+// tb's Cleanup removes it (killing it at once) and, when the test failed,
+// logs the end of its output first.
+func run(tb testing.TB, nw *Network, name, image string, opts ...testcontainers.ContainerCustomizer) *Container {
+	tb.Helper()
+	c, err := start(tb, nw, name, image, opts...)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return c
+}
+
+// start is run without failing tb, for use from other goroutines.
+func start(tb testing.TB, nw *Network, name, image string, opts ...testcontainers.ContainerCustomizer) (*Container, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	opts = append([]testcontainers.ContainerCustomizer{
+		tcnetwork.WithNetwork([]string{name}, nw.nw),
+		testcontainers.WithLabels(map[string]string{"org.lenkwerk.test": tb.Name()}),
+		testcontainers.WithLogger(tclog.TestLogger(tb)),
+	}, opts...)
+	ctr, err := testcontainers.Run(ctx, image, opts...)
+	// Registered even when Run failed: a created container is removed too.
+	tb.Cleanup(func() {
+		if ctr == nil {
+			return
+		}
+		if err := testcontainers.TerminateContainer(ctr, testcontainers.StopTimeout(0)); err != nil {
+			tb.Errorf("remove container %s: %v", name, err)
+		}
+	})
+	c := &Container{tb: tb, Name: name, nw: nw, ctr: ctr}
+	if ctr != nil {
+		tb.Cleanup(func() {
+			if tb.Failed() {
+				tb.Logf("--- last output of container %s:\n%s", name, c.tail(40))
+			}
+		})
+	}
+	if err != nil {
+		return nil, fmt.Errorf("start container %s (%s): %w", name, image, err)
+	}
+	return c, nil
+}
+
+// ID is the Docker container ID.
+func (c *Container) ID() string { return c.ctr.GetContainerID() }
+
+// Endpoint returns the host:port the host reaches the container's port
+// (e.g. "5432/tcp") at. It is read afresh: a restarted container has new
+// host ports.
+func (c *Container) Endpoint(ctx context.Context, port string) (string, error) {
+	host, err := c.ctr.Host(ctx)
+	if err != nil {
+		return "", fmt.Errorf("%s: host: %w", c.Name, err)
+	}
+	p, err := c.ctr.MappedPort(ctx, port)
+	if err != nil {
+		return "", fmt.Errorf("%s: mapped port %s: %w", c.Name, port, err)
+	}
+	return net.JoinHostPort(host, p.Port()), nil
+}
+
+// Stop stops the container, killing it after timeout.
+func (c *Container) Stop(ctx context.Context, timeout time.Duration) error {
+	if err := c.ctr.Stop(ctx, &timeout); err != nil {
+		return fmt.Errorf("stop %s: %w", c.Name, err)
+	}
+	return nil
+}
+
+// Kill sends SIGKILL; Start runs the container again.
+func (c *Container) Kill(ctx context.Context) error {
+	cli, err := dockerClient(ctx)
+	if err != nil {
+		return err
+	}
+	if _, err := cli.ContainerKill(ctx, c.ID(), client.ContainerKillOptions{Signal: "KILL"}); err != nil {
+		return fmt.Errorf("kill %s: %w", c.Name, err)
+	}
+	// Kill returns once the signal is sent: wait for the exit.
+	return waitFor(ctx, 30*time.Second, c.Name+" exited", func(ctx context.Context) (bool, error) {
+		running, err := c.Running(ctx)
+		return !running, err
+	})
+}
+
+// Start starts a stopped or killed container. Its host ports change.
+func (c *Container) Start(ctx context.Context) error {
+	if err := c.ctr.Start(ctx); err != nil {
+		return fmt.Errorf("start %s: %w", c.Name, err)
+	}
+	return nil
+}
+
+// Running reports whether the container runs; a container that exited
+// says so with its exit code in the error of Exited.
+func (c *Container) Running(ctx context.Context) (bool, error) {
+	st, err := c.ctr.State(ctx)
+	if err != nil {
+		return false, fmt.Errorf("state of %s: %w", c.Name, err)
+	}
+	return st.Running, nil
+}
+
+// ExitCode waits for the container to exit and returns its exit code.
+func (c *Container) ExitCode(ctx context.Context) (int, error) {
+	code := -1
+	err := waitFor(ctx, 5*time.Minute, c.Name+" exited", func(ctx context.Context) (bool, error) {
+		st, err := c.ctr.State(ctx)
+		if err != nil {
+			return false, err
+		}
+		if st.Running || st.Status == "created" {
+			return false, nil
+		}
+		code = st.ExitCode
+		return true, nil
+	})
+	return code, err
+}
+
+// Disconnect takes the container off its network: its connections hang
+// and it reaches no one, as in a network partition. Connect heals it.
+func (c *Container) Disconnect(ctx context.Context) error {
+	cli, err := dockerClient(ctx)
+	if err != nil {
+		return err
+	}
+	_, err = cli.NetworkDisconnect(ctx, c.nw.nw.ID, client.NetworkDisconnectOptions{Container: c.ID(), Force: true})
+	if err != nil {
+		return fmt.Errorf("disconnect %s: %w", c.Name, err)
+	}
+	return nil
+}
+
+// Connect puts a disconnected container back on its network, under its name.
+func (c *Container) Connect(ctx context.Context) error {
+	cli, err := dockerClient(ctx)
+	if err != nil {
+		return err
+	}
+	_, err = cli.NetworkConnect(ctx, c.nw.nw.ID, client.NetworkConnectOptions{
+		Container:      c.ID(),
+		EndpointConfig: &network.EndpointSettings{Aliases: []string{c.Name}},
+	})
+	if err != nil {
+		return fmt.Errorf("connect %s: %w", c.Name, err)
+	}
+	return nil
+}
+
+// Logs returns the container's output so far, stdout and stderr together.
+func (c *Container) Logs(ctx context.Context) ([]byte, error) {
+	rc, err := c.ctr.Logs(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("logs of %s: %w", c.Name, err)
+	}
+	defer rc.Close()
+	b, err := io.ReadAll(rc)
+	if err != nil && len(b) == 0 {
+		return nil, fmt.Errorf("logs of %s: %w", c.Name, err)
+	}
+	return b, nil
+}
+
+// tail returns the last n lines of the container's output.
+func (c *Container) tail(n int) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	b, err := c.Logs(ctx)
+	if err != nil {
+		return err.Error()
+	}
+	var lines []string
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	sc.Buffer(make([]byte, 64*1024), 1<<20)
+	for sc.Scan() {
+		lines = append(lines, sc.Text())
+	}
+	if len(lines) > n {
+		lines = append([]string{fmt.Sprintf("[… %d lines]", len(lines)-n)}, lines[len(lines)-n:]...)
+	}
+	return strings.Join(lines, "\n")
+}
+
+var (
+	cliOnce sync.Once
+	cli     *testcontainers.DockerClient
+	cliErr  error
+)
+
+// dockerClient is one Docker client for the test binary, for what the
+// container API lacks (kill, network connect and disconnect).
+func dockerClient(ctx context.Context) (*testcontainers.DockerClient, error) {
+	cliOnce.Do(func() {
+		cli, cliErr = testcontainers.NewDockerClientWithOpts(ctx)
+	})
+	if cliErr != nil {
+		return nil, fmt.Errorf("docker client: %w", cliErr)
+	}
+	return cli, nil
+}
+
+// waitFor polls cond until it is true, it fails for good (ctx), or timeout
+// passes; the last error is in the timeout's error.
+func waitFor(ctx context.Context, timeout time.Duration, what string, cond func(context.Context) (bool, error)) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	pause := 20 * time.Millisecond
+	var last error
+	for {
+		ok, err := cond(ctx)
+		if ok && err == nil {
+			return nil
+		}
+		if err != nil {
+			last = err
+		}
+		select {
+		case <-ctx.Done():
+			if last != nil {
+				return fmt.Errorf("waiting for %s: %w (last error: %v)", what, ctx.Err(), last)
+			}
+			return fmt.Errorf("waiting for %s: %w", what, ctx.Err())
+		case <-time.After(pause):
+		}
+		if pause < 500*time.Millisecond {
+			pause *= 2
+		}
+	}
+}

@@ -1,0 +1,115 @@
+package containers
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/testcontainers/testcontainers-go"
+)
+
+// Postgres is a PostgreSQL container with wal_level=logical whose database
+// Database exists. Host access is by trust (tests only): any role may log
+// in without a password, from the host or the network.
+type Postgres struct {
+	*Container
+	Database string
+}
+
+// DefaultDatabase is the database a Postgres container creates.
+const DefaultDatabase = "lenkwerk"
+
+// StartPostgres runs PostgreSQL on nw as "postgres" and waits until it
+// accepts connections.
+func StartPostgres(tb testing.TB, nw *Network, img Images) *Postgres {
+	tb.Helper()
+	c := run(tb, nw, "postgres", img.Postgres,
+		testcontainers.WithEnv(map[string]string{
+			"POSTGRES_DB":               DefaultDatabase,
+			"POSTGRES_HOST_AUTH_METHOD": "trust",
+		}),
+		// The official image needs wal_level on its command line; ours has
+		// it in its configuration too. Short timeouts make a lost agent
+		// connection visible to the server soon.
+		testcontainers.WithCmd("postgres", "-c", "wal_level=logical", "-c", "max_wal_senders=10", "-c", "max_replication_slots=10",
+			"-c", "wal_sender_timeout=10s", "-c", "fsync=off"),
+		testcontainers.WithExposedPorts("5432/tcp"),
+	)
+	p := &Postgres{Container: c, Database: DefaultDatabase}
+	if err := p.WaitReady(context.Background()); err != nil {
+		tb.Fatal(err)
+	}
+	return p
+}
+
+// URL is the host's URL of database db as user ("" for the superuser
+// postgres), on the current host port.
+func (p *Postgres) URL(ctx context.Context, db, user string) (string, error) {
+	ep, err := p.Endpoint(ctx, "5432/tcp")
+	if err != nil {
+		return "", err
+	}
+	return pgURL(ep, db, user), nil
+}
+
+// InternalURL is the URL containers on the network use.
+func (p *Postgres) InternalURL(db, user string) string {
+	return pgURL(p.Name+":5432", db, user)
+}
+
+func pgURL(hostPort, db, user string) string {
+	if user == "" {
+		user = "postgres"
+	}
+	return fmt.Sprintf("postgres://%s@%s/%s?sslmode=disable", user, hostPort, db)
+}
+
+// WaitReady waits until the server answers a query from the host.
+func (p *Postgres) WaitReady(ctx context.Context) error {
+	return waitFor(ctx, 90*time.Second, "PostgreSQL in "+p.Name+" to accept connections", func(ctx context.Context) (bool, error) {
+		u, err := p.URL(ctx, p.Database, "")
+		if err != nil {
+			return false, err
+		}
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		conn, err := pgx.Connect(cctx, u)
+		if err != nil {
+			return false, err
+		}
+		defer conn.Close(context.Background())
+		_, err = conn.Exec(cctx, "SELECT 1")
+		return err == nil, err
+	})
+}
+
+// Restart stops PostgreSQL (a fast shutdown, then a kill after timeout),
+// starts it again and waits until it accepts connections.
+func (p *Postgres) Restart(ctx context.Context, timeout time.Duration) error {
+	if err := p.Stop(ctx, timeout); err != nil {
+		return err
+	}
+	if err := p.Start(ctx); err != nil {
+		return err
+	}
+	return p.WaitReady(ctx)
+}
+
+// Exec runs sql as the superuser in db.
+func (p *Postgres) Exec(ctx context.Context, db, sql string, args ...any) error {
+	u, err := p.URL(ctx, db, "")
+	if err != nil {
+		return err
+	}
+	conn, err := pgx.Connect(ctx, u)
+	if err != nil {
+		return fmt.Errorf("connect to %s: %w", db, err)
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(ctx, sql, args...); err != nil {
+		return fmt.Errorf("%s: %w", sql, err)
+	}
+	return nil
+}
