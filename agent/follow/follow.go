@@ -150,12 +150,6 @@ func (f *Follower) listPrefix() string {
 
 // session connects, catches up and applies the watch until an error.
 func (f *Follower) session(ctx context.Context) error {
-	if f.cfg.Migrate && !f.migrated {
-		if err := migrations.Up(ctx, f.cfg.DatabaseURL, migrations.Options{Copy: true}); err != nil {
-			return fmt.Errorf("migrate the local copy: %w", err)
-		}
-		f.migrated = true
-	}
 	conn, err := pgx.Connect(ctx, f.cfg.DatabaseURL)
 	if err != nil {
 		return fmt.Errorf("connect to the local copy %s: %w", kvdriver.Redact(f.cfg.DatabaseURL), err)
@@ -165,15 +159,25 @@ func (f *Follower) session(ctx context.Context) error {
 	if _, err := conn.Exec(ctx, "SET TimeZone = 'UTC'"); err != nil {
 		return fmt.Errorf("set TimeZone: %w", err)
 	}
+	// Checked before migrating too: never touch the database of record.
 	names, err := migrations.Names(ctx, conn)
 	if err != nil {
 		return err
 	}
-	switch {
-	case names == nil:
-		return errPermanent{errors.New("follow: the database is not a Lenkwerk copy (not migrated; run with migrate, or migrate it as a copy)")}
-	case !names.Copy:
+	if names != nil && !names.Copy {
 		return errPermanent{fmt.Errorf("follow: the database is a Lenkwerk source (publication %q), not a local copy: refusing to write to it", names.Publication)}
+	}
+	if f.cfg.Migrate && !f.migrated {
+		if err := migrations.Up(ctx, f.cfg.DatabaseURL, migrations.Options{Copy: true}); err != nil {
+			return fmt.Errorf("migrate the local copy: %w", err)
+		}
+		f.migrated = true
+		if names, err = migrations.Names(ctx, conn); err != nil {
+			return err
+		}
+	}
+	if names == nil || !names.Copy {
+		return errPermanent{errors.New("follow: the database is not a Lenkwerk copy (not migrated: run with migrate, or migrate it as a copy)")}
 	}
 	tables, err := f.resolve(ctx, conn)
 	if err != nil {

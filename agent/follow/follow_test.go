@@ -388,3 +388,120 @@ func TestLoadAndFollow(t *testing.T) {
 		t.Fatalf("the agent's reserved key was logged:\n%s", e.logs)
 	}
 }
+
+// countWrites installs a trigger that counts the rows written to
+// storage.config, to tell what a restarted follower applies.
+func (e *env) countWrites() {
+	e.t.Helper()
+	for _, sql := range []string{
+		`CREATE TABLE public.writes (n int NOT NULL)`,
+		`INSERT INTO public.writes VALUES (0)`,
+		`CREATE FUNCTION public.count_write() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN UPDATE public.writes SET n = n + 1; RETURN NULL; END$$`,
+		`CREATE TRIGGER count_write AFTER INSERT OR UPDATE OR DELETE ON storage.config FOR EACH ROW EXECUTE FUNCTION public.count_write()`,
+	} {
+		if _, err := e.conn().Exec(e.ctx, sql); err != nil {
+			e.t.Fatalf("%s: %v", sql, err)
+		}
+	}
+}
+
+func (e *env) checkpoint() int64 {
+	e.t.Helper()
+	var rev int64
+	if err := e.conn().QueryRow(e.ctx, `SELECT revision FROM lenkwerk.follow_state WHERE prefix = $1`, e.cfg.Prefix).Scan(&rev); err != nil {
+		e.t.Fatal(err)
+	}
+	return rev
+}
+
+// A restarted follower resumes from its checkpoint: it applies only what
+// changed while it was away, and applies nothing twice.
+func TestRestartResumesFromCheckpoint(t *testing.T) {
+	e := newEnv(t, "", follow.Config{Prefix: "/bagger"})
+	e.apply(baseline("/bagger")...)
+	e.start()
+	e.caughtUp()
+	e.countWrites()
+	e.apply(put("/bagger/Config/x", config(3, "x", 1)))
+	e.caughtUp()
+	e.stop()
+	if got, want := e.checkpoint(), e.storeRevision(); got != want {
+		t.Fatalf("checkpoint %d, store at %d", got, want)
+	}
+	if n := e.count(`SELECT n FROM public.writes`); n != 1 {
+		t.Fatalf("%d writes to storage.config, want 1", n)
+	}
+	// Changes while stopped, one of them to a key outside the prefix.
+	e.apply(put("/bagger/Config/x", config(3, "x", 2)), kvdriver.Delete("/bagger/Config/kvstore_type"))
+	e.apply(put("/Config/other", config(9, "other", 1)))
+	e.apply(put("/bagger/Index/2/13", field(13, 2, 0, "app")))
+	before := strings.Count(e.logs.String(), "reconciled")
+	e.start()
+	e.caughtUp()
+	e.equal()
+	if n := e.count(`SELECT n FROM public.writes`); n != 3 {
+		t.Fatalf("%d writes to storage.config after the restart, want 3 (1 + an update and a delete)", n)
+	}
+	if after := strings.Count(e.logs.String(), "reconciled"); after != before || !strings.Contains(e.logs.String(), "resuming from checkpoint") {
+		t.Fatalf("restart did not resume from the checkpoint:\n%s", e.logs)
+	}
+	if n := e.count(`SELECT count(*) FROM storage.config WHERE key = 'other'`); n != 0 {
+		t.Fatal("a key outside the prefix was applied")
+	}
+}
+
+// A watch whose history is compacted lists again and reconciles: rows of
+// keys deleted meanwhile, and rows the store never had, are removed.
+func TestCompactionReconciles(t *testing.T) {
+	e := newEnv(t, "", follow.Config{})
+	e.apply(baseline("")...)
+	e.start()
+	e.caughtUp()
+	e.stop()
+	e.apply(kvdriver.Delete("/Index/1/11"), kvdriver.Delete("/Config/a%2Fb"), kvdriver.Delete("/Servermap"))
+	e.apply(put("/Index/1/11", field(11, 1, 1, "upper(app)")), put("/Dimension/5", dimension(5, 2, "level")))
+	e.apply(kvdriver.Delete("/PostgresInstance/db2/5432"))
+	if err := e.store.Compact(e.ctx, e.storeRevision()); err != nil {
+		t.Fatal(err)
+	}
+	// A row the store never had.
+	if _, err := e.conn().Exec(e.ctx, `INSERT INTO storage.config (id, key, value) VALUES (99, 'stale', '1')`); err != nil {
+		t.Fatal(err)
+	}
+	e.start()
+	e.caughtUp()
+	e.equal()
+	if !strings.Contains(e.logs.String(), "compacted") {
+		t.Fatalf("no compaction was seen:\n%s", e.logs)
+	}
+	if n := e.count(`SELECT count(*) FROM storage.config WHERE key IN ('stale', 'a/b')`); n != 0 {
+		t.Fatalf("%d stale config rows stayed", n)
+	}
+	// And it keeps following.
+	e.apply(put("/Config/after", config(10, "after", 1)))
+	e.caughtUp()
+	e.equal()
+}
+
+// The follower never writes into a Lenkwerk source database.
+func TestRefusesSource(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	src := pgtest.NewDatabase(t)
+	if err := migrationsUp(ctx, src); err != nil {
+		t.Fatal(err)
+	}
+	store, err := kvdriver.Open(ctx, "mem://")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	f, err := follow.New(follow.Config{DatabaseURL: src, Store: store, Migrate: true, Logger: slog.New(slog.NewTextHandler(&logBuffer{}, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = f.Run(ctx)
+	if err == nil || !strings.Contains(err.Error(), "source") || ctx.Err() != nil {
+		t.Fatalf("Run on a source: %v", err)
+	}
+}
