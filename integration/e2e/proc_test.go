@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -37,7 +38,11 @@ func runMain(m *testing.M) int {
 	}
 	defer os.RemoveAll(dir)
 	lenkwerkBin = filepath.Join(dir, "lenkwerk")
-	build := exec.Command("go", "build", "-o", lenkwerkBin, "./agent/cmd/lenkwerk")
+	// LENKWERK_E2E_BUILDFLAGS="-race" runs the agent under the race
+	// detector through every scenario; a race report fails the test.
+	args := []string{"build", "-o", lenkwerkBin}
+	args = append(args, strings.Fields(os.Getenv("LENKWERK_E2E_BUILDFLAGS"))...)
+	build := exec.Command("go", append(args, "./agent/cmd/lenkwerk")...)
 	build.Dir = filepath.Join("..", "..")
 	if out, err := build.CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "e2e: go build ./agent/cmd/lenkwerk: %v\n%s", err, out)
@@ -122,6 +127,9 @@ func newAgent(t *testing.T, args ...string) *agentProc {
 	a := &agentProc{t: t, args: append([]string{"agent"}, args...), out: &syncBuffer{}}
 	t.Cleanup(func() {
 		a.Kill()
+		if a.out.containsFrom(0, "WARNING: DATA RACE") {
+			t.Errorf("the race detector reported a data race in the agent")
+		}
 		if t.Failed() {
 			t.Logf("lenkwerk agent output (%d runs):\n%s", a.runs, a.out.tail(64<<10))
 		}
