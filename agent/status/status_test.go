@@ -178,7 +178,9 @@ func TestLag(t *testing.T) {
 func TestRetainedWALWarning(t *testing.T) {
 	admin, agentURL, store := setup(t)
 	ctx := context.Background()
-	exec(t, admin, "CREATE TABLE filler (x text)", "INSERT INTO filler SELECT repeat('x', 100) FROM generate_series(1, 1000)")
+	// pg_current_wal_lsn() is the WAL written; pgtest's asynchronous
+	// commit would leave the insert unwritten for a while.
+	exec(t, admin, "SET synchronous_commit = on", "CREATE TABLE filler (x text)", "INSERT INTO filler SELECT repeat('x', 100) FROM generate_series(1, 1000)")
 	v, _ := agent.Checkpoint{LSN: 1, Time: time.Now()}.MarshalJSON()
 	if _, err := store.Put(ctx, agent.CheckpointKey("", agent.DefaultSlot), v); err != nil {
 		t.Fatal(err)

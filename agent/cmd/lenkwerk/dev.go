@@ -187,12 +187,16 @@ and takes the role (options=-c role=lenkwerk_config). In another terminal:
 	if err := w.Flush(); err != nil {
 		return err
 	}
-	return showTree(ctx, store, stdout)
+	stop := "Ctrl-C stops everything and deletes the data"
+	if keep {
+		stop = "Ctrl-C stops everything; the data stays in " + root
+	}
+	return showTree(ctx, store, stdout, stop)
 }
 
 // showTree prints the key tree, then every change until ctx ends. The
 // agent's own keys (checkpoint) are left out.
-func showTree(ctx context.Context, store kvdriver.Store, stdout io.Writer) error {
+func showTree(ctx context.Context, store kvdriver.Store, stdout io.Writer, stop string) error {
 	hidden := "/" + agent.ReservedSegment + "/"
 	kvs, rev, err := store.List(ctx, "/")
 	if err != nil {
@@ -205,7 +209,7 @@ func showTree(ctx context.Context, store kvdriver.Store, stdout io.Writer) error
 			fmt.Fprintf(w, "%s\t%s\n", kv.Key, oneLine(kv.Value))
 		}
 	}
-	fmt.Fprintf(w, "\nWatching / for changes: REVISION put|delete KEY [VALUE] (Ctrl-C stops and cleans up)\n")
+	fmt.Fprintf(w, "\nWatching / for changes: REVISION put|delete KEY [VALUE] (%s)\n", stop)
 	if err := w.Flush(); err != nil {
 		return err
 	}

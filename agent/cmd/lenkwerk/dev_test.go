@@ -29,6 +29,7 @@ func TestBinary(t *testing.T) {
 	t.Run("status", func(t *testing.T) { testStatusExitStatus(t, bin) })
 	t.Run("dev-etcd", func(t *testing.T) { testDev(t, bin, "etcd") })
 	t.Run("dev-postgres", func(t *testing.T) { testDev(t, bin, "postgres") })
+	t.Run("dev-mem", func(t *testing.T) { testDev(t, bin, "mem") })
 }
 
 // devProcess is a running `lenkwerk dev` and its output lines.
