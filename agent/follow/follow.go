@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -243,7 +244,7 @@ func (f *Follower) resolve(ctx context.Context, conn *pgx.Conn) ([]*table, error
 			if ctx.Err() != nil || conn.IsClosed() {
 				return nil, err
 			}
-			f.logOnce("table:"+tmpl.Table(), "follow: template unusable, its keys are skipped", "err", err)
+			f.logOnce(slog.LevelError, "table:"+tmpl.Table(), "follow: template unusable, its keys are skipped", "err", err)
 			continue
 		}
 		tables = append(tables, t)
@@ -254,8 +255,8 @@ func (f *Follower) resolve(ctx context.Context, conn *pgx.Conn) ([]*table, error
 	return tables, nil
 }
 
-// logOnce logs an error the first time id is seen.
-func (f *Follower) logOnce(id, msg string, args ...any) {
+// logOnce logs at level the first time id is seen.
+func (f *Follower) logOnce(level slog.Level, id, msg string, args ...any) {
 	f.mu.Lock()
 	seen := f.logged[id]
 	if !seen && len(f.logged) < maxLoggedKeys {
@@ -263,7 +264,7 @@ func (f *Follower) logOnce(id, msg string, args ...any) {
 	}
 	f.mu.Unlock()
 	if !seen {
-		f.log.Error(msg, args...)
+		f.log.Log(context.Background(), level, msg, args...)
 	}
 }
 
@@ -285,8 +286,14 @@ func (f *Follower) routeAll(r *router, evs []kvdriver.Event) []op {
 		}
 		if err != nil {
 			f.skipped.Add(1)
-			f.logOnce("key:"+ev.Key, "follow: key skipped", "key", ev.Key, "err", err)
+			f.logOnce(slog.LevelError, "key:"+ev.Key, "follow: key skipped", "key", ev.Key, "err", err)
 			continue
+		}
+		if len(o.extra) > 0 {
+			// A column the source has and the copy lacks (not migrated
+			// yet?) or junk: the row is written without it.
+			f.logOnce(slog.LevelWarn, "extra:"+o.t.name+":"+strings.Join(o.extra, ","), "follow: value has fields that are not columns of "+o.t.name+", left out",
+				"key", o.key, "fields", o.extra)
 		}
 		ops = append(ops, o)
 	}

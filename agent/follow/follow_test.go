@@ -215,6 +215,9 @@ func (e *env) equal(skip ...string) {
 			if err != nil {
 				e.t.Fatalf("local row of %s without key: %s", tm.Table(), v)
 			}
+			if contains(skip, k) {
+				continue
+			}
 			if _, dup := got[k]; dup {
 				e.t.Errorf("two local rows for %s", k)
 			}
@@ -504,4 +507,106 @@ func TestRefusesSource(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "source") || ctx.Err() != nil {
 		t.Fatalf("Run on a source: %v", err)
 	}
+}
+
+// Hostile keys and values in the store, and templates naming tables that
+// do not exist or must not be written, never become SQL: what can be
+// applied is applied as data, the rest is logged and skipped, and the
+// follower goes on.
+func TestHostileStore(t *testing.T) {
+	injection := `x'); DROP TABLE storage.index; --`
+	e := newEnv(t, "", follow.Config{Templates: map[string]string{
+		"storage.nope":                      "/Nope/{id}",
+		"pg_catalog.pg_authid":              "/Auth/{rolname}",
+		`storage.config"; DROP TABLE x; --`: "/Weird/{id}",
+		`lenkwerk.follow_state`:             "/State/{prefix}",
+		"storage.time_bound":                "/Nocol/{nope}",
+	}})
+	e.apply(baseline("")...)
+	e.start()
+	e.caughtUp()
+
+	evilRow := config(21, "evil", 1)
+	evilRow[`"; DROP TABLE storage.index; --`] = 1
+	evilRow[`value" = NULL; --`] = 2
+	bad := []kvdriver.Op{
+		// Data that looks like SQL is data.
+		put("/Config/"+keymap.EscapeSegment(injection), config(20, injection, injection)),
+		put("/Config/evil", evilRow),
+		// Skipped: not a row of its key.
+		put("/Config/mismatch", config(22, "other", 1)),
+		kvdriver.Put("/Config/notobj", []byte(`[1, 2]`)),
+		kvdriver.Put("/Config/str", []byte(`"DROP TABLE storage.config"`)),
+		put("/Config/%zz", config(23, "%zz", 1)),
+		// Refused by the table: not an int, NOT NULL.
+		put("/PostgresInstance/db9/1;DROP", row{"id": 30, "host": "db9", "port": "1;DROP", "username": "x", "status": 0}),
+		put("/Dimension/31", row{"id": 31, "ordinality": 5}),
+		// No template, or a template without a usable table.
+		put("/pg_catalog/pg_authid/postgres", row{"rolname": "postgres", "rolsuper": false}),
+		put("/storage/evil/1", row{"id": 1}),
+		put("/Index/1/2/3", row{"id": 1}),
+		put("/Nope/1", row{"id": 1}),
+		put("/Auth/postgres", row{"rolname": "postgres", "rolsuper": false}),
+		put("/Weird/1", row{"id": 1}),
+		put("/State/x", row{"prefix": "", "store": "x", "revision": 1}),
+		// And one good change in the same batch.
+		put("/Config/good", config(24, "good", 1)),
+	}
+	e.apply(bad...)
+	e.apply(put("/storage/evil/1", row{"id": 2})) // logged once only
+	e.caughtUp()
+	skipKeys := []string{"/Config/evil", "/Config/mismatch", "/Config/notobj", "/Config/str", "/Config/%zz", "/PostgresInstance/db9/1;DROP", "/Dimension/31",
+		"/Nope/1", "/Auth/postgres", "/Weird/1", "/State/x",
+		"table:storage.nope", "table:pg_catalog.pg_authid", `table:storage.config"; DROP TABLE x; --`, "table:lenkwerk.follow_state", "table:storage.time_bound"}
+	e.equal(skipKeys...)
+	if n := e.count(`SELECT count(*) FROM storage.config WHERE key = $1 AND value::text = to_json($1::text)::text`, injection); n != 1 {
+		t.Fatalf("the injection-looking config row is not there as data (%d rows)", n)
+	}
+	// Fields that are no columns are left out (a column the source added
+	// that the copy lacks).
+	if n := e.count(`SELECT count(*) FROM storage.config WHERE to_jsonb(config) = '{"id": 21, "key": "evil", "value": 1}'`); n != 1 {
+		t.Fatal("/Config/evil was not applied without its extra fields")
+	}
+	if n := e.count(`SELECT count(*) FROM storage.index`); n != 2 {
+		t.Fatalf("storage.index has %d rows", n)
+	}
+	if n := e.count(`SELECT count(*) FROM pg_catalog.pg_authid WHERE rolname = 'postgres' AND rolsuper`); n != 1 {
+		t.Fatal("pg_authid changed")
+	}
+	if got, want := e.checkpoint(), e.storeRevision(); got != want {
+		t.Fatalf("checkpoint %d, store %d", got, want)
+	}
+	logs := e.logs.String()
+	for _, want := range []string{
+		`table \"storage\".\"nope\" does not exist in the local copy`,
+		"is in schema pg_catalog, which lenkwerk follow never writes",
+		"is in schema lenkwerk, which lenkwerk follow never writes",
+		`has no column \"nope\"`,
+		"is not a JSON object",
+		`has the key columns of \"/Config/other\"`,
+		"bad escape",
+		"has fields that are not columns of storage.config",
+		"refused by the local table",
+		"invalid input syntax for type integer",
+		"not-null constraint",
+		`no key template matches key \"/storage/evil/1\"`,
+		`no key template matches key \"/Nope/1\"`,
+	} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("logs lack %q", want)
+		}
+	}
+	if n := strings.Count(logs, `key \"/storage/evil/1\"`); n != 1 {
+		t.Errorf("an unknown key was logged %d times, want once", n)
+	}
+	if s := e.f.Status(); s.Skipped < 10 {
+		t.Errorf("Status().Skipped = %d", s.Skipped)
+	}
+	if t.Failed() {
+		t.Logf("logs:\n%s", logs)
+	}
+	// Still following.
+	e.apply(put("/Config/later", config(25, "later", 1)))
+	e.caughtUp()
+	e.equal(skipKeys...)
 }

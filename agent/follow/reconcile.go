@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 
 	"github.com/bagger/lenkwerk/kvdriver"
 	"github.com/jackc/pgx/v5"
@@ -54,7 +55,7 @@ func (f *Follower) reconcile(ctx context.Context, conn *pgx.Conn, r *router) (in
 		}
 		for _, row := range local {
 			if row.err != nil {
-				f.logOnce("row:"+t.name+string(row.value), "follow: local row has no key (a key column is NULL); it stays", "table", t.name, "row", shorten(row.value), "err", row.err)
+				f.logOnce(slog.LevelError, "row:"+t.name+string(row.value), "follow: local row has no key (a key column is NULL); it stays", "table", t.name, "row", shorten(row.value), "err", row.err)
 				continue
 			}
 			if o, inStore := listed[row.key]; inStore && o.t == t {

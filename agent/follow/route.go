@@ -40,7 +40,8 @@ type op struct {
 	key   string
 	value []byte
 	t     *table
-	ident []byte // JSON object of the key columns' values (from the key)
+	ident []byte   // JSON object of the key columns' values (from the key)
+	extra []string // fields of value that are no columns of t
 }
 
 // route finds the key's table and the key columns' values. It returns
@@ -61,7 +62,7 @@ func (r *router) route(typ kvdriver.OpType, key string, value []byte) (op, error
 		}
 		o.ident = ident
 		if typ == kvdriver.OpPut {
-			if err := checkValue(t, key, value); err != nil {
+			if o.extra, err = checkValue(t, key, value); err != nil {
 				return op{}, err
 			}
 		}
@@ -95,23 +96,30 @@ func keyValues(t *table, key string) ([]byte, error) {
 
 // checkValue accepts a put's value only if it is a JSON object whose key
 // columns give back its key: otherwise the upsert would write a row under
-// another key than the store's.
-func checkValue(t *table, key string, value []byte) error {
+// another key than the store's. It returns the value's fields that are not
+// columns of the table (json_populate_record leaves them out).
+func checkValue(t *table, key string, value []byte) (extra []string, err error) {
 	var row map[string]json.RawMessage
 	if err := json.Unmarshal(value, &row); err != nil || row == nil {
-		return fmt.Errorf("value of %q is not a JSON object (%s)", key, shorten(value))
+		return nil, fmt.Errorf("value of %q is not a JSON object (%s)", key, shorten(value))
 	}
+	for f := range row {
+		if !t.cols[f] {
+			extra = append(extra, f)
+		}
+	}
+	sort.Strings(extra)
 	if t.tmpl.Singleton() {
-		return nil
+		return extra, nil
 	}
 	got, err := t.tmpl.Key(row)
 	if err != nil {
-		return fmt.Errorf("value of %q: %w", key, err)
+		return nil, fmt.Errorf("value of %q: %w", key, err)
 	}
 	if got != key {
-		return fmt.Errorf("value of %q has the key columns of %q", key, got)
+		return nil, fmt.Errorf("value of %q has the key columns of %q", key, got)
 	}
-	return nil
+	return extra, nil
 }
 
 // shorten bounds a value for a log line.

@@ -17,6 +17,7 @@ type table struct {
 	name    string // the template's "schema.table"
 	tmpl    *keymap.Template
 	keyCols []string // the template's columns, in key order
+	cols    map[string]bool
 	oid     uint32
 	// rank orders tables by foreign keys: a table's rank is above that of
 	// every table it references.
@@ -68,7 +69,10 @@ func resolveTable(ctx context.Context, conn *pgx.Conn, tmpl *keymap.Template) (*
 	if err != nil {
 		return nil, fmt.Errorf("template %s: read columns of %s: %w", tmpl.Table(), quoted, err)
 	}
-	t := &table{name: tmpl.Table(), tmpl: tmpl, oid: oid}
+	t := &table{name: tmpl.Table(), tmpl: tmpl, oid: oid, cols: map[string]bool{}}
+	for _, c := range cols {
+		t.cols[c] = true
+	}
 	for _, c := range tmpl.Columns() {
 		if !slices.Contains(cols, c) {
 			return nil, fmt.Errorf("template %s (%s): table %s has no column %q", tmpl.Table(), tmpl, quoted, c)
