@@ -610,3 +610,21 @@ func TestHostileStore(t *testing.T) {
 	e.caughtUp()
 	e.equal(skipKeys...)
 }
+
+// A lost database connection ends the session; the next one resumes from
+// the checkpoint.
+func TestDatabaseReconnect(t *testing.T) {
+	e := newEnv(t, "", follow.Config{})
+	e.apply(baseline("")...)
+	e.start()
+	e.caughtUp()
+	if _, err := e.conn().Exec(e.ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()`); err != nil {
+		t.Fatal(err)
+	}
+	e.apply(put("/Config/x", config(3, "x", 1)), kvdriver.Delete("/Index/1/10"))
+	e.caughtUp()
+	e.equal()
+	if logs := e.logs.String(); !strings.Contains(logs, "reconnecting") || !strings.Contains(logs, "resuming from checkpoint") {
+		t.Fatalf("no reconnect:\n%s", logs)
+	}
+}
