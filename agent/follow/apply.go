@@ -67,45 +67,75 @@ func exec(ctx context.Context, tx pgx.Tx, o op, replace bool) error {
 	return nil
 }
 
+// How applyRevision applied a revision.
+const (
+	inOrder   = "in order"
+	replaced  = "with every touched row deleted first"
+	opByOp    = "op by op"
+	refused   = "not at all"
+	noChanges = "no changes"
+)
+
+// checkDeferred checks the deferred constraints (dimension ordinality,
+// index_field's key) now, inside the revision's savepoint, rather than at
+// commit, where a violation would fail the whole response again and again;
+// then defers them again for the next revision.
+func checkDeferred(ctx context.Context, tx pgx.Tx) error {
+	if _, err := tx.Exec(ctx, "SET CONSTRAINTS ALL IMMEDIATE"); err != nil {
+		return fmt.Errorf("check deferred constraints: %w", err)
+	}
+	if _, err := tx.Exec(ctx, "SET CONSTRAINTS ALL DEFERRED"); err != nil {
+		return fmt.Errorf("defer constraints: %w", err)
+	}
+	return nil
+}
+
 // applyRevision applies one store revision's ops in tx: in dependency order,
 // else with every touched row deleted first, else op by op, skipping (and
-// reporting through skip) the ops PostgreSQL refuses as invalid data. Any
-// other error is returned; tx is then unusable.
-func applyRevision(ctx context.Context, tx pgx.Tx, ops []op, skip func(op, error)) error {
+// reporting through skip) the ops PostgreSQL refuses as invalid data, else
+// (the revision as a whole breaks a deferred constraint) not at all,
+// skipping every op. Any other error is returned; tx is then unusable. It
+// says how it applied the revision.
+func applyRevision(ctx context.Context, tx pgx.Tx, ops []op, skip func(op, error)) (string, error) {
+	if len(ops) == 0 {
+		return noChanges, nil
+	}
 	order(ops)
-	try := func(run func(pgx.Tx) error) (bool, error) {
+	// try runs in a savepoint; a data error rolls it back and is returned
+	// as failed, any other error as err.
+	try := func(run func(pgx.Tx) error) (failed, err error) {
 		sp, err := tx.Begin(ctx)
 		if err != nil {
-			return false, fmt.Errorf("savepoint: %w", err)
+			return nil, fmt.Errorf("savepoint: %w", err)
 		}
 		if err := run(sp); err != nil {
 			if _, ok := dataError(err); !ok {
-				return false, err
+				return nil, err
 			}
 			if rerr := sp.Rollback(ctx); rerr != nil {
-				return false, fmt.Errorf("rollback to savepoint after %v: %w", err, rerr)
+				return nil, fmt.Errorf("rollback to savepoint after %v: %w", err, rerr)
 			}
-			return false, nil
+			return err, nil
 		}
 		if err := sp.Commit(ctx); err != nil {
-			return false, fmt.Errorf("release savepoint: %w", err)
+			return nil, fmt.Errorf("release savepoint: %w", err)
 		}
-		return true, nil
+		return nil, nil
 	}
-	// In order.
-	if ok, err := try(func(sp pgx.Tx) error {
+	failed, err := try(func(sp pgx.Tx) error {
 		for _, o := range ops {
 			if err := exec(ctx, sp, o, false); err != nil {
 				return err
 			}
 		}
-		return nil
-	}); ok || err != nil {
-		return err
+		return checkDeferred(ctx, sp)
+	})
+	if err != nil || failed == nil {
+		return inOrder, err
 	}
 	// Every touched row out of the way first (e.g. two rows swapping a
 	// unique value), children before parents.
-	if ok, err := try(func(sp pgx.Tx) error {
+	failed, err = try(func(sp pgx.Tx) error {
 		del := make([]op, 0, len(ops))
 		for _, o := range ops {
 			if !o.t.tmpl.Singleton() {
@@ -125,25 +155,49 @@ func applyRevision(ctx context.Context, tx pgx.Tx, ops []op, skip func(op, error
 				}
 			}
 		}
-		return nil
-	}); ok || err != nil {
-		return err
+		return checkDeferred(ctx, sp)
+	})
+	if err != nil || failed == nil {
+		return replaced, err
 	}
 	// Op by op: what PostgreSQL refuses keeps its previous row.
-	for _, o := range ops {
-		var failed error
-		ok, err := try(func(sp pgx.Tx) error {
-			failed = exec(ctx, sp, o, false)
-			return failed
-		})
-		if err != nil {
-			return err
+	var refusedOps []op
+	var refusals []error
+	failed, err = try(func(outer pgx.Tx) error {
+		for _, o := range ops {
+			sp, err := outer.Begin(ctx)
+			if err != nil {
+				return fmt.Errorf("savepoint: %w", err)
+			}
+			if err := exec(ctx, sp, o, false); err != nil {
+				if _, ok := dataError(err); !ok {
+					return err
+				}
+				if rerr := sp.Rollback(ctx); rerr != nil {
+					return fmt.Errorf("rollback to savepoint after %v: %w", err, rerr)
+				}
+				refusedOps, refusals = append(refusedOps, o), append(refusals, err)
+				continue
+			}
+			if err := sp.Commit(ctx); err != nil {
+				return fmt.Errorf("release savepoint: %w", err)
+			}
 		}
-		if !ok {
-			skip(o, failed)
-		}
+		return checkDeferred(ctx, outer)
+	})
+	if err != nil {
+		return opByOp, err
 	}
-	return nil
+	if failed == nil {
+		for i, o := range refusedOps {
+			skip(o, refusals[i])
+		}
+		return opByOp, nil
+	}
+	for _, o := range ops {
+		skip(o, fmt.Errorf("the revision as a whole is refused: %w", failed))
+	}
+	return refused, nil
 }
 
 // saveCheckpoint records the store revision the copy is at, in the

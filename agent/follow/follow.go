@@ -342,8 +342,12 @@ func (f *Follower) applyResponse(ctx context.Context, conn *pgx.Conn, r *router,
 		for n < len(evs) && evs[n].Revision == evs[0].Revision {
 			n++
 		}
-		if err := applyRevision(ctx, tx, f.routeAll(r, evs[:n]), f.skip); err != nil {
+		how, err := applyRevision(ctx, tx, f.routeAll(r, evs[:n]), f.skip)
+		if err != nil {
 			return fmt.Errorf("apply revision %d: %w", evs[0].Revision, err)
+		}
+		if how != inOrder && how != noChanges {
+			f.log.Info("follow: revision applied "+how, "revision", evs[0].Revision)
 		}
 		evs = evs[n:]
 	}

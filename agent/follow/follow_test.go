@@ -387,6 +387,9 @@ func TestLoadAndFollow(t *testing.T) {
 	if s := e.f.Status(); s.Skipped != 0 {
 		t.Fatalf("skipped %d changes; logs:\n%s", s.Skipped, e.logs)
 	}
+	if !strings.Contains(e.logs.String(), "revision applied with every touched row deleted first") {
+		t.Fatalf("the name swap was not applied by deleting first:\n%s", e.logs)
+	}
 	if strings.Contains(e.logs.String(), "checkpoint/lw_agent") {
 		t.Fatalf("the agent's reserved key was logged:\n%s", e.logs)
 	}
@@ -553,9 +556,12 @@ func TestHostileStore(t *testing.T) {
 		put("/Config/good", config(24, "good", 1)),
 	}
 	e.apply(bad...)
+	// A revision that breaks a deferred constraint (two dimensions at
+	// ordinality 0) as a whole.
+	e.apply(put("/Dimension/7", dimension(7, 0, "dup-ord")), put("/Config/with-dup", config(26, "with-dup", 1)))
 	e.apply(put("/storage/evil/1", row{"id": 2})) // logged once only
 	e.caughtUp()
-	skipKeys := []string{"/Config/evil", "/Config/mismatch", "/Config/notobj", "/Config/str", "/Config/%zz", "/PostgresInstance/db9/1;DROP", "/Dimension/31",
+	skipKeys := []string{"/Dimension/7", "/Config/with-dup", "/Config/evil", "/Config/mismatch", "/Config/notobj", "/Config/str", "/Config/%zz", "/PostgresInstance/db9/1;DROP", "/Dimension/31",
 		"/Nope/1", "/Auth/postgres", "/Weird/1", "/State/x",
 		"table:storage.nope", "table:pg_catalog.pg_authid", `table:storage.config"; DROP TABLE x; --`, "table:lenkwerk.follow_state", "table:storage.time_bound"}
 	e.equal(skipKeys...)
@@ -589,6 +595,8 @@ func TestHostileStore(t *testing.T) {
 		"refused by the local table",
 		"invalid input syntax for type integer",
 		"not-null constraint",
+		"the revision as a whole is refused",
+		`duplicate key value violates unique constraint \"dimension_ordinality_key\"`,
 		`no key template matches key \"/storage/evil/1\"`,
 		`no key template matches key \"/Nope/1\"`,
 	} {

@@ -77,8 +77,12 @@ func (f *Follower) reconcile(ctx context.Context, conn *pgx.Conn, r *router) (in
 			ops = append(ops, o)
 		}
 	}
-	if err := applyRevision(ctx, tx, ops, f.skip); err != nil {
+	how, err := applyRevision(ctx, tx, ops, f.skip)
+	if err != nil {
 		return 0, fmt.Errorf("reconcile with revision %d: %w", rev, err)
+	}
+	if how != inOrder && how != noChanges {
+		f.log.Info("follow: reconcile applied "+how, "revision", rev)
 	}
 	if err := saveCheckpoint(ctx, tx, f.cfg.Prefix, f.cfg.StoreName, rev); err != nil {
 		return 0, err
