@@ -57,8 +57,9 @@ type Options struct {
 	Settings map[string]string
 	// Dir holds the cluster (Dir/data, the socket and Dir/server.log); it
 	// is created if missing. A Dir whose data directory was initialized
-	// before is started as it is (WalLevel, Settings and Port were fixed
-	// when it was created). Default: a new temporary directory.
+	// before is started as it is (WalLevel, Settings and the port were
+	// fixed when it was created; a different Port is an error). Default: a
+	// new temporary directory.
 	Dir string
 	// Port is the TCP port on 127.0.0.1; 0 picks a free one.
 	Port int
@@ -200,6 +201,9 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	if _, err := os.Stat(filepath.Join(c.dataDir(), "PG_VERSION")); err == nil {
 		if c.port, err = configuredPort(c.dataDir()); err != nil {
 			return fail(err)
+		}
+		if opts.Port != 0 && opts.Port != c.port {
+			return fail(fmt.Errorf("the cluster in %s listens on port %d, not %d", dir, c.port, opts.Port))
 		}
 	} else if err := c.initdb(ctx, opts); err != nil {
 		if c.owner != nil && errors.Is(err, os.ErrPermission) {

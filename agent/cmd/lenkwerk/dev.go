@@ -145,15 +145,38 @@ func runDev(ctx context.Context, args []string, stdout io.Writer) (err error) {
 		return err
 	}
 	agentCtx, stopAgent := context.WithCancel(ctx)
-	agentDone := make(chan error, 1)
-	go func() { agentDone <- a.Run(agentCtx) }()
+	var agentErr error
+	agentDone := make(chan struct{})
+	go func() {
+		defer close(agentDone)
+		if agentErr = a.Run(agentCtx); agentErr == nil && agentCtx.Err() == nil {
+			agentErr = errors.New("agent stopped")
+		}
+	}()
 	undo = append(undo, func() error {
 		stopAgent()
-		return <-agentDone // the agent lets go of the slot before PostgreSQL stops
+		<-agentDone // the agent lets go of the slot before PostgreSQL stops
+		return agentErr
 	})
-	if err := waitStreaming(ctx, a, agentDone); err != nil {
+	if err := waitStreaming(ctx, a, agentDone); err != nil || ctx.Err() != nil {
 		return err
 	}
+	select {
+	case <-agentDone:
+		return nil // undo returns the agent's error
+	default:
+	}
+	// The tree is shown while the agent runs; if it ends, so does dev
+	// (with the agent's error, from undo).
+	showCtx, stopShow := context.WithCancel(ctx)
+	defer stopShow()
+	go func() {
+		select {
+		case <-agentDone:
+			stopShow()
+		case <-showCtx.Done():
+		}
+	}()
 
 	configURL := withOptions(adminURL, "-c role=lenkwerk_config")
 	psql := "psql"
@@ -191,7 +214,7 @@ and takes the role (options=-c role=lenkwerk_config). In another terminal:
 	if keep {
 		stop = "Ctrl-C stops everything; the data stays in " + root
 	}
-	return showTree(ctx, store, stdout, stop)
+	return showTree(showCtx, store, stdout, stop)
 }
 
 // showTree prints the key tree, then every change until ctx ends. The
@@ -200,6 +223,9 @@ func showTree(ctx context.Context, store kvdriver.Store, stdout io.Writer, stop 
 	hidden := "/" + agent.ReservedSegment + "/"
 	kvs, rev, err := store.List(ctx, "/")
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
 		return fmt.Errorf("list the tree: %w", err)
 	}
 	w := bufio.NewWriter(stdout)
@@ -234,15 +260,16 @@ func showTree(ctx context.Context, store kvdriver.Store, stdout io.Writer, stop 
 	return nil
 }
 
-// waitStreaming waits until the agent streams (its initial sync is done).
-func waitStreaming(ctx context.Context, a *agent.Agent, done <-chan error) error {
+// waitStreaming waits until the agent streams (its initial sync is done);
+// done is closed when the agent stops.
+func waitStreaming(ctx context.Context, a *agent.Agent, done <-chan struct{}) error {
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
 	timeout := time.After(time.Minute)
 	for !a.Status().Streaming {
 		select {
-		case err := <-done:
-			return fmt.Errorf("agent stopped: %w", err)
+		case <-done:
+			return nil // undo reports the agent's error
 		case <-ctx.Done():
 			return nil
 		case <-timeout:

@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -27,16 +26,78 @@ func TestBinary(t *testing.T) {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
 	t.Run("status", func(t *testing.T) { testStatusExitStatus(t, bin) })
-	t.Run("dev-etcd", func(t *testing.T) { testDev(t, bin, "etcd") })
-	t.Run("dev-postgres", func(t *testing.T) { testDev(t, bin, "postgres") })
-	t.Run("dev-mem", func(t *testing.T) { testDev(t, bin, "mem") })
+	for _, kv := range []string{"etcd", "postgres", "mem"} {
+		t.Run("dev-"+kv, func(t *testing.T) { testDev(t, bin, kv) })
+	}
+	t.Run("dev-dir", func(t *testing.T) { testDevDir(t, bin) })
 }
 
-// devProcess is a running `lenkwerk dev` and its output lines.
+// devProcess is a running `lenkwerk dev`, its output lines and what it
+// printed about itself.
 type devProcess struct {
-	cmd   *exec.Cmd
-	lines chan string
-	seen  []string
+	cmd       *exec.Cmd
+	lines     chan string
+	seen      []string
+	stderr    strings.Builder
+	exited    chan error
+	configURL string
+	dataDir   string
+	pgPID     int
+}
+
+// startDev starts `lenkwerk dev args...` and waits until it watches the
+// tree. Whatever happens, the command and the PostgreSQL it started are
+// stopped when the test ends.
+func startDev(t *testing.T, bin string, args ...string) *devProcess {
+	t.Helper()
+	p := &devProcess{cmd: exec.Command(bin, append([]string{"dev"}, args...)...), lines: make(chan string, 100), exited: make(chan error, 1)}
+	stdout, err := p.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.cmd.Stderr = &p.stderr
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			p.lines <- sc.Text()
+		}
+		close(p.lines)
+	}()
+	t.Cleanup(func() {
+		// After a failure: stop the command, and whatever it left behind.
+		if p.cmd.ProcessState == nil {
+			_ = p.cmd.Process.Signal(os.Interrupt)
+			go p.drainAndWait()
+			select {
+			case <-p.exited:
+			case <-time.After(20 * time.Second):
+				_ = p.cmd.Process.Kill()
+			}
+		}
+		if p.pgPID != 0 && processAlive(p.pgPID) {
+			_ = syscall.Kill(p.pgPID, syscall.SIGQUIT) // immediate shutdown
+		}
+		if p.dataDir != "" && strings.HasPrefix(filepath.Base(p.dataDir), "lenkwerk-dev-") {
+			os.RemoveAll(p.dataDir)
+		}
+		if t.Failed() {
+			t.Logf("stderr of lenkwerk dev %q:\n%s", args, p.stderr.String())
+		}
+	})
+
+	p.configURL = p.waitLine(t, regexp.MustCompile(`^\s*lenkwerk_config:\s+(\S+)$`), 50*time.Second)[1]
+	p.dataDir = p.waitLine(t, regexp.MustCompile(`^\s*data:\s+(\S+) \((deleted on exit|kept)\)$`), 5*time.Second)[1]
+	pidFile, err := os.ReadFile(filepath.Join(p.dataDir, "postgres", "data", "postmaster.pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.pgPID, err = strconv.Atoi(strings.SplitN(string(pidFile), "\n", 2)[0]); err != nil {
+		t.Fatalf("postmaster.pid: %v", err)
+	}
+	return p
 }
 
 // waitLine returns the first output line matching re.
@@ -59,113 +120,103 @@ func (p *devProcess) waitLine(t *testing.T, re *regexp.Regexp, timeout time.Dura
 	}
 }
 
-func testDev(t *testing.T, bin, kv string) {
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	cmd := exec.Command(bin, "dev", "--kv", kv)
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
+func (p *devProcess) drainAndWait() {
+	for range p.lines { // so the command never blocks writing stdout
 	}
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p := &devProcess{cmd: cmd, lines: make(chan string, 100)}
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			p.lines <- sc.Text()
-		}
-		close(p.lines)
-	}()
-	exited := make(chan error, 1)
-	var (
-		dataDir string
-		pgPID   int
-	)
-	t.Cleanup(func() {
-		// After a failure: stop the command, and whatever it left behind.
-		if cmd.ProcessState == nil {
-			_ = cmd.Process.Signal(os.Interrupt)
-			select {
-			case <-exited:
-			case <-time.After(20 * time.Second):
-				_ = cmd.Process.Kill()
-			}
-		}
-		if pgPID != 0 && processAlive(pgPID) {
-			_ = syscall.Kill(pgPID, syscall.SIGQUIT) // immediate shutdown
-		}
-		if dataDir != "" {
-			os.RemoveAll(dataDir)
-		}
-		if t.Failed() {
-			t.Logf("stderr:\n%s", stderr.String())
-		}
-	})
+	p.exited <- p.cmd.Wait()
+}
 
-	configURL := p.waitLine(t, regexp.MustCompile(`^\s*lenkwerk_config:\s+(\S+)$`), 50*time.Second)[1]
-	dataDir = p.waitLine(t, regexp.MustCompile(`^\s*data:\s+(\S+) \(deleted on exit\)$`), 5*time.Second)[1]
-	pidFile, err := os.ReadFile(filepath.Join(dataDir, "postgres", "data", "postmaster.pid"))
-	if err != nil {
+// interrupt sends SIGINT and checks that the command exits with status 0
+// and that its PostgreSQL is gone.
+func (p *devProcess) interrupt(t *testing.T) {
+	t.Helper()
+	if err := p.cmd.Process.Signal(os.Interrupt); err != nil {
 		t.Fatal(err)
 	}
-	if pgPID, err = strconv.Atoi(strings.SplitN(string(pidFile), "\n", 2)[0]); err != nil {
-		t.Fatalf("postmaster.pid: %v", err)
-	}
-	p.waitLine(t, regexp.MustCompile(`^Watching / for changes`), 10*time.Second)
-
-	conn, err := pgx.Connect(ctx, configURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var role string
-	if err := conn.QueryRow(ctx, "SELECT current_user").Scan(&role); err != nil || role != "lenkwerk_config" {
-		t.Fatalf("config URL connects as %q (%v), want lenkwerk_config", role, err)
-	}
-	for _, sql := range []string{
-		"SELECT storage.register_pg_instance('db1', 5432, 'bagger')",
-		"SELECT storage.set_pg_instance_status(1, 3)",
-	} {
-		if _, err := conn.Exec(ctx, sql); err != nil {
-			t.Fatalf("%s: %v", sql, err)
-		}
-	}
-	conn.Close(ctx)
-	p.waitLine(t, regexp.MustCompile(`^\d+\tput\t/PostgresInstance/db1/5432\t.*"status":0`), 10*time.Second)
-	p.waitLine(t, regexp.MustCompile(`^\d+\tput\t/PostgresInstance/db1/5432\t.*"status":3`), 10*time.Second)
-
-	if err := cmd.Process.Signal(os.Interrupt); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		for line := range p.lines { // drain, so the command never blocks on stdout
-			_ = line
-		}
-		exited <- cmd.Wait()
-	}()
+	go p.drainAndWait()
 	select {
-	case err := <-exited:
-		var ee *exec.ExitError
-		if errors.As(err, &ee) || err != nil {
-			t.Fatalf("lenkwerk dev after SIGINT: %v\nstderr:\n%s", err, stderr.String())
+	case err := <-p.exited:
+		if err != nil {
+			t.Fatalf("lenkwerk dev after SIGINT: %v\nstderr:\n%s", err, p.stderr.String())
 		}
 	case <-time.After(20 * time.Second):
 		t.Fatalf("lenkwerk dev still running 20s after SIGINT")
 	}
 	// pg_ctl stop returns once postmaster.pid is gone, a moment before
 	// the process itself; its parent (pid 1) may reap it later still.
-	for deadline := time.Now().Add(10 * time.Second); processAlive(pgPID); {
+	for deadline := time.Now().Add(10 * time.Second); processAlive(p.pgPID); {
 		if time.Now().After(deadline) {
-			t.Fatalf("postgres (pid %d) still running 10s after lenkwerk dev exited", pgPID)
+			t.Fatalf("postgres (pid %d) still running 10s after lenkwerk dev exited", p.pgPID)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if _, err := os.Stat(dataDir); !os.IsNotExist(err) {
-		t.Errorf("data directory %s left behind: %v", dataDir, err)
+}
+
+func configExec(t *testing.T, configURL string, sqls ...string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, configURL)
+	if err != nil {
+		t.Fatal(err)
 	}
+	defer conn.Close(ctx)
+	var role string
+	if err := conn.QueryRow(ctx, "SELECT current_user").Scan(&role); err != nil || role != "lenkwerk_config" {
+		t.Fatalf("config URL connects as %q (%v), want lenkwerk_config", role, err)
+	}
+	for _, sql := range sqls {
+		if _, err := conn.Exec(ctx, sql); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+	}
+}
+
+var (
+	watchingLine = regexp.MustCompile(`^Watching / for changes`)
+	offlineLine  = regexp.MustCompile(`^\d+\tput\t/PostgresInstance/db1/5432\t.*"status":0`)
+	onlineLine   = regexp.MustCompile(`^\d+\tput\t/PostgresInstance/db1/5432\t.*"status":3`)
+)
+
+func testDev(t *testing.T, bin, kv string) {
+	p := startDev(t, bin, "--kv", kv)
+	p.waitLine(t, watchingLine, 10*time.Second)
+	configExec(t, p.configURL,
+		"SELECT storage.register_pg_instance('db1', 5432, 'bagger')",
+		"SELECT storage.set_pg_instance_status(1, 3)")
+	p.waitLine(t, offlineLine, 10*time.Second)
+	p.waitLine(t, onlineLine, 10*time.Second)
+	p.interrupt(t)
+	if _, err := os.Stat(p.dataDir); !os.IsNotExist(err) {
+		t.Errorf("data directory %s left behind: %v", p.dataDir, err)
+	}
+}
+
+// With --dir the data stays, and the next run starts from it.
+func testDevDir(t *testing.T, bin string) {
+	tmp := t.TempDir()
+	// As root the server runs as postgres, which must enter the directory.
+	for _, d := range []string{tmp, filepath.Dir(tmp)} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dir := filepath.Join(tmp, "dev")
+	p := startDev(t, bin, "--dir", dir)
+	p.waitLine(t, watchingLine, 10*time.Second)
+	configExec(t, p.configURL, "SELECT storage.register_pg_instance('db1', 5432, 'bagger')")
+	p.waitLine(t, offlineLine, 10*time.Second)
+	p.interrupt(t)
+	if _, err := os.Stat(filepath.Join(dir, "postgres", "data", "PG_VERSION")); err != nil {
+		t.Fatalf("--dir: data not kept: %v", err)
+	}
+
+	p = startDev(t, bin, "--dir", dir)
+	p.waitLine(t, regexp.MustCompile(`^/PostgresInstance/db1/5432\t.*"status":0`), 50*time.Second) // the listed tree
+	p.waitLine(t, watchingLine, 10*time.Second)
+	configExec(t, p.configURL, "SELECT storage.set_pg_instance_status(1, 3)")
+	p.waitLine(t, onlineLine, 10*time.Second)
+	p.interrupt(t)
 }
 
 // processAlive reports whether process pid exists and is not a zombie.
