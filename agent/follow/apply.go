@@ -69,11 +69,11 @@ func exec(ctx context.Context, tx pgx.Tx, o op, replace bool) error {
 
 // How applyRevision applied a revision.
 const (
-	inOrder   = "in order"
-	replaced  = "with every touched row deleted first"
-	opByOp    = "op by op"
-	refused   = "not at all"
-	noChanges = "no changes"
+	inOrder       = "in order"
+	replaced      = "with every touched row deleted first"
+	opByOp        = "op by op"
+	opByOpChecked = "op by op, checking deferred constraints after each"
+	noChanges     = "no changes"
 )
 
 // checkDeferred checks the deferred constraints (dimension ordinality,
@@ -93,9 +93,9 @@ func checkDeferred(ctx context.Context, tx pgx.Tx) error {
 // applyRevision applies one store revision's ops in tx: in dependency order,
 // else with every touched row deleted first, else op by op, skipping (and
 // reporting through skip) the ops PostgreSQL refuses as invalid data, else
-// (the revision as a whole breaks a deferred constraint) not at all,
-// skipping every op. Any other error is returned; tx is then unusable. It
-// says how it applied the revision.
+// (the ops together break a deferred constraint) op by op checking the
+// deferred constraints after each. Any other error is returned; tx is then
+// unusable. It says how it applied the revision.
 func applyRevision(ctx context.Context, tx pgx.Tx, ops []op, skip func(op, error)) (string, error) {
 	if len(ops) == 0 {
 		return noChanges, nil
@@ -160,44 +160,58 @@ func applyRevision(ctx context.Context, tx pgx.Tx, ops []op, skip func(op, error
 	if err != nil || failed == nil {
 		return replaced, err
 	}
-	// Op by op: what PostgreSQL refuses keeps its previous row.
-	var refusedOps []op
-	var refusals []error
-	failed, err = try(func(outer pgx.Tx) error {
-		for _, o := range ops {
-			sp, err := outer.Begin(ctx)
-			if err != nil {
-				return fmt.Errorf("savepoint: %w", err)
-			}
-			if err := exec(ctx, sp, o, false); err != nil {
-				if _, ok := dataError(err); !ok {
-					return err
+	// Op by op: what PostgreSQL refuses keeps its previous row. With
+	// check, each op must also leave the deferred constraints satisfied:
+	// the last resort when the ops together break them (e.g. a listing
+	// holding two dimensions at one ordinality).
+	byOp := func(check bool) (failed, err error) {
+		var refusedOps []op
+		var refusals []error
+		failed, err = try(func(outer pgx.Tx) error {
+			for _, o := range ops {
+				sp, err := outer.Begin(ctx)
+				if err != nil {
+					return fmt.Errorf("savepoint: %w", err)
 				}
-				if rerr := sp.Rollback(ctx); rerr != nil {
-					return fmt.Errorf("rollback to savepoint after %v: %w", err, rerr)
+				err = exec(ctx, sp, o, false)
+				if err == nil && check {
+					err = checkDeferred(ctx, sp)
 				}
-				refusedOps, refusals = append(refusedOps, o), append(refusals, err)
-				continue
+				if err != nil {
+					if _, ok := dataError(err); !ok {
+						return err
+					}
+					if rerr := sp.Rollback(ctx); rerr != nil {
+						return fmt.Errorf("rollback to savepoint after %v: %w", err, rerr)
+					}
+					refusedOps, refusals = append(refusedOps, o), append(refusals, err)
+					continue
+				}
+				if err := sp.Commit(ctx); err != nil {
+					return fmt.Errorf("release savepoint: %w", err)
+				}
 			}
-			if err := sp.Commit(ctx); err != nil {
-				return fmt.Errorf("release savepoint: %w", err)
+			return checkDeferred(ctx, outer)
+		})
+		if err == nil && failed == nil {
+			for i, o := range refusedOps {
+				skip(o, refusals[i])
 			}
 		}
-		return checkDeferred(ctx, outer)
-	})
-	if err != nil {
+		return failed, err
+	}
+	if failed, err = byOp(false); err != nil || failed == nil {
 		return opByOp, err
 	}
-	if failed == nil {
-		for i, o := range refusedOps {
-			skip(o, refusals[i])
-		}
-		return opByOp, nil
+	if failed, err = byOp(true); err != nil {
+		return opByOpChecked, err
 	}
-	for _, o := range ops {
-		skip(o, fmt.Errorf("the revision as a whole is refused: %w", failed))
+	if failed != nil {
+		// Cannot happen: every op that was kept left the constraints
+		// satisfied.
+		return opByOpChecked, fmt.Errorf("constraints broken after checking each change: %w", failed)
 	}
-	return refused, nil
+	return opByOpChecked, nil
 }
 
 // saveCheckpoint records the store revision the copy is at, in the

@@ -35,13 +35,16 @@
 // first, children before parents (foreign keys, read from the catalog),
 // then its puts, parents before children: the foreign key index_field →
 // index is not deferrable, but deferrable constraints (dimension
-// ordinality, index_field's key) are checked at commit. If that order still
+// ordinality, index_field's key) are deferred until the revision's end,
+// where they are checked inside its savepoint. If that order still
 // violates a constraint (e.g. two rows swapping a unique value), the
 // revision is applied again with every touched row deleted first; if that
-// fails too, op by op, logging and skipping the puts or deletes PostgreSQL
-// refuses as invalid data (SQLSTATE classes 22 and 23), which then keep
-// their previous local row. Any other error ends the session: nothing of
-// the response is committed and it is applied again after reconnecting.
+// fails too, op by op, logging and skipping the puts and deletes PostgreSQL
+// refuses as invalid data (SQLSTATE classes 22 and 23), which keep their
+// previous local row; and if the ops together still break a deferred
+// constraint, op by op checking the deferred constraints after each. Any
+// other error ends the session: nothing of the response is committed and
+// it is applied again after reconnecting.
 //
 // # Start, compaction, reconcile
 //
@@ -50,7 +53,8 @@
 // ErrCompacted, the follower lists the prefix and reconciles in one
 // transaction: upsert every listed row that differs locally, delete every
 // local row of a template's table whose key is not listed, record the
-// list's revision; then it watches from that revision.
+// list's revision; then it watches from that revision. A listed key whose
+// value cannot be applied keeps its local row, as with the watch.
 //
 // # SQL safety
 //

@@ -23,6 +23,12 @@ func (f *Follower) reconcile(ctx context.Context, conn *pgx.Conn, r *router) (in
 	for i, kv := range kvs {
 		evs[i] = kvdriver.Event{Type: kvdriver.OpPut, Key: kv.Key, Value: kv.Value, Revision: rev}
 	}
+	// A key the store holds but whose value cannot be applied keeps its
+	// local row, as it does when the watch brings such a value.
+	stored := make(map[string]bool, len(kvs))
+	for _, kv := range kvs {
+		stored[kv.Key] = true
+	}
 	puts := f.routeAll(r, evs)
 	listed := make(map[string]op, len(puts))
 	for _, o := range puts {
@@ -48,7 +54,7 @@ func (f *Follower) reconcile(ctx context.Context, conn *pgx.Conn, r *router) (in
 			case inStore && len(local) == 1 && sameJSON(local[0].value, o.value):
 				unchanged++
 				delete(listed, key)
-			case !inStore && len(local) > 0:
+			case !inStore && !stored[key] && len(local) > 0:
 				ops = append(ops, op{typ: kvdriver.OpDelete, key: key, t: t})
 			}
 			continue
@@ -63,6 +69,9 @@ func (f *Follower) reconcile(ctx context.Context, conn *pgx.Conn, r *router) (in
 					unchanged++
 					delete(listed, row.key)
 				}
+				continue
+			}
+			if stored[row.key] {
 				continue
 			}
 			ident, err := keyValues(t, row.key)
