@@ -94,7 +94,7 @@ func compile(table, prefix, src string) (*Template, error) {
 			t.segs = append(t.segs, segment{col: c, isC: true})
 			t.cols = append(t.cols, c)
 		default:
-			if strings.ContainsAny(p, "{}") || !utf8.ValidString(p) || strings.ContainsRune(p, 0) {
+			if strings.ContainsAny(p, "{}") || !utf8.ValidString(p) || strings.ContainsRune(p, 0) || p == "." || p == ".." {
 				return nil, fmt.Errorf("keymap: template of %s has a bad literal segment %q", table, p)
 			}
 			t.segs = append(t.segs, segment{lit: p})
@@ -264,16 +264,32 @@ func (t *Template) Match(key string) bool {
 	return true
 }
 
-// EscapeSegment escapes '%' and '/' so a key always splits back into its parts.
+// EscapeSegment escapes '%' and '/' so a key always splits back into its
+// parts, and a whole segment "." or ".." (as %2E and %2E%2E: kvdriver
+// refuses dot segments, which path-like consumers would resolve).
 func EscapeSegment(s string) string {
+	switch s {
+	case ".":
+		return "%2E"
+	case "..":
+		return "%2E%2E"
+	}
 	if !strings.ContainsAny(s, "%/") {
 		return s
 	}
 	return strings.NewReplacer("%", "%25", "/", "%2F").Replace(s)
 }
 
-// UnescapeSegment reverses EscapeSegment.
+// UnescapeSegment reverses EscapeSegment. It accepts only what
+// EscapeSegment produces: %25 and %2F anywhere, %2E only as the whole
+// segment %2E or %2E%2E.
 func UnescapeSegment(s string) (string, error) {
+	switch s {
+	case "%2E":
+		return ".", nil
+	case "%2E%2E":
+		return "..", nil
+	}
 	if !strings.Contains(s, "%") {
 		return s, nil
 	}

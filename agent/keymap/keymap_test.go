@@ -3,6 +3,8 @@ package keymap
 import (
 	"encoding/json"
 	"testing"
+
+	"github.com/bagger/lenkwerk/kvdriver"
 )
 
 func TestDefaultsAndKeys(t *testing.T) {
@@ -33,10 +35,50 @@ func TestDefaultsAndKeys(t *testing.T) {
 }
 
 func TestEscapeRoundTrip(t *testing.T) {
-	for _, s := range []string{"", "a", "a/b", "%", "%2F", "ünï cödé", "/%/"} {
-		got, err := UnescapeSegment(EscapeSegment(s))
+	for _, s := range []string{"", "a", "a/b", "%", "%2F", "ünï cödé", "/%/", ".", "..", "...", "%2E", "%2E%2E", "a.", ".a", "./", "/.."} {
+		esc := EscapeSegment(s)
+		got, err := UnescapeSegment(esc)
 		if err != nil || got != s {
 			t.Fatalf("round trip of %q: %q, %v", s, got, err)
+		}
+		if err := kvdriver.ValidateKey("/x/" + esc); s != "" && err != nil {
+			t.Errorf("EscapeSegment(%q) = %q: not a valid key segment: %v", s, esc, err)
+		}
+	}
+	for s, want := range map[string]string{".": "%2E", "..": "%2E%2E", "...": "...", "a.b": "a.b"} {
+		if got := EscapeSegment(s); got != want {
+			t.Errorf("EscapeSegment(%q) = %q, want %q", s, got, want)
+		}
+	}
+	// Only what EscapeSegment produces unescapes.
+	for _, s := range []string{"%2E.", "a%2E", "%2E%2E%2E", "%2e", "%"} {
+		if got, err := UnescapeSegment(s); err == nil {
+			t.Errorf("UnescapeSegment(%q) = %q, want an error", s, got)
+		}
+	}
+}
+
+func TestDotSegments(t *testing.T) {
+	m, err := New("", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tm, err := m.Table("storage", "config", []string{"key"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for v, want := range map[string]string{`"."`: "/Config/%2E", `".."`: "/Config/%2E%2E", `"..."`: "/Config/..."} {
+		key, err := tm.Key(map[string]json.RawMessage{"key": json.RawMessage(v)})
+		if err != nil || key != want {
+			t.Errorf("key of %s: %q, %v; want %q", v, key, err, want)
+		}
+		if err := kvdriver.ValidateKey(key); err != nil {
+			t.Errorf("key of %s: %v", v, err)
+		}
+	}
+	for _, src := range []string{"/./{a}", "/x/../{a}"} {
+		if _, err := New("", map[string]string{"s.t": src}); err == nil {
+			t.Errorf("template %q accepted, want an error (dot segment)", src)
 		}
 	}
 }
