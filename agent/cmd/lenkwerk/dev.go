@@ -18,6 +18,7 @@ import (
 	"github.com/bagger/lenkwerk/integration/etcdtest"
 	"github.com/bagger/lenkwerk/integration/pgtest"
 	"github.com/bagger/lenkwerk/kvdriver"
+	"github.com/bagger/lenkwerk/kvdriver/pgkv"
 	"github.com/bagger/lenkwerk/migrations"
 	"github.com/jackc/pgx/v5"
 )
@@ -129,7 +130,7 @@ func runDev(ctx context.Context, args []string, stdout io.Writer) (err error) {
 		undo = append(undo, srv.Close)
 		kvURL = srv.URL()
 	case "postgres":
-		kvURL, kvNote = adminURL, " (pgkv, schema "+"lenkwerk_kv)"
+		kvURL, kvNote = adminURL, " (pgkv, schema "+pgkv.DefaultSchema+")"
 	case "mem":
 		kvURL, kvNote = "mem://lenkwerk-dev", " (in this process only: the tree below is the way to see it)"
 	}
@@ -178,13 +179,43 @@ func runDev(ctx context.Context, args []string, stdout io.Writer) (err error) {
 		}
 	}()
 
-	configURL := withOptions(adminURL, "-c role=lenkwerk_config")
 	psql := "psql"
 	if _, err := exec.LookPath("psql"); err != nil {
 		psql = filepath.Join(pg.BinDir(), "psql")
 	}
-	removed := "deleted on exit"
+	info := devInfo{
+		adminURL:  adminURL,
+		configURL: withOptions(adminURL, "-c role=lenkwerk_config"),
+		agentURL:  agentURL,
+		kvURL:     kvURL,
+		kvNote:    kvNote,
+		dir:       root,
+		keep:      keep,
+		psql:      psql,
+	}
+	if err := info.print(stdout); err != nil {
+		return err
+	}
+	stop := "Ctrl-C stops everything and deletes the data"
 	if keep {
+		stop = "Ctrl-C stops everything; the data stays in " + root
+	}
+	return showTree(showCtx, store, stdout, stop)
+}
+
+// devInfo is what lenkwerk dev tells its user.
+type devInfo struct {
+	adminURL, configURL, agentURL string
+	kvURL, kvNote                 string // kvNote: "" or " (…)"
+	dir                           string
+	keep                          bool   // dir stays after exit
+	psql                          string // the psql command
+}
+
+// print writes the URLs and commands to try.
+func (d devInfo) print(stdout io.Writer) error {
+	removed := "deleted on exit"
+	if d.keep {
 		removed = "kept"
 	}
 	w := bufio.NewWriter(stdout)
@@ -199,22 +230,18 @@ func runDev(ctx context.Context, args []string, stdout io.Writer) (err error) {
 lenkwerk_config cannot log in (NOLOGIN); its URL logs in as the superuser
 and takes the role (options=-c role=lenkwerk_config). In another terminal:
 
-  %s '%s' -c "select storage.register_pg_instance('db1', 5432, 'bagger')"
-  %s '%s' -c "select storage.set_pg_instance_status(1, 3)"
-  %s '%s' -c "select storage.save_config('kvstore_type', '\"etcd\"')"
-`, adminURL, configURL, agentURL, kvURL, kvNote, root, removed,
-		psql, configURL, psql, configURL, psql, configURL)
-	if *kind != "mem" {
-		fmt.Fprintf(w, "  lenkwerk status --database-url '%s' --kv '%s'\n  lenkwerk kv --kv '%s' ls /\n", agentURL, kvURL, kvURL)
+`, d.adminURL, d.configURL, d.agentURL, d.kvURL, d.kvNote, d.dir, removed)
+	for _, sql := range []string{
+		"select storage.register_pg_instance('db1', 5432, 'bagger')",
+		"select storage.set_pg_instance_status(1, 3)",
+		`select storage.save_config('kvstore_type', '\"etcd\"')`,
+	} {
+		fmt.Fprintf(w, "  %s '%s' -c \"%s\"\n", d.psql, d.configURL, sql)
 	}
-	if err := w.Flush(); err != nil {
-		return err
+	if !strings.HasPrefix(d.kvURL, "mem:") {
+		fmt.Fprintf(w, "  lenkwerk status --database-url '%s' --kv '%s'\n  lenkwerk kv --kv '%s' ls /\n", d.agentURL, d.kvURL, d.kvURL)
 	}
-	stop := "Ctrl-C stops everything and deletes the data"
-	if keep {
-		stop = "Ctrl-C stops everything; the data stays in " + root
-	}
-	return showTree(showCtx, store, stdout, stop)
+	return w.Flush()
 }
 
 // showTree prints the key tree, then every change until ctx ends. The
