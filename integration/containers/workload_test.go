@@ -203,7 +203,10 @@ func (l *load) note(ctx context.Context, what string, err error) {
 	l.mu.Lock()
 	l.errs[what+": "+kind]++
 	l.mu.Unlock()
-	sleep(ctx, 100*time.Millisecond)
+	if !errors.As(err, &pgErr) {
+		// The server is away: don't spin.
+		sleep(ctx, 100*time.Millisecond)
+	}
 }
 
 // stop ends the writer and waits for it.

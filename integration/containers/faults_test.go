@@ -1,0 +1,154 @@
+package containers_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+)
+
+// underLoad runs fault while a writer changes the database, with a few
+// seconds of load before and after it, then stops the writer and waits
+// for convergence.
+func (s *stack) underLoad(ctx context.Context, seed uint64, converge time.Duration, fault func()) {
+	s.t.Helper()
+	l := startLoad(s.t, s.pg, seed)
+	pause(3 * time.Second)
+	fault()
+	pause(3 * time.Second)
+	l.stop()
+	s.t.Logf("load: %v", l)
+	if l.committed.Load() == 0 {
+		s.t.Fatal("the writer committed nothing: the scenario tested nothing")
+	}
+	s.converge(ctx, converge)
+}
+
+// Scenario 2: the agent container SIGKILLed mid-load and started again:
+// nothing lost (convergence) and nothing applied twice (the checkpoint
+// history).
+func TestAgentKilled(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := newStack(t, 1)
+	s.startAgent()
+	s.underLoad(ctx, 2, 90*time.Second, func() {
+		if err := s.agent.Kill(ctx); err != nil {
+			t.Fatal(err)
+		}
+		pause(2 * time.Second) // changes pile up in the slot meanwhile
+		if err := s.agent.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+	})
+	s.agentRunning(ctx)
+	s.checkNoReplay(ctx)
+}
+
+// Scenario 3: etcd stopped for 30 s under load, then started: the agent
+// backs off without exiting and catches up.
+func TestEtcdDown30s(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := newStack(t, 1)
+	s.startAgent()
+	s.underLoad(ctx, 3, 90*time.Second, func() {
+		if err := s.etcd.Members[0].Stop(ctx, 10*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		pause(30 * time.Second)
+		if err := s.etcd.Restart(ctx, 0); err != nil {
+			t.Fatal(err)
+		}
+	})
+	s.agentRunning(ctx)
+	s.checkNoReplay(ctx)
+}
+
+// Scenario 4: a three-member etcd cluster loses the member the agent
+// lists first, under load: a change made while it is down reaches the
+// store within a few seconds, and after it is back everything is there.
+func TestEtcdMemberDown(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := newStack(t, 3)
+	s.startAgent()
+	s.converge(ctx, 60*time.Second)
+	s.underLoad(ctx, 4, 90*time.Second, func() {
+		if err := s.etcd.Members[0].Stop(ctx, 10*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		// The marker goes through the agent to the two members left.
+		store := s.openStore(ctx)
+		start := time.Now()
+		s.exec(ctx, `SELECT storage.save_config('marker', '"member down"')`)
+		err := waitUntil(ctx, 10*time.Second, func() bool {
+			kv, err := store.Get(ctx, "/Config/marker")
+			return err == nil && len(kv.Value) > 0
+		})
+		if err != nil {
+			t.Fatalf("with one of three etcd members down, a change did not reach the store within 10s: %v", err)
+		}
+		t.Logf("with a member down, a change reached the store in %v", time.Since(start).Round(time.Millisecond))
+		pause(3 * time.Second)
+		if err := s.etcd.Restart(ctx, 0); err != nil {
+			t.Fatal(err)
+		}
+	})
+	s.agentRunning(ctx)
+	s.checkNoReplay(ctx)
+}
+
+// Scenario 5: the agent container cut off the network (from PostgreSQL
+// and etcd) for 20 s, longer than the server's wal_sender_timeout (10 s),
+// then put back: it reconnects and resumes. Its address may change, as
+// a moved container's would.
+func TestAgentPartitioned(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := newStack(t, 1)
+	s.startAgent()
+	s.converge(ctx, 60*time.Second)
+	s.underLoad(ctx, 5, 90*time.Second, func() {
+		if err := s.agent.Disconnect(ctx); err != nil {
+			t.Fatal(err)
+		}
+		pause(20 * time.Second)
+		if err := s.agent.Connect(ctx); err != nil {
+			t.Fatal(err)
+		}
+	})
+	s.agentRunning(ctx)
+	s.checkNoReplay(ctx)
+}
+
+// Scenario 6: PostgreSQL stopped (fast shutdown) and started under load;
+// the writer and the checks follow it to its new host port.
+func TestPostgresRestart(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := newStack(t, 1)
+	s.startAgent()
+	s.converge(ctx, 60*time.Second)
+	s.underLoad(ctx, 6, 90*time.Second, func() {
+		if err := s.pg.Restart(ctx, 20*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	})
+	s.agentRunning(ctx)
+	s.checkNoReplay(ctx)
+}
+
+// waitUntil polls cond every 50ms until it holds or timeout passes.
+func waitUntil(ctx context.Context, timeout time.Duration, cond func() bool) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	for !cond() {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("not within %v", timeout)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return nil
+}
