@@ -41,10 +41,17 @@
 // revision is applied again with every touched row deleted first; if that
 // fails too, op by op, logging and skipping the puts and deletes PostgreSQL
 // refuses as invalid data (SQLSTATE classes 22 and 23), which keep their
-// previous local row; and if the ops together still break a deferred
-// constraint, op by op checking the deferred constraints after each. Any
-// other error ends the session: nothing of the response is committed and
-// it is applied again after reconnecting.
+// previous local row. Changes a foreign key refuses (23503) are not
+// skipped but wait: an agent transaction larger than a store batch arrives
+// in several revisions, so a field may come before its index, or an
+// index's deletion before its fields'. They are retried after every
+// revision, dropped when their key changes again, and the checkpoint stays
+// before the oldest of them, so a restart replays them (replaying applied
+// revisions writes the same final values). If the ops together still
+// break a deferred constraint, they are applied op by op checking the
+// deferred constraints after each. Any other error ends the session:
+// nothing of the response is committed and it is applied again after
+// reconnecting.
 //
 // # Start, compaction, reconcile
 //

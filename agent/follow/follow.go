@@ -59,7 +59,11 @@ type Follower struct {
 
 	revision atomic.Int64
 	skipped  atomic.Int64
+	npending atomic.Int64
 	migrated bool
+	// pending are changes refused for a missing parent or a remaining
+	// child (a foreign key), retried after every revision; owned by Run.
+	pending []pendingOp
 
 	mu     sync.Mutex
 	logged map[string]bool // keys and tables already logged as unusable
@@ -67,8 +71,15 @@ type Follower struct {
 
 // Status is what the follower has done so far.
 type Status struct {
-	// Revision is the store revision the local copy is at (0: none yet).
+	// Revision is the store revision the local copy is at (0: none yet),
+	// as its checkpoint says: while changes are Pending it stays before the
+	// oldest of them.
 	Revision int64
+	// Pending counts changes waiting for a row they reference to arrive,
+	// or for rows referencing them to go (foreign keys): an agent
+	// transaction larger than one store batch reaches the store in several
+	// revisions.
+	Pending int
 	// Skipped counts the puts and deletes not applied: keys no template
 	// matches, values that are not rows of their key, data the local table
 	// refuses.
@@ -101,7 +112,7 @@ func New(cfg Config) (*Follower, error) {
 
 // Status reports the follower's progress; safe for concurrent use.
 func (f *Follower) Status() Status {
-	return Status{Revision: f.revision.Load(), Skipped: f.skipped.Load()}
+	return Status{Revision: f.revision.Load(), Skipped: f.skipped.Load(), Pending: int(f.npending.Load())}
 }
 
 // errPermanent marks errors reconnecting cannot fix.
@@ -180,6 +191,9 @@ func (f *Follower) session(ctx context.Context) error {
 	if names == nil || !names.Copy {
 		return errPermanent{errors.New("follow: the database is not a Lenkwerk copy (not migrated: run with migrate, or migrate it as a copy)")}
 	}
+	// What was pending is replayed from the checkpoint, which stayed
+	// before it.
+	f.pending = nil
 	tables, err := f.resolve(ctx, conn)
 	if err != nil {
 		return err
@@ -300,10 +314,77 @@ func (f *Follower) routeAll(r *router, evs []kvdriver.Event) []op {
 	return ops
 }
 
-// skip logs an op PostgreSQL refused.
-func (f *Follower) skip(o op, err error) {
-	f.skipped.Add(1)
-	f.log.Error("follow: change refused by the local table, skipped (the row keeps its previous value)", "key", o.key, "table", o.t.name, "err", err)
+// pendingOp is a change refused by a foreign key, and the revision that
+// brought it.
+type pendingOp struct {
+	op  op
+	rev int64
+}
+
+// refuse returns the callback applyRevision reports refused ops to: those
+// a foreign key refused wait in pending (the rest of an agent transaction
+// split over several store batches may bring the parent, or delete the
+// children), the others are logged and skipped.
+func (f *Follower) refuse(rev func(key string) int64) func(op, error) {
+	return func(o op, err error) {
+		if pgErr, ok := dataError(err); ok && pgErr.Code == "23503" {
+			f.pending = append(f.pending, pendingOp{op: o, rev: rev(o.key)})
+			f.logOnce(slog.LevelWarn, "pending:"+o.key, "follow: change waits for a row it references, or for rows referencing it, to arrive or go; the checkpoint stays before it meanwhile",
+				"key", o.key, "table", o.t.name, "err", err)
+			return
+		}
+		f.skipped.Add(1)
+		f.log.Error("follow: change refused by the local table, skipped (the row keeps its previous value)", "key", o.key, "table", o.t.name, "err", err)
+	}
+}
+
+// supersede drops the pending changes of keys ops change again.
+func (f *Follower) supersede(ops []op) {
+	if len(f.pending) == 0 {
+		return
+	}
+	keys := make(map[string]bool, len(ops))
+	for _, o := range ops {
+		keys[o.key] = true
+	}
+	kept := f.pending[:0]
+	for _, p := range f.pending {
+		if !keys[p.op.key] {
+			kept = append(kept, p)
+		}
+	}
+	f.pending = kept
+}
+
+// retryPending applies the pending changes again, after a revision.
+func (f *Follower) retryPending(ctx context.Context, tx pgx.Tx) error {
+	if len(f.pending) == 0 {
+		return nil
+	}
+	prev := f.pending
+	f.pending = nil
+	revs := make(map[string]int64, len(prev))
+	ops := make([]op, len(prev))
+	for i, p := range prev {
+		revs[p.op.key], ops[i] = p.rev, p.op
+	}
+	if _, err := applyRevision(ctx, tx, ops, f.refuse(func(k string) int64 { return revs[k] })); err != nil {
+		return fmt.Errorf("retry pending changes: %w", err)
+	}
+	if n := len(prev) - len(f.pending); n > 0 {
+		f.log.Info("follow: pending changes applied", "changes", n, "still_pending", len(f.pending))
+	}
+	return nil
+}
+
+// checkpointFor is the revision to record once rev is applied: before the
+// oldest pending change, so that a restart replays it (replaying applied
+// revisions rewrites the same final values).
+func (f *Follower) checkpointFor(rev int64) int64 {
+	for _, p := range f.pending {
+		rev = min(rev, p.rev-1)
+	}
+	return rev
 }
 
 // watch applies the watch from rev on until an error.
@@ -342,12 +423,17 @@ func (f *Follower) applyResponse(ctx context.Context, conn *pgx.Conn, r *router,
 		for n < len(evs) && evs[n].Revision == evs[0].Revision {
 			n++
 		}
-		how, err := applyRevision(ctx, tx, f.routeAll(r, evs[:n]), f.skip)
+		ops, evRev := f.routeAll(r, evs[:n]), evs[0].Revision
+		f.supersede(ops)
+		how, err := applyRevision(ctx, tx, ops, f.refuse(func(string) int64 { return evRev }))
 		if err != nil {
-			return fmt.Errorf("apply revision %d: %w", evs[0].Revision, err)
+			return fmt.Errorf("apply revision %d: %w", evRev, err)
 		}
 		if how != inOrder && how != noChanges {
-			f.log.Info("follow: revision applied "+how, "revision", evs[0].Revision)
+			f.log.Info("follow: revision applied "+how, "revision", evRev)
+		}
+		if err := f.retryPending(ctx, tx); err != nil {
+			return err
 		}
 		evs = evs[n:]
 	}
@@ -355,13 +441,15 @@ func (f *Follower) applyResponse(ctx context.Context, conn *pgx.Conn, r *router,
 	if k := len(resp.Events); k > 0 {
 		rev = max(rev, resp.Events[k-1].Revision)
 	}
-	if err := saveCheckpoint(ctx, tx, f.cfg.Prefix, f.cfg.StoreName, rev); err != nil {
+	cp := f.checkpointFor(rev)
+	if err := saveCheckpoint(ctx, tx, f.cfg.Prefix, f.cfg.StoreName, cp); err != nil {
 		return err
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return fmt.Errorf("commit revision %d: %w", rev, err)
 	}
-	f.revision.Store(rev)
-	f.log.Debug("follow: applied", "revision", rev, "events", len(resp.Events))
+	f.revision.Store(cp)
+	f.npending.Store(int64(len(f.pending)))
+	f.log.Debug("follow: applied", "revision", rev, "events", len(resp.Events), "checkpoint", cp)
 	return nil
 }

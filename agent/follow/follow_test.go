@@ -655,3 +655,47 @@ func TestDatabaseReconnect(t *testing.T) {
 		t.Fatalf("no reconnect:\n%s", logs)
 	}
 }
+
+// An agent transaction larger than a store batch reaches the store in
+// several revisions: a field before its index, an index deleted before its
+// fields. Such changes wait (the checkpoint stays before them, across a
+// restart too) until the rest arrives.
+func TestSplitTransaction(t *testing.T) {
+	e := newEnv(t, "", follow.Config{})
+	e.apply(baseline("")...)
+	e.start()
+	e.caughtUp()
+	waitPending := func(n int) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for e.f.Status().Pending != n {
+			if time.Now().After(deadline) {
+				t.Fatalf("Pending = %d, want %d; logs:\n%s", e.f.Status().Pending, n, e.logs)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	// The first half: a field of an index that is not there yet, and the
+	// deletion of an index whose fields are still there.
+	first := e.apply(put("/Index/5/50", field(50, 5, 0, "ts")), kvdriver.Delete("/Index/1"), put("/Config/x", config(3, "x", 1)))
+	waitPending(2)
+	if got := e.checkpoint(); got != first-1 {
+		t.Fatalf("checkpoint %d with changes of revision %d pending", got, first)
+	}
+	if n := e.count(`SELECT count(*) FROM storage.config WHERE key = 'x'`); n != 1 {
+		t.Fatal("the rest of the revision was not applied")
+	}
+	e.stop()
+	e.start()
+	waitPending(2)
+	// The second half.
+	e.apply(put("/Index/5", index(5, "by_ts", "brin")), kvdriver.Delete("/Index/1/10"), kvdriver.Delete("/Index/1/11"))
+	e.caughtUp()
+	e.equal()
+	if s := e.f.Status(); s.Pending != 0 || s.Skipped != 0 {
+		t.Fatalf("status %+v", s)
+	}
+	if !strings.Contains(e.logs.String(), "pending changes applied") {
+		t.Fatalf("logs:\n%s", e.logs)
+	}
+}

@@ -86,20 +86,23 @@ func (f *Follower) reconcile(ctx context.Context, conn *pgx.Conn, r *router) (in
 			ops = append(ops, o)
 		}
 	}
-	how, err := applyRevision(ctx, tx, ops, f.skip)
+	f.pending = nil
+	how, err := applyRevision(ctx, tx, ops, f.refuse(func(string) int64 { return rev }))
 	if err != nil {
 		return 0, fmt.Errorf("reconcile with revision %d: %w", rev, err)
 	}
 	if how != inOrder && how != noChanges {
 		f.log.Info("follow: reconcile applied "+how, "revision", rev)
 	}
-	if err := saveCheckpoint(ctx, tx, f.cfg.Prefix, f.cfg.StoreName, rev); err != nil {
+	cp := f.checkpointFor(rev)
+	if err := saveCheckpoint(ctx, tx, f.cfg.Prefix, f.cfg.StoreName, cp); err != nil {
 		return 0, err
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return 0, fmt.Errorf("commit reconcile with revision %d: %w", rev, err)
 	}
-	f.revision.Store(rev)
+	f.revision.Store(cp)
+	f.npending.Store(int64(len(f.pending)))
 	f.log.Info("follow: local copy reconciled with the store", "revision", rev, "keys", len(kvs), "unchanged", unchanged, "changes", len(ops))
 	return rev, nil
 }

@@ -8,10 +8,14 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/bagger/lenkwerk/agent"
 	"github.com/bagger/lenkwerk/agent/keymap"
 	"github.com/bagger/lenkwerk/kvdriver"
 )
+
+// reservedSegment is agent.ReservedSegment: the first key segment (under
+// the prefix) of the agent's own keys. Not imported, so that the follower
+// does not build the replication agent into itself.
+const reservedSegment = ".lenkwerk"
 
 // errIgnored marks a key of the agent's reserved subtree.
 var errIgnored = errors.New("reserved key")
@@ -23,7 +27,7 @@ type router struct {
 }
 
 func newRouter(prefix string, tables []*table) *router {
-	r := &router{reserved: prefix + "/" + agent.ReservedSegment, tables: append([]*table(nil), tables...)}
+	r := &router{reserved: prefix + "/" + reservedSegment, tables: append([]*table(nil), tables...)}
 	literals := func(t *table) int { return strings.Count(t.tmpl.String(), "/") - len(t.keyCols) }
 	sort.SliceStable(r.tables, func(i, j int) bool {
 		if li, lj := literals(r.tables[i]), literals(r.tables[j]); li != lj {
