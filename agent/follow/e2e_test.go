@@ -95,7 +95,7 @@ func TestEndToEnd(t *testing.T) {
 func compareTables(t *testing.T, ctx context.Context, src, local *pgx.Conn, step string) {
 	t.Helper()
 	for _, table := range []string{"config", "postgres_instance", "dimension", "index", "index_field", "servermap"} {
-		q := "SELECT to_jsonb(t)::text FROM ONLY storage." + table + " t"
+		q := "SELECT to_jsonb(t.*)::text FROM ONLY storage." + table + " t"
 		srcQ := q
 		if table == "servermap" {
 			srcQ += " ORDER BY id DESC LIMIT 1"

@@ -9,3 +9,7 @@ import (
 func migrationsUp(ctx context.Context, url string) error {
 	return migrations.Up(ctx, url, migrations.Options{})
 }
+
+func migrationsUpCopy(ctx context.Context, url string) error {
+	return migrations.Up(ctx, url, migrations.Options{Copy: true})
+}

@@ -39,21 +39,20 @@ func resolveTable(ctx context.Context, conn *pgx.Conn, tmpl *keymap.Template) (*
 		return nil, fmt.Errorf("template %s: table name is not schema.table", tmpl.Table())
 	}
 	var (
-		oid             uint32
-		nsp, rel, kind  string
-		hasOID          bool
-		quoted          = pgx.Identifier{schema, name}.Sanitize()
-		singletonNoCols = tmpl.Singleton()
+		oid            uint32
+		nsp, rel, kind string
+		exists         bool
+		quoted         = pgx.Identifier{schema, name}.Sanitize()
 	)
 	err := conn.QueryRow(ctx, `SELECT c.oid IS NOT NULL, coalesce(c.oid, 0), coalesce(n.nspname, ''), coalesce(c.relname, ''), coalesce(c.relkind::text, '')
 		FROM (SELECT to_regclass($1) AS r) x
 		LEFT JOIN pg_catalog.pg_class c ON c.oid = x.r
-		LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace`, quoted).Scan(&hasOID, &oid, &nsp, &rel, &kind)
+		LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace`, quoted).Scan(&exists, &oid, &nsp, &rel, &kind)
 	if err != nil {
 		return nil, fmt.Errorf("template %s: look up table %s: %w", tmpl.Table(), quoted, err)
 	}
 	switch {
-	case !hasOID:
+	case !exists:
 		return nil, fmt.Errorf("template %s: table %s does not exist in the local copy", tmpl.Table(), quoted)
 	case slices.Contains(refusedSchemas, nsp) || strings.HasPrefix(nsp, "pg_"):
 		return nil, fmt.Errorf("template %s: table %s is in schema %s, which lenkwerk follow never writes", tmpl.Table(), quoted, nsp)
@@ -82,7 +81,7 @@ func resolveTable(ctx context.Context, conn *pgx.Conn, tmpl *keymap.Template) (*
 	if len(cols) == 0 {
 		return nil, fmt.Errorf("template %s: table %s has no columns", tmpl.Table(), quoted)
 	}
-	t.buildSQL(pgx.Identifier{nsp, rel}.Sanitize(), cols, singletonNoCols)
+	t.buildSQL(pgx.Identifier{nsp, rel}.Sanitize(), cols, tmpl.Singleton())
 	return t, nil
 }
 
@@ -105,7 +104,8 @@ func (t *table) buildSQL(rel string, cols []string, singleton bool) {
 	newRow := "SELECT * FROM json_populate_record(NULL::" + rel + ", $1::json)"
 	t.insertSQL = "INSERT INTO " + rel + " (" + all + ") SELECT " + all + " FROM json_populate_record(NULL::" + rel + ", $1::json)"
 	t.clearSQL = "DELETE FROM ONLY " + rel
-	t.selectSQL = "SELECT to_jsonb(t)::text FROM ONLY " + rel + " AS t"
+	// t.*, not t: a column named t would win over the row.
+	t.selectSQL = "SELECT to_jsonb(t.*)::text FROM ONLY " + rel + " AS t"
 	if singleton {
 		return
 	}
