@@ -1,0 +1,198 @@
+package bench
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+
+	"github.com/bagger/lenkwerk/agent"
+	"github.com/bagger/lenkwerk/kvdriver"
+)
+
+// Agent is a running agent: a `lenkwerk agent` process or, with
+// Options.InProcess, an agent.Agent in this process.
+type Agent struct {
+	Prefix  string
+	Started time.Time
+
+	cmd     *exec.Cmd
+	done    chan struct{}
+	logPath string
+
+	cancel context.CancelFunc
+	runErr chan error
+	store  kvdriver.Store // opened for an in-process agent
+
+	stopOnce sync.Once
+	stopErr  error
+}
+
+// StartAgent starts an agent mirroring src into the store under prefix.
+func (e *Env) StartAgent(ctx context.Context, src *Source, kind StoreKind, prefix string) (*Agent, error) {
+	if e.InProcess {
+		store, err := e.OpenStore(ctx, kind)
+		if err != nil {
+			return nil, err
+		}
+		a, err := startInProcess(src, store, prefix)
+		if err != nil {
+			store.Close()
+			return nil, err
+		}
+		a.store = store
+		return a, nil
+	}
+	a := &Agent{Prefix: prefix, done: make(chan struct{})}
+	a.logPath = filepath.Join(e.Dir, fmt.Sprintf("agent-%d.log", e.next()))
+	log, err := os.Create(a.logPath)
+	if err != nil {
+		return nil, fmt.Errorf("bench: %w", err)
+	}
+	a.cmd = exec.Command(e.Bin, "agent",
+		"--database-url", src.AgentURL, "--kv", e.StoreURL(kind),
+		"--slot", src.Slot, "--prefix", prefix, "--log-level", "warn")
+	a.cmd.Stdout, a.cmd.Stderr = log, log
+	// The death signal: no agent outlives a benchmark that dies.
+	a.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	a.Started = time.Now()
+	if err := a.cmd.Start(); err != nil {
+		log.Close()
+		return nil, fmt.Errorf("bench: start lenkwerk agent: %w", err)
+	}
+	go func() {
+		_ = a.cmd.Wait()
+		log.Close()
+		close(a.done)
+	}()
+	return a, nil
+}
+
+// startInProcess runs agent.Run on store in this process.
+func startInProcess(src *Source, store kvdriver.Store, prefix string) (*Agent, error) {
+	ag, err := agent.New(agent.Config{
+		DatabaseURL: src.AgentURL,
+		Store:       store,
+		Slot:        src.Slot,
+		Prefix:      prefix,
+		Logger:      slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("bench: %w", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	a := &Agent{Prefix: prefix, Started: time.Now(), cancel: cancel, runErr: make(chan error, 1)}
+	go func() { a.runErr <- ag.Run(ctx) }()
+	return a, nil
+}
+
+// exited reports an agent process that ended by itself.
+func (a *Agent) exited() error {
+	if a.cmd == nil {
+		select {
+		case err := <-a.runErr:
+			a.runErr <- err
+			return fmt.Errorf("bench: agent.Run returned %v", err)
+		default:
+			return nil
+		}
+	}
+	select {
+	case <-a.done:
+		return fmt.Errorf("bench: the agent exited (%v); its log:\n%s", a.cmd.ProcessState, a.LogTail())
+	default:
+		return nil
+	}
+}
+
+// PeakRSS is the agent process's peak resident set (VmHWM) in bytes so
+// far; 0 for an in-process agent.
+func (a *Agent) PeakRSS() (int64, error) {
+	if a.cmd == nil {
+		return 0, nil
+	}
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", a.cmd.Process.Pid))
+	if err != nil {
+		return 0, fmt.Errorf("bench: agent status: %w", err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "VmHWM:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("bench: VmHWM %q: %w", v, err)
+			}
+			return kb << 10, nil
+		}
+	}
+	return 0, errors.New("bench: no VmHWM in the agent's status")
+}
+
+// Stop ends the agent (SIGTERM, then SIGKILL after 30s) and waits for it.
+// It is idempotent.
+func (a *Agent) Stop() error {
+	a.stopOnce.Do(func() { a.stopErr = a.stop() })
+	return a.stopErr
+}
+
+func (a *Agent) stop() error {
+	if a.cmd == nil {
+		a.cancel()
+		err := <-a.runErr
+		if a.store != nil {
+			a.store.Close()
+		}
+		return err
+	}
+	_ = syscall.Kill(-a.cmd.Process.Pid, syscall.SIGTERM)
+	select {
+	case <-a.done:
+	case <-time.After(30 * time.Second):
+		_ = syscall.Kill(-a.cmd.Process.Pid, syscall.SIGKILL)
+		<-a.done
+		return errors.New("bench: the agent did not stop within 30s of SIGTERM")
+	}
+	return nil
+}
+
+// LogTail is the end of an agent process's log.
+func (a *Agent) LogTail() string {
+	b, _ := os.ReadFile(a.logPath)
+	if len(b) > 8<<10 {
+		b = b[len(b)-8<<10:]
+	}
+	return string(b)
+}
+
+// WaitCheckpoint polls store until the agent's checkpoint exists and its
+// LSN is past after (0: any), and returns when it saw it.
+func (a *Agent) WaitCheckpoint(ctx context.Context, store kvdriver.Store, slot string, after pglogrepl.LSN, timeout time.Duration) (time.Time, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	for {
+		ck, ok, err := agent.ReadCheckpoint(ctx, store, a.Prefix, slot)
+		if err == nil && ok && ck.LSN > after {
+			return time.Now(), nil
+		}
+		if err := a.exited(); err != nil {
+			return time.Time{}, err
+		}
+		select {
+		case <-ctx.Done():
+			return time.Time{}, fmt.Errorf("bench: no checkpoint past %s within %v (last: %s, %v, %v)", after, timeout, ck.LSN, ok, err)
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+}

@@ -1,0 +1,67 @@
+package bench_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/bagger/lenkwerk/integration/bench"
+)
+
+// TestHarness runs every scenario on a few rows, with the agent in
+// process (no build), and checks what the harness measured: it must count
+// every write and every key, and report positive times.
+func TestHarness(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	e, err := bench.NewEnv(ctx, bench.Options{InProcess: true, Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := e.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	const rows = 100
+
+	for _, kind := range []bench.StoreKind{bench.Etcd, bench.PGKV} {
+		t.Run(string(kind), func(t *testing.T) {
+			lat, err := e.Latency(ctx, kind, 20, 200)
+			if err != nil {
+				t.Fatalf("Latency: %v", err)
+			}
+			for name, l := range map[string]bench.Latencies{"agent": lat.Agent, "direct": lat.Direct} {
+				if l.N != 20 || l.P50 <= 0 || l.P99 < l.P50 || l.Max < l.P99 {
+					t.Errorf("Latency %s: %+v, want 20 samples, 0 < p50 <= p99 <= max", name, l)
+				}
+			}
+			for _, txRows := range []int{rows, 10} {
+				r, err := e.Bulk(ctx, kind, rows, txRows)
+				if err != nil {
+					t.Fatalf("Bulk(%d, %d): %v", rows, txRows, err)
+				}
+				checkThroughput(t, "Bulk", r, rows)
+			}
+			r, err := e.InitialSync(ctx, kind, rows)
+			if err != nil {
+				t.Fatalf("InitialSync: %v", err)
+			}
+			checkThroughput(t, "InitialSync", r, rows)
+		})
+	}
+	d, err := e.Decode(ctx, rows)
+	if err != nil {
+		t.Fatalf("Decode: %v", err)
+	}
+	if d.Discarded != rows+0 || d.Agent.Elapsed <= 0 || d.Recvlogical.Elapsed <= 0 || d.WAL <= 0 {
+		t.Errorf("Decode: %+v, want %d rows discarded and positive times", d, rows)
+	}
+}
+
+func checkThroughput(t *testing.T, name string, r bench.ThroughputResult, rows int) {
+	t.Helper()
+	if r.Agent.Rows != rows || r.Direct.Rows != rows || r.Agent.Elapsed <= 0 || r.Direct.Elapsed <= 0 {
+		t.Errorf("%s: %+v, want %d rows each, positive times", name, r, rows)
+	}
+}
