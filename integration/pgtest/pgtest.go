@@ -63,6 +63,24 @@ type Options struct {
 	Dir string
 	// Port is the TCP port on 127.0.0.1; 0 picks a free one.
 	Port int
+	// TLS turns on ssl with these files, copied into the cluster directory
+	// (owned by the server's user, key mode 0600, as PostgreSQL demands).
+	TLS *TLS
+	// HBA are pg_hba.conf lines put before the default rules (first match
+	// wins), e.g. "hostssl all all 127.0.0.1/32 cert" and
+	// "hostnossl all all 0.0.0.0/0 reject"; remember that "all" in the
+	// database column does not match replication connections. The local
+	// socket keeps trusting everyone: pgtest's own connections use it.
+	HBA []string
+}
+
+// TLS are the server's certificate files for Options.TLS.
+type TLS struct {
+	// CertFile and KeyFile are the server certificate and key (PEM).
+	CertFile, KeyFile string
+	// CAFile, when set, holds the CAs whose client certificates the server
+	// accepts (ssl_ca_file), needed for cert authentication.
+	CAFile string
 }
 
 // Cluster is a PostgreSQL server started from the machine's binaries (or an
@@ -187,6 +205,14 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 		}
 		return nil, err
 	}
+	if opts.Dir == "" {
+		// Before anything can leak: a killed test binary leaves its
+		// server running, and the next Start reaps it.
+		if err := writeOwner(dir); err != nil {
+			return fail(err)
+		}
+	}
+	reapOnce.Do(func() { reapStale(bindir) })
 	c := &Cluster{bindir: bindir, dir: dir}
 	if os.Geteuid() == 0 {
 		cred, err := postgresUser()
@@ -324,6 +350,11 @@ func (c *Cluster) initdb(ctx context.Context, opts Options) error {
 		"log_min_messages":        "warning",
 		"logging_collector":       "off",
 	}
+	if opts.TLS != nil {
+		if err := c.installTLS(*opts.TLS, settings); err != nil {
+			return err
+		}
+	}
 	for k, v := range opts.Settings {
 		settings[k] = v
 	}
@@ -345,14 +376,29 @@ func (c *Cluster) initdb(ctx context.Context, opts Options) error {
 	if _, err := f.WriteString(b.String()); err != nil {
 		return fmt.Errorf("write postgresql.conf: %w", err)
 	}
-	// Allow replication connections over TCP for every role (trust: tests only).
-	hba, err := os.OpenFile(filepath.Join(c.dataDir(), "pg_hba.conf"), os.O_APPEND|os.O_WRONLY, 0)
+	// Allow replication connections over TCP for every role (trust: tests
+	// only), after the caller's rules.
+	hbaFile := filepath.Join(c.dataDir(), "pg_hba.conf")
+	hba, err := os.ReadFile(hbaFile)
 	if err != nil {
-		return fmt.Errorf("open pg_hba.conf: %w", err)
+		return fmt.Errorf("read pg_hba.conf: %w", err)
 	}
-	defer hba.Close()
-	_, err = hba.WriteString("host replication all 127.0.0.1/32 trust\n")
-	return err
+	var h strings.Builder
+	if len(opts.HBA) > 0 {
+		h.WriteString("# pgtest: the server's local socket, for pgtest itself\n")
+		h.WriteString("local all postgres trust\n")
+		h.WriteString("# pgtest: Options.HBA\n")
+		for _, line := range opts.HBA {
+			h.WriteString(line + "\n")
+		}
+	}
+	h.Write(hba)
+	h.WriteString("host replication all 127.0.0.1/32 trust\n")
+	// WriteFile keeps the file's owner and mode (it exists).
+	if err := os.WriteFile(hbaFile, []byte(h.String()), 0o600); err != nil {
+		return fmt.Errorf("write pg_hba.conf: %w", err)
+	}
+	return nil
 }
 
 func freePort() (int, error) {
@@ -475,6 +521,25 @@ func (c *Cluster) URL(db, user string) string {
 	return u.String()
 }
 
+// adminURL is the superuser connection pgtest itself uses: the local
+// socket, which Options.HBA cannot close (a cluster that requires TLS and
+// client certificates over TCP still creates and drops databases).
+func (c *Cluster) adminURL() string {
+	if c.extURL != nil {
+		return c.URL("postgres", "")
+	}
+	return fmt.Sprintf("host=%s port=%d user=postgres dbname=postgres sslmode=disable", c.dir, c.port)
+}
+
+// SocketDir is the directory of the server's Unix socket (empty for an
+// external server).
+func (c *Cluster) SocketDir() string {
+	if c.extURL != nil {
+		return ""
+	}
+	return c.dir
+}
+
 // NewDatabase creates a fresh database and returns its superuser URL. The
 // database and its replication slots are dropped when the test ends.
 func (c *Cluster) NewDatabase(tb testing.TB) string {
@@ -506,7 +571,7 @@ func (c *Cluster) DropDatabase(ctx context.Context, name string) error {
 	if !running {
 		return nil // the test stopped it; Destroy removes the files
 	}
-	conn, err := pgx.Connect(ctx, c.URL("postgres", ""))
+	conn, err := pgx.Connect(ctx, c.adminURL())
 	if err != nil {
 		return fmt.Errorf("drop database %s: connect: %w", name, err)
 	}
@@ -535,7 +600,7 @@ func (c *Cluster) DropDatabase(ctx context.Context, name string) error {
 }
 
 func (c *Cluster) exec(ctx context.Context, sql string) error {
-	conn, err := pgx.Connect(ctx, c.URL("postgres", ""))
+	conn, err := pgx.Connect(ctx, c.adminURL())
 	if err != nil {
 		return fmt.Errorf("connect: %w", err)
 	}

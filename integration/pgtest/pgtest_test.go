@@ -10,7 +10,12 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-func TestMain(m *testing.M) { pgtest.Main(m) }
+func TestMain(m *testing.M) {
+	if os.Getenv("PGTEST_LEAK_CLUSTER") == "1" {
+		leakCluster()
+	}
+	pgtest.Main(m)
+}
 
 func TestNewDatabaseIsLogical(t *testing.T) {
 	ctx := context.Background()

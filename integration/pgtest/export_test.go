@@ -1,0 +1,4 @@
+package pgtest
+
+// ReapStale exposes reapStale to the tests.
+var ReapStale = reapStale
