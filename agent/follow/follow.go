@@ -207,7 +207,6 @@ func (f *Follower) session(ctx context.Context) error {
 	switch {
 	case !ok:
 		f.log.Info("follow: no checkpoint, loading the store")
-		ok = false
 	case store != f.cfg.StoreName:
 		f.log.Info("follow: checkpoint is of another store, reconciling", "checkpoint_store", store, "store", f.cfg.StoreName)
 		ok = false
@@ -237,7 +236,7 @@ func (f *Follower) session(ctx context.Context) error {
 		if !errors.Is(err, kvdriver.ErrCompacted) {
 			return err
 		}
-		f.log.Warn("follow: the store's history is compacted past our revision, reconciling", "revision", rev)
+		f.log.Warn("follow: the store's history is compacted past our revision, reconciling", "err", err)
 		if rev, err = f.reconcile(ctx, conn, r); err != nil {
 			return err
 		}
