@@ -42,6 +42,8 @@ type stack struct {
 
 	agent  *agentProc
 	prefix string // the agent's --prefix
+	// templates are the agent's --key-template overrides, for converge.
+	templates map[string]string
 }
 
 type storeKind string
@@ -143,7 +145,7 @@ func (s *stack) tryConverge(ctx context.Context, timeout time.Duration) (converg
 			}
 		}()
 	}
-	d, err := converge.Wait(ctx, converge.URL(s.dbURL), s.store, converge.Options{Prefix: s.prefix}, timeout)
+	d, err := converge.Wait(ctx, converge.URL(s.dbURL), s.store, converge.Options{Prefix: s.prefix, Templates: s.templates}, timeout)
 	if cause := context.Cause(ctx); err != nil && cause != nil && !errors.Is(cause, context.Canceled) {
 		err = fmt.Errorf("%w (%v)", err, cause)
 	}
