@@ -39,6 +39,7 @@ func runMigrate(ctx context.Context, args []string, stdin io.Reader, stdout, std
 	slot := fs.String("slot", "", "replication slot name (default "+migrations.DefaultSlot+", or the name the database recorded)")
 	publication := fs.String("publication", "", "publication name (default "+migrations.DefaultPublication+", or the name the database recorded)")
 	yes := fs.Bool("y", false, "do not ask before down without N")
+	copyMode := fs.Bool("copy", false, "provision a storage node's local copy for lenkwerk follow: no wal_level requirement, publication or slot")
 
 	// Flags may come before or after the action and its argument.
 	var pos []string
@@ -66,6 +67,7 @@ func runMigrate(ctx context.Context, args []string, stdin io.Reader, stdout, std
 	opts := migrations.Options{
 		Slot:        *slot,
 		Publication: *publication,
+		Copy:        *copyMode,
 		Log:         func(msg string) { fmt.Fprintf(stdout, "applied %s\n", msg) },
 	}
 	action, rest := pos[0], pos[1:]

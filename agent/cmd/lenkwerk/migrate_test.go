@@ -12,6 +12,7 @@ import (
 
 	"github.com/bagger/lenkwerk/integration/pgtest"
 	"github.com/bagger/lenkwerk/migrations"
+	"github.com/jackc/pgx/v5"
 )
 
 // migrateRun runs the migrate command with stdin and returns its output.
@@ -142,5 +143,43 @@ func TestMigrateBinary(t *testing.T) {
 	out, err = cmd.CombinedOutput()
 	if !errors.As(err, &exit) || exit.ExitCode() != 1 || !strings.Contains(string(out), "use -y") {
 		t.Fatalf("migrate down without an answer: %v\n%s", err, out)
+	}
+}
+
+// --copy provisions a storage node's copy: it works without wal_level=logical
+// and creates no publication and no slot.
+func TestMigrateCommandCopy(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	c := pgtest.StartCluster(t, pgtest.Options{WalLevel: "replica"})
+	url := c.NewDatabase(t)
+
+	if _, errOut, err := migrateRun(ctx, "", "up", "--database-url", url); err == nil {
+		t.Fatalf("up of a source on wal_level=replica succeeded\n%s", errOut)
+	}
+	if _, errOut, err := migrateRun(ctx, "", "force", "0", "--database-url", url); err != nil {
+		t.Fatalf("force 0: %v\n%s", err, errOut)
+	}
+	out, errOut, err := migrateRun(ctx, "", "up", "--copy", "--database-url", url)
+	if err != nil {
+		t.Fatalf("up --copy: %v\n%s", err, errOut)
+	}
+	if !strings.Contains(out, "version 7") {
+		t.Fatalf("up --copy printed %q", out)
+	}
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var pubs, slots, tables int
+	if err := conn.QueryRow(ctx, `SELECT (SELECT count(*) FROM pg_publication), (SELECT count(*) FROM pg_replication_slots WHERE database = current_database()), (SELECT count(*) FROM pg_tables WHERE schemaname = 'storage')`).Scan(&pubs, &slots, &tables); err != nil {
+		t.Fatal(err)
+	}
+	if pubs != 0 || slots != 0 || tables != 7 {
+		t.Fatalf("copy has %d publications, %d slots, %d storage tables; want 0, 0, 7", pubs, slots, tables)
+	}
+	if _, errOut, err := migrateRun(ctx, "", "up", "--copy", "--slot", "x", "--database-url", url); err == nil {
+		t.Fatalf("--copy with --slot accepted\n%s", errOut)
 	}
 }
