@@ -13,6 +13,7 @@ import (
 	"github.com/bagger/lenkwerk/kvdriver"
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Defaults of Config.
@@ -25,6 +26,9 @@ const (
 	DefaultStoreRetry     = 5 * time.Second
 	DefaultMinBackoff     = 250 * time.Millisecond
 	DefaultMaxBackoff     = 30 * time.Second
+	// DefaultStandbyRetry is the longest wait between a standby's
+	// attempts when the slot is still held after it got the agent lock.
+	DefaultStandbyRetry = time.Second
 	// DefaultMaxBatchOps and DefaultMaxBatchBytes cap a store batch when
 	// the store's own Limits are larger or unlimited, so a huge
 	// transaction is applied in chunks with bounded memory.
@@ -51,6 +55,12 @@ type Config struct {
 	Templates map[string]string
 	// Logger receives the agent's logs; default slog.Default().
 	Logger *slog.Logger
+	// Name names the store in logs and metrics (label store); default
+	// "default". Agents fanning out to several stores each have their own
+	// name, slot and checkpoint (see StoreSlot).
+	Name string
+	// Metrics receives the agent's Prometheus metrics; nil: none.
+	Metrics *Metrics
 
 	// StatusInterval is the longest time between standby status updates
 	// (keep it well below the server's wal_sender_timeout) and between
@@ -69,6 +79,11 @@ type Config struct {
 	StoreRetry time.Duration
 	// MinBackoff and MaxBackoff bound the wait before reconnecting.
 	MinBackoff, MaxBackoff time.Duration
+	// StandbyRetry bounds the wait of an agent that got the agent lock but
+	// found the slot still active (the previous agent's walsender not yet
+	// gone), and between checks of the slot meanwhile; default 1s. A
+	// standby waiting for the lock itself is woken by PostgreSQL at once.
+	StandbyRetry time.Duration
 	// RetainedWALWarn: above this many bytes of WAL held back by the slot
 	// the agent logs a warning at every poll (a stalled agent fills the
 	// server's disk; see max_slot_wal_keep_size). Default 1 GiB.
@@ -94,6 +109,12 @@ func (c *Config) setDefaults() {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
+	}
+	if c.Name == "" {
+		c.Name = "default"
+	}
+	if c.StandbyRetry <= 0 {
+		c.StandbyRetry = DefaultStandbyRetry
 	}
 	if c.StatusInterval <= 0 {
 		c.StatusInterval = DefaultStatusInterval
@@ -143,6 +164,15 @@ type Status struct {
 	// RetainedWAL is how many bytes of WAL the slot holds back, as of the
 	// last publication poll.
 	RetainedWAL int64
+	// Active is true while this agent holds its slot's agent lock (the
+	// active role); false while it waits as a standby or reconnects.
+	Active bool
+	// Standby is true while the agent waits for another agent of its
+	// slot to go (it holds the slot's agent lock).
+	Standby bool
+	// LagBytes is how much WAL the server has that the store does not
+	// (the server's WAL end, as last reported, minus the applied position).
+	LagBytes int64
 }
 
 // Agent mirrors the published tables of a Lenkwerk database into a store.
@@ -155,6 +185,13 @@ type Agent struct {
 	mu     sync.Mutex
 	status Status
 	stats  stats // test instrumentation (chunking, peak buffer)
+	// pendingSince is the commit time of the transaction being applied
+	// (zero between transactions); lastLag is the apply lag of the last
+	// transaction, zero once a keepalive showed the stream caught up.
+	pendingSince time.Time
+	lastLag      time.Duration
+
+	met agentMetrics
 
 	// testNoConfirm makes status updates repeat the start position, as if
 	// the agent crashed after each store write before confirming: the
@@ -191,12 +228,64 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
-	return &Agent{
+	if cfg.Metrics == nil {
+		// Unregistered: the agent counts into the void.
+		if cfg.Metrics, err = NewMetrics(prometheus.NewRegistry()); err != nil {
+			return nil, err
+		}
+	}
+	log := cfg.Logger.With("slot", cfg.Slot)
+	if cfg.Name != "default" {
+		log = log.With("store", cfg.Name)
+	}
+	a := &Agent{
 		cfg:     cfg,
 		mapper:  m,
-		log:     cfg.Logger.With("slot", cfg.Slot),
+		log:     log,
 		ckptKey: CheckpointKey(cfg.Prefix, cfg.Slot),
-	}, nil
+		met:     cfg.Metrics.forStore(cfg.Name),
+	}
+	cfg.Metrics.live.add(a)
+	return a, nil
+}
+
+// StoreSlot is the slot of an extra store named name when the agent fans
+// out from slot: "<slot>_<name>". Store names are 1-30 of a-z, 0-9, _.
+func StoreSlot(slot, name string) string { return slot + "_" + name }
+
+// lagSeconds is the age of the oldest change not yet in the store: the
+// commit time of the transaction being applied, else the last
+// transaction's apply lag until a keepalive shows the stream caught up.
+func (a *Agent) lagSeconds(now time.Time) time.Duration {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	lag := a.lastLag
+	if !a.pendingSince.IsZero() {
+		lag = max(lag, now.Sub(a.pendingSince))
+	}
+	return max(lag, 0)
+}
+
+// Ready reports whether the agent streams as the active agent of its slot
+// with a lag below maxLag; otherwise it says why not, in one line.
+func (a *Agent) Ready(maxLag time.Duration) (bool, string) {
+	st := a.Status()
+	switch {
+	case !st.Active:
+		return false, "standby: another agent holds the slot, or not connected"
+	case !st.Streaming:
+		if st.Err != nil {
+			return false, "not streaming: " + st.Err.Error()
+		}
+		return false, "not streaming yet (initial sync or connecting)"
+	}
+	if lag := a.lagSeconds(time.Now()); lag >= maxLag {
+		return false, fmt.Sprintf("lagging %v behind the database (bound %v)", lag.Round(time.Millisecond), maxLag)
+	}
+	if st.StoreErr != nil {
+		return false, "store failing: " + st.StoreErr.Error()
+	}
+	return true, "streaming"
 }
 
 // Status returns the agent's current progress.
@@ -229,10 +318,18 @@ func (a *Agent) Run(ctx context.Context) error {
 		if a.Status().Transactions > before {
 			bo.reset()
 		}
-		d := bo.next()
+		kind := errorKind(err)
+		a.met.reconnects.WithLabelValues(kind).Inc()
+		if kind != kindStore { // failed store attempts are counted as they happen
+			a.met.errs.WithLabelValues(kind).Inc()
+		}
+		var d time.Duration
 		if isSlotActive(err) {
+			// A standby must take over within seconds: no growing backoff.
+			d = (standbyBackoff{a.cfg.StandbyRetry}).next()
 			a.log.Info("replication slot is used by another consumer; waiting", "retry_in", d, "err", err)
 		} else {
+			d = bo.next()
 			a.log.Error("agent session failed; reconnecting", "retry_in", d, "err", err)
 		}
 		if sleep(ctx, d) {
@@ -264,7 +361,7 @@ func Resync(ctx context.Context, cfg Config) error {
 // needed (or forced), stream. It returns nil only when ctx is done (or, when
 // syncOnly, after the sync).
 func (a *Agent) session(ctx context.Context, syncOnly bool) error {
-	s, err := a.openSession(ctx)
+	s, err := a.openSession(ctx, !syncOnly)
 	if err != nil {
 		return err
 	}
@@ -272,12 +369,15 @@ func (a *Agent) session(ctx context.Context, syncOnly bool) error {
 	if syncOnly {
 		return s.initialSync(ctx)
 	}
+	if err := s.waitSlotFree(ctx); err != nil {
+		return err
+	}
 	rctx, cancel := context.WithTimeout(ctx, a.cfg.ApplyTimeout)
 	ck, ok, err := ReadCheckpoint(rctx, a.cfg.Store, a.cfg.Prefix, a.cfg.Slot)
 	cancel()
 	a.update(func(st *Status) { st.StoreErr = err })
 	if err != nil {
-		return err
+		return &storeError{err}
 	}
 	if ok {
 		ok, err = s.checkSlot(ctx, ck)

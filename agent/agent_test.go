@@ -145,8 +145,8 @@ func TestPrefixAndTemplates(t *testing.T) {
 	e.converged(opts)
 }
 
-// A second agent on the same slot waits ("replication slot … is active for
-// PID …") and takes over when the first stops.
+// A second agent on the same slot waits as a standby (blocked on the
+// slot's agent lock) and takes over when the first stops.
 func TestSecondAgentWaitsForSlot(t *testing.T) {
 	e := newEnv(t, "")
 	e.seed()
@@ -165,7 +165,10 @@ func TestSecondAgentWaitsForSlot(t *testing.T) {
 			t.Errorf("second agent: %v", err)
 		}
 	}()
-	waitFor(t, "the second agent to find the slot in use", 20*time.Second, func() bool { return isSlotActive(second.Status().Err) })
+	waitFor(t, "the second agent to wait as a standby", 20*time.Second, func() bool { return second.Status().Standby })
+	if st := second.Status(); st.Active || st.Streaming {
+		t.Fatalf("standby: active %v, streaming %v", st.Active, st.Streaming)
+	}
 	e.exec(`SELECT storage.save_config('first', '1')`)
 	e.converged(converge.Options{})
 	e.stop()

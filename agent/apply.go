@@ -54,7 +54,9 @@ func (s *session) apply(ctx context.Context, ops []kvdriver.Op) error {
 	start := time.Now()
 	for {
 		err := s.whileAlive(ctx, func(ctx context.Context) error {
+			t := time.Now()
 			_, err := s.a.cfg.Store.Apply(ctx, ops)
+			s.a.met.storeWrite.Observe(time.Since(t).Seconds())
 			return err
 		})
 		s.a.update(func(st *Status) { st.StoreErr = err })
@@ -64,11 +66,12 @@ func (s *session) apply(ctx context.Context, ops []kvdriver.Op) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
+		s.a.met.errs.WithLabelValues(errorKind(&storeError{err})).Inc()
 		if permanent(err) {
-			return fmt.Errorf("store batch of %d operations: %w", len(ops), err)
+			return &storeError{fmt.Errorf("store batch of %d operations: %w", len(ops), err)}
 		}
 		if time.Since(start) >= s.a.cfg.StoreRetry {
-			return fmt.Errorf("store unavailable for %v: %w", time.Since(start).Round(time.Second), err)
+			return &storeError{fmt.Errorf("store unavailable for %v: %w", time.Since(start).Round(time.Second), err)}
 		}
 		d := bo.next()
 		s.a.log.Warn("store write failed; retrying", "ops", len(ops), "retry_in", d, "err", err)

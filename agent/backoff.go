@@ -27,6 +27,15 @@ func (b *backoff) next() time.Duration {
 
 func (b *backoff) reset() { b.n = 0 }
 
+// standbyBackoff is a short jittered wait, uniform in [d/2, d], that does
+// not grow: a standby retries at this pace for as long as it waits.
+type standbyBackoff struct{ d time.Duration }
+
+func (b standbyBackoff) next() time.Duration {
+	half := b.d / 2
+	return half + rand.N(b.d-half+1)
+}
+
 // sleep waits d or until ctx is done; it reports whether the wait ended
 // because ctx is done.
 func sleep(ctx context.Context, d time.Duration) (cancelled bool) {

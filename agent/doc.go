@@ -79,14 +79,80 @@
 // Every failure ends the session; Run logs it and reconnects after a capped,
 // jittered exponential backoff, resuming from the store's checkpoint. A
 // store that fails is retried in place (with status updates) without
-// dropping the replication connection. One agent per slot works at a time:
-// a session holds a PostgreSQL advisory lock (keys 0x4c57, hashtext(slot))
-// from before the initial copy, since the slot itself is released between
-// its creation and START_REPLICATION; a second agent, like one that meets
-// "replication slot … is active for PID …", waits and retries. A table without a usable replica
+// dropping the replication connection. A table without a usable replica
 // identity, a value beyond the store's limits or an unsupported type is an
 // error naming the table and the key: the agent stops advancing, logs and
 // retries, and never skips a change. When ctx is cancelled (SIGTERM) the
 // agent abandons the transaction in flight, confirms what the store has and
 // Run returns nil.
+//
+// # High availability
+//
+// Run two or more agents with the same slot and store: exactly one streams.
+// A session first takes a PostgreSQL session-level advisory lock (keys
+// 0x4c57, hashtext(slot)) on its regular connection, before the initial
+// copy (the slot itself is released between its creation and
+// START_REPLICATION, so the slot alone cannot keep two copies apart). An
+// agent that finds the lock held is a standby (Status.Active false, metric
+// lenkwerk_agent_role{role="standby"}): it blocks in pg_advisory_lock, which
+// PostgreSQL grants the moment the holder's session ends. It then waits,
+// holding the lock, until the previous walsender has released the slot
+// (pg_replication_slots.active_pid NULL), and starts from the store's
+// checkpoint. Measured with real processes under load (TestHAFailover in
+// cmd/lenkwerk): a transaction committed after SIGKILL of the active agent,
+// or after pg_terminate_backend of its walsender and lock connection,
+// reaches the store 0.1-0.4 s later.
+//
+// No change is lost or applied twice across a hand-over, because the new
+// agent starts from the checkpoint in the store, which is written in the
+// same atomic batch as the data it covers: every transaction is either in
+// the store with the checkpoint past it (the new agent skips it: its commit
+// starts before the checkpoint) or not at all (it is streamed again: the
+// slot was never confirmed past the store's checkpoint). What the old agent
+// had confirmed to PostgreSQL does not matter beyond that.
+//
+// A network cut is noticed by the server, not the client, and that bounds
+// the take-over: the dead agent's walsender ends after wal_sender_timeout
+// (the agent answers the server's keepalive requests at once, so it can be
+// short), and its idle lock connection only when TCP keepalives fail. For a
+// take-over within 10 s after a cut, set on the server
+//
+//	wal_sender_timeout = 5s
+//	tcp_keepalives_idle = 2
+//	tcp_keepalives_interval = 1
+//	tcp_keepalives_count = 3
+//	tcp_user_timeout = 5000        # ms: unacknowledged data (PostgreSQL 12+)
+//
+// and run the agent with --status-interval 1s (below wal_sender_timeout/2).
+// A cut agent that can still reach the store cannot write newer data (it
+// receives nothing), but a store write it had in flight lands late; its
+// ApplyTimeout (10 s) bounds how late. Keep the store's request timeout
+// below the server's detection time so such a write cannot land after the
+// new agent's first one. (The cut itself is not tested: SIGKILL and
+// terminated backends are.)
+//
+// # Fan-out
+//
+// One process may mirror into several stores: one Agent per store, each
+// with its own slot, checkpoint, advisory lock and session, so one store's
+// outage holds back no other (only its own slot retains WAL meanwhile).
+// lenkwerk agent takes --kv more than once: the first store streams --slot,
+// each further one the slot StoreSlot(slot, NAME) = <slot>_NAME, NAME from
+// --kv NAME=URL or the store's position (2, 3, …). A missing slot is
+// created by the agent on first start, as CREATE_REPLICATION_SLOT …
+// EXPORT_SNAPSHOT with an initial copy into that store. A store removed
+// from the configuration leaves its slot behind, and a stale slot retains
+// WAL without bound: drop it with
+//
+//	SELECT pg_drop_replication_slot('lw_agent_NAME');
+//
+// (and set max_slot_wal_keep_size as a safety net).
+//
+// # Metrics, health and logs
+//
+// NewMetrics registers the metrics on a registry of the caller's (see
+// metrics.go for the list; every series has the label store), and Handler
+// serves /metrics, /healthz and /readyz. The agent logs through
+// Config.Logger: at info only sessions, syncs, take-overs and failures; at
+// debug one line per transaction ("transaction applied"); never one per row.
 package agent

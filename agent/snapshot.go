@@ -347,11 +347,12 @@ func (s *session) list(ctx context.Context, prefix string) ([]kvdriver.KV, error
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
+		s.a.met.errs.WithLabelValues(errorKind(&storeError{err})).Inc()
 		if permanent(err) {
-			return nil, fmt.Errorf("list %s: %w", prefix, err)
+			return nil, &storeError{fmt.Errorf("list %s: %w", prefix, err)}
 		}
 		if time.Since(start) >= s.a.cfg.StoreRetry {
-			return nil, fmt.Errorf("list %s: store unavailable for %v: %w", prefix, time.Since(start).Round(time.Second), err)
+			return nil, &storeError{fmt.Errorf("list %s: store unavailable for %v: %w", prefix, time.Since(start).Round(time.Second), err)}
 		}
 		d := bo.next()
 		s.a.log.Warn("store list failed; retrying", "prefix", prefix, "retry_in", d, "err", err)

@@ -48,6 +48,8 @@ type session struct {
 	copiedAt   map[string]pglogrepl.LSN // tables copied while streaming → consistent point
 
 	streaming  bool
+	serverEnd  pglogrepl.LSN // the server's WAL end, as last reported
+	applied    pglogrepl.LSN // everything before it is in the store (in effect)
 	confirmed  pglogrepl.LSN // last position sent as flushed/applied
 	startLSN   pglogrepl.LSN // where streaming started
 	lastStatus time.Time
@@ -62,7 +64,7 @@ type session struct {
 	buf      *txnBuffer
 }
 
-func (a *Agent) openSession(ctx context.Context) (*session, error) {
+func (a *Agent) openSession(ctx context.Context, wait bool) (*session, error) {
 	cc, err := pgx.ParseConfig(a.cfg.DatabaseURL)
 	if err != nil {
 		return nil, fmt.Errorf("parse database URL: %w", err)
@@ -88,31 +90,28 @@ func (a *Agent) openSession(ctx context.Context) (*session, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connect to database: %w", err)
 	}
-	repl, err := pgconn.ConnectConfig(ctx, rc)
-	if err != nil {
-		conn.Close(context.Background())
-		return nil, fmt.Errorf("open replication connection: %w", err)
-	}
 	// One agent per slot at a time, from the initial copy on: PostgreSQL
 	// releases a slot between CREATE_REPLICATION_SLOT and
 	// START_REPLICATION, so two agents could otherwise drop and recreate
 	// it under each other and interleave their copies. The session lock
-	// goes with the connection, also when the agent is killed.
-	var locked bool
-	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1, hashtext($2))`, advisoryLockSpace, a.cfg.Slot).Scan(&locked); err != nil {
+	// goes with the connection, also when the agent is killed or its
+	// backend terminated: a standby waiting for it is woken at once.
+	if err := a.lock(ctx, conn, wait); err != nil {
 		conn.Close(context.Background())
-		repl.Close(context.Background())
-		return nil, fmt.Errorf("take the agent lock of slot %s: %w", a.cfg.Slot, err)
+		return nil, err
 	}
-	if !locked {
+	a.update(func(st *Status) { st.Active = true })
+	repl, err := pgconn.ConnectConfig(ctx, rc)
+	if err != nil {
 		conn.Close(context.Background())
-		repl.Close(context.Background())
-		return nil, &pgconn.PgError{Severity: "ERROR", Code: "55006", Message: fmt.Sprintf("replication slot %q is used by another Lenkwerk agent (it holds the agent's advisory lock)", a.cfg.Slot)}
+		a.update(func(st *Status) { st.Active = false })
+		return nil, fmt.Errorf("open replication connection: %w", err)
 	}
 	for _, c := range []*pgconn.PgConn{conn.PgConn(), repl} {
 		if err := pgjson.CheckParameterStatus(c.ParameterStatus); err != nil {
 			conn.Close(context.Background())
 			repl.Close(context.Background())
+			a.update(func(st *Status) { st.Active = false })
 			return nil, err
 		}
 	}
@@ -138,6 +137,75 @@ func (s *session) close() {
 	defer cancel()
 	s.repl.Close(ctx)
 	s.conn.Close(ctx)
+	s.a.update(func(st *Status) { st.Active = false; st.Streaming = false })
+	s.a.mu.Lock()
+	s.a.pendingSince = time.Time{}
+	s.a.mu.Unlock()
+}
+
+// lock takes the slot's agent lock (advisory, session level) on conn. With
+// wait, an agent that finds it held is a standby: it logs so once and
+// blocks in pg_advisory_lock, which PostgreSQL grants the moment the
+// holder's session ends (process killed, backend terminated, or its
+// connection found dead by TCP keepalives). Without wait it fails with
+// "slot in use".
+func (a *Agent) lock(ctx context.Context, conn *pgx.Conn, wait bool) error {
+	var locked bool
+	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1, hashtext($2))`, advisoryLockSpace, a.cfg.Slot).Scan(&locked); err != nil {
+		return fmt.Errorf("take the agent lock of slot %s: %w", a.cfg.Slot, err)
+	}
+	if locked {
+		return nil
+	}
+	inUse := &pgconn.PgError{Severity: "ERROR", Code: "55006", Message: fmt.Sprintf("replication slot %q is used by another Lenkwerk agent (it holds the agent's advisory lock)", a.cfg.Slot)}
+	if !wait {
+		return inUse
+	}
+	a.log.Info("replication slot is used by another consumer (a Lenkwerk agent holds its lock): standby, waiting to take over", "lock_holder_pid", lockHolder(ctx, conn, a.cfg.Slot))
+	start := time.Now()
+	a.update(func(st *Status) { st.Standby = true })
+	defer a.update(func(st *Status) { st.Standby = false })
+	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock($1, hashtext($2))`, advisoryLockSpace, a.cfg.Slot); err != nil {
+		return fmt.Errorf("standby: wait for the agent lock of slot %s: %w", a.cfg.Slot, err)
+	}
+	a.log.Info("taking over: got the agent lock of the slot", "waited", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// lockHolder is the backend PID holding the slot's agent lock, for the log
+// (0 when unknown).
+func lockHolder(ctx context.Context, conn *pgx.Conn, slot string) int32 {
+	var pid int32
+	_ = conn.QueryRow(ctx, `SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = $1 AND objid = hashtext($2)::oid AND objsubid = 2 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`, advisoryLockSpace, slot).Scan(&pid)
+	return pid
+}
+
+// waitSlotFree waits, holding the agent lock, until no process streams the
+// slot: after a take-over the previous agent's walsender may outlive its
+// lock connection a moment, or, after a network cut, until the server's
+// wal_sender_timeout ends it.
+func (s *session) waitSlotFree(ctx context.Context) error {
+	var since time.Time
+	for {
+		var pid *int32
+		err := s.conn.QueryRow(ctx, `SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1`, s.a.cfg.Slot).Scan(&pid)
+		if errors.Is(err, pgx.ErrNoRows) || (err == nil && pid == nil) {
+			if !since.IsZero() {
+				s.a.log.Info("replication slot released", "waited", time.Since(since).Round(time.Millisecond))
+			}
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("look up replication slot %s: %w", s.a.cfg.Slot, err)
+		}
+		if since.IsZero() {
+			since = time.Now()
+			s.a.log.Info("waiting for the previous consumer to release the replication slot", "active_pid", *pid)
+		}
+		if sleep(ctx, min(s.a.cfg.StandbyRetry, 100*time.Millisecond)) {
+			return ctx.Err()
+		}
+	}
 }
 
 // checkSlot reports whether streaming can resume from ck: the slot must
@@ -244,6 +312,17 @@ func (s *session) stream(ctx context.Context) error {
 	}
 }
 
+// setServerEnd records the server's WAL end and the lag in bytes.
+func (s *session) setServerEnd(end pglogrepl.LSN) {
+	s.serverEnd = max(s.serverEnd, end)
+	s.applied = max(s.applied, s.ckpt.LSN)
+	lag := int64(0)
+	if s.serverEnd > s.applied {
+		lag = int64(s.serverEnd - s.applied)
+	}
+	s.a.update(func(st *Status) { st.LagBytes = lag })
+}
+
 // shutdown abandons a transaction in flight (it is replayed after the
 // restart: the checkpoint has not passed it) and confirms what the store has.
 func (s *session) shutdown() error {
@@ -299,6 +378,14 @@ func (s *session) handleCopyData(ctx context.Context, data []byte) error {
 		if err != nil {
 			return fmt.Errorf("parse keepalive: %w", err)
 		}
+		if !s.inTxn {
+			// Everything before ServerWALEnd has been sent: caught up.
+			s.applied = max(s.applied, pkm.ServerWALEnd)
+			s.a.mu.Lock()
+			s.a.lastLag = 0
+			s.a.mu.Unlock()
+		}
+		s.setServerEnd(pkm.ServerWALEnd)
 		// Between transactions everything before ServerWALEnd has been
 		// sent and applied: advancing there lets an idle slot release WAL
 		// and lets a shutting-down server finish. Inside a transaction it
@@ -316,6 +403,7 @@ func (s *session) handleCopyData(ctx context.Context, data []byte) error {
 		if err != nil {
 			return fmt.Errorf("parse XLogData: %w", err)
 		}
+		s.setServerEnd(xld.ServerWALEnd)
 		m, err := pglogrepl.Parse(xld.WALData)
 		if err != nil {
 			return fmt.Errorf("parse pgoutput message at %s: %w", xld.WALStart, err)
@@ -366,6 +454,9 @@ func (s *session) handleMessage(ctx context.Context, m pglogrepl.Message) error 
 		// the checkpoint ends at or before it, so the store has it.
 		s.skipTxn = m.FinalLSN < s.ckpt.LSN
 		s.buf.reset()
+		s.a.mu.Lock()
+		s.a.pendingSince = m.CommitTime
+		s.a.mu.Unlock()
 		return nil
 	case *pglogrepl.CommitMessage:
 		if !s.inTxn {
@@ -374,6 +465,13 @@ func (s *session) handleMessage(ctx context.Context, m pglogrepl.Message) error 
 		err := s.commit(ctx, m)
 		s.inTxn = false
 		s.buf.reset()
+		if err == nil {
+			s.applied = max(s.applied, m.TransactionEndLSN)
+			s.setServerEnd(s.serverEnd)
+			s.a.mu.Lock()
+			s.a.pendingSince = time.Time{}
+			s.a.mu.Unlock()
+		}
 		return err
 	case *pglogrepl.InsertMessage:
 		r, skip, err := s.relFor(ctx, m.RelationID)
@@ -628,6 +726,13 @@ func (s *session) commit(ctx context.Context, m *pglogrepl.CommitMessage) error 
 	}
 	s.setCheckpoint(ck)
 	s.a.update(func(st *Status) { st.Transactions++ })
+	lag := time.Since(m.CommitTime)
+	s.a.met.txns.Inc()
+	s.a.met.rows.Add(float64(s.rows))
+	s.a.met.applyLatency.Observe(max(lag, 0).Seconds())
+	s.a.mu.Lock()
+	s.a.lastLag = lag
+	s.a.mu.Unlock()
 	s.sendStatus()
 	s.a.log.Debug("transaction applied", "xid", s.xid, "commit_lsn", m.CommitLSN, "end_lsn", m.TransactionEndLSN, "rows", s.rows, "ops", len(ops))
 	return nil

@@ -1,0 +1,195 @@
+package agent
+
+import (
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/bagger/lenkwerk/kvdriver"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metric names, all labelled with the store's name (Config.Name), so one
+// process fanning out to several stores reports each stream apart:
+//
+//	lenkwerk_agent_transactions_applied_total{store}       counter
+//	lenkwerk_agent_rows_applied_total{store}               counter
+//	lenkwerk_agent_apply_latency_seconds{store}            histogram: commit time (server clock) → store ack
+//	lenkwerk_agent_store_write_duration_seconds{store}     histogram: one store batch write
+//	lenkwerk_agent_replication_lag_bytes{store}            gauge
+//	lenkwerk_agent_replication_lag_seconds{store}          gauge
+//	lenkwerk_agent_reconnects_total{store,cause}           counter
+//	lenkwerk_agent_errors_total{store,kind}                counter
+//	lenkwerk_agent_role{store,role}                        gauge: 1 for the current role (active, standby)
+//	lenkwerk_agent_retained_wal_bytes{store}               gauge
+//
+// cause and kind are one of slot_in_use, database, store, data, other.
+const metricsNamespace = "lenkwerk_agent"
+
+// Error kinds (label kind of lenkwerk_agent_errors_total and cause of
+// lenkwerk_agent_reconnects_total).
+const (
+	kindSlotInUse = "slot_in_use"
+	kindDatabase  = "database"
+	kindStore     = "store"
+	kindData      = "data"
+	kindOther     = "other"
+)
+
+// Metrics are the agents' Prometheus metrics. Create one per registry with
+// NewMetrics and share it between the agents of one process (Config.Metrics);
+// each agent reports under its own store label.
+type Metrics struct {
+	txns, rows   *prometheus.CounterVec
+	applyLatency *prometheus.HistogramVec
+	storeWrite   *prometheus.HistogramVec
+	reconnects   *prometheus.CounterVec
+	errs         *prometheus.CounterVec
+	live         *liveCollector
+}
+
+// NewMetrics registers the agent metrics with reg (a registry of its own,
+// not the global default, so several agents can live in one test process).
+func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
+	m := &Metrics{
+		txns: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: metricsNamespace, Name: "transactions_applied_total",
+			Help: "Transactions applied to the store (with their checkpoint).",
+		}, []string{"store"}),
+		rows: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: metricsNamespace, Name: "rows_applied_total",
+			Help: "Row changes (insert, update, delete) of applied transactions.",
+		}, []string{"store"}),
+		applyLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: metricsNamespace, Name: "apply_latency_seconds",
+			Help:    "Time from a transaction's commit (PostgreSQL's clock) to the store's acknowledgement of its last batch.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300},
+		}, []string{"store"}),
+		storeWrite: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: metricsNamespace, Name: "store_write_duration_seconds",
+			Help:    "Duration of one store batch write (every attempt, failed ones included).",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 10},
+		}, []string{"store"}),
+		reconnects: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: metricsNamespace, Name: "reconnects_total",
+			Help: "Sessions ended by a failure and started again, by cause (slot_in_use, database, store, data, other).",
+		}, []string{"store", "cause"}),
+		errs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: metricsNamespace, Name: "errors_total",
+			Help: "Errors by kind (slot_in_use, database, store, data, other); failed store attempts count each.",
+		}, []string{"store", "kind"}),
+		live: &liveCollector{},
+	}
+	m.live.lagBytes = prometheus.NewDesc(metricsNamespace+"_replication_lag_bytes", "WAL the server has that the store does not have yet (server WAL end minus the applied position).", []string{"store"}, nil)
+	m.live.lagSeconds = prometheus.NewDesc(metricsNamespace+"_replication_lag_seconds", "Age of the oldest change not yet in the store (0 when caught up).", []string{"store"}, nil)
+	m.live.role = prometheus.NewDesc(metricsNamespace+"_role", "1 for the agent's current role for its slot: active (holds the slot, streams) or standby (waits to take over).", []string{"store", "role"}, nil)
+	m.live.retained = prometheus.NewDesc(metricsNamespace+"_retained_wal_bytes", "WAL the slot holds back on the server, as of the last publication poll.", []string{"store"}, nil)
+	for _, c := range []prometheus.Collector{m.txns, m.rows, m.applyLatency, m.storeWrite, m.reconnects, m.errs, m.live} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+// agentMetrics are the metrics of one agent (one store label).
+type agentMetrics struct {
+	txns, rows   prometheus.Counter
+	applyLatency prometheus.Observer
+	storeWrite   prometheus.Observer
+	reconnects   *prometheus.CounterVec // cause
+	errs         *prometheus.CounterVec // kind
+}
+
+func (m *Metrics) forStore(name string) agentMetrics {
+	l := prometheus.Labels{"store": name}
+	return agentMetrics{
+		txns:         m.txns.With(l),
+		rows:         m.rows.With(l),
+		applyLatency: m.applyLatency.With(l),
+		storeWrite:   m.storeWrite.With(l),
+		reconnects:   m.reconnects.MustCurryWith(l),
+		errs:         m.errs.MustCurryWith(l),
+	}
+}
+
+// liveCollector reports the gauges computed from the agents' state at
+// scrape time (lag in seconds grows while a transaction waits).
+type liveCollector struct {
+	lagBytes, lagSeconds, role, retained *prometheus.Desc
+
+	mu     sync.Mutex
+	agents []*Agent
+}
+
+func (m *liveCollector) add(a *Agent) {
+	m.mu.Lock()
+	m.agents = append(m.agents, a)
+	m.mu.Unlock()
+}
+
+// Describe implements prometheus.Collector.
+func (m *liveCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- m.lagBytes
+	ch <- m.lagSeconds
+	ch <- m.role
+	ch <- m.retained
+}
+
+// Collect implements prometheus.Collector.
+func (m *liveCollector) Collect(ch chan<- prometheus.Metric) {
+	m.mu.Lock()
+	agents := append([]*Agent(nil), m.agents...)
+	m.mu.Unlock()
+	now := time.Now()
+	for _, a := range agents {
+		st := a.Status()
+		name := a.cfg.Name
+		ch <- prometheus.MustNewConstMetric(m.lagBytes, prometheus.GaugeValue, float64(st.LagBytes), name)
+		ch <- prometheus.MustNewConstMetric(m.lagSeconds, prometheus.GaugeValue, a.lagSeconds(now).Seconds(), name)
+		active, standby := 0.0, 0.0
+		if st.Active {
+			active = 1
+		} else {
+			standby = 1
+		}
+		ch <- prometheus.MustNewConstMetric(m.role, prometheus.GaugeValue, active, name, "active")
+		ch <- prometheus.MustNewConstMetric(m.role, prometheus.GaugeValue, standby, name, "standby")
+		ch <- prometheus.MustNewConstMetric(m.retained, prometheus.GaugeValue, float64(st.RetainedWAL), name)
+	}
+}
+
+// storeError marks a failure of the store (after the in-place retries), as
+// opposed to the database's, for the error kind.
+type storeError struct{ err error }
+
+func (e *storeError) Error() string { return e.err.Error() }
+func (e *storeError) Unwrap() error { return e.err }
+
+// errorKind classifies an error for the metrics.
+func errorKind(err error) string {
+	var pgErr *pgconn.PgError
+	var netErr net.Error
+	var se *storeError
+	switch {
+	case isSlotActive(err):
+		return kindSlotInUse
+	case errors.Is(err, kvdriver.ErrTooLarge), errors.Is(err, kvdriver.ErrInvalidKey), errors.Is(err, kvdriver.ErrInvalidValue):
+		return kindData
+	case errors.As(err, &se):
+		return kindStore
+	case errors.As(err, &pgErr), errors.As(err, &netErr), pgconn.Timeout(err), isConnErr(err):
+		return kindDatabase
+	}
+	return kindOther
+}
+
+// isConnErr reports errors of a broken PostgreSQL connection that carry
+// no PgError (closed by the server, EOF on the socket).
+func isConnErr(err error) bool {
+	var ce *pgconn.ConnectError
+	return errors.As(err, &ce) || pgconn.SafeToRetry(err) || errors.Is(err, net.ErrClosed) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)
+}
