@@ -31,7 +31,10 @@ func NewNetwork(tb testing.TB) *Network {
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	nw, err := tcnetwork.New(ctx, tcnetwork.WithLabels(map[string]string{"org.lenkwerk.test": tb.Name()}))
+	if err := reapOrphans(ctx); err != nil {
+		tb.Logf("removing the containers of earlier, killed test runs: %v", err)
+	}
+	nw, err := tcnetwork.New(ctx, tcnetwork.WithLabels(labels(tb.Name())))
 	testcontainers.CleanupNetwork(tb, nw)
 	if err != nil {
 		tb.Fatalf("create network: %v", err)
@@ -68,7 +71,7 @@ func start(tb testing.TB, nw *Network, name, image string, opts ...testcontainer
 	defer cancel()
 	opts = append([]testcontainers.ContainerCustomizer{
 		tcnetwork.WithNetwork([]string{name}, nw.nw),
-		testcontainers.WithLabels(map[string]string{"org.lenkwerk.test": tb.Name()}),
+		testcontainers.WithLabels(labels(tb.Name())),
 		testcontainers.WithLogger(tclog.TestLogger(tb)),
 	}, opts...)
 	ctr, err := testcontainers.Run(ctx, image, opts...)
