@@ -13,6 +13,7 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -93,6 +94,8 @@ func run(args []string) error {
 		e.Close()
 		return nil
 	case <-e.Server.StopNotify():
-		return nil
+		// Removed from the cluster, or stopped by an internal error.
+		e.Close()
+		return errors.New("the server stopped")
 	}
 }

@@ -122,8 +122,9 @@ func TestAgentPartitioned(t *testing.T) {
 	s.checkNoReplay(ctx)
 }
 
-// Scenario 6: PostgreSQL stopped (fast shutdown) and started under load;
-// the writer and the checks follow it to its new host port.
+// Scenario 6: PostgreSQL restarted under load, twice: stopped (a fast
+// shutdown) and started, then killed (crash recovery) and started. The
+// writer and the checks follow it to its new host port.
 func TestPostgresRestart(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -132,6 +133,16 @@ func TestPostgresRestart(t *testing.T) {
 	s.converge(ctx, 60*time.Second)
 	s.underLoad(ctx, 6, 90*time.Second, func() {
 		if err := s.pg.Restart(ctx, 20*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		pause(3 * time.Second)
+		if err := s.pg.Kill(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.pg.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.pg.WaitReady(ctx); err != nil {
 			t.Fatal(err)
 		}
 	})
