@@ -1,0 +1,28 @@
+// Package secure holds the integration tests that run Lenkwerk "in a fully
+// secure manner" against real servers (package tests only; no API):
+//
+//   - PostgreSQL with ssl=on, pg_hba rules that refuse plaintext and take
+//     client certificates (cert) or scram-sha-256 passwords over TLS only;
+//     clients use sslmode=verify-full with the test CA.
+//   - etcd (embedded) serving TLS only, with --client-cert-auth and etcd
+//     auth enabled; the agent's user holds one role whose permission is the
+//     Bagger key range under --prefix.
+//
+// Certificates are generated per test run by integration/certs. The tests:
+//
+//   - TestAgentTLSBothSides: the agent (in process) streams as lenkwerk_agent
+//     (certificate, verify-full; replication and query connections) into etcd
+//     over mTLS as a prefix-restricted user; the store converges.
+//   - TestEtcdPrefixRole: the agent's etcd user (by password, or by its
+//     certificate's CN alone) can write only inside the prefix.
+//   - TestRefused: plaintext to PostgreSQL, a wrong CA (PostgreSQL and etcd),
+//     etcd without a client certificate and a wrong etcd password are refused.
+//   - TestLeastPrivilege: lenkwerk_agent cannot write the Lenkwerk tables;
+//     a pgkv reader (lenkwerk_kv_reader, scram over verify-full, password
+//     from PGPASSFILE) can List and Watch and cannot Put.
+//   - TestSecretsNotPrinted: the lenkwerk binary (agent, migrate, kv) given
+//     wrong passwords in URLs and the environment never prints them.
+//
+// README.md in this directory is the "Production security" guide these
+// tests back.
+package secure

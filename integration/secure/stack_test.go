@@ -1,0 +1,250 @@
+package secure
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/bagger/lenkwerk/integration/certs"
+	"github.com/bagger/lenkwerk/integration/etcdtest"
+	"github.com/bagger/lenkwerk/integration/pgtest"
+	"github.com/bagger/lenkwerk/migrations"
+	"go.etcd.io/etcd/client/pkg/v3/transport"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m) }
+
+// Names the tests share.
+const (
+	prefix      = "/bagger"
+	agentRole   = "lenkwerk_agent"  // PostgreSQL role, and the CN of its certificate
+	etcdUser    = "lenkwerk-agent"  // etcd user and role, and the CN of its certificate
+	readerUser  = "bagger_node"     // a pgkv consumer, member of lenkwerk_kv_reader
+	rootPass    = "root-Pa55-etcd"  // etcd root's password
+	agentPass   = "agent-Pa55-etcd" // etcd agent user's password
+	readerPass  = "reader-Pa55-pg"  // PostgreSQL password of readerUser
+	etcdTimeout = "dial-timeout=3s&request-timeout=5s"
+)
+
+// pki is the test's certificates: one CA for everything, and a second CA
+// nobody trusts.
+type pki struct {
+	dir       string
+	ca, other *certs.CA
+	pgServer  certs.Pair
+	etcdSrv   certs.Pair
+	postgres  certs.Pair // PostgreSQL superuser client certificate
+	agent     certs.Pair // CN lenkwerk_agent
+	etcdAgent certs.Pair // CN lenkwerk-agent
+	etcdAdmin certs.Pair // CN etcd-admin (no such etcd user: password auth)
+	otherCli  certs.Pair // signed by the other CA
+}
+
+func newPKI(t *testing.T) *pki {
+	t.Helper()
+	dir := t.TempDir()
+	p := &pki{dir: dir}
+	var err error
+	must := func(pair certs.Pair, err error) certs.Pair {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return pair
+	}
+	if p.ca, err = certs.NewCA(filepath.Join(dir, "ca"), "Lenkwerk test CA"); err != nil {
+		t.Fatal(err)
+	}
+	if p.other, err = certs.NewCA(filepath.Join(dir, "other"), "Untrusted CA"); err != nil {
+		t.Fatal(err)
+	}
+	p.pgServer = must(p.ca.Server("pg-server", "127.0.0.1", "localhost"))
+	p.etcdSrv = must(p.ca.Server("etcd-server", "127.0.0.1", "localhost"))
+	p.postgres = must(p.ca.Client("postgres"))
+	p.agent = must(p.ca.Client(agentRole))
+	p.etcdAgent = must(p.ca.Client(etcdUser))
+	p.etcdAdmin = must(p.ca.Client("etcd-admin"))
+	p.otherCli = must(p.other.Client(agentRole))
+	return p
+}
+
+// pgServer is a PostgreSQL cluster that takes TCP connections only over
+// TLS, with a Lenkwerk database migrated over verify-full as the
+// superuser (certificate).
+type pgServer struct {
+	c    *pgtest.Cluster
+	pki  *pki
+	name string // the Lenkwerk database
+}
+
+// pgHBA refuses plaintext, lets readerUser in with a scram password and
+// everyone else with a certificate whose CN is the role (TLS only).
+var pgHBA = []string{
+	"hostnossl all all 0.0.0.0/0 reject",
+	"hostnossl replication all 0.0.0.0/0 reject",
+	"hostssl all " + readerUser + " 127.0.0.1/32 scram-sha-256",
+	"hostssl replication " + agentRole + " 127.0.0.1/32 cert",
+	"hostssl all all 127.0.0.1/32 cert",
+}
+
+func startPG(t *testing.T, p *pki) *pgServer {
+	t.Helper()
+	c := pgtest.StartCluster(t, pgtest.Options{
+		TLS: &pgtest.TLS{CertFile: p.pgServer.CertFile, KeyFile: p.pgServer.KeyFile, CAFile: p.ca.CertFile},
+		HBA: pgHBA,
+	})
+	raw := c.NewDatabase(t) // created over the socket
+	u, err := url.Parse(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &pgServer{c: c, pki: p, name: strings.TrimPrefix(u.Path, "/")}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := migrations.Up(ctx, s.url("postgres", p.postgres), migrations.Options{}); err != nil {
+		t.Fatalf("migrate over verify-full: %v", err)
+	}
+	return s
+}
+
+// url is a verify-full URL for user with the client certificate pair
+// (zero Pair: none) trusting the test CA.
+func (s *pgServer) url(user string, pair certs.Pair, extra ...string) string {
+	q := url.Values{"sslmode": {"verify-full"}, "sslrootcert": {s.pki.ca.CertFile}}
+	if pair.CertFile != "" {
+		q.Set("sslcert", pair.CertFile)
+		q.Set("sslkey", pair.KeyFile)
+	}
+	for i := 0; i+1 < len(extra); i += 2 {
+		q.Set(extra[i], extra[i+1])
+	}
+	u := url.URL{Scheme: "postgres", User: url.User(user), Host: "127.0.0.1:" + strconv.Itoa(s.c.Port()), Path: "/" + s.name, RawQuery: q.Encode()}
+	return u.String()
+}
+
+// etcdServer is an embedded etcd member serving clients over TLS only,
+// with client certificate authentication and auth enabled.
+type etcdServer struct {
+	e        *embed.Etcd
+	endpoint string
+	pki      *pki
+}
+
+func startEtcd(t *testing.T, p *pki) *etcdServer {
+	t.Helper()
+	ports, err := etcdtest.FreePorts(2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	cfg := embed.NewConfig()
+	cfg.Name = "secure"
+	cfg.Dir = filepath.Join(dir, "data")
+	cu, _ := url.Parse("https://127.0.0.1:" + strconv.Itoa(ports[0]))
+	pu, _ := url.Parse("http://127.0.0.1:" + strconv.Itoa(ports[1]))
+	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*cu}, []url.URL{*cu}
+	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*pu}, []url.URL{*pu}
+	cfg.InitialCluster = cfg.Name + "=" + pu.String()
+	cfg.ClientTLSInfo = transport.TLSInfo{
+		CertFile:       p.etcdSrv.CertFile,
+		KeyFile:        p.etcdSrv.KeyFile,
+		TrustedCAFile:  p.ca.CertFile,
+		ClientCertAuth: true, // etcd --client-cert-auth
+	}
+	cfg.LogLevel = "error"
+	cfg.LogOutputs = []string{filepath.Join(dir, "etcd.log")}
+	cfg.UnsafeNoFsync = true
+	cfg.EnableGRPCGateway = false
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		t.Fatalf("start etcd: %v", err)
+	}
+	t.Cleanup(e.Close)
+	select {
+	case <-e.Server.ReadyNotify():
+	case err := <-e.Err():
+		t.Fatalf("etcd failed while starting: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("etcd not ready within 30s")
+	}
+	s := &etcdServer{e: e, endpoint: cu.Host, pki: p}
+	s.enableAuth(t)
+	return s
+}
+
+// client is a clientv3 client over TLS with the given certificate.
+func (s *etcdServer) client(t *testing.T, pair certs.Pair, user, pass string) *clientv3.Client {
+	t.Helper()
+	tlsCfg, err := transport.TLSInfo{CertFile: pair.CertFile, KeyFile: pair.KeyFile, TrustedCAFile: s.pki.ca.CertFile, Logger: zap.NewNop()}.ClientConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := clientv3.New(clientv3.Config{Endpoints: []string{s.endpoint}, TLS: tlsCfg, Username: user, Password: pass, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// enableAuth does what the README tells operators to do with etcdctl:
+//
+//	etcdctl user add root; etcdctl user grant-role root root
+//	etcdctl role add lenkwerk-agent
+//	etcdctl role grant-permission lenkwerk-agent readwrite /bagger /bagger0
+//	etcdctl user add lenkwerk-agent; etcdctl user grant-role lenkwerk-agent lenkwerk-agent
+//	etcdctl auth enable
+func (s *etcdServer) enableAuth(t *testing.T) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c := s.client(t, s.pki.etcdAdmin, "", "")
+	steps := []struct {
+		what string
+		do   func() error
+	}{
+		{"user add root", func() error { _, err := c.UserAdd(ctx, "root", rootPass); return err }},
+		{"user grant-role root root", func() error { _, err := c.UserGrantRole(ctx, "root", "root"); return err }},
+		{"role add", func() error { _, err := c.RoleAdd(ctx, etcdUser); return err }},
+		// [/bagger, /bagger0): the key /bagger and everything under /bagger/
+		// (the driver lists and watches exactly this range), not /baggerX.
+		{"role grant-permission", func() error {
+			_, err := c.RoleGrantPermission(ctx, etcdUser, prefix, prefix+"0", clientv3.PermissionType(clientv3.PermReadWrite))
+			return err
+		}},
+		{"user add agent", func() error { _, err := c.UserAdd(ctx, etcdUser, agentPass); return err }},
+		{"user grant-role agent", func() error { _, err := c.UserGrantRole(ctx, etcdUser, etcdUser); return err }},
+		{"auth enable", func() error { _, err := c.AuthEnable(ctx); return err }},
+	}
+	for _, st := range steps {
+		if err := st.do(); err != nil {
+			t.Fatalf("etcd %s: %v", st.what, err)
+		}
+	}
+}
+
+// url is an etcd:// URL over TLS with the test CA, a client certificate
+// (zero Pair: none) and, with user set, the password from a file.
+func (s *etcdServer) url(t *testing.T, pair certs.Pair, user, pass string) string {
+	q := "ca-file=" + url.QueryEscape(s.pki.ca.CertFile) + "&" + etcdTimeout
+	if pair.CertFile != "" {
+		q += "&cert-file=" + url.QueryEscape(pair.CertFile) + "&key-file=" + url.QueryEscape(pair.KeyFile)
+	}
+	if user != "" {
+		pwFile := filepath.Join(t.TempDir(), "etcd-password")
+		if err := os.WriteFile(pwFile, []byte(pass+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		q += "&username=" + url.QueryEscape(user) + "&password-file=" + url.QueryEscape(pwFile)
+	}
+	return fmt.Sprintf("etcd://%s?%s", s.endpoint, q)
+}
