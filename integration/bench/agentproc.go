@@ -34,6 +34,7 @@ type Agent struct {
 	cancel context.CancelFunc
 	runErr chan error
 	store  kvdriver.Store // opened for an in-process agent
+	timed  *Timed         // the in-process agent's store
 
 	stopOnce sync.Once
 	stopErr  error
@@ -46,12 +47,13 @@ func (e *Env) StartAgent(ctx context.Context, src *Source, kind StoreKind, prefi
 		if err != nil {
 			return nil, err
 		}
-		a, err := startInProcess(src, store, prefix)
+		timed := &Timed{Store: store}
+		a, err := startInProcess(src, timed, prefix)
 		if err != nil {
 			store.Close()
 			return nil, err
 		}
-		a.store = store
+		a.store, a.timed = store, timed
 		return a, nil
 	}
 	a := &Agent{Prefix: prefix, done: make(chan struct{})}
@@ -138,6 +140,15 @@ func (a *Agent) PeakRSS() (int64, error) {
 		}
 	}
 	return 0, errors.New("bench: no VmHWM in the agent's status")
+}
+
+// StoreTime is how long an in-process agent has waited for store writes,
+// and how many it made; 0 for a process.
+func (a *Agent) StoreTime() (time.Duration, int64) {
+	if a.timed == nil {
+		return 0, 0
+	}
+	return a.timed.ApplyTime()
 }
 
 // Stop ends the agent (SIGTERM, then SIGKILL after 30s) and waits for it.

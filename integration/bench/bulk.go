@@ -15,6 +15,8 @@ import (
 type Throughput struct {
 	Rows    int
 	Elapsed time.Duration
+	// Writes counts DirectLoad's store batches.
+	Writes int
 }
 
 // PerSec is Rows per second.
@@ -26,6 +28,10 @@ type ThroughputResult struct {
 	Agent, Direct Throughput
 	// AgentRSS is the agent process's peak RSS in bytes.
 	AgentRSS int64
+	// StoreTime is the part of Agent.Elapsed an in-process agent spent in
+	// store writes (StoreWrites of them); 0 for a process.
+	StoreTime   time.Duration
+	StoreWrites int64
 }
 
 // Ratio is the agent's rate as a fraction of the direct rate.
@@ -63,7 +69,25 @@ func DirectLoad(ctx context.Context, store kvdriver.Store, prefix string, rows i
 			return Throughput{}, fmt.Errorf("bench: direct apply of %d ops: %w", len(b), err)
 		}
 	}
-	return Throughput{Rows: rows, Elapsed: time.Since(start)}, nil
+	return Throughput{Rows: rows, Elapsed: time.Since(start), Writes: len(batches)}, nil
+}
+
+// directTwice runs DirectLoad before and after the agent's run (run) and
+// sums both: the load on a shared machine drifts, and the mean of the two
+// is fairer to compare with the run between them.
+func (e *Env) directTwice(ctx context.Context, store kvdriver.Store, rows int, run func() error) (Throughput, error) {
+	t1, err := DirectLoad(ctx, store, fmt.Sprintf("/raw%d", e.next()), rows)
+	if err != nil {
+		return Throughput{}, err
+	}
+	if err := run(); err != nil {
+		return Throughput{}, err
+	}
+	t2, err := DirectLoad(ctx, store, fmt.Sprintf("/raw%d", e.next()), rows)
+	if err != nil {
+		return Throughput{}, err
+	}
+	return Throughput{Rows: t1.Rows + t2.Rows, Elapsed: t1.Elapsed + t2.Elapsed, Writes: t1.Writes + t2.Writes}, nil
 }
 
 // countKeys counts the keys under prefix named like rowKey(name, …).
@@ -96,9 +120,26 @@ func (e *Env) Bulk(ctx context.Context, kind StoreKind, rows, txRows int) (res T
 		return res, err
 	}
 	defer store.Close()
-	if res.Direct, err = DirectLoad(ctx, store, fmt.Sprintf("/raw%d", e.next()), rows); err != nil {
-		return res, err
+	direct, err := e.directTwice(ctx, store, rows, func() (err error) {
+		res, err = e.bulk(ctx, store, kind, rows, txRows)
+		return err
+	})
+	res.Direct = direct
+	return res, err
+}
+
+// LargeTransaction is Bulk of one transaction without the baseline: a
+// memory scenario (the agent applies the transaction in chunks).
+func (e *Env) LargeTransaction(ctx context.Context, kind StoreKind, rows int) (ThroughputResult, error) {
+	store, err := e.OpenStore(ctx, kind)
+	if err != nil {
+		return ThroughputResult{}, err
 	}
+	defer store.Close()
+	return e.bulk(ctx, store, kind, rows, rows)
+}
+
+func (e *Env) bulk(ctx context.Context, store kvdriver.Store, kind StoreKind, rows, txRows int) (res ThroughputResult, err error) {
 
 	src, err := e.NewSource(ctx)
 	if err != nil {
@@ -120,6 +161,7 @@ func (e *Env) Bulk(ctx context.Context, kind StoreKind, rows, txRows int) (res T
 	}
 	var start time.Time
 	var last pglogrepl.LSN
+	storeBefore, _ := a.StoreTime()
 	if txRows >= rows {
 		tx, err := src.Pool.Begin(ctx)
 		if err != nil {
@@ -156,13 +198,15 @@ func (e *Env) Bulk(ctx context.Context, kind StoreKind, rows, txRows int) (res T
 		if a, err = e.StartAgent(ctx, src, kind, prefix); err != nil {
 			return res, err
 		}
-		start = a.Started
+		start, storeBefore = a.Started, 0
 	}
 	end, err := a.WaitCheckpoint(ctx, store, src.Slot, last, 10*time.Minute)
 	if err != nil {
 		return res, err
 	}
 	res.Agent = Throughput{Rows: rows, Elapsed: end.Sub(start)}
+	res.StoreTime, res.StoreWrites = a.StoreTime()
+	res.StoreTime -= storeBefore
 	if res.AgentRSS, err = a.PeakRSS(); err != nil {
 		return res, err
 	}
@@ -185,9 +229,15 @@ func (e *Env) InitialSync(ctx context.Context, kind StoreKind, rows int) (res Th
 		return res, err
 	}
 	defer store.Close()
-	if res.Direct, err = DirectLoad(ctx, store, fmt.Sprintf("/raw%d", e.next()), rows); err != nil {
-		return res, err
-	}
+	direct, err := e.directTwice(ctx, store, rows, func() (err error) {
+		res, err = e.initialSync(ctx, store, kind, rows)
+		return err
+	})
+	res.Direct = direct
+	return res, err
+}
+
+func (e *Env) initialSync(ctx context.Context, store kvdriver.Store, kind StoreKind, rows int) (res ThroughputResult, err error) {
 	src, err := e.NewSource(ctx)
 	if err != nil {
 		return res, err
@@ -210,6 +260,7 @@ func (e *Env) InitialSync(ctx context.Context, kind StoreKind, rows int) (res Th
 		return res, err
 	}
 	res.Agent = Throughput{Rows: rows, Elapsed: end.Sub(a.Started)}
+	res.StoreTime, res.StoreWrites = a.StoreTime()
 	if res.AgentRSS, err = a.PeakRSS(); err != nil {
 		return res, err
 	}

@@ -1,0 +1,177 @@
+// Command lwbench runs the Lenkwerk benchmark scenarios of package bench
+// once each and prints them as a Markdown table, every figure next to its
+// raw baseline from the same run and the target it is held to:
+//
+//	go run ./integration/bench/cmd/lwbench [-rows 100000] [-large] [-drivers] [-json out.json]
+//
+// -drivers also runs the driver benchmarks (kvdriver/etcd, kvdriver/pgkv)
+// with `go test` and appends their output.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/signal"
+	"runtime"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/bagger/lenkwerk/integration/bench"
+)
+
+func main() {
+	if err := run(); err != nil {
+		slog.Error("lwbench", "err", err)
+		os.Exit(1)
+	}
+}
+
+type row struct {
+	What, Figure, Baseline, Ratio, Target, RSS string
+	Raw                                        any
+}
+
+func run() error {
+	rows := flag.Int("rows", 100_000, "rows of the bulk, initial sync and decode scenarios")
+	large := flag.Bool("large", false, "also the 10×rows transaction (1,000,000 rows by default)")
+	drivers := flag.Bool("drivers", false, "also run the driver benchmarks of kvdriver/etcd and kvdriver/pgkv")
+	inProcess := flag.Bool("inprocess", false, "run the agent in this process (no RSS figures)")
+	only := flag.String("only", "", "comma-separated scenarios: latency,bulk,sync,decode (default all)")
+	jsonOut := flag.String("json", "", "write the raw results as JSON to this file")
+	flag.Parse()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	want := func(s string) bool { return *only == "" || strings.Contains(","+*only+",", ","+s+",") }
+	env, err := bench.NewEnv(ctx, bench.Options{InProcess: *inProcess})
+	if err != nil {
+		return err
+	}
+	defer env.Close()
+
+	var out []row
+	add := func(r row) {
+		out = append(out, r)
+		fmt.Fprintf(os.Stderr, "%s: %s (baseline %s, %s)\n", r.What, r.Figure, r.Baseline, r.Ratio)
+	}
+	ms := func(d time.Duration) string { return fmt.Sprintf("%.2f", float64(d.Microseconds())/1000) }
+	mb := func(b int64) string {
+		if b == 0 {
+			return "–"
+		}
+		return fmt.Sprintf("%.0f MB", float64(b)/(1<<20))
+	}
+	stores := []bench.StoreKind{bench.Etcd, bench.PGKV}
+
+	if want("latency") {
+		for _, kind := range stores {
+			for _, c := range []struct {
+				name string
+				n    int
+				rate float64
+			}{{"100 tx/s, 2,000 tx", 2000, 100}, {"burst, 1,000 tx", 1000, 0}} {
+				r, err := env.Latency(ctx, kind, c.n, c.rate)
+				if err != nil {
+					return fmt.Errorf("latency %s %s: %w", kind, c.name, err)
+				}
+				target := ""
+				if kind == bench.Etcd && c.rate == 100 {
+					target = "p50 ≤ 2, p99 ≤ 10, +p50 ≤ 1"
+				}
+				add(row{
+					What:     fmt.Sprintf("latency %s, %s (p50/p99/max ms)", kind, c.name),
+					Figure:   fmt.Sprintf("%s / %s / %s", ms(r.Agent.P50), ms(r.Agent.P99), ms(r.Agent.Max)),
+					Baseline: fmt.Sprintf("%s / %s / %s", ms(r.Direct.P50), ms(r.Direct.P99), ms(r.Direct.Max)),
+					Ratio:    fmt.Sprintf("+%s ms p50", ms(r.Agent.P50-r.Direct.P50)),
+					Target:   target, RSS: mb(r.AgentRSS), Raw: r,
+				})
+			}
+		}
+	}
+	thr := func(what string, r bench.ThroughputResult, target string) {
+		add(row{
+			What:     what,
+			Figure:   fmt.Sprintf("%.0f rows/s", r.Agent.PerSec()),
+			Baseline: fmt.Sprintf("%.0f keys/s", r.Direct.PerSec()),
+			Ratio:    fmt.Sprintf("%.0f%%", 100*r.Ratio()),
+			Target:   target, RSS: mb(r.AgentRSS), Raw: r,
+		})
+	}
+	if want("bulk") {
+		for _, kind := range stores {
+			for _, txRows := range []int{*rows, 10} {
+				r, err := env.Bulk(ctx, kind, *rows, txRows)
+				if err != nil {
+					return fmt.Errorf("bulk %s: %w", kind, err)
+				}
+				thr(fmt.Sprintf("bulk %s, %d × %d rows", kind, *rows/txRows, txRows), r, "≥ 70%")
+			}
+		}
+	}
+	if want("sync") {
+		for _, kind := range stores {
+			r, err := env.InitialSync(ctx, kind, *rows)
+			if err != nil {
+				return fmt.Errorf("initial sync %s: %w", kind, err)
+			}
+			thr(fmt.Sprintf("initial sync %s, %d rows", kind, *rows), r, "≥ 70%")
+		}
+	}
+	if want("decode") {
+		r, err := env.Decode(ctx, *rows)
+		if err != nil {
+			return fmt.Errorf("decode: %w", err)
+		}
+		add(row{
+			What:     fmt.Sprintf("decode, 1 × %d rows (store discards)", *rows),
+			Figure:   fmt.Sprintf("%.0f rows/s", r.Agent.PerSec()),
+			Baseline: fmt.Sprintf("%.0f rows/s (pg_recvlogical)", r.Recvlogical.PerSec()),
+			Ratio:    fmt.Sprintf("%.0f%%", 100*r.Ratio()),
+			Target:   "≥ 50%", RSS: "–", Raw: r,
+		})
+	}
+	if *large {
+		r, err := env.LargeTransaction(ctx, bench.Etcd, 10**rows)
+		if err != nil {
+			return fmt.Errorf("large transaction: %w", err)
+		}
+		add(row{
+			What:   fmt.Sprintf("one transaction of %d rows, etcd", 10**rows),
+			Figure: fmt.Sprintf("%.0f rows/s", r.Agent.PerSec()), Baseline: "–", Ratio: "–",
+			Target: "RSS < 100 MB", RSS: mb(r.AgentRSS), Raw: r,
+		})
+	}
+
+	load, _ := os.ReadFile("/proc/loadavg")
+	fmt.Printf("\n%s, %s/%s, %d CPUs, load average %s\n\n", time.Now().UTC().Format("2006-01-02 15:04 MST"), runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), strings.Join(strings.Fields(string(load))[:3], " "))
+	fmt.Println("| scenario | Lenkwerk | raw baseline | ratio | target | agent peak RSS |")
+	fmt.Println("|---|---|---|---|---|---|")
+	for _, r := range out {
+		fmt.Printf("| %s | %s | %s | %s | %s | %s |\n", r.What, r.Figure, r.Baseline, r.Ratio, r.Target, r.RSS)
+	}
+	if *jsonOut != "" {
+		b, err := json.MarshalIndent(out, "", "  ")
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(*jsonOut, b, 0o644); err != nil {
+			return err
+		}
+	}
+	if *drivers {
+		fmt.Println()
+		cmd := exec.CommandContext(ctx, "go", "test", "-count=1", "-run", "^$", "-bench", ".", "./kvdriver/etcd/", "./kvdriver/pgkv/")
+		cmd.Stdout, cmd.Stderr = io.MultiWriter(os.Stdout), os.Stderr
+		if err := cmd.Run(); err != nil {
+			return fmt.Errorf("driver benchmarks: %w", err)
+		}
+	}
+	return nil
+}

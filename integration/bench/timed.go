@@ -1,0 +1,34 @@
+package bench
+
+import (
+	"context"
+	"sync/atomic"
+	"time"
+
+	"github.com/bagger/lenkwerk/kvdriver"
+)
+
+// Timed wraps a store and adds up the wall time of its Apply calls: for an
+// in-process agent, how much of a run was spent waiting for the store
+// (the agent applies one batch at a time and decodes nothing meanwhile).
+type Timed struct {
+	kvdriver.Store
+	applyNanos atomic.Int64
+	applies    atomic.Int64
+}
+
+var _ kvdriver.Store = (*Timed)(nil)
+
+// Apply applies ops and counts the time it took.
+func (t *Timed) Apply(ctx context.Context, ops []kvdriver.Op) (int64, error) {
+	start := time.Now()
+	rev, err := t.Store.Apply(ctx, ops)
+	t.applyNanos.Add(int64(time.Since(start)))
+	t.applies.Add(1)
+	return rev, err
+}
+
+// ApplyTime is the time spent in Apply so far, and the number of calls.
+func (t *Timed) ApplyTime() (time.Duration, int64) {
+	return time.Duration(t.applyNanos.Load()), t.applies.Load()
+}
