@@ -79,10 +79,11 @@ type Config struct {
 	StoreRetry time.Duration
 	// MinBackoff and MaxBackoff bound the wait before reconnecting.
 	MinBackoff, MaxBackoff time.Duration
-	// StandbyRetry bounds the wait of an agent that got the agent lock but
-	// found the slot still active (the previous agent's walsender not yet
-	// gone), and between checks of the slot meanwhile; default 1s. A
-	// standby waiting for the lock itself is woken by PostgreSQL at once.
+	// StandbyRetry bounds the wait of an agent that found the slot active
+	// after it got the agent lock (the previous agent's walsender not yet
+	// gone); default 1s. A standby waiting for the lock itself is woken by
+	// PostgreSQL at once; it asks again every 5 StandbyRetry
+	// (lock_timeout), so a dead connection of its own shows.
 	StandbyRetry time.Duration
 	// RetainedWALWarn: above this many bytes of WAL held back by the slot
 	// the agent logs a warning at every poll (a stalled agent fills the
@@ -204,6 +205,8 @@ type stats struct {
 	chunks      int64 // batches applied without a checkpoint
 	maxBuffered int   // most operations ever held for one transaction
 	copies      int64 // table copies (initial sync or added table)
+	// standbyRounds counts lock waits that ended by lock_timeout.
+	standbyRounds int64
 }
 
 // New checks cfg and returns an agent; it connects to nothing.

@@ -152,7 +152,9 @@ func TestSecondAgentWaitsForSlot(t *testing.T) {
 	e.seed()
 	e.run(e.config())
 	e.converged(converge.Options{})
-	second, err := New(e.config())
+	cfg := e.config()
+	cfg.StandbyRetry = 50 * time.Millisecond // lock_timeout 250ms
+	second, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -166,8 +168,14 @@ func TestSecondAgentWaitsForSlot(t *testing.T) {
 		}
 	}()
 	waitFor(t, "the second agent to wait as a standby", 20*time.Second, func() bool { return second.Status().Standby })
-	if st := second.Status(); st.Active || st.Streaming {
-		t.Fatalf("standby: active %v, streaming %v", st.Active, st.Streaming)
+	// It keeps waiting through lock_timeout rounds on one session.
+	waitFor(t, "two lock_timeout rounds", 20*time.Second, func() bool {
+		second.mu.Lock()
+		defer second.mu.Unlock()
+		return second.stats.standbyRounds >= 2
+	})
+	if st := second.Status(); st.Active || st.Streaming || !st.Standby || st.Err != nil {
+		t.Fatalf("standby: active %v, streaming %v, standby %v, err %v", st.Active, st.Streaming, st.Standby, st.Err)
 	}
 	e.exec(`SELECT storage.save_config('first', '1')`)
 	e.converged(converge.Options{})

@@ -165,8 +165,32 @@ func (a *Agent) lock(ctx context.Context, conn *pgx.Conn, wait bool) error {
 	start := time.Now()
 	a.update(func(st *Status) { st.Standby = true })
 	defer a.update(func(st *Status) { st.Standby = false })
-	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock($1, hashtext($2))`, advisoryLockSpace, a.cfg.Slot); err != nil {
-		return fmt.Errorf("standby: wait for the agent lock of slot %s: %w", a.cfg.Slot, err)
+	// Wait in rounds bounded by lock_timeout: each round is a round trip,
+	// so a standby whose own connection died silently (a network cut)
+	// notices within a round instead of blocking on a dead socket.
+	// One round (lock_timeout) is 5 StandbyRetry: 5s by default.
+	round := 5 * a.cfg.StandbyRetry
+	if _, err := conn.Exec(ctx, `SELECT set_config('lock_timeout', $1, false)`, fmt.Sprintf("%dms", max(round.Milliseconds(), 1))); err != nil {
+		return fmt.Errorf("standby: set lock_timeout: %w", err)
+	}
+	for {
+		rctx, cancel := context.WithTimeout(ctx, 2*round+5*time.Second)
+		_, err := conn.Exec(rctx, `SELECT pg_advisory_lock($1, hashtext($2))`, advisoryLockSpace, a.cfg.Slot)
+		cancel()
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "55P03" { // lock_not_available: another round
+			a.mu.Lock()
+			a.stats.standbyRounds++
+			a.mu.Unlock()
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("standby: wait for the agent lock of slot %s: %w", a.cfg.Slot, err)
+		}
+		break
+	}
+	if _, err := conn.Exec(ctx, `RESET lock_timeout`); err != nil {
+		return fmt.Errorf("standby: reset lock_timeout: %w", err)
 	}
 	a.log.Info("taking over: got the agent lock of the slot", "waited", time.Since(start).Round(time.Millisecond))
 	return nil

@@ -49,7 +49,10 @@ func lenkwerkBinary(t *testing.T) string {
 		binPath = filepath.Join(dir, "lenkwerk")
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 		defer cancel()
-		if out, err := exec.CommandContext(ctx, "go", "build", "-o", binPath, ".").CombinedOutput(); err != nil {
+		// LENKWERK_TEST_BUILDFLAGS="-race" runs the agent processes under
+		// the race detector; a race report fails the test.
+		args := append([]string{"build", "-o", binPath}, strings.Fields(os.Getenv("LENKWERK_TEST_BUILDFLAGS"))...)
+		if out, err := exec.CommandContext(ctx, "go", append(args, ".")...).CombinedOutput(); err != nil {
 			binErr = fmt.Errorf("go build: %v\n%s", err, out)
 		}
 	})
@@ -94,6 +97,9 @@ func startAgentProcess(t *testing.T, bin, name string, args ...string) *agentPro
 	p.start()
 	t.Cleanup(func() {
 		p.kill()
+		if strings.Contains(p.out.String(), "WARNING: DATA RACE") {
+			t.Errorf("agent %s: the race detector reported a data race", name)
+		}
 		if t.Failed() {
 			t.Logf("agent %s output:\n%s", name, p.out.String())
 		}
