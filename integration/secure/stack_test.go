@@ -248,3 +248,6 @@ func (s *etcdServer) url(t *testing.T, pair certs.Pair, user, pass string) strin
 	}
 	return fmt.Sprintf("etcd://%s?%s", s.endpoint, q)
 }
+
+// escape is url.QueryEscape, for editing URLs built by url.
+func escape(s string) string { return url.QueryEscape(s) }
