@@ -90,23 +90,26 @@ func (a *Agent) openSession(ctx context.Context, wait bool) (*session, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connect to database: %w", err)
 	}
+	repl, err := pgconn.ConnectConfig(ctx, rc)
+	if err != nil {
+		conn.Close(context.Background())
+		return nil, fmt.Errorf("open replication connection: %w", err)
+	}
 	// One agent per slot at a time, from the initial copy on: PostgreSQL
 	// releases a slot between CREATE_REPLICATION_SLOT and
 	// START_REPLICATION, so two agents could otherwise drop and recreate
 	// it under each other and interleave their copies. The session lock
-	// goes with the connection, also when the agent is killed or its
-	// backend terminated: a standby waiting for it is woken at once.
-	if err := a.lock(ctx, conn, wait); err != nil {
+	// is held by the walsender itself, so it goes with it: when the agent
+	// is killed, its backend terminated, its connection cut, or the agent
+	// hangs (wal_sender_timeout ends the walsender of a consumer that does
+	// not answer; an idle regular connection would stay). A standby
+	// waiting for it is woken at once.
+	if err := a.lock(ctx, conn, repl, wait); err != nil {
 		conn.Close(context.Background())
+		repl.Close(context.Background())
 		return nil, err
 	}
 	a.update(func(st *Status) { st.Active = true })
-	repl, err := pgconn.ConnectConfig(ctx, rc)
-	if err != nil {
-		conn.Close(context.Background())
-		a.update(func(st *Status) { st.Active = false })
-		return nil, fmt.Errorf("open replication connection: %w", err)
-	}
 	for _, c := range []*pgconn.PgConn{conn.PgConn(), repl} {
 		if err := pgjson.CheckParameterStatus(c.ParameterStatus); err != nil {
 			conn.Close(context.Background())
@@ -143,15 +146,16 @@ func (s *session) close() {
 	s.a.mu.Unlock()
 }
 
-// lock takes the slot's agent lock (advisory, session level) on conn. With
-// wait, an agent that finds it held is a standby: it logs so once and
-// blocks in pg_advisory_lock, which PostgreSQL grants the moment the
-// holder's session ends (process killed, backend terminated, or its
-// connection found dead by TCP keepalives). Without wait it fails with
-// "slot in use".
-func (a *Agent) lock(ctx context.Context, conn *pgx.Conn, wait bool) error {
-	var locked bool
-	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1, hashtext($2))`, advisoryLockSpace, a.cfg.Slot).Scan(&locked); err != nil {
+// lock takes the slot's agent lock (advisory, session level) on the
+// replication connection repl (simple queries, so the SQL carries the
+// validated slot name). With wait, an agent that finds it held is a
+// standby: it logs so once and blocks in pg_advisory_lock, which
+// PostgreSQL grants the moment the holder's session ends. Without wait it
+// fails with "slot in use".
+func (a *Agent) lock(ctx context.Context, conn *pgx.Conn, repl *pgconn.PgConn, wait bool) error {
+	key := fmt.Sprintf("%d, hashtext('%s')", advisoryLockSpace, a.cfg.Slot) // slotName: [a-z0-9_]
+	locked, err := simpleBool(ctx, repl, "SELECT pg_try_advisory_lock("+key+")")
+	if err != nil {
 		return fmt.Errorf("take the agent lock of slot %s: %w", a.cfg.Slot, err)
 	}
 	if locked {
@@ -165,17 +169,17 @@ func (a *Agent) lock(ctx context.Context, conn *pgx.Conn, wait bool) error {
 	start := time.Now()
 	a.update(func(st *Status) { st.Standby = true })
 	defer a.update(func(st *Status) { st.Standby = false })
-	// Wait in rounds bounded by lock_timeout: each round is a round trip,
-	// so a standby whose own connection died silently (a network cut)
-	// notices within a round instead of blocking on a dead socket.
-	// One round (lock_timeout) is 5 StandbyRetry: 5s by default.
+	// Wait in rounds bounded by lock_timeout (5 StandbyRetry, 5s by
+	// default): each round is a round trip, so a standby whose own
+	// connection died silently (a network cut) notices within a round
+	// instead of blocking on a dead socket.
 	round := 5 * a.cfg.StandbyRetry
-	if _, err := conn.Exec(ctx, `SELECT set_config('lock_timeout', $1, false)`, fmt.Sprintf("%dms", max(round.Milliseconds(), 1))); err != nil {
+	if _, err := repl.Exec(ctx, fmt.Sprintf("SET lock_timeout = '%dms'", max(round.Milliseconds(), 1))).ReadAll(); err != nil {
 		return fmt.Errorf("standby: set lock_timeout: %w", err)
 	}
 	for {
 		rctx, cancel := context.WithTimeout(ctx, 2*round+5*time.Second)
-		_, err := conn.Exec(rctx, `SELECT pg_advisory_lock($1, hashtext($2))`, advisoryLockSpace, a.cfg.Slot)
+		_, err := repl.Exec(rctx, "SELECT pg_advisory_lock("+key+")").ReadAll()
 		cancel()
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) && pgErr.Code == "55P03" { // lock_not_available: another round
@@ -189,11 +193,23 @@ func (a *Agent) lock(ctx context.Context, conn *pgx.Conn, wait bool) error {
 		}
 		break
 	}
-	if _, err := conn.Exec(ctx, `RESET lock_timeout`); err != nil {
+	if _, err := repl.Exec(ctx, "RESET lock_timeout").ReadAll(); err != nil {
 		return fmt.Errorf("standby: reset lock_timeout: %w", err)
 	}
 	a.log.Info("taking over: got the agent lock of the slot", "waited", time.Since(start).Round(time.Millisecond))
 	return nil
+}
+
+// simpleBool runs a simple query returning one boolean.
+func simpleBool(ctx context.Context, c *pgconn.PgConn, sql string) (bool, error) {
+	res, err := c.Exec(ctx, sql).ReadAll()
+	if err != nil {
+		return false, err
+	}
+	if len(res) != 1 || len(res[0].Rows) != 1 || len(res[0].Rows[0]) != 1 {
+		return false, fmt.Errorf("%s: unexpected result", sql)
+	}
+	return string(res[0].Rows[0][0]) == "t", nil
 }
 
 // lockHolder is the backend PID holding the slot's agent lock, for the log

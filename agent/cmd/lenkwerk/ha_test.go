@@ -319,15 +319,17 @@ func (w *haWatcher) check(t *testing.T, last int) {
 }
 
 // TestHAFailover runs two real agent processes on one slot and store under
-// a steady write load, and fails the active one four times: SIGKILL, and
-// loss of its database connections (pg_terminate_backend of its walsender
-// and its lock connection). Each time a transaction committed after the
+// a steady write load, and fails the active one five times: SIGKILL, loss
+// of its database connections (pg_terminate_backend of its walsender, which
+// holds the agent lock, and its other connection), and a hang (SIGSTOP). Each time a transaction committed after the
 // failure must reach the store within 10 s (the take-over time), and across
 // every hand-over each transaction reaches the store exactly once.
 func TestHAFailover(t *testing.T) {
 	bin := lenkwerkBinary(t)
 	ctx := context.Background()
-	c := pgtest.StartCluster(t, pgtest.Options{})
+	// A hung agent is noticed by wal_sender_timeout: its walsender, which
+	// holds the agent lock, ends.
+	c := pgtest.StartCluster(t, pgtest.Options{Settings: map[string]string{"wal_sender_timeout": "'3s'"}})
 	admin := c.NewDatabase(t)
 	if err := migrations.Up(ctx, admin, migrations.Options{}); err != nil {
 		t.Fatal(err)
@@ -434,7 +436,7 @@ func TestHAFailover(t *testing.T) {
 	}()
 	waitUntil(t, "the first transactions in the store", 60*time.Second, func() bool { return w.max() >= 20 })
 
-	for round, mode := range []string{"SIGKILL", "connection loss", "SIGKILL", "connection loss"} {
+	for round, mode := range []string{"SIGKILL", "connection loss", "freeze", "SIGKILL", "connection loss"} {
 		victim := active()
 		failedAt := time.Now()
 		switch mode {
@@ -446,7 +448,15 @@ func TestHAFailover(t *testing.T) {
 				t.Fatal(err)
 			}
 			if n < 2 {
-				t.Fatalf("terminated %d backends of agent %s, want its walsender and lock connection", n, victim)
+				t.Fatalf("terminated %d backends of agent %s, want its walsender and its other connection", n, victim)
+			}
+		case "freeze":
+			// A hung agent (SIGSTOP: its kernel still answers TCP, so
+			// only wal_sender_timeout notices). It stays frozen until it
+			// is killed below: resumed, it could still complete a store
+			// write it had started (see the agent package documentation).
+			if err := syscall.Kill(-procs[victim].cmd.Process.Pid, syscall.SIGSTOP); err != nil {
+				t.Fatal(err)
 			}
 		}
 		// The take-over: a transaction committed after the failure is in
@@ -462,10 +472,11 @@ func TestHAFailover(t *testing.T) {
 		took := time.Since(failedAt)
 		now := active()
 		t.Logf("round %d: %s of active agent %s: take-over in %v (active now: %s)", round, mode, victim, took.Round(time.Millisecond), now)
-		if mode == "SIGKILL" {
+		if mode == "SIGKILL" || mode == "freeze" {
 			if now == victim {
-				t.Fatalf("round %d: killed agent %s still streams", round, victim)
+				t.Fatalf("round %d: %s agent %s still streams", round, mode, victim)
 			}
+			procs[victim].kill()
 			procs[victim].start()
 		}
 		checkRoles(now)
@@ -486,5 +497,5 @@ func TestHAFailover(t *testing.T) {
 	}
 	stopWatch()
 	w.check(t, last)
-	t.Logf("%d transactions, each in the store exactly once across 4 hand-overs", last)
+	t.Logf("%d transactions, each in the store exactly once across 5 hand-overs", last)
 }
