@@ -1,0 +1,116 @@
+// Package harness brings up a real Lenkwerk for a test — PostgreSQL with the
+// Lenkwerk database migrated, a key-value store and the agent mirroring one
+// into the other — in one call, tears it down when the test ends, and has
+// levers to break it. It is the integration test harness of Bagger's
+// components (storage-node agents, configuration tools) and of Lenkwerk's
+// own scenarios.
+//
+// # A test in a few lines
+//
+//	func TestNodeOnline(t *testing.T) {
+//		s := harness.Start(t) // PostgreSQL + etcd + agent; gone after the test
+//		ctx := context.Background()
+//
+//		conn, err := pgx.Connect(ctx, s.ConfigURL()) // as lenkwerk_config
+//		if err != nil {
+//			t.Fatal(err)
+//		}
+//		defer conn.Close(ctx)
+//		conn.Exec(ctx, "SELECT storage.register_pg_instance('db1', 5432, 'bagger')")
+//		conn.Exec(ctx, "SELECT storage.set_pg_instance_status(1, 3)")
+//
+//		// What a storage node sees: the row as JSON under its key.
+//		err = s.WaitForKey(ctx, "/PostgresInstance/db1/5432", func(v []byte, exists bool) bool {
+//			return exists && bytes.Contains(v, []byte(`"status": 3`))
+//		})
+//		if err != nil {
+//			t.Fatal(err)
+//		}
+//	}
+//
+// The package Example runs exactly this, and its output is checked.
+//
+// # What Start gives
+//
+// Start returns once the agent has made its initial copy and streams
+// changes. The Stack then offers:
+//
+//   - DatabaseURL: the Lenkwerk database as a superuser (schema storage, the
+//     Bagger functions, publication and slot in place);
+//   - ConfigURL: the same database acting as lenkwerk_config, the role of
+//     Bagger's configuration tools (it is NOLOGIN, so the URL logs in as the
+//     superuser and takes the role with options=-c role=lenkwerk_config);
+//   - KVURL and Store: the key-value store's URL (etcd://…, or postgres://…
+//     for pgkv) and an open kvdriver.Store on it, owned by the Stack;
+//   - WaitForKey: wait until a key satisfies a predicate (Exists, Absent,
+//     Equals, or your own on the JSON value);
+//   - WaitCaughtUp: wait until the store reflects every transaction
+//     committed before the call — the way to assert that something is NOT
+//     in the store, or to compare the whole store with the database
+//     (package integration/converge does the comparison).
+//
+// # Choosing the store and the backend
+//
+// WithKV picks the store: Etcd (one member, the default), EtcdCluster (three
+// members) or PGKV (the pgkv driver in the Lenkwerk database itself, as a
+// Postgres-only deployment runs). WithPrefix runs the agent under a key
+// prefix.
+//
+// Two backends run the same Stack:
+//
+//   - Containers: PostgreSQL, etcd and the agent as Docker containers on a
+//     network of the Stack's own, through testcontainers-go and package
+//     integration/containers. Images come from docker/build-images.sh (make
+//     images), built on first use; LENKWERK_PG_IMAGE, LENKWERK_ETCD_IMAGE and
+//     LENKWERK_AGENT_IMAGE name others (e.g. postgres:16 where a registry is
+//     reachable). Ryuk is off; the test's Cleanup removes every container and
+//     network, failed or not.
+//   - Local: a private PostgreSQL cluster from the machine's binaries
+//     (integration/pgtest; $LENKWERK_PG_BINDIR or pg_config), etcd embedded
+//     in the test process (integration/etcdtest) and the agent as a child
+//     process: `lenkwerk agent`, built once per test binary with go build
+//     (from the test's module, which must require Lenkwerk), or the binary
+//     named by LENKWERK_BIN.
+//
+// WithBackend, or LENKWERK_HARNESS_BACKEND=local|containers, picks one;
+// otherwise Start uses containers when a Docker engine answers and local
+// processes when not. A Stack has no global state: each has its own
+// servers, ports, directories, slot and network, so several run side by
+// side in one test binary (and in parallel tests).
+//
+// # Breaking it
+//
+// The fault levers return once the fault is in place, or once the part is
+// back and serving:
+//
+//	lever                        local   containers
+//	KillAgent / RestartAgent     yes     yes
+//	StopStore / StartStore       yes     yes   (PGKV: stops PostgreSQL itself)
+//	StopNode(i) / StartNode(i)   yes     yes   (etcd; not PGKV)
+//	PartitionAgentFromDB / Heal  no      yes   (the agent leaves the network)
+//
+// A lever the Stack cannot pull returns an error wrapping ErrUnsupported
+// (and errors.ErrUnsupported). The agent is meant to ride every fault out:
+// after the lever, make changes, undo the fault and check with
+// WaitCaughtUp and converge.Wait that nothing was lost:
+//
+//	if err := s.StopStore(ctx); err != nil { t.Fatal(err) }
+//	// … changes through ConfigURL while the store is down …
+//	if err := s.StartStore(ctx); err != nil { t.Fatal(err) }
+//	if err := s.WaitCaughtUp(ctx); err != nil { t.Fatal(err) }
+//	if _, err := converge.Wait(ctx, converge.URL(s.DatabaseURL()), s.Store(),
+//		converge.Options{Prefix: s.Prefix()}, time.Minute); err != nil {
+//		t.Fatal(err)
+//	}
+//
+// On the containers backend a restarted container has new host ports:
+// DatabaseURL, KVURL and Store always return the current ones, and the
+// Store returned before StartStore or StartNode is closed, so ask for it
+// again after those levers.
+//
+// # When a test fails
+//
+// The end of the agent's log is printed with the failure (--log-level
+// info; WithAgentLogLevel changes it), and so is the end of every
+// container's output on the containers backend.
+package harness

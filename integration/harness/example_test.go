@@ -1,0 +1,66 @@
+package harness_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/bagger/lenkwerk/integration/harness"
+)
+
+// testNodeOnline is a Bagger component's test against a real Lenkwerk: it
+// registers a storage node as the configuration tools do (role
+// lenkwerk_config), sets it online and waits until the store shows it
+// online, as the storage nodes will see it. In your package it is
+//
+//	func TestNodeOnline(t *testing.T) { testNodeOnline(t) }
+func testNodeOnline(t testing.TB, opts ...harness.Option) string {
+	s := harness.Start(t, opts...) // PostgreSQL, etcd, agent; gone after the test
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, s.ConfigURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+
+	var id int
+	err = conn.QueryRow(ctx, "SELECT id FROM storage.register_pg_instance('db1', 5432, 'bagger')").Scan(&id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, "SELECT storage.set_pg_instance_status($1, 3)", id); err != nil {
+		t.Fatal(err)
+	}
+
+	// The agent mirrors the row to its key as to_jsonb(row).
+	var node struct {
+		Host   string `json:"host"`
+		Port   int    `json:"port"`
+		Status int    `json:"status"`
+	}
+	err = s.WaitForKey(ctx, "/PostgresInstance/db1/5432", func(value []byte, exists bool) bool {
+		return exists && json.Unmarshal(value, &node) == nil && node.Status == 3
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("%s:%d status %d", node.Host, node.Port, node.Status)
+}
+
+// A consumer's test, end to end, on the default backend (containers when a
+// Docker engine answers, else local processes).
+func Example() {
+	// An Example gets no *testing.T: testing.Benchmark lends the test a
+	// real testing.TB (with Cleanup), running it once since it takes
+	// longer than the benchmark time.
+	var got string
+	testing.Benchmark(func(b *testing.B) { got = testNodeOnline(b) })
+	fmt.Println(got)
+	// Output: db1:5432 status 3
+}

@@ -1,0 +1,282 @@
+package harness
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/bagger/lenkwerk/agent"
+	"github.com/bagger/lenkwerk/kvdriver"
+	_ "github.com/bagger/lenkwerk/kvdriver/etcd" // etcd:// store URLs
+	_ "github.com/bagger/lenkwerk/kvdriver/pgkv" // postgres:// store URLs
+	"github.com/bagger/lenkwerk/migrations"
+)
+
+// Database is the name of the Lenkwerk database every Stack creates.
+const Database = "lenkwerk"
+
+// ErrUnsupported is returned by a fault lever the Stack's backend or store
+// cannot pull (e.g. PartitionAgentFromDB on the local backend, StopNode
+// without a cluster). It wraps errors.ErrUnsupported.
+var ErrUnsupported = fmt.Errorf("harness: %w", errors.ErrUnsupported)
+
+// startTimeout bounds Start: images, servers, migrations and the agent's
+// initial sync.
+const startTimeout = 3 * time.Minute
+
+// backend is what a Backend runs. Its methods are called with the Stack's
+// lock held, one at a time.
+type backend interface {
+	// urls returns the host's admin URL of the Lenkwerk database and the
+	// store URL, read afresh (container host ports change on restart).
+	urls(ctx context.Context) (admin, kv string, err error)
+	startAgent(ctx context.Context) error
+	killAgent(ctx context.Context) error
+	stopAgent(ctx context.Context) error
+	agentRunning(ctx context.Context) (bool, error)
+	stopStore(ctx context.Context) error
+	startStore(ctx context.Context) error
+	stopNode(ctx context.Context, i int) error
+	startNode(ctx context.Context, i int) error
+	partition(ctx context.Context) error
+	heal(ctx context.Context) error
+	// movesPorts reports whether restarted servers get new host ports,
+	// so the Stack's store must be opened again.
+	movesPorts() bool
+	// agentLog returns the end of the agent's log, for failed tests.
+	agentLog() string
+}
+
+// Stack is a running Lenkwerk: PostgreSQL with the Lenkwerk database
+// migrated, a key-value store and the agent mirroring one into the other.
+// Start returns it; the test's Cleanup tears it down. Its methods are safe
+// for concurrent use.
+type Stack struct {
+	tb      testing.TB
+	cfg     config
+	backend Backend
+
+	mu    sync.Mutex
+	b     backend
+	admin string         // current admin URL
+	kvURL string         // current store URL
+	store kvdriver.Store // opened on kvURL
+}
+
+// Start brings up a Stack for tb and registers its teardown with
+// tb.Cleanup. It fails tb (Fatal) when something does not come up; it
+// returns once the agent has copied the (fresh) database into the store and
+// streams changes.
+//
+// Without WithBackend or LENKWERK_HARNESS_BACKEND it uses the containers
+// backend when a Docker engine answers, else the local one.
+func Start(tb testing.TB, opts ...Option) *Stack {
+	tb.Helper()
+	cfg, err := newConfig(opts)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
+	if cfg.backend == "" {
+		cfg.backend = Local
+		if dockerAnswers(ctx) {
+			cfg.backend = Containers
+		}
+	}
+	began := time.Now()
+	s := &Stack{tb: tb, cfg: cfg, backend: cfg.backend}
+	switch cfg.backend {
+	case Local:
+		s.b, err = startLocal(ctx, tb, cfg)
+	case Containers:
+		s.b, err = startContainers(ctx, tb, cfg)
+	}
+	if err != nil {
+		tb.Fatalf("harness (%s backend): %v", cfg.backend, err)
+	}
+	// Registered after the backend's own: runs first, before the servers
+	// go away.
+	tb.Cleanup(func() {
+		if tb.Failed() {
+			tb.Logf("--- end of the agent's log (%s backend):\n%s", s.backend, s.b.agentLog())
+		}
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.store != nil {
+			s.store.Close()
+		}
+	})
+	if err := s.refresh(ctx); err != nil {
+		tb.Fatalf("harness (%s backend): %v", cfg.backend, err)
+	}
+	if err := s.waitAgentReady(ctx); err != nil {
+		tb.Fatalf("harness (%s backend): %v", cfg.backend, err)
+	}
+	tb.Logf("harness: %s backend, store %s: up in %v", cfg.backend, cfg.kv, time.Since(began).Round(10*time.Millisecond))
+	return s
+}
+
+// migrate creates the Lenkwerk database on the server of serverURL (a
+// superuser URL of any database) and migrates it.
+func migrate(ctx context.Context, serverURL, adminURL string) error {
+	conn, err := pgx.Connect(ctx, serverURL)
+	if err != nil {
+		return fmt.Errorf("connect to PostgreSQL: %w", err)
+	}
+	defer conn.Close(context.Background())
+	var exists bool
+	if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT FROM pg_database WHERE datname = $1)", Database).Scan(&exists); err != nil {
+		return fmt.Errorf("look for database %s: %w", Database, err)
+	}
+	if !exists {
+		if _, err := conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{Database}.Sanitize()); err != nil {
+			return fmt.Errorf("create database %s: %w", Database, err)
+		}
+	}
+	if err := migrations.Up(ctx, adminURL, migrations.Options{}); err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	return nil
+}
+
+// Backend reports the backend the Stack runs on.
+func (s *Stack) Backend() Backend { return s.backend }
+
+// KVKind reports the kind of store the Stack runs.
+func (s *Stack) KVKind() KV { return s.cfg.kv }
+
+// Prefix is the agent's key prefix ("" unless WithPrefix).
+func (s *Stack) Prefix() string { return s.cfg.prefix }
+
+// DatabaseURL is the Lenkwerk database's URL as a superuser, as the host
+// (the test) reaches it. On the containers backend it changes when
+// PostgreSQL is restarted (StopStore/StartStore with PGKV).
+func (s *Stack) DatabaseURL() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.admin
+}
+
+// ConfigURL is a URL acting as the lenkwerk_config role, the one Bagger's
+// configuration tools use: that role cannot log in (NOLOGIN), so the URL
+// logs in as the superuser and takes the role at connection start
+// (options=-c role=lenkwerk_config). Everything done through it has
+// exactly lenkwerk_config's privileges.
+func (s *Stack) ConfigURL() string {
+	return withOptions(s.DatabaseURL(), "-c role=lenkwerk_config")
+}
+
+// KVURL is the store's URL as the host reaches it (etcd://…, or
+// postgres://… for PGKV), naming every etcd member of a cluster. On the
+// containers backend it changes when the store is restarted.
+func (s *Stack) KVURL() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.kvURL
+}
+
+// Store is an open store on KVURL, closed by the Stack: do not close it.
+// On the containers backend a store restart (StartStore, StartNode) moves
+// the host ports, so the Stack closes this store and opens another: call
+// Store again after those levers rather than keeping the old one.
+func (s *Stack) Store() kvdriver.Store {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.store
+}
+
+// refresh rereads the URLs and, when the store URL changed, reopens the
+// store.
+func (s *Stack) refresh(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.refreshLocked(ctx)
+}
+
+func (s *Stack) refreshLocked(ctx context.Context) error {
+	admin, kvURL, err := s.b.urls(ctx)
+	if err != nil {
+		return err
+	}
+	s.admin = admin
+	if s.store != nil && kvURL == s.kvURL {
+		return nil
+	}
+	store, err := kvdriver.Open(ctx, kvURL)
+	if err != nil {
+		return fmt.Errorf("open store %s: %w", kvdriver.Redact(kvURL), err)
+	}
+	if s.store != nil {
+		s.store.Close()
+	}
+	s.store, s.kvURL = store, kvURL
+	return nil
+}
+
+// waitAgentReady waits for the agent's first checkpoint: written at the end
+// of its initial sync, it says the store holds the database and the agent
+// streams.
+func (s *Stack) waitAgentReady(ctx context.Context) error {
+	err := poll(ctx, 50*time.Millisecond, func() (bool, error) {
+		_, ok, err := agent.ReadCheckpoint(ctx, s.Store(), s.cfg.prefix, agent.DefaultSlot)
+		if ok || err != nil {
+			return ok, err
+		}
+		running, err := s.agentRunning(ctx)
+		if err == nil && !running {
+			return false, errors.New("the agent exited")
+		}
+		return false, nil
+	})
+	if err != nil {
+		return fmt.Errorf("waiting for the agent's initial sync: %w\n%s", err, s.b.agentLog())
+	}
+	return nil
+}
+
+func (s *Stack) agentRunning(ctx context.Context) (bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.agentRunning(ctx)
+}
+
+// withOptions sets the libpq "options" parameter (server settings at
+// connection start) of a URL.
+func withOptions(raw, options string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return raw
+	}
+	q := u.Query()
+	q.Set("options", options)
+	u.RawQuery = strings.ReplaceAll(q.Encode(), "+", "%20")
+	return u.String()
+}
+
+// poll calls cond until it returns true or an error, or ctx ends.
+func poll(ctx context.Context, every time.Duration, cond func() (bool, error)) error {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		ok, err := cond()
+		if err != nil {
+			return err
+		}
+		if ok {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+}

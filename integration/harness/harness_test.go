@@ -1,0 +1,120 @@
+package harness_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/bagger/lenkwerk/integration/converge"
+	"github.com/bagger/lenkwerk/integration/harness"
+)
+
+var backends = []harness.Backend{harness.Local, harness.Containers}
+
+// TestNodeOnline runs the Example's scenario on each backend explicitly.
+func TestNodeOnline(t *testing.T) {
+	for _, b := range backends {
+		t.Run(string(b), func(t *testing.T) {
+			if got, want := testNodeOnline(t, harness.WithBackend(b)), "db1:5432 status 3"; got != want {
+				t.Fatalf("got %q, want %q", got, want)
+			}
+		})
+	}
+}
+
+// TestSideBySide runs two stacks at once on each backend: each has its own
+// servers, slot and store, and sees only its own changes.
+func TestSideBySide(t *testing.T) {
+	for _, b := range backends {
+		t.Run(string(b), func(t *testing.T) {
+			stacks := []*harness.Stack{harness.Start(t, harness.WithBackend(b)), harness.Start(t, harness.WithBackend(b))}
+			if stacks[0].DatabaseURL() == stacks[1].DatabaseURL() || stacks[0].KVURL() == stacks[1].KVURL() {
+				t.Fatalf("the stacks share a server: %s %s / %s %s", stacks[0].DatabaseURL(), stacks[0].KVURL(), stacks[1].DatabaseURL(), stacks[1].KVURL())
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			for i, s := range stacks {
+				exec(t, s, fmt.Sprintf("SELECT storage.register_pg_instance('node%d', 5432, 'bagger')", i))
+			}
+			for i, s := range stacks {
+				if err := s.WaitForKey(ctx, fmt.Sprintf("/PostgresInstance/node%d/5432", i), harness.Exists); err != nil {
+					t.Fatal(err)
+				}
+				if err := s.WaitCaughtUp(ctx); err != nil {
+					t.Fatal(err)
+				}
+				other := fmt.Sprintf("/PostgresInstance/node%d/5432", 1-i)
+				if _, err := s.Store().Get(ctx, other); err == nil {
+					t.Errorf("stack %d has the other stack's key %s", i, other)
+				}
+				converged(t, s)
+			}
+		})
+	}
+}
+
+// exec runs sql as lenkwerk_config.
+func exec(t testing.TB, s *harness.Stack, sql string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	err := retry(ctx, func() error {
+		conn, err := pgx.Connect(ctx, s.ConfigURL())
+		if err != nil {
+			return err
+		}
+		defer conn.Close(context.Background())
+		_, err = conn.Exec(ctx, sql)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+}
+
+// retry calls f until it succeeds or ctx ends (the database may be
+// restarting).
+func retry(ctx context.Context, f func() error) error {
+	for {
+		err := f()
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return errors.Join(err, ctx.Err())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// converged fails t unless the store mirrors the database within a minute
+// and WaitCaughtUp agrees.
+func converged(t testing.TB, s *harness.Stack) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	start := time.Now()
+	if err := s.WaitCaughtUp(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := converge.Wait(ctx, converge.URL(s.DatabaseURL()), s.Store(), converge.Options{Prefix: s.Prefix()}, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("converged in %v", time.Since(start).Round(time.Millisecond))
+}
+
+// changes registers n storage nodes named after tag, in one transaction.
+func changes(t testing.TB, s *harness.Stack, tag string, n int) {
+	t.Helper()
+	var b strings.Builder
+	for i := range n {
+		fmt.Fprintf(&b, "SELECT storage.register_pg_instance('%s-%d', 5432, 'bagger');\n", tag, i)
+	}
+	exec(t, s, b.String())
+}

@@ -1,0 +1,86 @@
+package harness
+
+import (
+	"fmt"
+	"os"
+)
+
+// Backend is how a Stack runs its servers.
+type Backend string
+
+const (
+	// Local runs the machine's PostgreSQL binaries (integration/pgtest),
+	// etcd embedded in the test process (integration/etcdtest) and the
+	// agent as a child process.
+	Local Backend = "local"
+	// Containers runs PostgreSQL, etcd and the agent as Docker containers
+	// on a network of the stack's own (integration/containers).
+	Containers Backend = "containers"
+)
+
+// BackendEnv names the environment variable that picks the backend when no
+// WithBackend option does: "local" or "containers".
+const BackendEnv = "LENKWERK_HARNESS_BACKEND"
+
+// BinEnv names the environment variable with the path of a lenkwerk binary
+// the local backend runs instead of building one.
+const BinEnv = "LENKWERK_BIN"
+
+// KV is the kind of key-value store a Stack runs.
+type KV string
+
+const (
+	// Etcd is a single etcd member.
+	Etcd KV = "etcd"
+	// EtcdCluster is a three-member etcd cluster.
+	EtcdCluster KV = "etcd-cluster"
+	// PGKV is the pgkv driver in Lenkwerk's own PostgreSQL database
+	// (schema lenkwerk_kv): a Postgres-only deployment.
+	PGKV KV = "pgkv"
+)
+
+// Option configures Start.
+type Option func(*config)
+
+type config struct {
+	backend  Backend
+	kv       KV
+	prefix   string
+	logLevel string
+}
+
+// WithBackend picks the backend, overriding LENKWERK_HARNESS_BACKEND.
+func WithBackend(b Backend) Option { return func(c *config) { c.backend = b } }
+
+// WithKV picks the store: Etcd (the default), EtcdCluster or PGKV.
+func WithKV(kv KV) Option { return func(c *config) { c.kv = kv } }
+
+// WithPrefix runs the agent with --prefix p ("/bagger"): every key it
+// writes, and every key WaitForKey and WaitCaughtUp look at, is below p.
+// Keys given to WaitForKey are full keys, prefix included.
+func WithPrefix(p string) Option { return func(c *config) { c.prefix = p } }
+
+// WithAgentLogLevel sets the agent's --log-level (default "info"). Its log
+// is shown when the test fails.
+func WithAgentLogLevel(level string) Option { return func(c *config) { c.logLevel = level } }
+
+func newConfig(opts []Option) (config, error) {
+	c := config{kv: Etcd, logLevel: "info"}
+	for _, o := range opts {
+		o(&c)
+	}
+	if c.backend == "" {
+		c.backend = Backend(os.Getenv(BackendEnv))
+	}
+	switch c.backend {
+	case "", Local, Containers:
+	default:
+		return c, fmt.Errorf("harness: backend %q: want %q or %q", c.backend, Local, Containers)
+	}
+	switch c.kv {
+	case Etcd, EtcdCluster, PGKV:
+	default:
+		return c, fmt.Errorf("harness: store %q: want %q, %q or %q", c.kv, Etcd, EtcdCluster, PGKV)
+	}
+	return c, nil
+}
