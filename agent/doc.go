@@ -122,11 +122,8 @@
 // PostgreSQL but not from the store) between receiving a transaction and
 // writing it, and resumes after another agent took over, completes that one
 // store write late, putting older values back for keys no later
-// transaction touched. Its ApplyTimeout (10 s) bounds how late the write
-// can start; only a store-side fence (a compare-and-swap on the checkpoint,
-// which kvdriver does not offer) would exclude it. Keep wal_sender_timeout
-// above ApplyTimeout if that matters more than a fast take-over after a
-// hang.
+// transaction touched. Only a store-side fence (a compare-and-swap on the
+// checkpoint, which kvdriver does not offer yet) would exclude it.
 //
 // A network cut is noticed by the server: the dead agent's walsender, and
 // with it the lock, ends after wal_sender_timeout (the agent answers the
