@@ -17,7 +17,8 @@
 //     certificate's CN alone) can write only inside the prefix.
 //   - TestRefused: plaintext to PostgreSQL, a wrong CA (PostgreSQL and etcd),
 //     etcd without a client certificate and a wrong etcd password are refused.
-//   - TestLeastPrivilege: lenkwerk_agent cannot write the Lenkwerk tables;
+//   - TestLeastPrivilege: lenkwerk_agent cannot write the Lenkwerk tables,
+//     a lenkwerk_config member writes configuration but not the schema;
 //     a pgkv reader (lenkwerk_kv_reader, scram over verify-full, password
 //     from PGPASSFILE) can List and Watch and cannot Put.
 //   - TestSecretsNotPrinted: the lenkwerk binary (agent, migrate, kv) given

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/bagger/lenkwerk/kvdriver"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // TestEtcdPrefixRole: the agent's etcd user, by password or by its
@@ -63,6 +64,36 @@ func TestEtcdPrefixRole(t *testing.T) {
 			}
 		})
 	}
+
+	// The prefix form on "/bagger/" looks right and is too narrow: the
+	// driver reads the key "/bagger" itself when it lists the prefix.
+	t.Run("prefix_form_too_narrow", func(t *testing.T) {
+		c := etcd.client(t, p.etcdAdmin, "root", rootPass)
+		for _, step := range []func() error{
+			func() error { _, err := c.RoleAdd(ctx, "narrow"); return err },
+			func() error {
+				_, err := c.RoleGrantPermission(ctx, "narrow", prefix+"/", clientv3.GetPrefixRangeEnd(prefix+"/"), clientv3.PermissionType(clientv3.PermReadWrite))
+				return err
+			},
+			func() error { _, err := c.UserAdd(ctx, "narrow", "narrow-Pa55"); return err },
+			func() error { _, err := c.UserGrantRole(ctx, "narrow", "narrow"); return err },
+		} {
+			if err := step(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		s, err := kvdriver.Open(ctx, etcd.url(t, p.etcdAdmin, "narrow", "narrow-Pa55"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		if _, err := s.Put(ctx, prefix+"/Config/n", []byte(`1`)); err != nil {
+			t.Fatalf("Put under %s/: %v", prefix, err)
+		}
+		if _, _, err := s.List(ctx, prefix); err == nil || !strings.Contains(err.Error(), "permission denied") {
+			t.Fatalf("List %s with --prefix=true %s/: %v, want permission denied", prefix, prefix, err)
+		}
+	})
 
 	// A certificate the CA issued to a name that is no etcd user.
 	s, err := kvdriver.Open(ctx, etcd.url(t, p.etcdAdmin, "", ""))

@@ -50,6 +50,37 @@ func TestLeastPrivilege(t *testing.T) {
 		}
 	})
 
+	t.Run("config", func(t *testing.T) {
+		admin, err := pgx.Connect(ctx, pg.url("postgres", p.postgres))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer admin.Close(ctx)
+		if _, err := admin.Exec(ctx, `CREATE ROLE `+operatorRole+` LOGIN IN ROLE lenkwerk_config`); err != nil {
+			t.Fatal(err)
+		}
+		conn, err := pgx.Connect(ctx, pg.url(operatorRole, p.operator))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close(ctx)
+		if _, err := conn.Exec(ctx, `INSERT INTO storage.config (key, value) VALUES ('by_operator', '1')`); err != nil {
+			t.Errorf("%s (lenkwerk_config) cannot write storage.config: %v", operatorRole, err)
+		}
+		for _, sql := range []string{
+			`DELETE FROM storage.servermap`, // generations are only ever inserted
+			`CREATE TABLE storage.evil (x int)`,
+			`DROP TABLE storage.config`,
+			`ALTER TABLE storage.config ADD COLUMN evil int`,
+			`ALTER PUBLICATION bagger_lw_storage DROP TABLE storage.config`,
+			`SELECT pg_drop_replication_slot('lw_agent')`,
+		} {
+			if _, err := conn.Exec(ctx, sql); !isInsufficientPrivilege(err) {
+				t.Errorf("%s as %s (lenkwerk_config): %v, want insufficient privilege (42501)", sql, operatorRole, err)
+			}
+		}
+	})
+
 	t.Run("pgkv reader", func(t *testing.T) {
 		// The store's owner (here the superuser) creates the schema and
 		// the lenkwerk_kv_reader role; a consumer logs in as a member.

@@ -25,14 +25,15 @@ func TestMain(m *testing.M) { pgtest.Main(m) }
 
 // Names the tests share.
 const (
-	prefix      = "/bagger"
-	agentRole   = "lenkwerk_agent"  // PostgreSQL role, and the CN of its certificate
-	etcdUser    = "lenkwerk-agent"  // etcd user and role, and the CN of its certificate
-	readerUser  = "bagger_node"     // a pgkv consumer, member of lenkwerk_kv_reader
-	rootPass    = "root-Pa55-etcd"  // etcd root's password
-	agentPass   = "agent-Pa55-etcd" // etcd agent user's password
-	readerPass  = "reader-Pa55-pg"  // PostgreSQL password of readerUser
-	etcdTimeout = "dial-timeout=3s&request-timeout=5s"
+	prefix       = "/bagger"
+	agentRole    = "lenkwerk_agent"  // PostgreSQL role, and the CN of its certificate
+	etcdUser     = "lenkwerk-agent"  // etcd user and role, and the CN of its certificate
+	readerUser   = "bagger_node"     // a pgkv consumer, member of lenkwerk_kv_reader
+	operatorRole = "bagger_operator" // a configuration tool, member of lenkwerk_config
+	rootPass     = "root-Pa55-etcd"  // etcd root's password
+	agentPass    = "agent-Pa55-etcd" // etcd agent user's password
+	readerPass   = "reader-Pa55-pg"  // PostgreSQL password of readerUser
+	etcdTimeout  = "dial-timeout=3s&request-timeout=5s"
 )
 
 // pki is the test's certificates: one CA for everything, and a second CA
@@ -47,6 +48,7 @@ type pki struct {
 	etcdAgent certs.Pair // CN lenkwerk-agent
 	etcdAdmin certs.Pair // CN etcd-admin (no such etcd user: password auth)
 	otherCli  certs.Pair // signed by the other CA
+	operator  certs.Pair // CN bagger_operator, a member of lenkwerk_config
 }
 
 func newPKI(t *testing.T) *pki {
@@ -74,6 +76,7 @@ func newPKI(t *testing.T) *pki {
 	p.etcdAgent = must(p.ca.Client(etcdUser))
 	p.etcdAdmin = must(p.ca.Client("etcd-admin"))
 	p.otherCli = must(p.other.Client(agentRole))
+	p.operator = must(p.ca.Client(operatorRole))
 	return p
 }
 
