@@ -8,10 +8,12 @@ import (
 	"time"
 
 	"github.com/bagger/lenkwerk/agent"
+	"github.com/bagger/lenkwerk/agent/follow"
 	"github.com/bagger/lenkwerk/integration/converge"
 	"github.com/bagger/lenkwerk/kvdriver"
 	_ "github.com/bagger/lenkwerk/kvdriver/etcd"
 	_ "github.com/bagger/lenkwerk/kvdriver/pgkv"
+	"github.com/bagger/lenkwerk/migrations"
 	"github.com/jackc/pgx/v5"
 )
 
@@ -106,6 +108,55 @@ func TestAgentTLSBothSides(t *testing.T) {
 	kv, err := rootStore.Get(ctx, prefix+"/Config/after")
 	if err != nil || !strings.Contains(string(kv.Value), "streamed") {
 		t.Fatalf("Get %s/Config/after = %s, %v", prefix, kv.Value, err)
+	}
+
+	// A storage node: lenkwerk follow keeps a local copy from the store, its
+	// database over verify-full, etcd over mTLS as a read-only user.
+	copyName := pg.newDatabase(t, migrations.Options{Copy: true})
+	nodeStore, err := kvdriver.Open(ctx, etcd.url(t, p.etcdAdmin, nodeUser, nodePass))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nodeStore.Close()
+	if _, err := nodeStore.Put(ctx, prefix+"/Config/node", []byte(`1`)); err == nil || !strings.Contains(err.Error(), "permission denied") {
+		t.Errorf("read-only node user Put: %v, want permission denied", err)
+	}
+	f, err := follow.New(follow.Config{
+		DatabaseURL: pg.urlFor(copyName, "postgres", p.postgres),
+		Store:       nodeStore,
+		StoreName:   "etcd-secure",
+		Prefix:      prefix,
+		Logger:      testLogger(t),
+		MinBackoff:  50 * time.Millisecond,
+		MaxBackoff:  time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fctx, fstop := context.WithCancel(ctx)
+	fdone := make(chan error, 1)
+	go func() { fdone <- f.Run(fctx) }()
+	defer func() {
+		fstop()
+		if err := <-fdone; err != nil {
+			t.Errorf("follow Run: %v", err)
+		}
+	}()
+	copyDB, err := pgx.Connect(ctx, pg.urlFor(copyName, "postgres", p.postgres))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer copyDB.Close(context.Background())
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		var v string
+		err := copyDB.QueryRow(ctx, `SELECT value::text FROM storage.config WHERE key = 'after'`).Scan(&v)
+		if err == nil && strings.Contains(v, "streamed") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the copy has no row 'after' within 30s: %q, %v", v, err)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 
 	// Every connection of the agent used TLS with its certificate.

@@ -12,7 +12,9 @@
 //
 //   - TestAgentTLSBothSides: the agent (in process) streams as lenkwerk_agent
 //     (certificate, verify-full; replication and query connections) into etcd
-//     over mTLS as a prefix-restricted user; the store converges.
+//     over mTLS as a prefix-restricted user; the store converges, and
+//     follow (agent/follow) keeps a copy over verify-full from etcd as a
+//     read-only user.
 //   - TestEtcdPrefixRole: the agent's etcd user (by password, or by its
 //     certificate's CN alone) can write only inside the prefix.
 //   - TestRefused: plaintext to PostgreSQL, a wrong CA (PostgreSQL and etcd),

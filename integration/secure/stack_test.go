@@ -32,7 +32,9 @@ const (
 	operatorRole = "bagger_operator" // a configuration tool, member of lenkwerk_config
 	rootPass     = "root-Pa55-etcd"  // etcd root's password
 	agentPass    = "agent-Pa55-etcd" // etcd agent user's password
-	readerPass   = "reader-Pa55-pg"  // PostgreSQL password of readerUser
+	nodeUser     = "bagger-node"     // etcd user and role of storage nodes: read only
+	nodePass     = "node-Pa55-etcd"
+	readerPass   = "reader-Pa55-pg" // PostgreSQL password of readerUser
 	etcdTimeout  = "dial-timeout=3s&request-timeout=5s"
 )
 
@@ -105,23 +107,36 @@ func startPG(t *testing.T, p *pki) *pgServer {
 		TLS: &pgtest.TLS{CertFile: p.pgServer.CertFile, KeyFile: p.pgServer.KeyFile, CAFile: p.ca.CertFile},
 		HBA: pgHBA,
 	})
-	raw := c.NewDatabase(t) // created over the socket
-	u, err := url.Parse(raw)
+	s := &pgServer{c: c, pki: p}
+	s.name = s.newDatabase(t, migrations.Options{})
+	return s
+}
+
+// newDatabase creates a database (over the socket) and migrates it over
+// verify-full as the superuser (certificate); it returns the name.
+func (s *pgServer) newDatabase(t *testing.T, opts migrations.Options) string {
+	t.Helper()
+	u, err := url.Parse(s.c.NewDatabase(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &pgServer{c: c, pki: p, name: strings.TrimPrefix(u.Path, "/")}
+	name := strings.TrimPrefix(u.Path, "/")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if err := migrations.Up(ctx, s.url("postgres", p.postgres), migrations.Options{}); err != nil {
+	if err := migrations.Up(ctx, s.urlFor(name, "postgres", s.pki.postgres), opts); err != nil {
 		t.Fatalf("migrate over verify-full: %v", err)
 	}
-	return s
+	return name
 }
 
 // url is a verify-full URL for user with the client certificate pair
 // (zero Pair: none) trusting the test CA.
 func (s *pgServer) url(user string, pair certs.Pair, extra ...string) string {
+	return s.urlFor(s.name, user, pair, extra...)
+}
+
+// urlFor is url for database db.
+func (s *pgServer) urlFor(db, user string, pair certs.Pair, extra ...string) string {
 	q := url.Values{"sslmode": {"verify-full"}, "sslrootcert": {s.pki.ca.CertFile}}
 	if pair.CertFile != "" {
 		q.Set("sslcert", pair.CertFile)
@@ -130,7 +145,7 @@ func (s *pgServer) url(user string, pair certs.Pair, extra ...string) string {
 	for i := 0; i+1 < len(extra); i += 2 {
 		q.Set(extra[i], extra[i+1])
 	}
-	u := url.URL{Scheme: "postgres", User: url.User(user), Host: "127.0.0.1:" + strconv.Itoa(s.c.Port()), Path: "/" + s.name, RawQuery: q.Encode()}
+	u := url.URL{Scheme: "postgres", User: url.User(user), Host: "127.0.0.1:" + strconv.Itoa(s.c.Port()), Path: "/" + db, RawQuery: q.Encode()}
 	return u.String()
 }
 
@@ -205,6 +220,9 @@ func (s *etcdServer) client(t *testing.T, pair certs.Pair, user, pass string) *c
 //	etcdctl role add lenkwerk-agent
 //	etcdctl role grant-permission lenkwerk-agent readwrite /bagger /bagger0
 //	etcdctl user add lenkwerk-agent; etcdctl user grant-role lenkwerk-agent lenkwerk-agent
+//	etcdctl role add bagger-node
+//	etcdctl role grant-permission bagger-node read /bagger /bagger0
+//	etcdctl user add bagger-node; etcdctl user grant-role bagger-node bagger-node
 //	etcdctl auth enable
 func (s *etcdServer) enableAuth(t *testing.T) {
 	t.Helper()
@@ -226,6 +244,13 @@ func (s *etcdServer) enableAuth(t *testing.T) {
 		}},
 		{"user add agent", func() error { _, err := c.UserAdd(ctx, etcdUser, agentPass); return err }},
 		{"user grant-role agent", func() error { _, err := c.UserGrantRole(ctx, etcdUser, etcdUser); return err }},
+		{"role add node", func() error { _, err := c.RoleAdd(ctx, nodeUser); return err }},
+		{"role grant-permission node", func() error {
+			_, err := c.RoleGrantPermission(ctx, nodeUser, prefix, prefix+"0", clientv3.PermissionType(clientv3.PermRead))
+			return err
+		}},
+		{"user add node", func() error { _, err := c.UserAdd(ctx, nodeUser, nodePass); return err }},
+		{"user grant-role node", func() error { _, err := c.UserGrantRole(ctx, nodeUser, nodeUser); return err }},
 		{"auth enable", func() error { _, err := c.AuthEnable(ctx); return err }},
 	}
 	for _, st := range steps {
