@@ -78,9 +78,12 @@ func Migrate(ctx context.Context, c Config) error {
 	if err != nil {
 		return err
 	}
+	// Dirty without the migration lock may be another Open's migration in
+	// progress (golang-migrate marks the version dirty while it runs):
+	// only m.Up, under the lock, can tell a failed migration from a running
+	// one.
 	switch {
 	case found && dirty:
-		return fmt.Errorf("pgkv migrate: schema %q is dirty at version %d (a migration failed halfway): repair it by hand, then record the version with `migrate force` on table %s.%s", c.Schema, version, c.Schema, migrationsTable)
 	case found && version == SchemaVersion:
 		return nil
 	case found && version > SchemaVersion:

@@ -328,3 +328,24 @@ func TestConcurrentOpenMigratesOnce(t *testing.T) {
 		s.Close()
 	}
 }
+
+// TestOpenRefusesDirtySchema: a schema whose migration really failed halfway
+// (dirty with no migration running) is refused with the way out, not used.
+func TestOpenRefusesDirtySchema(t *testing.T) {
+	plain := pgtest.NewDatabase(t)
+	dbURL := withParams(plain, "schema", "halfway")
+	ctx := ctxT(t)
+	openStore(t, dbURL).Close()
+	conn := connect(t, plain)
+	if _, err := conn.Exec(ctx, `UPDATE halfway.pgkv_schema_migrations SET dirty = true`); err != nil {
+		t.Fatal(err)
+	}
+	s, err := kvdriver.Open(ctx, dbURL)
+	if err == nil {
+		s.Close()
+		t.Fatal("Open of a dirty schema succeeded")
+	}
+	if !strings.Contains(err.Error(), "dirty") || !strings.Contains(err.Error(), "force") {
+		t.Fatalf("Open of a dirty schema: %v; want the dirty state and `migrate force` named", err)
+	}
+}
