@@ -242,6 +242,13 @@ func (s *Stack) waitAgentReady(ctx context.Context) error {
 	return nil
 }
 
+// AgentRunning reports whether the agent process (or container) runs: it
+// is false after KillAgent, and when the agent exited by itself — which
+// it should not do for any fault it is meant to ride out.
+func (s *Stack) AgentRunning(ctx context.Context) (bool, error) {
+	return s.agentRunning(ctx)
+}
+
 func (s *Stack) agentRunning(ctx context.Context) (bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
