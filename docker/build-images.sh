@@ -89,13 +89,15 @@ fi
 
 # PostgreSQL: debootstrap (cached tarball) → docker import → Dockerfile.
 PG_PACKAGES=postgresql-15,postgresql-client-15
+# Bump when the pruning below changes, to make the cached root fs anew.
+PG_ROOTFS_VERSION=2
 if ours "$PG_IMAGE"; then
 	start=$SECONDS
-	h=$(sum docker/postgres/Dockerfile docker/postgres/entrypoint.sh <(echo "$PG_PACKAGES"))
+	h=$(sum docker/postgres/Dockerfile docker/postgres/entrypoint.sh <(echo "$PG_PACKAGES $PG_ROOTFS_VERSION"))
 	if current "$PG_IMAGE" "$h"; then
 		log "$PG_IMAGE is current"
 	else
-		rootfs_tag=$(echo "$PG_PACKAGES" | sha256sum | cut -c1-12)
+		rootfs_tag=$(echo "$PG_PACKAGES $PG_ROOTFS_VERSION" | sha256sum | cut -c1-12)
 		base=lenkwerk/pg-rootfs:bookworm-$rootfs_tag
 		tarball=$cache/pg-rootfs-bookworm-$rootfs_tag.tar
 		if ! docker image inspect "$base" >/dev/null 2>&1; then
@@ -110,12 +112,18 @@ if ours "$PG_IMAGE"; then
 				rm -rf "$rfs"
 				debootstrap --variant=minbase --include="$PG_PACKAGES" bookworm "$rfs" http://deb.debian.org/debian >"$cache/debootstrap.log" 2>&1 ||
 					{ tail -20 "$cache/debootstrap.log" >&2; exit 1; }
-				# The package's own cluster and caches are dead weight.
+				# The package's own cluster and caches are dead weight, and
+				# so is JIT (LLVM and z3, 140 MB; the entrypoint sets
+				# jit=off, and without its provider PostgreSQL runs no JIT).
 				rm -rf "$rfs"/var/lib/postgresql/15 "$rfs"/etc/postgresql/15 \
 					"$rfs"/var/cache/apt/* "$rfs"/var/lib/apt/lists/* \
-					"$rfs"/usr/share/doc "$rfs"/usr/share/man "$rfs"/usr/share/info
+					"$rfs"/usr/share/doc "$rfs"/usr/share/man "$rfs"/usr/share/info \
+					"$rfs"/usr/share/i18n \
+					"$rfs"/usr/lib/postgresql/15/lib/llvmjit* "$rfs"/usr/lib/postgresql/15/lib/bitcode \
+					"$rfs"/usr/lib/x86_64-linux-gnu/libLLVM-* "$rfs"/usr/lib/x86_64-linux-gnu/libz3.so*
 				find "$rfs"/usr/share/locale -mindepth 1 -maxdepth 1 ! -name 'locale.alias' -exec rm -rf {} + 2>/dev/null || true
 				tar -C "$rfs" -cf "$tarball.tmp" .
+				find "$cache" -maxdepth 1 -name 'pg-rootfs-*.tar' ! -name "${tarball##*/}" -delete
 				mv "$tarball.tmp" "$tarball"
 				rm -rf "$rfs"
 			fi

@@ -33,6 +33,7 @@ listen_addresses = '*'
 wal_level = logical
 max_wal_senders = 10
 max_replication_slots = 10
+jit = off
 CONF
 	db=${POSTGRES_DB:-$user}
 	if [ "$db" != postgres ]; then
