@@ -22,6 +22,7 @@ import (
 // has its own checkpoint and metrics, and an etcd outage holds back
 // nothing of pgkv.
 func TestFanOutBinary(t *testing.T) {
+	t.Parallel() // waits mostly; private servers
 	bin := lenkwerkBinary(t)
 	ctx := context.Background()
 	c := pgtest.StartCluster(t, pgtest.Options{})

@@ -325,6 +325,7 @@ func (w *haWatcher) check(t *testing.T, last int) {
 // failure must reach the store within 10 s (the take-over time), and across
 // every hand-over each transaction reaches the store exactly once.
 func TestHAFailover(t *testing.T) {
+	t.Parallel() // waits mostly; private servers
 	bin := lenkwerkBinary(t)
 	ctx := context.Background()
 	// A hung agent is noticed by wal_sender_timeout: its walsender, which
