@@ -18,6 +18,15 @@
 // With LENKWERK_TEST_DATABASE_URL set (a superuser URL of a server with
 // wal_level=logical) NewDatabase uses that server instead of starting one.
 //
+// Options.TLS turns ssl on with the caller's certificates (see
+// integration/certs) and Options.HBA puts pg_hba.conf rules first, so a
+// test can require TLS and client certificates over TCP; pgtest itself
+// connects through the Unix socket, which stays open to the superuser.
+//
+// A temporary cluster records the process that started it; Start stops
+// and removes temporary clusters whose process is gone (a test binary
+// killed before its cleanup leaves its server running).
+//
 // Outside tests (lenkwerk dev), Start starts a cluster and the caller
 // stops it with Stop (keeping its files) or Destroy:
 //

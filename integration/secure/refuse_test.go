@@ -99,6 +99,9 @@ func TestRefused(t *testing.T) {
 					}
 				}
 				t.Logf("%s: %v", tc.name, err)
+				if tc.probe != nil && !containsAny(err.Error(), tc.reason) {
+					t.Errorf("%s: Open error %v does not say why (one of %q)", tc.name, err, tc.reason)
+				}
 				if strings.Contains(err.Error(), wrongPass) || strings.Contains(err.Error(), agentPass) {
 					t.Errorf("%s: the error shows a password: %v", tc.name, err)
 				}

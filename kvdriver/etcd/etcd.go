@@ -97,11 +97,11 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		Context: context.WithoutCancel(ctx),
 	})
 	if err != nil {
-		return nil, fmt.Errorf("%s: connect: %w", cfg, err)
+		return nil, fmt.Errorf("%s: connect: %w%s", cfg, err, handshakeReason(ctx, cfg, tlsCfg))
 	}
 	if err := ping(ctx, client, cfg); err != nil {
 		client.Close()
-		return nil, fmt.Errorf("%s: %w", cfg, err)
+		return nil, fmt.Errorf("%s: %w%s", cfg, err, handshakeReason(ctx, cfg, tlsCfg))
 	}
 	s := &Store{client: client, cfg: cfg}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
