@@ -119,6 +119,14 @@ func TestMetricsAndHealth(t *testing.T) {
 		}
 	}
 
+	// Idle and caught up: no lag.
+	waitFor(t, "lag 0 when idle", 20*time.Second, func() bool {
+		_, text := get(t, srv.URL+"/metrics")
+		b, _ := sample(text, "lenkwerk_agent_replication_lag_bytes", store)
+		s, _ := sample(text, "lenkwerk_agent_replication_lag_seconds", store)
+		return b == 0 && s == 0
+	})
+
 	// A closed store: every write fails; the session ends with a store
 	// error and reconnects.
 	e.store.Close()
