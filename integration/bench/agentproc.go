@@ -35,6 +35,7 @@ type Agent struct {
 	runErr chan error
 	store  kvdriver.Store // opened for an in-process agent
 	timed  *Timed         // the in-process agent's store
+	inproc *agent.Agent
 
 	stopOnce sync.Once
 	stopErr  error
@@ -94,7 +95,7 @@ func startInProcess(src *Source, store kvdriver.Store, prefix string) (*Agent, e
 		return nil, fmt.Errorf("bench: %w", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	a := &Agent{Prefix: prefix, Started: time.Now(), cancel: cancel, runErr: make(chan error, 1)}
+	a := &Agent{Prefix: prefix, Started: time.Now(), cancel: cancel, runErr: make(chan error, 1), inproc: ag}
 	go func() { a.runErr <- ag.Run(ctx) }()
 	return a, nil
 }
@@ -140,6 +141,22 @@ func (a *Agent) PeakRSS() (int64, error) {
 		}
 	}
 	return 0, errors.New("bench: no VmHWM in the agent's status")
+}
+
+// WaitStreaming waits until an in-process agent streams, and returns
+// when it saw it.
+func (a *Agent) WaitStreaming(ctx context.Context, timeout time.Duration) (time.Time, error) {
+	deadline := time.Now().Add(timeout)
+	for !a.inproc.Status().Streaming {
+		if err := a.exited(); err != nil {
+			return time.Time{}, err
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return time.Time{}, fmt.Errorf("bench: the agent does not stream after %v (%v)", timeout, a.inproc.Status().Err)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return time.Now(), nil
 }
 
 // StoreTime is how long an in-process agent has waited for store writes,

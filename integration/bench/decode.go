@@ -22,6 +22,9 @@ type DecodeResult struct {
 	WAL int64
 	// Discarded counts the row operations the agent handed to the store.
 	Discarded int64
+	// Startup is the part of Agent.Elapsed before the agent streamed
+	// (connections, lock, slot and checkpoint checks).
+	Startup time.Duration
 }
 
 // Ratio is the agent's rate as a fraction of pg_recvlogical's.
@@ -95,10 +98,15 @@ func (e *Env) Decode(ctx context.Context, rows int) (res DecodeResult, err error
 		return res, err
 	}
 	defer a.Stop()
+	streaming, err := a.WaitStreaming(ctx, time.Minute)
+	if err != nil {
+		return res, err
+	}
 	end, err := a.WaitCheckpoint(ctx, store, src.Slot, preLSN, 10*time.Minute)
 	if err != nil {
 		return res, err
 	}
+	res.Startup = streaming.Sub(a.Started)
 	res.Agent = Throughput{Rows: rows, Elapsed: end.Sub(a.Started)}
 	res.Discarded = store.Ops.Load()
 	if res.Discarded < int64(rows) {
