@@ -186,3 +186,20 @@ func TestSecondAgentWaitsForSlot(t *testing.T) {
 		t.Fatal("the second agent applied nothing after taking over")
 	}
 }
+
+// Columns named like the aliases the copy and the checker give their table
+// (t, r) must not turn the whole-row to_jsonb into a column's value.
+func TestColumnsNamedLikeAliases(t *testing.T) {
+	e := newEnv(t, "")
+	e.exec(`CREATE TABLE storage.odd (id int PRIMARY KEY, t text, r text)`)
+	e.exec(`ALTER TABLE storage.odd REPLICA IDENTITY FULL`)
+	e.exec(`ALTER PUBLICATION bagger_lw_storage ADD TABLE storage.odd`)
+	e.exec(`INSERT INTO storage.odd VALUES (1, 'tee', 'arr')`)
+	e.run(e.config())
+	e.converged(converge.Options{})
+	if v := mustGet(t, e, "/storage/odd/1"); v != `{"r": "arr", "t": "tee", "id": 1}` {
+		t.Fatalf("/storage/odd/1 = %s", v)
+	}
+	e.exec(`INSERT INTO storage.odd VALUES (2, 'x', 'y')`)
+	e.converged(converge.Options{})
+}

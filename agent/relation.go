@@ -274,7 +274,8 @@ func selectSQL(t tableInfo, singleton bool) string {
 	if t.partitioned {
 		from = sqlName(t.schema, t.name)
 	}
-	q := "SELECT to_jsonb(t)::text FROM " + from + " t"
+	// t.*, not t: a column named t would win over the whole row.
+	q := "SELECT to_jsonb(t.*)::text FROM " + from + " AS t"
 	if t.rowFilter != nil {
 		q += " WHERE " + *t.rowFilter
 	}

@@ -140,7 +140,8 @@ func (t publishedTable) rows(ctx context.Context, tx pgx.Tx, mapper *keymap.Mapp
 	if t.partitioned {
 		from = pgx.Identifier{t.schema, t.name}.Sanitize()
 	}
-	q := "SELECT to_jsonb(r)::text FROM " + from + " AS r"
+	// r.*, not r: a column named r would win over the whole row.
+	q := "SELECT to_jsonb(r.*)::text FROM " + from + " AS r"
 	if t.rowFilter != nil {
 		q += " WHERE " + *t.rowFilter
 	}
