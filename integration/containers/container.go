@@ -47,7 +47,6 @@ func (n *Network) Name() string { return n.nw.Name }
 
 // Container is one container of a stack, known on its network by Name.
 type Container struct {
-	tb   testing.TB
 	Name string
 	nw   *Network
 	ctr  *testcontainers.DockerContainer
@@ -84,7 +83,7 @@ func start(tb testing.TB, nw *Network, name, image string, opts ...testcontainer
 			tb.Errorf("remove container %s: %v", name, err)
 		}
 	})
-	c := &Container{tb: tb, Name: name, nw: nw, ctr: ctr}
+	c := &Container{Name: name, nw: nw, ctr: ctr}
 	if ctr != nil {
 		tb.Cleanup(func() {
 			if tb.Failed() {
@@ -148,8 +147,8 @@ func (c *Container) Start(ctx context.Context) error {
 	return nil
 }
 
-// Running reports whether the container runs; a container that exited
-// says so with its exit code in the error of Exited.
+// Running reports whether the container runs (ExitCode tells how a
+// stopped one ended).
 func (c *Container) Running(ctx context.Context) (bool, error) {
 	st, err := c.ctr.State(ctx)
 	if err != nil {
