@@ -74,12 +74,12 @@ func (s *Stack) Heal(ctx context.Context) error {
 	return s.lever(ctx, "heal the partition", false, s.b.heal)
 }
 
-// lever runs one fault under the Stack's lock; restarted servers may have
-// moved, so the URLs (and, with them, the store) are refreshed after
-// levers that start something.
+// lever runs one fault at a time; restarted servers may have moved, so
+// the URLs (and, with them, the store) are refreshed after levers that
+// start something.
 func (s *Stack) lever(ctx context.Context, what string, restarts bool, f func(context.Context) error) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.levers.Lock()
+	defer s.levers.Unlock()
 	if err := f(ctx); err != nil {
 		return fmt.Errorf("harness: %s: %w", what, err)
 	}

@@ -31,8 +31,8 @@ var ErrUnsupported = fmt.Errorf("harness: %w", errors.ErrUnsupported)
 // initial sync.
 const startTimeout = 3 * time.Minute
 
-// backend is what a Backend runs. Its methods are called with the Stack's
-// lock held, one at a time.
+// backend is what a Backend runs. Its methods are called one at a time,
+// under Stack.levers.
 type backend interface {
 	// urls returns the host's admin URL of the Lenkwerk database and the
 	// store URL, read afresh (container host ports change on restart).
@@ -63,8 +63,13 @@ type Stack struct {
 	cfg     config
 	backend Backend
 
+	// levers serializes the backend's methods (fault levers, agent
+	// state); mu guards the fields below, so URLs and the store are at
+	// hand while a lever takes its time.
+	levers sync.Mutex
+	b      backend
+
 	mu    sync.Mutex
-	b     backend
 	admin string         // current admin URL
 	kvURL string         // current store URL
 	store kvdriver.Store // opened on kvURL
@@ -106,7 +111,9 @@ func Start(tb testing.TB, opts ...Option) *Stack {
 	// go away.
 	tb.Cleanup(func() {
 		if tb.Failed() {
+			s.levers.Lock()
 			tb.Logf("--- end of the agent's log (%s backend):\n%s", s.backend, s.b.agentLog())
+			s.levers.Unlock()
 		}
 		s.mu.Lock()
 		defer s.mu.Unlock()
@@ -196,28 +203,35 @@ func (s *Stack) Store() kvdriver.Store {
 // refresh rereads the URLs and, when the store URL changed, reopens the
 // store.
 func (s *Stack) refresh(ctx context.Context) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.levers.Lock()
+	defer s.levers.Unlock()
 	return s.refreshLocked(ctx)
 }
 
+// refreshLocked is refresh with s.levers held.
 func (s *Stack) refreshLocked(ctx context.Context) error {
 	admin, kvURL, err := s.b.urls(ctx)
 	if err != nil {
 		return err
 	}
+	s.mu.Lock()
 	s.admin = admin
-	if s.store != nil && kvURL == s.kvURL {
+	same := s.store != nil && kvURL == s.kvURL
+	s.mu.Unlock()
+	if same {
 		return nil
 	}
 	store, err := kvdriver.Open(ctx, kvURL)
 	if err != nil {
 		return fmt.Errorf("open store %s: %w", kvdriver.Redact(kvURL), err)
 	}
-	if s.store != nil {
-		s.store.Close()
-	}
+	s.mu.Lock()
+	old := s.store
 	s.store, s.kvURL = store, kvURL
+	s.mu.Unlock()
+	if old != nil {
+		old.Close()
+	}
 	return nil
 }
 
@@ -237,6 +251,8 @@ func (s *Stack) waitAgentReady(ctx context.Context) error {
 		return false, nil
 	})
 	if err != nil {
+		s.levers.Lock()
+		defer s.levers.Unlock()
 		return fmt.Errorf("waiting for the agent's initial sync: %w\n%s", err, s.b.agentLog())
 	}
 	return nil
@@ -250,8 +266,8 @@ func (s *Stack) AgentRunning(ctx context.Context) (bool, error) {
 }
 
 func (s *Stack) agentRunning(ctx context.Context) (bool, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.levers.Lock()
+	defer s.levers.Unlock()
 	return s.b.agentRunning(ctx)
 }
 

@@ -20,6 +20,7 @@ var backends = []harness.Backend{harness.Local, harness.Containers}
 func TestNodeOnline(t *testing.T) {
 	for _, b := range backends {
 		t.Run(string(b), func(t *testing.T) {
+			t.Parallel()
 			if got, want := testNodeOnline(t, harness.WithBackend(b)), "db1:5432 status 3"; got != want {
 				t.Fatalf("got %q, want %q", got, want)
 			}
@@ -32,6 +33,7 @@ func TestNodeOnline(t *testing.T) {
 func TestSideBySide(t *testing.T) {
 	for _, b := range backends {
 		t.Run(string(b), func(t *testing.T) {
+			t.Parallel()
 			stacks := []*harness.Stack{harness.Start(t, harness.WithBackend(b)), harness.Start(t, harness.WithBackend(b))}
 			if stacks[0].DatabaseURL() == stacks[1].DatabaseURL() || stacks[0].KVURL() == stacks[1].KVURL() {
 				t.Fatalf("the stacks share a server: %s %s / %s %s", stacks[0].DatabaseURL(), stacks[0].KVURL(), stacks[1].DatabaseURL(), stacks[1].KVURL())
@@ -117,4 +119,27 @@ func changes(t testing.TB, s *harness.Stack, tag string, n int) {
 		fmt.Fprintf(&b, "SELECT storage.register_pg_instance('%s-%d', 5432, 'bagger');\n", tag, i)
 	}
 	exec(t, s, b.String())
+}
+
+// TestConcurrentUse waits for a key in one goroutine while the test pulls
+// levers and makes the change in another (run it with -race).
+func TestConcurrentUse(t *testing.T) {
+	s := harness.Start(t, harness.WithBackend(harness.Local), harness.WithPrefix("/bagger"))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	waited := make(chan error, 1)
+	go func() {
+		waited <- s.WaitForKey(ctx, "/bagger/PostgresInstance/late-0/5432", harness.Exists)
+	}()
+	if err := s.KillAgent(ctx); err != nil {
+		t.Fatal(err)
+	}
+	changes(t, s, "late", 1)
+	if err := s.RestartAgent(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-waited; err != nil {
+		t.Fatal(err)
+	}
+	converged(t, s)
 }
