@@ -63,6 +63,9 @@ func main() {
 		usage()
 		os.Exit(2)
 	}
+	for _, name := range secretFlags(os.Args[2:]) {
+		slog.Warn("a password on the command line is visible to every local user (ps); use the environment (LENKWERK_DATABASE_URL, LENKWERK_KV_URL), PGPASSFILE or password-file= instead", "flag", "--"+name)
+	}
 	ctx, stop := signalContext()
 	defer stop()
 	if err := cmd.run(ctx, os.Args[2:]); err != nil {
