@@ -21,9 +21,12 @@ all: build
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./agent/cmd/lenkwerk
 
-# Everything: unit, real-PostgreSQL, real-etcd and end-to-end tests.
+# Everything: unit, real-PostgreSQL, real-etcd, end-to-end and container
+# tests, then every fuzz target for a short bounded time.
+TEST_FUZZTIME ?= 5s
 test: build lint
 	$(GO) test $(TESTFLAGS) $(PKGS)
+	$(MAKE) --no-print-directory fuzz FUZZTIME=$(TEST_FUZZTIME)
 
 lint:
 	$(GO) vet $(PKGS)
@@ -36,9 +39,11 @@ bench:
 	$(GO) test -run '^$$' -bench . -benchmem $(BENCHFLAGS) $(PKGS)
 
 # Fuzz targets (package:target). Their seed corpora in testdata/fuzz run in
-# every `make test`; this runs the fuzzer itself for FUZZTIME each.
+# every `go test`; this runs the fuzzer itself for FUZZTIME each (make test:
+# TEST_FUZZTIME).
 FUZZTIME    ?= 60s
 FUZZ_TARGETS := ./kvdriver:FuzzValidateKey ./kvdriver:FuzzValidateValue ./kvdriver:FuzzRedact \
+	./kvdriver/etcd:FuzzParseURL ./kvdriver/pgkv:FuzzParseURL ./kvdriver/mem:FuzzParseURL \
 	./agent/pgjson:FuzzJSONNormalize ./agent/pgjson:FuzzTextParsers
 
 fuzz:
