@@ -143,3 +143,43 @@ func TestConcurrentUse(t *testing.T) {
 	}
 	converged(t, s)
 }
+
+// TestWaitCaughtUp: once WaitCaughtUp returns, every change committed
+// before it is in the store, with no waiting; and it returns on an idle
+// agent whose checkpoint trails WAL without published changes.
+func TestWaitCaughtUp(t *testing.T) {
+	s := harness.Start(t, harness.WithBackend(harness.Local))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, s.DatabaseURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	for i := range 20 { // one transaction each
+		if _, err := conn.Exec(ctx, "SELECT storage.register_pg_instance($1, 5432, 'bagger')", fmt.Sprintf("n%d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.WaitCaughtUp(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 20 {
+		if _, err := s.Store().Get(ctx, fmt.Sprintf("/PostgresInstance/n%d/5432", i)); err != nil {
+			t.Fatalf("after WaitCaughtUp: %v", err)
+		}
+	}
+
+	// WAL the agent has no change for: only its idle checkpoint (every
+	// few seconds) or the comparison with the database end the wait.
+	if _, err := conn.Exec(ctx, "CREATE TABLE public.noise AS SELECT generate_series(1, 1000) AS i"); err != nil {
+		t.Fatal(err)
+	}
+	wctx, wcancel := context.WithTimeout(ctx, 5*time.Second)
+	defer wcancel()
+	began := time.Now()
+	if err := s.WaitCaughtUp(wctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("caught up past unpublished WAL in %v", time.Since(began).Round(time.Millisecond))
+}
