@@ -60,7 +60,23 @@ func Example() {
 	// real testing.TB (with Cleanup), running it once since it takes
 	// longer than the benchmark time.
 	var got string
-	testing.Benchmark(func(b *testing.B) { got = testNodeOnline(b) })
+	testing.Benchmark(func(b *testing.B) { got = testNodeOnline(printErrors{b}) })
 	fmt.Println(got)
 	// Output: db1:5432 status 3
 }
+
+// printErrors shows a failure in the Example's output: testing.Benchmark
+// discards its B's log.
+type printErrors struct{ *testing.B }
+
+func (p printErrors) Errorf(format string, args ...any) {
+	fmt.Printf(format+"\n", args...)
+	p.Fail()
+}
+
+func (p printErrors) Fatalf(format string, args ...any) {
+	p.Errorf(format, args...)
+	p.FailNow()
+}
+
+func (p printErrors) Fatal(args ...any) { p.Fatalf("%s", fmt.Sprint(args...)) }
