@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"testing"
 
+	"github.com/moby/moby/api/types/container"
 	"github.com/testcontainers/testcontainers-go"
 )
 
@@ -14,6 +15,21 @@ import (
 func StartLenkwerk(tb testing.TB, nw *Network, img Images, name string, args ...string) *Container {
 	tb.Helper()
 	return run(tb, nw, name, img.Agent, testcontainers.WithCmd(args...))
+}
+
+// StartLenkwerkWith is StartLenkwerk with options for the container, such
+// as ReadOnlyRootfs.
+func StartLenkwerkWith(tb testing.TB, nw *Network, img Images, name string, opts []testcontainers.ContainerCustomizer, args ...string) *Container {
+	tb.Helper()
+	return run(tb, nw, name, img.Agent, append([]testcontainers.ContainerCustomizer{testcontainers.WithCmd(args...)}, opts...)...)
+}
+
+// ReadOnlyRootfs runs a container with its root filesystem read-only
+// (docker run --read-only), as a hardened deployment runs the agent.
+func ReadOnlyRootfs() testcontainers.ContainerCustomizer {
+	return testcontainers.WithHostConfigModifier(func(hc *container.HostConfig) {
+		hc.ReadonlyRootfs = true
+	})
 }
 
 // RunLenkwerk runs a lenkwerk command to its end in a container (e.g.

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moby/moby/api/types/container"
 	"github.com/moby/moby/api/types/network"
 	"github.com/moby/moby/client"
 	"github.com/testcontainers/testcontainers-go"
@@ -202,6 +203,31 @@ func (c *Container) Connect(ctx context.Context) error {
 		return fmt.Errorf("connect %s: %w", c.Name, err)
 	}
 	return nil
+}
+
+// Inspect returns what Docker knows of the container (its configuration,
+// host configuration, state).
+func (c *Container) Inspect(ctx context.Context) (*container.InspectResponse, error) {
+	r, err := c.ctr.Inspect(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("inspect %s: %w", c.Name, err)
+	}
+	return r, nil
+}
+
+// Top lists the container's processes as docker top does, with the ps
+// arguments args (e.g. "-o", "pid,uid,gid,comm"; none: ps -ef): a view
+// from the host, which works for images without a shell or /proc tools.
+func (c *Container) Top(ctx context.Context, args ...string) (titles []string, processes [][]string, err error) {
+	cli, err := dockerClient(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	r, err := cli.ContainerTop(ctx, c.ID(), client.ContainerTopOptions{Arguments: args})
+	if err != nil {
+		return nil, nil, fmt.Errorf("top %s: %w", c.Name, err)
+	}
+	return r.Titles, r.Processes, nil
 }
 
 // Logs returns the container's output so far, stdout and stderr together.

@@ -3,7 +3,9 @@
 // their own, driven by testcontainers-go from go test, and holds the
 // end-to-end fault scenarios that run against it (agent killed, etcd
 // stopped, a member of a cluster stopped, the agent cut off from the
-// network, PostgreSQL restarted, a postgres-only deployment with a watcher).
+// network, PostgreSQL restarted, failover between two agents on one slot,
+// a postgres-only deployment with a watcher, the agent on a read-only root
+// filesystem as a non-root user).
 //
 // Images come from docker/build-images.sh, which builds them from the Go
 // module proxy and Debian's mirror without any registry; EnsureImages runs
