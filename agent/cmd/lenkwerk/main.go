@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"sort"
+	"strings"
 	"syscall"
 )
 
@@ -63,8 +64,13 @@ func main() {
 		usage()
 		os.Exit(2)
 	}
-	for _, name := range secretFlags(os.Args[2:]) {
-		slog.Warn("a password on the command line is visible to every local user (ps); use the environment (LENKWERK_DATABASE_URL, LENKWERK_KV_URL), PGPASSFILE or password-file= instead", "flag", "--"+name)
+	if names := secretFlags(os.Args[2:]); len(names) > 0 {
+		// Refused, not just warned about: by the time anyone reads a warning
+		// the password has been in every local user's process listing.
+		fmt.Fprintf(os.Stderr, "lenkwerk %s: --%s carries a password, and a command line is visible to every local user (ps, /proc): "+
+			"give the URL in the environment (LENKWERK_DATABASE_URL, LENKWERK_KV_URL), the PostgreSQL password in PGPASSFILE or PGPASSWORD, the etcd password with password-file= or LENKWERK_ETCD_PASSWORD\n",
+			cmd.name, strings.Join(names, ", --"))
+		os.Exit(2)
 	}
 	ctx, stop := signalContext()
 	defer stop()

@@ -12,7 +12,7 @@ var urlFlags = map[string]bool{"database-url": true, "kv": true}
 
 // secretFlags returns the names of URL flags in args whose values carry a
 // password. A command line is readable by every local user (ps, /proc), so
-// main warns about them; the environment (LENKWERK_DATABASE_URL,
+// main refuses them; the environment (LENKWERK_DATABASE_URL,
 // LENKWERK_KV_URL), PGPASSFILE and password-file= keep secrets out of it.
 func secretFlags(args []string) []string {
 	var found []string
