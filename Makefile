@@ -25,7 +25,7 @@ build:
 # tests, then every fuzz target for a short bounded time.
 TEST_FUZZTIME ?= 5s
 test: build lint
-	$(GO) test $(TESTFLAGS) $(PKGS)
+	LENKWERK_BIN=$(abspath $(BIN)) $(GO) test $(TESTFLAGS) $(PKGS)
 	$(MAKE) --no-print-directory fuzz FUZZTIME=$(TEST_FUZZTIME)
 
 lint:
