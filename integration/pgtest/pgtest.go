@@ -233,6 +233,7 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 			return fail(fmt.Errorf("chown cluster dir: %w", err))
 		}
 	}
+	portChosen := false
 	if _, err := os.Stat(filepath.Join(c.dataDir(), "PG_VERSION")); err == nil {
 		if c.port, err = configuredPort(c.dataDir()); err != nil {
 			return fail(err)
@@ -240,18 +241,50 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 		if opts.Port != 0 && opts.Port != c.port {
 			return fail(fmt.Errorf("the cluster in %s listens on port %d, not %d", dir, c.port, opts.Port))
 		}
-	} else if err := c.initdb(ctx, opts); err != nil {
-		if c.owner != nil && errors.Is(err, os.ErrPermission) {
-			err = fmt.Errorf("%w (as root the server runs as user postgres, which must be able to enter every directory above %s)", err, dir)
+	} else {
+		if err := c.initdb(ctx, opts); err != nil {
+			if c.owner != nil && errors.Is(err, os.ErrPermission) {
+				err = fmt.Errorf("%w (as root the server runs as user postgres, which must be able to enter every directory above %s)", err, dir)
+			}
+			return fail(err)
 		}
-		return fail(err)
+		portChosen = opts.Port == 0
 	}
-	if err := c.start(ctx); err != nil {
+	for attempt := 1; ; attempt++ {
+		err := c.start(ctx)
+		if err == nil {
+			return c, nil
+		}
 		// pg_ctl may have been cancelled after the server started.
 		_ = c.run(context.Background(), "pg_ctl", "-D", c.dataDir(), "-m", "immediate", "-w", "stop")
-		return fail(err)
+		// freePort's port is free only until it is closed: a parallel test
+		// binary (or etcd) may have bound it before PostgreSQL did.
+		if !portChosen || attempt == 3 || !strings.Contains(err.Error(), "could not bind") {
+			return fail(err)
+		}
+		port, perr := freePort()
+		if perr != nil {
+			return fail(perr)
+		}
+		if perr := c.setPort(port); perr != nil {
+			return fail(perr)
+		}
 	}
-	return c, nil
+}
+
+// setPort moves a stopped cluster to another port; the later setting in
+// postgresql.conf wins.
+func (c *Cluster) setPort(port int) error {
+	f, err := os.OpenFile(filepath.Join(c.dataDir(), "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		return fmt.Errorf("open postgresql.conf: %w", err)
+	}
+	defer f.Close()
+	if _, err := fmt.Fprintf(f, "# pgtest: the first port was taken\nport = %d\n", port); err != nil {
+		return fmt.Errorf("write postgresql.conf: %w", err)
+	}
+	c.port = port
+	return nil
 }
 
 // clusterDir returns dir, created if missing, or a new temporary directory
@@ -410,7 +443,8 @@ func (c *Cluster) initdb(ctx context.Context, opts Options) error {
 	return nil
 }
 
-func freePort() (int, error) {
+// freePort is a variable so a test can hand out a taken port.
+var freePort = func() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, fmt.Errorf("find a free port: %w", err)

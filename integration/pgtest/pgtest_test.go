@@ -2,6 +2,7 @@ package pgtest_test
 
 import (
 	"context"
+	"net"
 	"os"
 	"path/filepath"
 	"testing"
@@ -109,4 +110,48 @@ func TestStartInDirKeepsData(t *testing.T) {
 	if _, err := os.Stat(dir); !os.IsNotExist(err) {
 		t.Fatalf("Destroy left %s: %v", dir, err)
 	}
+}
+
+// A port taken between freePort and the server's bind (another test binary
+// or etcd got it first) makes Start move to a new port, not fail.
+func TestStartMovesOffATakenPort(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	taken := l.Addr().(*net.TCPAddr).Port
+	first := true
+	restore := pgtest.SetFreePort(func() (int, error) {
+		if first {
+			first = false
+			return taken, nil
+		}
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return 0, err
+		}
+		defer l.Close()
+		return l.Addr().(*net.TCPAddr).Port, nil
+	})
+	c := pgtest.StartCluster(t, pgtest.Options{})
+	restore()
+	if c.Port() == taken {
+		t.Fatalf("cluster claims the taken port %d", taken)
+	}
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, c.NewDatabase(t))
+	if err != nil {
+		t.Fatalf("connect on the new port %d: %v", c.Port(), err)
+	}
+	defer conn.Close(ctx)
+	// The moved port survives a restart (it is what postgresql.conf says).
+	if err := c.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	conn2, err := pgx.Connect(ctx, c.URL("postgres", ""))
+	if err != nil {
+		t.Fatalf("connect after restart: %v", err)
+	}
+	conn2.Close(ctx)
 }
