@@ -231,7 +231,9 @@ func TestConfigAndServermapFunctions(t *testing.T) {
 		t.Fatalf("save_config = %s %s, %v", key, value, err)
 	}
 	var id1, id2 int
-	conn.QueryRow(ctx, `SELECT id FROM storage.get_config('kvstore_type')`).Scan(&id1)
+	if err := conn.QueryRow(ctx, `SELECT id FROM storage.get_config('kvstore_type')`).Scan(&id1); err != nil {
+		t.Fatalf("get_config: %v", err)
+	}
 	if err := conn.QueryRow(ctx, `SELECT id, value::text FROM storage.save_config('kvstore_type', '"pgkv"')`).Scan(&id2, &value); err != nil || value != `"pgkv"` || id2 != id1 {
 		t.Fatalf("save_config replace = %d %s, %v; want id %d", id2, value, err, id1)
 	}
@@ -239,9 +241,8 @@ func TestConfigAndServermapFunctions(t *testing.T) {
 		t.Fatalf("get_config of a missing key: %v", err)
 	}
 	var missing *string
-	conn.QueryRow(ctx, `SELECT key FROM storage.get_config('nope')`).Scan(&missing)
-	if missing != nil {
-		t.Fatalf("get_config('nope') = %v, want NULL", *missing)
+	if err := conn.QueryRow(ctx, `SELECT key FROM storage.get_config('nope')`).Scan(&missing); err != nil || missing != nil {
+		t.Fatalf("get_config('nope') = %v, %v; want NULL", missing, err)
 	}
 
 	var none *int
@@ -249,8 +250,11 @@ func TestConfigAndServermapFunctions(t *testing.T) {
 		t.Fatalf("most_recent_servermap of none = %v, %v", none, err)
 	}
 	var g1, g2, recent int
-	conn.QueryRow(ctx, `SELECT id FROM storage.save_servermap('{"gen": 1}')`).Scan(&g1)
-	conn.QueryRow(ctx, `SELECT id FROM storage.save_servermap('{"gen": 1}')`).Scan(&g2)
+	for _, id := range []*int{&g1, &g2} {
+		if err := conn.QueryRow(ctx, `SELECT id FROM storage.save_servermap('{"gen": 1}')`).Scan(id); err != nil {
+			t.Fatalf("save_servermap: %v", err)
+		}
+	}
 	if g2 <= g1 {
 		t.Fatalf("save_servermap did not insert a new generation: %d then %d", g1, g2)
 	}
