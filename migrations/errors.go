@@ -82,6 +82,15 @@ func (p *progress) Printf(format string, v ...any) {
 
 func (p *progress) Verbose() bool { return true }
 
+// reset forgets the migration that ran last, before the next step: an
+// error before that step's migration starts (the lock, the version table)
+// must not be blamed on, and advised about as, the one before.
+func (p *progress) reset() {
+	p.mu.Lock()
+	p.current = ""
+	p.mu.Unlock()
+}
+
 func (p *progress) last() string {
 	p.mu.Lock()
 	defer p.mu.Unlock()

@@ -66,6 +66,7 @@ func migrateTo(ctx context.Context, databaseURL string, opts Options, needLogica
 			if want < cur {
 				step = -1
 			}
+			r.log.reset()
 			if err := r.cancellable(func() error { return m.Steps(step) }); err != nil {
 				err = explain(err, r.log.last())
 				if ctx.Err() != nil {
