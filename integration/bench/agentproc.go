@@ -220,7 +220,7 @@ func (a *Agent) WaitCheckpoint(ctx context.Context, store kvdriver.Store, slot s
 		select {
 		case <-ctx.Done():
 			return time.Time{}, fmt.Errorf("bench: no checkpoint past %s within %v (last: %s, %v, %v)", after, timeout, ck.LSN, ok, err)
-		case <-time.After(2 * time.Millisecond):
+		case <-time.After(5 * time.Millisecond):
 		}
 	}
 }

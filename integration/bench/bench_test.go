@@ -143,6 +143,10 @@ func reportThroughput(b *testing.B, r bench.ThroughputResult) {
 		b.ReportMetric(float64(r.StoreWrites), "store-writes")
 		b.ReportMetric(ms(r.StoreTime)/float64(r.StoreWrites), "ms/store-write")
 	}
+	b.ReportMetric(float64(r.Agent.CPUPerRow().Nanoseconds())/1000, "cpu-µs/row")
+	b.ReportMetric(float64(r.Direct.CPUPerRow().Nanoseconds())/1000, "direct-cpu-µs/row")
+	b.ReportMetric(r.Agent.Cores(), "cores")
+	b.ReportMetric(r.Direct.Cores(), "direct-cores")
 	if r.Direct.Writes > 0 {
 		b.ReportMetric(ms(r.Direct.Elapsed)/float64(r.Direct.Writes), "direct-ms/write")
 	}

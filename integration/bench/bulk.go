@@ -17,7 +17,15 @@ type Throughput struct {
 	Elapsed time.Duration
 	// Writes counts DirectLoad's store batches.
 	Writes int
+	// CPU is what the run cost the machine's processors.
+	CPU CPU
 }
+
+// CPUPerRow is the run's processor time per row.
+func (t Throughput) CPUPerRow() time.Duration { return t.CPU.Total() / time.Duration(max(t.Rows, 1)) }
+
+// Cores is how many processors the run kept busy on average.
+func (t Throughput) Cores() float64 { return t.CPU.Total().Seconds() / t.Elapsed.Seconds() }
 
 // PerSec is Rows per second.
 func (t Throughput) PerSec() float64 { return float64(t.Rows) / t.Elapsed.Seconds() }
@@ -76,18 +84,25 @@ func DirectLoad(ctx context.Context, store kvdriver.Store, prefix string, rows i
 // sums both: the load on a shared machine drifts, and the mean of the two
 // is fairer to compare with the run between them.
 func (e *Env) directTwice(ctx context.Context, store kvdriver.Store, rows int, run func() error) (Throughput, error) {
-	t1, err := DirectLoad(ctx, store, fmt.Sprintf("/raw%d", e.next()), rows)
+	load := func() (Throughput, error) {
+		c0 := e.cpuNow(0)
+		t, err := DirectLoad(ctx, store, fmt.Sprintf("/raw%d", e.next()), rows)
+		t.CPU = e.cpuNow(0).sub(c0)
+		return t, err
+	}
+	t1, err := load()
 	if err != nil {
 		return Throughput{}, err
 	}
 	if err := run(); err != nil {
 		return Throughput{}, err
 	}
-	t2, err := DirectLoad(ctx, store, fmt.Sprintf("/raw%d", e.next()), rows)
+	t2, err := load()
 	if err != nil {
 		return Throughput{}, err
 	}
-	return Throughput{Rows: t1.Rows + t2.Rows, Elapsed: t1.Elapsed + t2.Elapsed, Writes: t1.Writes + t2.Writes}, nil
+	cpu := CPU{Postgres: t1.CPU.Postgres + t2.CPU.Postgres, Bench: t1.CPU.Bench + t2.CPU.Bench}
+	return Throughput{Rows: t1.Rows + t2.Rows, Elapsed: t1.Elapsed + t2.Elapsed, Writes: t1.Writes + t2.Writes, CPU: cpu}, nil
 }
 
 // countKeys counts the keys under prefix named like rowKey(name, …).
@@ -161,6 +176,7 @@ func (e *Env) bulk(ctx context.Context, store kvdriver.Store, kind StoreKind, ro
 	}
 	var start time.Time
 	var last pglogrepl.LSN
+	var cpu0 CPU
 	storeBefore, _ := a.StoreTime()
 	if txRows >= rows {
 		tx, err := src.Pool.Begin(ctx)
@@ -178,6 +194,7 @@ func (e *Env) bulk(ctx context.Context, store kvdriver.Store, kind StoreKind, ro
 		if last, err = pglogrepl.ParseLSN(pre); err != nil {
 			return res, err
 		}
+		cpu0 = e.cpuNow(a.pid())
 		start = time.Now()
 		if err := tx.Commit(ctx); err != nil {
 			return res, fmt.Errorf("bench: commit: %w", err)
@@ -195,6 +212,7 @@ func (e *Env) bulk(ctx context.Context, store kvdriver.Store, kind StoreKind, ro
 				return res, err
 			}
 		}
+		cpu0 = e.cpuNow(0)
 		if a, err = e.StartAgent(ctx, src, kind, prefix); err != nil {
 			return res, err
 		}
@@ -204,7 +222,7 @@ func (e *Env) bulk(ctx context.Context, store kvdriver.Store, kind StoreKind, ro
 	if err != nil {
 		return res, err
 	}
-	res.Agent = Throughput{Rows: rows, Elapsed: end.Sub(start)}
+	res.Agent = Throughput{Rows: rows, Elapsed: end.Sub(start), CPU: e.cpuNow(a.pid()).sub(cpu0)}
 	res.StoreTime, res.StoreWrites = a.StoreTime()
 	res.StoreTime -= storeBefore
 	if res.AgentRSS, err = a.PeakRSS(); err != nil {
@@ -250,6 +268,7 @@ func (e *Env) initialSync(ctx context.Context, store kvdriver.Store, kind StoreK
 		return res, fmt.Errorf("bench: vacuum: %w", err)
 	}
 	prefix := fmt.Sprintf("/sync%d", e.next())
+	cpu0 := e.cpuNow(0)
 	a, err := e.StartAgent(ctx, src, kind, prefix)
 	if err != nil {
 		return res, err
@@ -259,7 +278,7 @@ func (e *Env) initialSync(ctx context.Context, store kvdriver.Store, kind StoreK
 	if err != nil {
 		return res, err
 	}
-	res.Agent = Throughput{Rows: rows, Elapsed: end.Sub(a.Started)}
+	res.Agent = Throughput{Rows: rows, Elapsed: end.Sub(a.Started), CPU: e.cpuNow(a.pid()).sub(cpu0)}
 	res.StoreTime, res.StoreWrites = a.StoreTime()
 	if res.AgentRSS, err = a.PeakRSS(); err != nil {
 		return res, err

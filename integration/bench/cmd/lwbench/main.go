@@ -64,6 +64,7 @@ func run() error {
 		fmt.Fprintf(os.Stderr, "%s: %s (baseline %s, %s)\n", r.What, r.Figure, r.Baseline, r.Ratio)
 	}
 	ms := func(d time.Duration) string { return fmt.Sprintf("%.2f", float64(d.Microseconds())/1000) }
+	us := func(d time.Duration) string { return fmt.Sprintf("%.1f", float64(d.Nanoseconds())/1000) }
 	mb := func(b int64) string {
 		if b == 0 {
 			return "–"
@@ -111,8 +112,8 @@ func run() error {
 		}
 		add(row{
 			What:     what,
-			Figure:   fmt.Sprintf("%.0f rows/s", r.Agent.PerSec()),
-			Baseline: fmt.Sprintf("%.0f keys/s", r.Direct.PerSec()),
+			Figure:   fmt.Sprintf("%.0f rows/s; CPU %s µs/row (agent %s, PostgreSQL %s, etcd+bench %s), %.1f cores", r.Agent.PerSec(), us(r.Agent.CPUPerRow()), us(r.Agent.CPU.Agent/time.Duration(r.Agent.Rows)), us(r.Agent.CPU.Postgres/time.Duration(r.Agent.Rows)), us(r.Agent.CPU.Bench/time.Duration(r.Agent.Rows)), r.Agent.Cores()),
+			Baseline: fmt.Sprintf("%.0f keys/s; CPU %s µs/key, %.1f cores", r.Direct.PerSec(), us(r.Direct.CPUPerRow()), r.Direct.Cores()),
 			Ratio:    fmt.Sprintf("%.0f%%%s", 100*r.Ratio(), rng),
 			Target:   target, RSS: mb(rss), Raw: runs,
 		})
