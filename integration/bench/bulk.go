@@ -203,6 +203,9 @@ func (e *Env) bulk(ctx context.Context, store kvdriver.Store, kind StoreKind, ro
 		if err := a.Stop(); err != nil {
 			return res, err
 		}
+		if err := src.WaitSlotReleased(ctx); err != nil {
+			return res, err
+		}
 		for g := 1; g <= rows; g += txRows {
 			pre, err := src.InsertConfig(ctx, "bulk", g, min(txRows, rows-g+1))
 			if err != nil {

@@ -54,6 +54,9 @@ func (e *Env) Decode(ctx context.Context, rows int) (res DecodeResult, err error
 	if err := a.Stop(); err != nil {
 		return res, err
 	}
+	if err := src.WaitSlotReleased(ctx); err != nil {
+		return res, err
+	}
 	// pg_recvlogical's slot starts where the agent's stopped: before the
 	// transaction.
 	rl := src.Slot + "_recvlogical"

@@ -236,6 +236,27 @@ func rowValue(id int, key string, g int) []byte {
 // rowKey is the key name of row g of insertRows.
 func rowKey(name string, g int) string { return fmt.Sprintf("%s-%07d", name, g) }
 
+// WaitSlotReleased waits until no walsender holds the source's slot: an
+// agent started earlier would wait for it (in rounds of a second), which
+// the clock of the next run must not count.
+func (s *Source) WaitSlotReleased(ctx context.Context) error {
+	deadline := time.Now().Add(time.Minute)
+	for {
+		var active bool
+		err := s.Pool.QueryRow(ctx, `SELECT coalesce(bool_or(active), false) FROM pg_replication_slots WHERE slot_name = $1`, s.Slot).Scan(&active)
+		if err != nil {
+			return fmt.Errorf("bench: slot %s: %w", s.Slot, err)
+		}
+		if !active {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("bench: slot %s still active after a minute", s.Slot)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // WALBytes is the WAL written by the cluster from lsn to now.
 func (s *Source) WALBytes(ctx context.Context, lsn string) (int64, error) {
 	var n int64
