@@ -194,6 +194,10 @@ type Agent struct {
 
 	met agentMetrics
 
+	// walWarned is when the retained-WAL warning was last logged. Only the
+	// session goroutine uses it (one session at a time).
+	walWarned time.Time
+
 	// testNoConfirm makes status updates repeat the start position, as if
 	// the agent crashed after each store write before confirming: the
 	// restart then replays, and must skip, what the store has.
@@ -312,15 +316,16 @@ func (a *Agent) update(f func(*Status)) {
 func (a *Agent) Run(ctx context.Context) error {
 	bo := backoff{min: a.cfg.MinBackoff, max: a.cfg.MaxBackoff}
 	for {
-		before := a.Status().Transactions
 		err := a.session(ctx, false)
 		if ctx.Err() != nil {
 			return nil
 		}
-		a.update(func(s *Status) { s.Err = err; s.Streaming = false })
-		if a.Status().Transactions > before {
+		// A session that reached streaming worked: the next failure is a
+		// new one, not a repeat of this one's cause.
+		if st := a.Status(); st.Streaming {
 			bo.reset()
 		}
+		a.update(func(s *Status) { s.Err = err; s.Streaming = false })
 		kind := errorKind(err)
 		a.met.reconnects.WithLabelValues(kind).Inc()
 		if kind != kindStore { // failed store attempts are counted as they happen
@@ -376,12 +381,13 @@ func (a *Agent) session(ctx context.Context, syncOnly bool) error {
 		return err
 	}
 	rctx, cancel := context.WithTimeout(ctx, a.cfg.ApplyTimeout)
-	ck, ok, err := ReadCheckpoint(rctx, a.cfg.Store, a.cfg.Prefix, a.cfg.Slot)
+	ck, fence, ok, err := readCheckpoint(rctx, a.cfg.Store, a.ckptKey)
 	cancel()
 	a.update(func(st *Status) { st.StoreErr = err })
 	if err != nil {
 		return &storeError{err}
 	}
+	s.fence = fence
 	if ok {
 		ok, err = s.checkSlot(ctx, ck)
 		if err != nil {

@@ -25,6 +25,9 @@ func (a *Agent) batchLimits() batchLimits {
 	if l.MaxBatchBytes > 0 {
 		b.bytes = min(b.bytes, l.MaxBatchBytes)
 	}
+	// Every batch carries the fence (a Require of the checkpoint key).
+	b.ops--
+	b.bytes -= len(a.ckptKey)
 	// A transaction's last batch carries the checkpoint too.
 	b.ops = max(b.ops, 2)
 	return b
@@ -40,31 +43,51 @@ func permanent(err error) bool {
 	return false
 }
 
-// apply writes ops as one atomic batch. A failing store (outage, leader
-// election, network loss) is retried in place with backoff for up to
-// Config.StoreRetry, while standby status updates keep the replication
-// connection alive (wal_sender_timeout); then the session ends and Run
-// reconnects. Batches are idempotent (puts and deletes of final values), so
-// retrying one that may have been applied is safe.
+// apply writes ops as one atomic batch, fenced: it requires the checkpoint
+// key at the session's fence revision, so nothing is written once another
+// agent wrote a checkpoint (ErrConflict ends the session at once). A batch
+// that writes the checkpoint moves the fence to its revision. A failing
+// store (outage, leader election, network loss) is retried in place with
+// backoff for up to Config.StoreRetry, while standby status updates keep
+// the replication connection alive (wal_sender_timeout); then the session
+// ends and Run reconnects. Batches are idempotent (puts and deletes of
+// final values), so retrying one that may have been applied is safe; if it
+// was applied with the checkpoint, the retry conflicts with the agent's own
+// write and the session restarts from the store's checkpoint.
 func (s *session) apply(ctx context.Context, ops []kvdriver.Op) error {
 	if len(ops) == 0 {
 		return nil
 	}
+	// The checkpoint, when written, is the last op (see applyAll).
+	writesCkpt := ops[len(ops)-1].Key == s.a.ckptKey
+	deletesCkpt := writesCkpt && ops[len(ops)-1].Type == kvdriver.OpDelete
+	batch := append([]kvdriver.Op{kvdriver.Require(s.a.ckptKey, s.fence)}, ops...)
 	bo := backoff{min: s.a.cfg.MinBackoff, max: min(s.a.cfg.MaxBackoff, s.a.cfg.StatusInterval)}
 	start := time.Now()
 	for {
+		var rev int64
 		err := s.whileAlive(ctx, func(ctx context.Context) error {
 			t := time.Now()
-			_, err := s.a.cfg.Store.Apply(ctx, ops)
+			var err error
+			rev, err = s.a.cfg.Store.Apply(ctx, batch)
 			s.a.met.storeWrite.Observe(time.Since(t).Seconds())
 			return err
 		})
 		s.a.update(func(st *Status) { st.StoreErr = err })
 		if err == nil {
+			switch {
+			case deletesCkpt:
+				s.fence = 0
+			case writesCkpt:
+				s.fence = rev
+			}
 			return nil
 		}
 		if ctx.Err() != nil {
 			return ctx.Err()
+		}
+		if errors.Is(err, kvdriver.ErrConflict) {
+			return s.fenced(err)
 		}
 		s.a.met.errs.WithLabelValues(errorKind(&storeError{err})).Inc()
 		if permanent(err) {
@@ -80,6 +103,16 @@ func (s *session) apply(ctx context.Context, ops []kvdriver.Op) error {
 			return ctx.Err()
 		}
 	}
+}
+
+// fenced ends the session after a batch failed its fence: another agent
+// wrote the store's checkpoint since this session read it, so this one
+// was overtaken (it hung, or lost PostgreSQL but not the store). Retrying
+// would write older values over newer ones; the next session waits for
+// the lock as a standby or reads the new checkpoint.
+func (s *session) fenced(err error) error {
+	s.a.log.Warn("fenced: another agent advanced the checkpoint", "fence", s.fence, "err", err)
+	return &storeError{fmt.Errorf("store batch fenced off: %w", err)}
 }
 
 // applyAll applies ops in as many batches as the limits need. With final,

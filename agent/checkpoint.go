@@ -99,18 +99,25 @@ func (c Checkpoint) value() []byte {
 // ReadCheckpoint returns the checkpoint of slot stored under prefix; ok is
 // false when the store has none (a new or wiped store).
 func ReadCheckpoint(ctx context.Context, store kvdriver.Store, prefix, slot string) (c Checkpoint, ok bool, err error) {
-	kv, err := store.Get(ctx, CheckpointKey(prefix, slot))
+	c, _, ok, err = readCheckpoint(ctx, store, CheckpointKey(prefix, slot))
+	return c, ok, err
+}
+
+// readCheckpoint is ReadCheckpoint that also returns the checkpoint key's
+// ModRevision (0 when absent): the session's fence.
+func readCheckpoint(ctx context.Context, store kvdriver.Store, key string) (c Checkpoint, modRev int64, ok bool, err error) {
+	kv, err := store.Get(ctx, key)
 	if errors.Is(err, kvdriver.ErrNotFound) {
-		return Checkpoint{}, false, nil
+		return Checkpoint{}, 0, false, nil
 	}
 	if err != nil {
-		return Checkpoint{}, false, fmt.Errorf("read checkpoint: %w", err)
+		return Checkpoint{}, 0, false, fmt.Errorf("read checkpoint: %w", err)
 	}
 	if err := json.Unmarshal(kv.Value, &c); err != nil {
-		return Checkpoint{}, false, fmt.Errorf("read checkpoint %s: %w", kv.Key, err)
+		return Checkpoint{}, 0, false, fmt.Errorf("read checkpoint %s: %w", kv.Key, err)
 	}
 	if c.Tables == nil {
 		c.Tables = map[string]string{}
 	}
-	return c, true, nil
+	return c, kv.ModRevision, true, nil
 }

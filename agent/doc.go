@@ -118,12 +118,26 @@
 // it with a watcher of the store: each transaction's value and checkpoint
 // appear exactly once, in commit order.
 //
-// One case is not excluded: an agent that hangs (or is cut off from
-// PostgreSQL but not from the store) between receiving a transaction and
-// writing it, and resumes after another agent took over, completes that one
-// store write late, putting older values back for keys no later
-// transaction touched. Only a store-side fence (a compare-and-swap on the
-// checkpoint, which kvdriver does not offer yet) would exclude it.
+// An agent that hangs (or is cut off from PostgreSQL but not from the
+// store) between receiving a transaction and writing it, and resumes after
+// another agent took over, must not complete that store write late: it
+// would put older values and an older checkpoint back. The store fences it
+// off. A session reads the checkpoint key's ModRevision with the checkpoint
+// (its fence; 0 when absent), and every batch it writes carries
+// kvdriver.Require(checkpoint key, fence), checked by the store atomically
+// with the writes; a batch that writes the checkpoint moves the fence to
+// its revision (the chunks of a large transaction leave it; an initial
+// sync's removal of the checkpoint sets it to 0). Any checkpoint write of
+// another agent changes the revision, so the late batch fails with
+// kvdriver.ErrConflict and writes nothing: the session ends at once
+// without retrying (warning "fenced: another agent advanced the
+// checkpoint", lenkwerk_agent_errors_total{kind="fenced"}), and the next
+// session waits for the lock as a standby or reads the new checkpoint
+// (TestFenceStaleAgent). A store write whose reply was lost and that is
+// retried conflicts with the agent's own checkpoint the same way: the
+// session restarts from the store's checkpoint, which has the batch. Not
+// covered: two agents both in an initial sync of a store without
+// checkpoint (both fences 0) until one of them writes its checkpoint.
 //
 // A network cut is noticed by the server: the dead agent's walsender, and
 // with it the lock, ends after wal_sender_timeout (the agent answers the

@@ -37,6 +37,8 @@ const (
 	kindStore     = "store"
 	kindData      = "data"
 	kindOther     = "other"
+	// kindFenced: another agent advanced the store's checkpoint.
+	kindFenced = "fenced"
 )
 
 // Metrics are the agents' Prometheus metrics. Create one per registry with
@@ -177,6 +179,8 @@ func errorKind(err error) string {
 	switch {
 	case isSlotActive(err):
 		return kindSlotInUse
+	case errors.Is(err, kvdriver.ErrConflict):
+		return kindFenced
 	case errors.Is(err, kvdriver.ErrTooLarge), errors.Is(err, kvdriver.ErrInvalidKey), errors.Is(err, kvdriver.ErrInvalidValue):
 		return kindData
 	case errors.As(err, &se):

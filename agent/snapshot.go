@@ -52,12 +52,16 @@ func (s *session) initialSync(ctx context.Context) error {
 	s.a.log.Info("initial sync: copying every published table from a new snapshot")
 	// Tables the old checkpoint names: those no longer published have
 	// left keys behind.
-	old, _, err := ReadCheckpoint(ctx, s.a.cfg.Store, s.a.cfg.Prefix, slot)
+	// Read under the agent lock, this is the fence of the whole sync
+	// (Resync reads nothing before).
+	old, fence, _, err := readCheckpoint(ctx, s.a.cfg.Store, s.a.ckptKey)
 	if err != nil {
 		return err
 	}
+	s.fence = fence
 	// Forget the old checkpoint before the slot: a crash from here on must
-	// lead to another copy, never to streaming from a stale position.
+	// lead to another copy, never to streaming from a stale position. The
+	// fence is 0 from here until the new checkpoint is written.
 	if err := s.apply(ctx, []kvdriver.Op{kvdriver.Delete(s.a.ckptKey)}); err != nil {
 		return fmt.Errorf("remove checkpoint: %w", err)
 	}
@@ -363,6 +367,10 @@ func (s *session) list(ctx context.Context, prefix string) ([]kvdriver.KV, error
 	}
 }
 
+// retainedWALWarnEvery spaces the retained-WAL warnings of one slot: the
+// condition lasts, and a poll every few seconds would flood the log.
+const retainedWALWarnEvery = 5 * time.Minute
+
 // pollTables mirrors tables added to the publication (existing rows
 // included), copies again tables whose columns changed (to_jsonb of every
 // row changed, though no row change is streamed) and forgets tables removed
@@ -377,7 +385,8 @@ func (s *session) pollTables(ctx context.Context) error {
 		return fmt.Errorf("read retained WAL of slot %s: %w", s.a.cfg.Slot, err)
 	}
 	s.a.update(func(st *Status) { st.RetainedWAL = retained })
-	if retained > s.a.cfg.RetainedWALWarn {
+	if retained > s.a.cfg.RetainedWALWarn && time.Since(s.a.walWarned) >= retainedWALWarnEvery {
+		s.a.walWarned = time.Now()
 		s.a.log.Warn("replication slot holds back much WAL: is the store keeping up? (bound it with max_slot_wal_keep_size)", "retained_bytes", retained)
 	}
 	s.pub = map[string]tableInfo{}

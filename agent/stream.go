@@ -47,6 +47,11 @@ type session struct {
 	pub        map[string]tableInfo     // the publication's tables at the last poll
 	copiedAt   map[string]pglogrepl.LSN // tables copied while streaming → consistent point
 
+	// fence is the checkpoint key's ModRevision as this session last read
+	// or wrote it (0: absent). Every batch requires it, so a batch of an
+	// agent that another agent overtook writes nothing.
+	fence int64
+
 	streaming  bool
 	serverEnd  pglogrepl.LSN // the server's WAL end, as last reported
 	applied    pglogrepl.LSN // everything before it is in the store (in effect)
@@ -464,10 +469,16 @@ func (s *session) handleCopyData(ctx context.Context, data []byte) error {
 func (s *session) advanceIdle(ctx context.Context, lsn pglogrepl.LSN, urgent bool) error {
 	ck := Checkpoint{LSN: lsn, Time: time.Now().UTC(), Tables: maps.Clone(s.tables)}
 	actx, cancel := context.WithTimeout(ctx, min(s.a.cfg.ApplyTimeout, 2*time.Second))
-	_, err := s.a.cfg.Store.Apply(actx, []kvdriver.Op{kvdriver.Put(s.a.ckptKey, ck.value())})
+	rev, err := s.a.cfg.Store.Apply(actx, []kvdriver.Op{kvdriver.Require(s.a.ckptKey, s.fence), kvdriver.Put(s.a.ckptKey, ck.value())})
 	cancel()
 	s.a.update(func(st *Status) { st.StoreErr = err })
 	s.lastIdle = time.Now()
+	if errors.Is(err, kvdriver.ErrConflict) {
+		return s.fenced(err)
+	}
+	if err == nil {
+		s.fence = rev
+	}
 	if err != nil {
 		if urgent && ctx.Err() == nil {
 			return fmt.Errorf("the server asks to confirm %s (stopping?) and the store cannot take the checkpoint; releasing the slot: %w", lsn, err)

@@ -103,11 +103,17 @@ func ValidateBatch(ops []Op, l Limits) error {
 	if l.MaxBatchOps > 0 && len(ops) > l.MaxBatchOps {
 		return fmt.Errorf("%w: batch has %d operations, more than %d", ErrTooLarge, len(ops), l.MaxBatchOps)
 	}
-	seen := make(map[string]struct{}, len(ops))
+	// A key may be written once and required once in a batch.
+	written := make(map[string]struct{}, len(ops))
+	required := map[string]struct{}{}
 	size := 0
 	for i, op := range ops {
 		if err := ValidateKey(op.Key); err != nil {
 			return fmt.Errorf("batch operation %d: %w", i, err)
+		}
+		seen := written
+		if op.Type == OpRequire {
+			seen = required
 		}
 		if _, dup := seen[op.Key]; dup {
 			return fmt.Errorf("%w: key %q appears twice", ErrInvalidBatch, op.Key)
@@ -119,6 +125,13 @@ func ValidateBatch(ops []Op, l Limits) error {
 				return fmt.Errorf("batch operation %d: %w", i, err)
 			}
 		case OpDelete:
+		case OpRequire:
+			if op.ModRevision < 0 {
+				return fmt.Errorf("%w: operation %d requires negative revision %d of %q", ErrInvalidBatch, i, op.ModRevision, op.Key)
+			}
+			if l.MaxKeyBytes > 0 && len(op.Key) > l.MaxKeyBytes {
+				return fmt.Errorf("%w: key %q is %d bytes, more than %d", ErrTooLarge, op.Key, len(op.Key), l.MaxKeyBytes)
+			}
 		default:
 			return fmt.Errorf("%w: operation %d on %q has unknown type %d", ErrInvalidBatch, i, op.Key, op.Type)
 		}

@@ -142,6 +142,12 @@ func TestValidateBatch(t *testing.T) {
 		{"bad key", []kvdriver.Op{kvdriver.Put("/a", v), kvdriver.Delete("/b/")}, kvdriver.ErrInvalidKey, "operation 1"},
 		{"bad value", []kvdriver.Op{kvdriver.Put("/a", []byte(`{`))}, kvdriver.ErrInvalidValue, `"/a"`},
 		{"empty value", []kvdriver.Op{kvdriver.Put("/a", nil)}, kvdriver.ErrInvalidValue, "empty"},
+		{"require and put one key", []kvdriver.Op{kvdriver.Put("/a", v), kvdriver.Require("/a", 5), kvdriver.Delete("/b")}, nil, ""},
+		{"require twice", []kvdriver.Op{kvdriver.Require("/a", 5), kvdriver.Require("/a", 5)}, kvdriver.ErrInvalidBatch, `"/a" appears twice`},
+		{"require counts as an op", []kvdriver.Op{kvdriver.Put("/a", v), kvdriver.Delete("/b"), kvdriver.Put("/c", v), kvdriver.Require("/a", 1)}, kvdriver.ErrTooLarge, "4 operations, more than 3"},
+		{"require key counts as bytes", []kvdriver.Op{kvdriver.Put("/a", v16), kvdriver.Put("/b", v16), kvdriver.Require("/cdefg", 1)}, kvdriver.ErrTooLarge, "42 bytes, more than 40"},
+		{"require negative revision", []kvdriver.Op{kvdriver.Require("/a", -1)}, kvdriver.ErrInvalidBatch, "negative"},
+		{"require bad key", []kvdriver.Op{kvdriver.Require("a", 0)}, kvdriver.ErrInvalidKey, "operation 0"},
 	} {
 		err := kvdriver.ValidateBatch(c.ops, l)
 		switch {

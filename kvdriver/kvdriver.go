@@ -27,6 +27,9 @@ var (
 	ErrUnsupportedScheme = errors.New("kvdriver: unsupported URL scheme")
 	// ErrInvalidURL: the store URL cannot be parsed or has a bad parameter.
 	ErrInvalidURL = errors.New("kvdriver: invalid store URL")
+	// ErrConflict: a Require of the batch did not hold (the key's
+	// ModRevision differs); nothing was written.
+	ErrConflict = errors.New("kvdriver: required revision does not match")
 )
 
 // OpType says what an Op or Event does to its key.
@@ -38,15 +41,20 @@ const (
 	// OpDelete removes a key; deleting an absent key is not an error and
 	// produces no event.
 	OpDelete
+	// OpRequire writes nothing: the batch applies only if the key's
+	// ModRevision is the Op's ModRevision (0: the key is absent).
+	OpRequire
 )
 
-// String returns "put" or "delete".
+// String returns "put", "delete" or "require".
 func (t OpType) String() string {
 	switch t {
 	case OpPut:
 		return "put"
 	case OpDelete:
 		return "delete"
+	case OpRequire:
+		return "require"
 	}
 	return "unknown"
 }
@@ -63,7 +71,9 @@ type KV struct {
 type Op struct {
 	Type  OpType
 	Key   string
-	Value []byte // JSON; nil for OpDelete
+	Value []byte // JSON; nil for OpDelete and OpRequire
+	// ModRevision is the revision an OpRequire expects (0: key absent).
+	ModRevision int64
 }
 
 // Put returns a put operation for Store.Apply.
@@ -71,6 +81,11 @@ func Put(key string, value []byte) Op { return Op{Type: OpPut, Key: key, Value: 
 
 // Delete returns a delete operation for Store.Apply.
 func Delete(key string) Op { return Op{Type: OpDelete, Key: key} }
+
+// Require returns a condition for Store.Apply: the batch applies only if
+// key's ModRevision is modRev (0: key is absent). It fences writers: a
+// writer that read modRev writes nothing once another writer changed key.
+func Require(key string, modRev int64) Op { return Op{Type: OpRequire, Key: key, ModRevision: modRev} }
 
 // Event is one change seen by a watch.
 type Event struct {
@@ -128,8 +143,15 @@ type Store interface {
 
 	// Apply applies ops atomically: all or none, as one revision, seen by
 	// watchers as one response. A batch may name each key once (otherwise
-	// ErrInvalidBatch) and must fit Limits (otherwise ErrTooLarge). It
-	// returns the store revision after the batch.
+	// ErrInvalidBatch), except that a key may have one Require besides its
+	// put or delete, and must fit Limits (otherwise ErrTooLarge; a Require
+	// counts as an operation and its key as bytes). It returns the store
+	// revision after the batch.
+	//
+	// Every Require is checked atomically with the writes: if a required
+	// key's ModRevision differs from the Require's (0: the key must be
+	// absent), nothing is written, no event is produced and the error wraps
+	// ErrConflict. A Require itself produces no event and no revision.
 	Apply(ctx context.Context, ops []Op) (rev int64, err error)
 
 	// Watch reports every change at or below prefix with a revision greater

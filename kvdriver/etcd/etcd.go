@@ -278,17 +278,25 @@ func (s *Store) Apply(ctx context.Context, ops []kvdriver.Op) (int64, error) {
 		return 0, fmt.Errorf("etcd apply: %w", err)
 	}
 	defer cancel()
-	txn := make([]clientv3.Op, len(ops))
-	for i, op := range ops {
-		if op.Type == kvdriver.OpPut {
-			txn[i] = clientv3.OpPut(op.Key, string(op.Value))
-		} else {
-			txn[i] = clientv3.OpDelete(op.Key)
+	txn := make([]clientv3.Op, 0, len(ops))
+	var cmps []clientv3.Cmp
+	for _, op := range ops {
+		switch op.Type {
+		case kvdriver.OpPut:
+			txn = append(txn, clientv3.OpPut(op.Key, string(op.Value)))
+		case kvdriver.OpDelete:
+			txn = append(txn, clientv3.OpDelete(op.Key))
+		case kvdriver.OpRequire:
+			// An absent key's ModRevision compares as 0 in etcd.
+			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(op.Key), "=", op.ModRevision))
 		}
 	}
-	resp, err := s.client.Txn(ctx).Then(txn...).Commit()
+	resp, err := s.client.Txn(ctx).If(cmps...).Then(txn...).Commit()
 	if err != nil {
 		return 0, s.wrap(fmt.Sprintf("apply %d operations", len(ops)), err)
+	}
+	if !resp.Succeeded {
+		return 0, fmt.Errorf("etcd apply: %w (revision %d)", kvdriver.ErrConflict, resp.Header.Revision)
 	}
 	return resp.Header.Revision, nil
 }

@@ -35,6 +35,7 @@
 //	WatchFromZero        afterRev 0 starts at the current revision: no history, new writes seen
 //	BatchAtomicity       a batch is one revision, one response, never seen half-applied
 //	BatchAllOrNothing    a batch with one bad op writes nothing
+//	Require              a batch applies only if its Requires hold, else ErrConflict, nothing written, no event
 //	Compaction           ErrCompacted (errors.Is) for a compacted start, recovery by re-listing
 //	ConcurrentWriters    every watcher sees every revision exactly once, in order
 //	SlowWatcher          a watcher that reads only after 1120 writes, and a replay of them, miss nothing

@@ -44,6 +44,7 @@ var checks = []check{
 	{"WatchFromZero", testWatchFromZero},
 	{"BatchAtomicity", testBatchAtomicity},
 	{"BatchAllOrNothing", testBatchAllOrNothing},
+	{"Require", testRequire},
 	{"Compaction", testCompaction},
 	{"ConcurrentWriters", testConcurrentWriters},
 	{"SlowWatcher", testSlowWatcher},

@@ -102,6 +102,8 @@ var broken = map[string]func(kvdriver.Store) kvdriver.Store{
 	// staleList reports a listing one revision older than it is, so a
 	// watch from it replays a change the listing already holds.
 	"stale-list": func(s kvdriver.Store) kvdriver.Store { return staleList{s} },
+	// ignoreRequire drops a batch's Requires and applies the rest.
+	"ignore-require": func(s kvdriver.Store) kvdriver.Store { return ignoreRequire{s} },
 }
 
 // wantCaught are, per broken driver, the checks that must fail and a
@@ -132,6 +134,9 @@ var wantCaught = map[string]map[string]string{
 	},
 	"stale-list": {
 		"ListRevision": "unexpected events",
+	},
+	"ignore-require": {
+		"Require": "want an error wrapping",
 	},
 }
 
@@ -279,4 +284,17 @@ func (s nonAtomic) Apply(ctx context.Context, ops []kvdriver.Op) (int64, error) 
 		}
 	}
 	return rev, nil
+}
+
+// ignoreRequire applies a batch without its Requires.
+type ignoreRequire struct{ kvdriver.Store }
+
+func (s ignoreRequire) Apply(ctx context.Context, ops []kvdriver.Op) (int64, error) {
+	var rest []kvdriver.Op
+	for _, op := range ops {
+		if op.Type != kvdriver.OpRequire {
+			rest = append(rest, op)
+		}
+	}
+	return s.Store.Apply(ctx, rest)
 }

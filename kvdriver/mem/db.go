@@ -84,10 +84,19 @@ func (d *db) list(prefix string) ([]kvdriver.KV, int64) {
 }
 
 // commit applies validated ops as one revision. Deletes of absent keys
-// produce no event; a batch with no event creates no revision.
-func (d *db) commit(ops []kvdriver.Op) int64 {
+// produce no event; a batch with no event creates no revision. Its
+// Requires are checked first, under the same lock as the writes.
+func (d *db) commit(ops []kvdriver.Op) (int64, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	for _, op := range ops {
+		if op.Type != kvdriver.OpRequire {
+			continue
+		}
+		if have := d.data[op.Key].modRev; have != op.ModRevision {
+			return 0, fmt.Errorf("%w: %q is at revision %d, required %d", kvdriver.ErrConflict, op.Key, have, op.ModRevision)
+		}
+	}
 	rev := d.rev + 1
 	events := make([]kvdriver.Event, 0, len(ops))
 	for _, op := range ops {
@@ -104,7 +113,7 @@ func (d *db) commit(ops []kvdriver.Op) int64 {
 		}
 	}
 	if len(events) == 0 {
-		return d.rev
+		return d.rev, nil
 	}
 	d.rev = rev
 	d.log = append(d.log, revision{rev: rev, events: events})
@@ -113,7 +122,7 @@ func (d *db) commit(ops []kvdriver.Op) int64 {
 	}
 	close(d.changed)
 	d.changed = make(chan struct{})
-	return rev
+	return rev, nil
 }
 
 // dropThrough discards history at and before rev. d.mu is held.

@@ -77,7 +77,7 @@ func (s *Store) Put(ctx context.Context, key string, value []byte) (int64, error
 	if err := kvdriver.ValidatePut(key, value, s.limits); err != nil {
 		return 0, fmt.Errorf("mem: put: %w", err)
 	}
-	return s.db.commit([]kvdriver.Op{kvdriver.Put(key, value)}), nil
+	return s.db.commit([]kvdriver.Op{kvdriver.Put(key, value)})
 }
 
 // Delete implements kvdriver.Store.
@@ -88,7 +88,7 @@ func (s *Store) Delete(ctx context.Context, key string) (int64, error) {
 	if err := kvdriver.ValidateKey(key); err != nil {
 		return 0, fmt.Errorf("mem: delete: %w", err)
 	}
-	return s.db.commit([]kvdriver.Op{kvdriver.Delete(key)}), nil
+	return s.db.commit([]kvdriver.Op{kvdriver.Delete(key)})
 }
 
 // List implements kvdriver.Store.
@@ -111,7 +111,11 @@ func (s *Store) Apply(ctx context.Context, ops []kvdriver.Op) (int64, error) {
 	if err := kvdriver.ValidateBatch(ops, s.limits); err != nil {
 		return 0, fmt.Errorf("mem: apply: %w", err)
 	}
-	return s.db.commit(ops), nil
+	rev, err := s.db.commit(ops)
+	if err != nil {
+		return 0, fmt.Errorf("mem: apply: %w", err)
+	}
+	return rev, nil
 }
 
 // Compact implements kvdriver.Store.

@@ -37,7 +37,7 @@
 //	kv       (key text COLLATE "C" PRIMARY KEY, value bytea, mod_rev bigint): the current state
 //	kv_log   (rev, idx, key, value, at): one row per event; value NULL is a delete
 //	kv_meta  one row: rev (the store revision) and compact_rev (the compaction point)
-//	kv_apply(keys text[], values bytea[], channel text): the only write path
+//	kv_apply(keys text[], values bytea[], channel text, req_keys text[], req_revs bigint[]): the only write path
 //
 // Values are stored as the exact bytes written (validated as JSON, never
 // re-encoded), so they read back byte for byte, as from etcd. Keys sort in
@@ -55,7 +55,10 @@
 // sequence-based designs (kine) lose events cannot happen. The price is
 // that writes are serialized; a batch is one round trip and one revision
 // (tens of thousands of keys per second). Deleting absent keys changes
-// nothing and takes no revision. Under a REPEATABLE READ or SERIALIZABLE
+// nothing and takes no revision. A batch's Requires (kvdriver.Require) are
+// checked after the lock is taken, so no writer can slip in between check
+// and commit; a mismatch raises SQLSTATE LWK01, which the driver returns as
+// kvdriver.ErrConflict, with nothing written. Under a REPEATABLE READ or SERIALIZABLE
 // session default a writer that waited for the lock fails with a
 // serialization error; nothing was written and the driver retries it. The
 // transaction sends pg_notify('<schema>_changes', '<rev>') at commit; the

@@ -23,7 +23,7 @@ func newQueries(schema string) queries {
 			LEFT JOIN $schema.kv k ON k.key = $1 OR (k.key >= $2 AND k.key < $3)
 			ORDER BY k.key`),
 
-		apply: r.Replace(`SELECT $schema.kv_apply($1::text[], $2::bytea[], $3::text)`),
+		apply: r.Replace(`SELECT $schema.kv_apply($1::text[], $2::bytea[], $3::text, $4::text[], $5::bigint[])`),
 
 		head: r.Replace(`SELECT rev, compact_rev FROM $schema.kv_meta`),
 

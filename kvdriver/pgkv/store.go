@@ -170,7 +170,7 @@ func (s *Store) Put(ctx context.Context, key string, value []byte) (int64, error
 	if err := kvdriver.ValidatePut(key, value, s.cfg.Limits); err != nil {
 		return 0, err
 	}
-	rev, err := s.apply(ctx, []string{key}, [][]byte{value})
+	rev, err := s.apply(ctx, []string{key}, [][]byte{value}, nil, nil)
 	if err != nil {
 		return 0, fmt.Errorf("pgkv: put %q: %w", key, err)
 	}
@@ -183,7 +183,7 @@ func (s *Store) Delete(ctx context.Context, key string) (int64, error) {
 	if err := kvdriver.ValidateKey(key); err != nil {
 		return 0, err
 	}
-	rev, err := s.apply(ctx, []string{key}, [][]byte{nil})
+	rev, err := s.apply(ctx, []string{key}, [][]byte{nil}, nil, nil)
 	if err != nil {
 		return 0, fmt.Errorf("pgkv: delete %q: %w", key, err)
 	}
@@ -196,30 +196,43 @@ func (s *Store) Apply(ctx context.Context, ops []kvdriver.Op) (int64, error) {
 	if err := kvdriver.ValidateBatch(ops, s.cfg.Limits); err != nil {
 		return 0, err
 	}
-	keys := make([]string, len(ops))
-	values := make([][]byte, len(ops))
-	for i, op := range ops {
-		keys[i] = op.Key
-		if op.Type == kvdriver.OpPut {
-			values[i] = op.Value
+	keys := make([]string, 0, len(ops))
+	values := make([][]byte, 0, len(ops))
+	reqKeys := []string{}
+	reqRevs := []int64{}
+	for _, op := range ops {
+		switch op.Type {
+		case kvdriver.OpRequire:
+			reqKeys = append(reqKeys, op.Key)
+			reqRevs = append(reqRevs, op.ModRevision)
+		case kvdriver.OpPut:
+			keys = append(keys, op.Key)
+			values = append(values, op.Value)
+		default:
+			keys = append(keys, op.Key)
+			values = append(values, nil)
 		}
 	}
-	rev, err := s.apply(ctx, keys, values)
+	rev, err := s.apply(ctx, keys, values, reqKeys, reqRevs)
 	if err != nil {
 		return 0, fmt.Errorf("pgkv: apply %d operations: %w", len(ops), err)
 	}
 	return rev, nil
 }
 
+// conflictCode is the SQLSTATE kv_apply raises when a Require does not
+// hold (migration 000002).
+const conflictCode = "LWK01"
+
 // apply runs kv_apply: one statement, one implicit transaction, one
 // revision, the NOTIFY sent at its commit. A nil value deletes.
-func (s *Store) apply(ctx context.Context, keys []string, values [][]byte) (int64, error) {
+func (s *Store) apply(ctx context.Context, keys []string, values [][]byte, reqKeys []string, reqRevs []int64) (int64, error) {
 	if s.closed.Load() {
 		return 0, kvdriver.ErrClosed
 	}
 	var rev int64
 	for attempt := 1; ; attempt++ {
-		err := s.pool.QueryRow(ctx, s.q.apply, keys, values, s.cfg.channel()).Scan(&rev)
+		err := s.pool.QueryRow(ctx, s.q.apply, keys, values, s.cfg.channel(), reqKeys, reqRevs).Scan(&rev)
 		if err == nil {
 			return rev, nil
 		}
@@ -228,6 +241,9 @@ func (s *Store) apply(ctx context.Context, keys []string, values [][]byte) (int6
 		// serialization error instead of reading the new revision. The
 		// statement is its own transaction and nothing committed: retry.
 		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == conflictCode {
+			return 0, fmt.Errorf("%w: %s", kvdriver.ErrConflict, pgErr.Message)
+		}
 		if !errors.As(err, &pgErr) || (pgErr.Code != "40001" && pgErr.Code != "40P01") || attempt == maxApplyAttempts {
 			return 0, s.translate(err)
 		}

@@ -1,0 +1,57 @@
+package pgkv_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/bagger/lenkwerk/integration/pgtest"
+	"github.com/bagger/lenkwerk/kvdriver"
+)
+
+// TestUpgradeFromVersion1: a schema made by the first driver version (no
+// Requires) is migrated on Open; its data stays, the old three-argument
+// kv_apply call still works, and Requires are enforced.
+func TestUpgradeFromVersion1(t *testing.T) {
+	dbURL := pgtest.NewDatabase(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	v1, err := os.ReadFile("migrations/000001_init.up.sql")
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn := connect(t, dbURL)
+	for _, sql := range []string{
+		`CREATE SCHEMA old_kv`,
+		`SET search_path = old_kv`,
+		// As golang-migrate leaves it after version 1.
+		`CREATE TABLE pgkv_schema_migrations (version bigint NOT NULL PRIMARY KEY, dirty boolean NOT NULL)`,
+		`INSERT INTO pgkv_schema_migrations VALUES (1, false)`,
+		string(v1),
+		`SELECT kv_apply(ARRAY['/old'], ARRAY[convert_to('1', 'UTF8')], NULL)`,
+	} {
+		if _, err := conn.Exec(ctx, sql); err != nil {
+			t.Fatalf("%.60s: %v", sql, err)
+		}
+	}
+	s := openStore(t, withParams(dbURL, "schema", "old_kv"))
+	kv, err := s.Get(ctx, "/old")
+	if err != nil || string(kv.Value) != "1" {
+		t.Fatalf("Get(/old) after upgrade = %s, %v; want 1", kv.Value, err)
+	}
+	if _, err := s.Apply(ctx, []kvdriver.Op{kvdriver.Require("/old", kv.ModRevision+1), kvdriver.Put("/old", []byte("2"))}); !errors.Is(err, kvdriver.ErrConflict) {
+		t.Fatalf("Apply with a stale Require after upgrade = %v, want ErrConflict", err)
+	}
+	rev, err := s.Apply(ctx, []kvdriver.Op{kvdriver.Require("/old", kv.ModRevision), kvdriver.Put("/old", []byte("3"))})
+	if err != nil {
+		t.Fatalf("Apply with a matching Require after upgrade: %v", err)
+	}
+	if _, err := conn.Exec(ctx, `SELECT old_kv.kv_apply(ARRAY['/old2'], ARRAY[convert_to('4', 'UTF8')], NULL)`); err != nil {
+		t.Fatalf("three-argument kv_apply after upgrade: %v", err)
+	}
+	if kv, err := s.Get(ctx, "/old"); err != nil || string(kv.Value) != "3" || kv.ModRevision != rev {
+		t.Fatalf("Get(/old) = %s @%d, %v; want 3 @%d", kv.Value, kv.ModRevision, err, rev)
+	}
+}
