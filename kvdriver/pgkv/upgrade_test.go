@@ -54,4 +54,20 @@ func TestUpgradeFromVersion1(t *testing.T) {
 	if kv, err := s.Get(ctx, "/old"); err != nil || string(kv.Value) != "3" || kv.ModRevision != rev {
 		t.Fatalf("Get(/old) = %s @%d, %v; want 3 @%d", kv.Value, kv.ModRevision, err, rev)
 	}
+	// The down migration restores version 1's kv_apply, and up again works.
+	for _, f := range []string{"migrations/000002_require.down.sql", "migrations/000002_require.up.sql"} {
+		sql, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := conn.Exec(ctx, string(sql)); err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		if _, err := conn.Exec(ctx, `SELECT old_kv.kv_apply(ARRAY['/old3'], ARRAY[convert_to('5', 'UTF8')], NULL)`); err != nil {
+			t.Fatalf("three-argument kv_apply after %s: %v", f, err)
+		}
+	}
+	if _, err := s.Apply(ctx, []kvdriver.Op{kvdriver.Require("/old", rev+100), kvdriver.Put("/old", []byte("6"))}); !errors.Is(err, kvdriver.ErrConflict) {
+		t.Fatalf("Apply with a stale Require after down and up = %v, want ErrConflict", err)
+	}
 }
