@@ -63,7 +63,7 @@ func TestHarness(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Decode: %v", err)
 	}
-	if d.Discarded != rows || d.Agent.Elapsed <= 0 || d.Recvlogical.Elapsed <= 0 || d.WAL <= 0 {
+	if d.Discarded != rows || d.Recvlogical.Rows != 2*rows || d.Agent.Elapsed <= 0 || d.Recvlogical.Elapsed <= 0 || d.WAL <= 0 {
 		t.Errorf("Decode: %+v, want %d rows discarded and positive times", d, rows)
 	}
 }
