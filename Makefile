@@ -5,7 +5,7 @@ VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo 
 LDFLAGS     := -s -w -X main.version=$(VERSION)
 PKGS        := ./...
 TESTFLAGS   ?= -count=1 -timeout 40m
-BENCHFLAGS  ?= -count=1 -timeout 60m
+BENCHFLAGS  ?= -count=1 -timeout 60m -p 1
 # Images (docker/build-images.sh; the container tests read the same names).
 # Point them at a registry's images, e.g. LENKWERK_PG_IMAGE=postgres:16;
 # only names containing "lenkwerk" are built here.
