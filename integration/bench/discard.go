@@ -73,9 +73,12 @@ func (d *Discard) Apply(_ context.Context, ops []kvdriver.Op) (int64, error) {
 			d.Ops.Add(1)
 			continue
 		}
-		if op.Type == kvdriver.OpPut {
+		// OpRequire is not checked: a benchmark runs one agent, which is
+		// all the fence guards against.
+		switch op.Type {
+		case kvdriver.OpPut:
 			d.keep[op.Key] = op.Value
-		} else {
+		case kvdriver.OpDelete:
 			delete(d.keep, op.Key)
 		}
 	}
