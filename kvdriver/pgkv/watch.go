@@ -17,8 +17,9 @@ import (
 // revision it delivered whenever the listener wakes it (a NOTIFY, a
 // listener reconnect), every PollInterval, and on retries after errors, so
 // lost notifications and server restarts delay events but never lose or
-// repeat them. afterRev 0 means the store revision at the time of the call
-// (read before Watch returns when the server is reachable).
+// repeat them. afterRev 0 means the store revision at the time of the call,
+// read before Watch returns: when the server cannot be reached the watch
+// ends at once with that error, as etcd's does.
 func (s *Store) Watch(ctx context.Context, prefix string, afterRev int64) <-chan kvdriver.WatchResponse {
 	ch := make(chan kvdriver.WatchResponse, 16)
 	fail := func(err error) <-chan kvdriver.WatchResponse {
@@ -36,12 +37,22 @@ func (s *Store) Watch(ctx context.Context, prefix string, afterRev int64) <-chan
 		close(ch)
 		return ch
 	}
-	w := &watcher{s: s, ch: ch, last: max(afterRev, 0), fromHead: afterRev <= 0}
+	if afterRev < 0 {
+		return fail(fmt.Errorf("negative revision %d", afterRev))
+	}
+	w := &watcher{s: s, ch: ch, last: afterRev}
 	w.eq, w.lo, w.hi = prefixRange(prefix)
-	if w.fromHead {
-		if head, _, err := s.head(ctx); err == nil {
-			w.last, w.fromHead = head, false
+	if afterRev == 0 {
+		// "Now" must be fixed before Watch returns: resolving it later,
+		// after an outage, would skip what others wrote in between.
+		head, _, err := s.head(ctx)
+		if err != nil {
+			if s.closed.Load() {
+				err = kvdriver.ErrClosed
+			}
+			return fail(fmt.Errorf("read current revision: %w", err))
 		}
+		w.last = head
 	}
 	s.mu.Lock()
 	if s.closed.Load() {
@@ -78,7 +89,6 @@ type watcher struct {
 	eq, lo, hi string
 	last       int64 // every revision up to here is delivered
 	maxHead    int64 // highest store revision seen
-	fromHead   bool  // last is still to be read from the store
 }
 
 func (w *watcher) run(ctx context.Context, wake <-chan struct{}) {
@@ -150,13 +160,6 @@ func (e rewoundError) Unwrap() error { return kvdriver.ErrCompacted }
 // most watchRevisionsPerResponse revisions and, unless one revision alone
 // is bigger, watchEventsPerResponse events.
 func (w *watcher) catchUp(ctx context.Context) error {
-	if w.fromHead {
-		head, _, err := w.s.head(ctx)
-		if err != nil {
-			return err
-		}
-		w.last, w.fromHead = head, false
-	}
 	for {
 		limit := int64(watchEventsPerResponse)
 		events, head, compacted, err := w.read(ctx, w.last, watchRevisionsPerResponse, &limit)

@@ -419,3 +419,31 @@ func TestWatchEndsWhenRevisionsVanish(t *testing.T) {
 		t.Fatalf("watch ended with %v, want ErrCompacted saying the revision went back", w.err)
 	}
 }
+
+// TestWatchFromNowServerDown: "now" is fixed before Watch returns, so with
+// the server down the watch ends with the error at once rather than picking
+// "now" after the outage and skipping what others wrote meanwhile (as
+// etcd's driver does). A negative revision is refused.
+func TestWatchFromNowServerDown(t *testing.T) {
+	ctx := ctxT(t)
+	c := pgtest.StartCluster(t, pgtest.Options{})
+	s := openStore(t, withParams(c.NewDatabase(t), "listen", "false"))
+	defer s.Close()
+	if r, ok := <-s.Watch(ctx, "/neg", -1); !ok || r.Err == nil {
+		t.Fatalf("Watch from -1: %v, %v; want an error response", r, ok)
+	}
+	if err := c.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	start := time.Now()
+	r, ok := <-s.Watch(wctx, "/down", 0)
+	if !ok || r.Err == nil {
+		t.Fatalf("Watch from now with the server down: %v, %v; want an error response", r, ok)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("Watch took %v to report the outage", d)
+	}
+	t.Logf("Watch from now, server down: %v", r.Err)
+}
