@@ -349,3 +349,35 @@ func TestOpenRefusesDirtySchema(t *testing.T) {
 		t.Fatalf("Open of a dirty schema: %v; want the dirty state and `migrate force` named", err)
 	}
 }
+
+// TestReadAfterBackendsTerminated: after the server ended the pool's
+// connections (a restart, pg_terminate_backend), the next Get and List
+// succeed instead of failing once per dead pooled connection.
+func TestReadAfterBackendsTerminated(t *testing.T) {
+	plain := pgtest.NewDatabase(t)
+	ctx := ctxT(t)
+	s := openStore(t, withParams(plain, "listen", "false", "compact-interval", "0"))
+	defer s.Close()
+	if _, err := s.Put(ctx, "/dead/k", []byte(`1`)); err != nil {
+		t.Fatal(err)
+	}
+	admin := connect(t, plain)
+	for round := range 3 {
+		// Use the pooled connections, then have the server end them.
+		if _, _, err := s.List(ctx, "/dead"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := admin.Exec(ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()`); err != nil {
+			t.Fatal(err)
+		}
+		var err error
+		if round%2 == 0 {
+			_, _, err = s.List(ctx, "/dead")
+		} else {
+			_, err = s.Get(ctx, "/dead/k")
+		}
+		if err != nil {
+			t.Fatalf("round %d: read after the backends were terminated: %v", round, err)
+		}
+	}
+}

@@ -117,7 +117,9 @@ func (s *Store) Get(ctx context.Context, key string) (kvdriver.KV, error) {
 		return kvdriver.KV{}, kvdriver.ErrClosed
 	}
 	kv := kvdriver.KV{Key: key}
-	err := s.pool.QueryRow(ctx, s.q.get, key).Scan(&kv.Value, &kv.ModRevision)
+	err := s.read(ctx, func() error {
+		return s.pool.QueryRow(ctx, s.q.get, key).Scan(&kv.Value, &kv.ModRevision)
+	})
 	if errors.Is(err, pgx.ErrNoRows) {
 		return kvdriver.KV{}, fmt.Errorf("get %q: %w", key, kvdriver.ErrNotFound)
 	}
@@ -136,10 +138,26 @@ func (s *Store) List(ctx context.Context, prefix string) ([]kvdriver.KV, int64, 
 	if s.closed.Load() {
 		return nil, 0, kvdriver.ErrClosed
 	}
+	var (
+		kvs []kvdriver.KV
+		rev int64
+	)
+	err := s.read(ctx, func() (err error) {
+		kvs, rev, err = s.list(ctx, prefix)
+		return err
+	})
+	if err != nil {
+		return nil, 0, fmt.Errorf("pgkv: list %q: %w", prefix, s.translate(err))
+	}
+	return kvs, rev, nil
+}
+
+// list is one attempt of List.
+func (s *Store) list(ctx context.Context, prefix string) ([]kvdriver.KV, int64, error) {
 	eq, lo, hi := prefixRange(prefix)
 	rows, err := s.pool.Query(ctx, s.q.list, eq, lo, hi)
 	if err != nil {
-		return nil, 0, fmt.Errorf("pgkv: list %q: %w", prefix, s.translate(err))
+		return nil, 0, err
 	}
 	defer rows.Close()
 	var (
@@ -153,16 +171,38 @@ func (s *Store) List(ctx context.Context, prefix string) ([]kvdriver.KV, int64, 
 			mod   *int64
 		)
 		if err := rows.Scan(&rev, &key, &value, &mod); err != nil {
-			return nil, 0, fmt.Errorf("pgkv: list %q: %w", prefix, err)
+			return nil, 0, err
 		}
 		if key != nil {
 			kvs = append(kvs, kvdriver.KV{Key: *key, Value: value, ModRevision: *mod})
 		}
 	}
-	if err := rows.Err(); err != nil {
-		return nil, 0, fmt.Errorf("pgkv: list %q: %w", prefix, s.translate(err))
+	return kvs, rev, rows.Err()
+}
+
+// read runs an idempotent read, and once more when its connection turned
+// out to be dead: after a server restart (or pg_terminate_backend) every
+// idle connection in the pool is, and the first use of each fails. Reset
+// drops the pool's other dead connections with it. Writes are not retried
+// this way: a commit whose reply was lost may have happened.
+func (s *Store) read(ctx context.Context, f func() error) error {
+	err := f()
+	if err == nil || ctx.Err() != nil || !deadConn(err) {
+		return err
 	}
-	return kvs, rev, nil
+	s.pool.Reset()
+	return f()
+}
+
+// deadConn reports an error of a connection the server had already ended
+// (admin or crash shutdown, terminated backend) or that failed before
+// anything was sent.
+func deadConn(err error) bool {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return pgErr.Code == "57P01" || pgErr.Code == "57P02"
+	}
+	return pgconn.SafeToRetry(err)
 }
 
 // Put sets key to value and returns the new revision.
