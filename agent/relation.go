@@ -265,24 +265,35 @@ func (r *relation) oldKey(types *pgjson.TypeMap, old *pglogrepl.TupleData, newVa
 	return r.key(types, vals)
 }
 
-// selectSQL reads the table's published rows as to_jsonb text; for a
-// single-key table only the newest row (greatest primary key).
-func selectSQL(t tableInfo, singleton bool) string {
+// selectSQL reads the table's published rows as to_jsonb text, each row
+// followed by the to_jsonb text of its columns keyCols (the key template's):
+// the copy builds the key from those few values instead of parsing the
+// whole row. to_jsonb of a column gives the same JSON as that column's value
+// inside to_jsonb of the row (the same conversion, the same jsonb output),
+// and NULL for NULL. For a single-key table only the newest row (greatest
+// primary key).
+func selectSQL(t tableInfo, singleton bool, keyCols ...string) string {
 	// ONLY: an inheritance child (storage.dimension under time_bound) is a
 	// table of its own; a partition root reads its partitions.
 	from := "ONLY " + sqlName(t.schema, t.name)
 	if t.partitioned {
 		from = sqlName(t.schema, t.name)
 	}
-	// t.*, not t: a column named t would win over the whole row.
-	q := "SELECT to_jsonb(t.*)::text FROM " + from + " AS t"
+	// t.*, not t: a column named t would win over the whole row. Columns
+	// are qualified (t."c"): ORDER BY would take an unqualified name for
+	// an output column (every output column is named to_jsonb).
+	q := "SELECT to_jsonb(t.*)::text"
+	for _, c := range keyCols {
+		q += ", to_jsonb(t." + pgx.Identifier{c}.Sanitize() + ")::text"
+	}
+	q += " FROM " + from + " AS t"
 	if t.rowFilter != nil {
 		q += " WHERE " + *t.rowFilter
 	}
 	if singleton {
 		order := make([]string, len(t.pk))
 		for i, c := range t.pk {
-			order[i] = pgx.Identifier{c}.Sanitize() + " DESC"
+			order[i] = "t." + pgx.Identifier{c}.Sanitize() + " DESC"
 		}
 		q += " ORDER BY " + strings.Join(order, ", ") + " LIMIT 1"
 	}
