@@ -374,6 +374,7 @@ func (a *Agent) session(ctx context.Context, syncOnly bool) error {
 		return err
 	}
 	defer s.close()
+	s.pipe.start(ctx)
 	if syncOnly {
 		return s.initialSync(ctx)
 	}

@@ -43,42 +43,48 @@ func permanent(err error) bool {
 	return false
 }
 
-// apply writes ops as one atomic batch, fenced: it requires the checkpoint
-// key at the session's fence revision, so nothing is written once another
-// agent wrote a checkpoint (ErrConflict ends the session at once). A batch
-// that writes the checkpoint moves the fence to its revision. A failing
-// store (outage, leader election, network loss) is retried in place with
-// backoff for up to Config.StoreRetry, while standby status updates keep
-// the replication connection alive (wal_sender_timeout); then the session
-// ends and Run reconnects. Batches are idempotent (puts and deletes of
-// final values), so retrying one that may have been applied is safe; if it
-// was applied with the checkpoint, the retry conflicts with the agent's own
-// write and the session restarts from the store's checkpoint.
-func (s *session) apply(ctx context.Context, ops []kvdriver.Op) error {
+// applyBatch writes ops as one atomic batch, fenced: it requires the
+// checkpoint key at the session's fence revision, so nothing is written
+// once another agent wrote a checkpoint (ErrConflict ends the session at
+// once). A batch that writes the checkpoint moves the fence to its
+// revision, one that deletes it to 0. A failing store (outage, leader
+// election, network loss) is retried in place with backoff for up to
+// Config.StoreRetry, while the session goroutine keeps the replication
+// connection alive (wal_sender_timeout); then the session ends and Run
+// reconnects. Batches are idempotent (puts and deletes of final values), so
+// retrying one that may have been applied is safe; if it was applied with
+// the checkpoint, the retry conflicts with the agent's own write and the
+// session restarts from the store's checkpoint.
+//
+// It runs on the applier goroutine (see pipeline.go), which owns the fence
+// while the pipeline is busy.
+func (s *session) applyBatch(ctx context.Context, ops []kvdriver.Op) error {
 	if len(ops) == 0 {
 		return nil
 	}
-	// The checkpoint, when written, is the last op (see applyAll).
-	writesCkpt := ops[len(ops)-1].Key == s.a.ckptKey
-	deletesCkpt := writesCkpt && ops[len(ops)-1].Type == kvdriver.OpDelete
-	batch := append([]kvdriver.Op{kvdriver.Require(s.a.ckptKey, s.fence)}, ops...)
+	var ckOp *kvdriver.Op
+	for i := range ops {
+		if ops[i].Key == s.a.ckptKey {
+			ckOp = &ops[i]
+		}
+	}
+	batch := make([]kvdriver.Op, 0, len(ops)+1)
+	batch = append(append(batch, kvdriver.Require(s.a.ckptKey, s.fence)), ops...)
 	bo := backoff{min: s.a.cfg.MinBackoff, max: min(s.a.cfg.MaxBackoff, s.a.cfg.StatusInterval)}
 	start := time.Now()
 	for {
-		var rev int64
-		err := s.whileAlive(ctx, func(ctx context.Context) error {
-			t := time.Now()
-			var err error
-			rev, err = s.a.cfg.Store.Apply(ctx, batch)
-			s.a.met.storeWrite.Observe(time.Since(t).Seconds())
-			return err
-		})
+		actx, cancel := context.WithTimeout(ctx, s.a.cfg.ApplyTimeout)
+		t := time.Now()
+		rev, err := s.a.cfg.Store.Apply(actx, batch)
+		s.a.met.storeWrite.Observe(time.Since(t).Seconds())
+		cancel()
 		s.a.update(func(st *Status) { st.StoreErr = err })
 		if err == nil {
 			switch {
-			case deletesCkpt:
+			case ckOp == nil:
+			case ckOp.Type == kvdriver.OpDelete:
 				s.fence = 0
-			case writesCkpt:
+			default:
 				s.fence = rev
 			}
 			return nil
@@ -98,11 +104,22 @@ func (s *session) apply(ctx context.Context, ops []kvdriver.Op) error {
 		}
 		d := bo.next()
 		s.a.log.Warn("store write failed; retrying", "ops", len(ops), "retry_in", d, "err", err)
-		s.keepalive()
 		if sleep(ctx, d) {
 			return ctx.Err()
 		}
 	}
+}
+
+// apply writes ops as one batch, through the pipeline, and returns once
+// the store has them (and everything handed over before).
+func (s *session) apply(ctx context.Context, ops []kvdriver.Op) error {
+	if err := s.sync(ctx); err != nil {
+		return err
+	}
+	if err := s.hand(ctx, handoff{ops: ops}); err != nil {
+		return err
+	}
+	return s.sync(ctx)
 }
 
 // fenced ends the session after a batch failed its fence: another agent
@@ -115,23 +132,18 @@ func (s *session) fenced(err error) error {
 	return &storeError{fmt.Errorf("store batch fenced off: %w", err)}
 }
 
-// applyAll applies ops in as many batches as the limits need. With final,
-// the last batch carries the checkpoint (the caller put it last); the others
-// are chunks.
+// applyAll hands ops to the pipeline in as many batches as the limits
+// need. Chunks (not final) return at once; with final, ops ends with the
+// checkpoint write, and applyAll returns once the store has it all.
 func (s *session) applyAll(ctx context.Context, ops []kvdriver.Op, final bool) error {
-	batches := split(ops, s.lim.ops, s.lim.bytes)
-	for i, b := range batches {
-		if err := s.apply(ctx, b); err != nil {
-			return err
-		}
-		if !final || i < len(batches)-1 {
-			s.a.mu.Lock()
-			s.a.stats.chunks++
-			s.a.mu.Unlock()
-		}
-		s.keepalive()
+	if !final || len(ops) == 0 {
+		return s.submit(ctx, ops, nil, nil, nil, nil)
 	}
-	return nil
+	ck := ops[len(ops)-1]
+	if err := s.submit(ctx, ops[:len(ops)-1], &ck, nil, nil, nil); err != nil {
+		return err
+	}
+	return s.sync(ctx)
 }
 
 // validatePut checks a row's key and value against the store's rules and
@@ -141,6 +153,28 @@ func (s *session) validatePut(table, key string, value []byte) error {
 	if err := kvdriver.ValidatePut(key, value, s.lim.store); err != nil {
 		return fmt.Errorf("table %s, key %s: %w", table, key, err)
 	}
+	return s.checkRowSize(table, key, value)
+}
+
+// validateEncoded is validatePut for values the agent encoded itself
+// (pgjson): the key and the sizes are checked, the JSON is not parsed
+// again here (a quarter of the stream's CPU); the store driver checks every
+// value before writing the batch anyway.
+func (s *session) validateEncoded(table, key string, value []byte) error {
+	l := s.lim.store
+	if err := kvdriver.ValidateKey(key); err != nil {
+		return fmt.Errorf("table %s, key %s: %w", table, key, err)
+	}
+	if l.MaxKeyBytes > 0 && len(key) > l.MaxKeyBytes {
+		return fmt.Errorf("table %s, key %s: %w: key is %d bytes, more than %d", table, key, kvdriver.ErrTooLarge, len(key), l.MaxKeyBytes)
+	}
+	if l.MaxValueBytes > 0 && len(value) > l.MaxValueBytes {
+		return fmt.Errorf("table %s, key %s: %w: value is %d bytes, more than %d", table, key, kvdriver.ErrTooLarge, len(value), l.MaxValueBytes)
+	}
+	return s.checkRowSize(table, key, value)
+}
+
+func (s *session) checkRowSize(table, key string, value []byte) error {
 	if n := len(key) + len(value); n > s.lim.bytes {
 		return fmt.Errorf("table %s, key %s: %w: row is %d bytes, more than a batch may carry (%d)", table, key, kvdriver.ErrTooLarge, n, s.lim.bytes)
 	}

@@ -20,6 +20,26 @@
 // Config.MaxBatchOps/MaxBatchBytes) is applied in chunks while it streams,
 // so memory holds one batch; only the last chunk carries the checkpoint.
 //
+// # Pipeline and group commit
+//
+// Store batches are written by an applier goroutine, one at a time and in
+// order, while the session goroutine goes on receiving and decoding (or
+// reading a table copy): the store and the decoding work at the same time
+// instead of taking turns. What is handed over while a batch is in flight
+// waits in one pending batch, and consecutive transactions are merged
+// there, coalesced per key, as long as the merged batch fits the limits
+// (group commit): a burst or a catch-up of many small transactions costs a
+// few store writes, each carrying the last transaction's checkpoint. A store
+// revision may therefore hold several source transactions, each whole (a
+// watcher never sees part of a transaction, except the chunks of one larger
+// than a batch, as before). The session moves its checkpoint, counts the
+// transactions and confirms the position only when it reaps the applier's
+// acknowledgement. Whatever must see the store current waits for the
+// pipeline to drain first: listing the store (truncate, copies), the idle
+// keepalive checkpoint, a table copy. Memory: one batch in flight, one
+// pending, the transaction being decoded. A failed batch fails the session;
+// the next one starts from the store's checkpoint, as after a crash.
+//
 // # Checkpoint and confirmation
 //
 // The checkpoint, under <prefix>/.lenkwerk/checkpoint/<slot>, is
@@ -41,7 +61,8 @@
 // every StatusInterval, also during long writes and store outages.
 //
 // A crash (SIGKILL) leaves behind, depending on when it happens:
-//   - while buffering a transaction: nothing of it; it is replayed.
+//   - while buffering a transaction, or with it handed to the applier but
+//     not yet written: nothing of it; it is replayed.
 //   - after some chunks of a large transaction: those chunks (newer values
 //     for some keys); the checkpoint is older, so the whole transaction is
 //     replayed and rewrites the same final values.

@@ -58,15 +58,25 @@ type session struct {
 	confirmed  pglogrepl.LSN // last position sent as flushed/applied
 	startLSN   pglogrepl.LSN // where streaming started
 	lastStatus time.Time
-	lastIdle   time.Time // last checkpoint written for an idle keepalive
+	lastIdle   time.Time     // last checkpoint written for an idle keepalive
+	sentEnd    pglogrepl.LSN // the WAL end of the last keepalive between transactions
 	nextPoll   time.Time
 
 	inTxn    bool
 	skipTxn  bool
 	finalLSN pglogrepl.LSN
 	xid      uint32
+	txnTime  time.Time // commit time of the transaction being received
 	rows     int
 	buf      *txnBuffer
+
+	// pipe applies the store batches (see pipeline.go); outstanding are
+	// the commit times of the transactions handed to it and not yet
+	// acknowledged, oldest first.
+	pipe        *pipeline
+	outstanding []time.Time
+	// ckReserve is room kept in a batch for the checkpoint write.
+	ckReserve int
 }
 
 func (a *Agent) openSession(ctx context.Context, wait bool) (*session, error) {
@@ -123,7 +133,7 @@ func (a *Agent) openSession(ctx context.Context, wait bool) (*session, error) {
 			return nil, err
 		}
 	}
-	return &session{
+	s := &session{
 		a:          a,
 		conn:       conn,
 		repl:       repl,
@@ -137,10 +147,23 @@ func (a *Agent) openSession(ctx context.Context, wait bool) (*session, error) {
 		tables:     map[string]string{},
 		pub:        map[string]tableInfo{},
 		buf:        newTxnBuffer(),
-	}, nil
+	}
+	s.pipe = newPipeline(s)
+	s.ckReserve = checkpointReserve(a.ckptKey, nil)
+	return s, nil
+}
+
+// checkpointReserve is an upper bound of a checkpoint write's bytes.
+func checkpointReserve(key string, tables map[string]string) int {
+	n := len(key) + 256 // two LSNs, a time, the JSON around them
+	for t, shape := range tables {
+		n += len(t) + len(shape) + 8
+	}
+	return n
 }
 
 func (s *session) close() {
+	s.pipe.stop()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	s.repl.Close(ctx)
@@ -283,6 +306,7 @@ func (s *session) checkSlot(ctx context.Context, ck Checkpoint) (bool, error) {
 func (s *session) setCheckpoint(ck Checkpoint) {
 	s.ckpt = ck
 	s.tables = maps.Clone(ck.Tables)
+	s.ckReserve = checkpointReserve(s.a.ckptKey, s.tables)
 	s.confirmed = max(s.confirmed, ck.LSN)
 	s.a.update(func(st *Status) {
 		st.Checkpoint = ck.LSN
@@ -315,8 +339,20 @@ func (s *session) stream(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return s.shutdown()
 		}
+		if err := s.reap(); err != nil {
+			if ctx.Err() != nil {
+				return s.shutdown()
+			}
+			return err
+		}
 		if !s.inTxn && !time.Now().Before(s.nextPoll) {
-			if err := s.pollTables(ctx); err != nil {
+			// A copy writes what the store must not get older values
+			// for from batches still in flight.
+			err := s.sync(ctx)
+			if err == nil {
+				err = s.pollTables(ctx)
+			}
+			if err != nil {
 				if ctx.Err() != nil {
 					return s.shutdown()
 				}
@@ -329,13 +365,17 @@ func (s *session) stream(ctx context.Context) error {
 			deadline = s.nextPoll
 		}
 		rctx, cancel := context.WithDeadline(ctx, deadline)
+		s.pipe.setWake(cancel)
 		msg, err := s.repl.ReceiveMessage(rctx)
+		s.pipe.setWake(nil)
 		cancel()
 		if err != nil {
 			if ctx.Err() != nil {
 				return s.shutdown()
 			}
-			if pgconn.Timeout(err) {
+			// Woken by the applier, or the status update is due: the
+			// connection stays usable (pgconn only sets a deadline).
+			if pgconn.Timeout(err) || rctx.Err() != nil {
 				s.keepalive()
 				continue
 			}
@@ -371,6 +411,7 @@ func (s *session) setServerEnd(end pglogrepl.LSN) {
 // shutdown abandons a transaction in flight (it is replayed after the
 // restart: the checkpoint has not passed it) and confirms what the store has.
 func (s *session) shutdown() error {
+	_ = s.reap() // what the store has is confirmed below
 	if s.inTxn {
 		s.a.log.Info("stopping: abandoning the transaction in flight; it is replayed on restart", "xid", s.xid, "commit_lsn", s.finalLSN)
 	}
@@ -424,11 +465,9 @@ func (s *session) handleCopyData(ctx context.Context, data []byte) error {
 			return fmt.Errorf("parse keepalive: %w", err)
 		}
 		if !s.inTxn {
-			// Everything before ServerWALEnd has been sent: caught up.
-			s.applied = max(s.applied, pkm.ServerWALEnd)
-			s.a.mu.Lock()
-			s.a.lastLag = 0
-			s.a.mu.Unlock()
+			// Everything before ServerWALEnd has been sent.
+			s.sentEnd = max(s.sentEnd, pkm.ServerWALEnd)
+			s.checkCaughtUp()
 		}
 		s.setServerEnd(pkm.ServerWALEnd)
 		// Between transactions everything before ServerWALEnd has been
@@ -458,6 +497,23 @@ func (s *session) handleCopyData(ctx context.Context, data []byte) error {
 	return nil
 }
 
+// checkCaughtUp: between transactions, with nothing in flight, the store
+// has everything the server had sent by its last keepalive. (The keepalive
+// may come while batches are still in flight; the walsender sends the
+// next one only much later once the position is confirmed, so the
+// pipeline's drain must count too.)
+func (s *session) checkCaughtUp() {
+	if s.inTxn || s.sentEnd == 0 || !s.pipe.idle() {
+		return
+	}
+	s.applied = max(s.applied, s.sentEnd)
+	if s.sentEnd >= s.ckpt.LSN {
+		s.a.mu.Lock()
+		s.a.lastLag = 0
+		s.a.mu.Unlock()
+	}
+}
+
 // advanceIdle records an idle keepalive position: first in the store, so
 // the slot is never confirmed past the store's checkpoint (a slot ahead of
 // the store then reliably means the store lost data), then to PostgreSQL.
@@ -467,9 +523,15 @@ func (s *session) handleCopyData(ctx context.Context, data []byte) error {
 // session ends instead, which lets the walsender go at once: the store may
 // be on that very server.
 func (s *session) advanceIdle(ctx context.Context, lsn pglogrepl.LSN, urgent bool) error {
+	// The checkpoint must follow every batch handed over before.
+	if err := s.sync(ctx); err != nil {
+		return err
+	}
 	ck := Checkpoint{LSN: lsn, Time: time.Now().UTC(), Tables: maps.Clone(s.tables)}
 	actx, cancel := context.WithTimeout(ctx, min(s.a.cfg.ApplyTimeout, 2*time.Second))
+	t := time.Now()
 	rev, err := s.a.cfg.Store.Apply(actx, []kvdriver.Op{kvdriver.Require(s.a.ckptKey, s.fence), kvdriver.Put(s.a.ckptKey, ck.value())})
+	s.a.met.storeWrite.Observe(time.Since(t).Seconds())
 	cancel()
 	s.a.update(func(st *Status) { st.StoreErr = err })
 	s.lastIdle = time.Now()
@@ -499,15 +561,15 @@ func (s *session) handleMessage(ctx context.Context, m pglogrepl.Message) error 
 		if s.inTxn {
 			return fmt.Errorf("replication stream: BEGIN of xid %d inside xid %d", m.Xid, s.xid)
 		}
-		s.inTxn, s.finalLSN, s.xid, s.rows = true, m.FinalLSN, m.Xid, 0
+		s.inTxn, s.finalLSN, s.xid, s.rows, s.txnTime = true, m.FinalLSN, m.Xid, 0, m.CommitTime
 		// Dedupe per transaction, never per row (rows of one statement can
 		// share an LSN): a transaction whose commit record starts before
-		// the checkpoint ends at or before it, so the store has it.
+		// the checkpoint ends at or before it, so the store has it. (The
+		// pipeline may hold newer transactions than s.ckpt: those end
+		// before this one begins, so the comparison is the same.)
 		s.skipTxn = m.FinalLSN < s.ckpt.LSN
 		s.buf.reset()
-		s.a.mu.Lock()
-		s.a.pendingSince = m.CommitTime
-		s.a.mu.Unlock()
+		s.updatePending()
 		return nil
 	case *pglogrepl.CommitMessage:
 		if !s.inTxn {
@@ -517,11 +579,7 @@ func (s *session) handleMessage(ctx context.Context, m pglogrepl.Message) error 
 		s.inTxn = false
 		s.buf.reset()
 		if err == nil {
-			s.applied = max(s.applied, m.TransactionEndLSN)
-			s.setServerEnd(s.serverEnd)
-			s.a.mu.Lock()
-			s.a.pendingSince = time.Time{}
-			s.a.mu.Unlock()
+			s.updatePending()
 		}
 		return err
 	case *pglogrepl.InsertMessage:
@@ -617,7 +675,11 @@ func (s *session) relFor(ctx context.Context, id uint32) (r *relation, skip bool
 		name = r.qualified
 	}
 	if s.tables[name] == "" {
-		// Added to the publication since the last poll?
+		// Added to the publication since the last poll? (A copy must
+		// follow the batches in flight.)
+		if err := s.sync(ctx); err != nil {
+			return nil, false, err
+		}
 		if err := s.pollTables(ctx); err != nil {
 			return nil, false, err
 		}
@@ -690,7 +752,7 @@ func (s *session) putRow(ctx context.Context, r *relation, vals [][]byte) error 
 	if err != nil {
 		return fmt.Errorf("table %s, key %s: %w", r.qualified, key, err)
 	}
-	if err := s.validatePut(r.qualified, key, val); err != nil {
+	if err := s.validateEncoded(r.qualified, key, val); err != nil {
 		return err
 	}
 	s.buf.put(key, val)
@@ -727,6 +789,10 @@ func (s *session) onTruncate(ctx context.Context, r *relation) error {
 			s.buf.del(op.Key)
 		}
 	}
+	// The listing must see the keys of every batch handed over.
+	if err := s.sync(ctx); err != nil {
+		return err
+	}
 	kvs, err := s.list(ctx, r.tmpl.ListPrefix())
 	if err != nil {
 		return err
@@ -757,9 +823,10 @@ func (s *session) maybeFlush(ctx context.Context) error {
 	return s.applyAll(ctx, s.buf.take(), false)
 }
 
-// commit resolves single-key tables, then applies the rest of the
-// transaction with the checkpoint (its commit end LSN) in the last batch,
-// then confirms it.
+// commit resolves single-key tables, then hands the rest of the
+// transaction to the pipeline with the checkpoint (its commit end LSN) in
+// the last batch; the checkpoint moves and the position is confirmed when
+// the store has acknowledged it (reap).
 func (s *session) commit(ctx context.Context, m *pglogrepl.CommitMessage) error {
 	if s.skipTxn {
 		s.a.log.Debug("transaction already in the store: skipped", "xid", s.xid, "commit_lsn", m.CommitLSN, "end_lsn", m.TransactionEndLSN)
@@ -770,22 +837,12 @@ func (s *session) commit(ctx context.Context, m *pglogrepl.CommitMessage) error 
 			return err
 		}
 	}
-	ck := Checkpoint{LSN: m.TransactionEndLSN, CommitLSN: m.CommitLSN, Time: m.CommitTime.UTC(), Tables: maps.Clone(s.tables)}
-	ops := append(s.buf.take(), kvdriver.Put(s.a.ckptKey, ck.value()))
-	if err := s.applyAll(ctx, ops, true); err != nil {
+	ck := &Checkpoint{LSN: m.TransactionEndLSN, CommitLSN: m.CommitLSN, Time: m.CommitTime.UTC(), Tables: maps.Clone(s.tables)}
+	txn := &commitInfo{xid: s.xid, commitLSN: m.CommitLSN, endLSN: m.TransactionEndLSN, time: m.CommitTime, rows: s.rows}
+	s.outstanding = append(s.outstanding, m.CommitTime)
+	if err := s.submit(ctx, s.buf.take(), nil, ck, ck, txn); err != nil {
 		return fmt.Errorf("apply transaction %d (commit %s): %w", s.xid, m.CommitLSN, err)
 	}
-	s.setCheckpoint(ck)
-	s.a.update(func(st *Status) { st.Transactions++ })
-	lag := time.Since(m.CommitTime)
-	s.a.met.txns.Inc()
-	s.a.met.rows.Add(float64(s.rows))
-	s.a.met.applyLatency.Observe(max(lag, 0).Seconds())
-	s.a.mu.Lock()
-	s.a.lastLag = lag
-	s.a.mu.Unlock()
-	s.sendStatus()
-	s.a.log.Debug("transaction applied", "xid", s.xid, "commit_lsn", m.CommitLSN, "end_lsn", m.TransactionEndLSN, "rows", s.rows, "ops", len(ops))
 	return nil
 }
 

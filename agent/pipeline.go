@@ -1,0 +1,395 @@
+package agent
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/bagger/lenkwerk/kvdriver"
+	"github.com/jackc/pglogrepl"
+)
+
+// The pipeline applies store batches on a goroutine of its own, the
+// applier, while the session goroutine goes on receiving and decoding the
+// stream (or reading a table copy). Without it the store idled while the
+// agent decoded the next chunk, and the agent idled while the store wrote:
+// each waited for the other.
+//
+// Order is kept: the applier writes one batch at a time, in the order the
+// session handed them over. What the session hands over while a batch is
+// in flight waits in one pending batch, and consecutive hand-overs are
+// merged there (group commit) as long as the merged batch fits the store's
+// limits: many small transactions become one store write whose checkpoint
+// is the last one's. A store revision may so hold several source
+// transactions, each whole, and, as before, a transaction larger than a
+// batch is still written in chunks. Merging coalesces per key, the later
+// change winning, which is what applying the batches one after the other
+// would have left.
+//
+// The session learns what the store acknowledged by reaping the
+// applier's results: only then does it move its checkpoint, confirm the
+// position to PostgreSQL and count the transactions. So the slot is never
+// confirmed past what the store has, exactly as without the pipeline.
+// Memory stays bounded: one batch in flight, one pending, and the
+// transaction being decoded.
+//
+// Everything that must see the store up to date first waits for the
+// pipeline to drain (sync): listing the store (truncate, table copies),
+// the idle keepalive checkpoint, copies of added tables.
+
+// commitInfo describes a transaction handed to the applier, for the
+// bookkeeping done once the store has it.
+type commitInfo struct {
+	xid       uint32
+	commitLSN pglogrepl.LSN
+	endLSN    pglogrepl.LSN
+	time      time.Time // commit time
+	rows      int
+}
+
+// handoff is one part of the session's work, at most one batch: a chunk,
+// or a transaction's last part with its checkpoint.
+type handoff struct {
+	ops   []kvdriver.Op // distinct keys, never the checkpoint key
+	ckOp  *kvdriver.Op  // the checkpoint write, applied last
+	ck    *Checkpoint   // encoded by the applier when ckOp is nil
+	stamp *Checkpoint   // acknowledged checkpoint, for the session's bookkeeping
+	txn   *commitInfo   // the transaction this part ends
+	bytes int           // key and value bytes of ops
+}
+
+// result is what one store write acknowledged.
+type result struct {
+	ck      *Checkpoint // last checkpoint in the batch (nil: none or the caller's)
+	txns    []commitInfo
+	chunk   bool // the batch carried no checkpoint
+	handoff int  // hand-overs it covered
+}
+
+type pipeline struct {
+	s *session
+
+	mu      sync.Mutex
+	pending []handoff // to merge into the next batch
+	ops     int       // operations in pending, checkpoints not counted
+	bytes   int       // their key and value bytes
+	hasCk   bool      // pending carries a checkpoint
+	queued  int       // hand-overs not yet acknowledged or failed
+	done    []result  // acknowledged, not yet reaped
+	err     error     // the applier failed and stopped
+	wake    context.CancelFunc
+
+	work   chan struct{} // pending is not empty
+	ready  chan struct{} // a result, a failure, or room in pending
+	cancel context.CancelFunc
+	exited chan struct{}
+}
+
+func newPipeline(s *session) *pipeline {
+	return &pipeline{
+		s:      s,
+		work:   make(chan struct{}, 1),
+		ready:  make(chan struct{}, 1),
+		exited: make(chan struct{}),
+	}
+}
+
+func signal(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
+
+// start runs the applier until ctx is done, stop is called, or a batch
+// fails for good.
+func (p *pipeline) start(ctx context.Context) {
+	ctx, p.cancel = context.WithCancel(ctx)
+	go func() {
+		defer close(p.exited)
+		p.run(ctx)
+	}()
+}
+
+// stop ends the applier and waits for it: a batch of an ended session must
+// not reach the store after the next session read the checkpoint.
+func (p *pipeline) stop() {
+	if p.cancel == nil {
+		return
+	}
+	p.cancel()
+	<-p.exited
+}
+
+func (p *pipeline) run(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			p.fail(ctx.Err())
+			return
+		case <-p.work:
+		}
+		p.mu.Lock()
+		batch := p.pending
+		p.pending, p.ops, p.bytes, p.hasCk = nil, 0, 0, false
+		p.mu.Unlock()
+		if len(batch) == 0 {
+			continue
+		}
+		signal(p.ready) // room for the session
+		ops, res := p.merge(batch)
+		err := p.s.applyBatch(ctx, ops)
+		if err != nil {
+			p.fail(err)
+			return
+		}
+		p.mu.Lock()
+		p.done = append(p.done, res)
+		p.queued -= res.handoff
+		wake := p.wake
+		p.mu.Unlock()
+		signal(p.ready)
+		if wake != nil {
+			wake()
+		}
+	}
+}
+
+func (p *pipeline) fail(err error) {
+	p.mu.Lock()
+	if p.err == nil {
+		p.err = err
+	}
+	wake := p.wake
+	p.mu.Unlock()
+	signal(p.ready)
+	if wake != nil {
+		wake()
+	}
+}
+
+// merge builds one store batch of consecutive hand-overs: their operations
+// coalesced per key (the later wins), then the last checkpoint.
+func (p *pipeline) merge(batch []handoff) ([]kvdriver.Op, result) {
+	res := result{handoff: len(batch)}
+	var ops []kvdriver.Op
+	if len(batch) == 1 {
+		ops = batch[0].ops
+	} else {
+		n := 0
+		for _, h := range batch {
+			n += len(h.ops)
+		}
+		ops = make([]kvdriver.Op, 0, n+1)
+		at := make(map[string]int, n)
+		for _, h := range batch {
+			for _, op := range h.ops {
+				if i, ok := at[op.Key]; ok {
+					ops[i] = op
+					continue
+				}
+				at[op.Key] = len(ops)
+				ops = append(ops, op)
+			}
+		}
+	}
+	var ck *kvdriver.Op
+	for _, h := range batch {
+		switch {
+		case h.ckOp != nil:
+			ck = h.ckOp
+		case h.ck != nil:
+			op := kvdriver.Put(p.s.a.ckptKey, h.ck.value())
+			ck = &op
+		}
+		if h.stamp != nil {
+			res.ck = h.stamp
+		}
+		if h.txn != nil {
+			res.txns = append(res.txns, *h.txn)
+		}
+	}
+	if ck != nil {
+		ops = append(ops[:len(ops):len(ops)], *ck)
+	}
+	res.chunk = ck == nil
+	return ops, res
+}
+
+// hand queues h for the applier, waiting while the pending batch has no
+// room for it (the store is the bottleneck then; the replication
+// connection is kept alive meanwhile).
+func (s *session) hand(ctx context.Context, h handoff) error {
+	p := s.pipe
+	hasCk := h.ckOp != nil || h.ck != nil
+	return s.waitPipeline(ctx, func() bool {
+		ops, bytes := p.ops+len(h.ops), p.bytes+h.bytes
+		if hasCk || p.hasCk {
+			// The merged batch carries one checkpoint.
+			ops++
+			bytes += s.ckReserve
+		}
+		if len(p.pending) > 0 && (ops > s.lim.ops || bytes > s.lim.bytes) {
+			return false
+		}
+		p.pending = append(p.pending, h)
+		p.ops += len(h.ops)
+		p.bytes += h.bytes
+		p.hasCk = p.hasCk || hasCk
+		p.queued++
+		signal(p.work)
+		return true
+	})
+}
+
+// submit hands ops over in parts that fit a batch; the last part carries
+// the checkpoint: ckOp as given, or ck, encoded when the part is written
+// (stamp and txn are for the session's bookkeeping once it is).
+func (s *session) submit(ctx context.Context, ops []kvdriver.Op, ckOp *kvdriver.Op, ck, stamp *Checkpoint, txn *commitInfo) error {
+	parts := split(ops, s.lim.ops, s.lim.bytes)
+	hs := make([]handoff, len(parts), len(parts)+1)
+	for i, part := range parts {
+		hs[i].ops = part
+		for _, op := range part {
+			hs[i].bytes += len(op.Key) + len(op.Value)
+		}
+	}
+	if ckOp != nil || ck != nil {
+		// The checkpoint goes with the last part if it fits, else alone.
+		if n := len(hs); n == 0 || len(hs[n-1].ops)+1 > s.lim.ops || hs[n-1].bytes+s.ckReserve > s.lim.bytes {
+			hs = append(hs, handoff{})
+		}
+		last := &hs[len(hs)-1]
+		last.ckOp, last.ck, last.stamp, last.txn = ckOp, ck, stamp, txn
+	}
+	for _, h := range hs {
+		if err := s.hand(ctx, h); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// sync waits until the store has everything handed over, and reaps it.
+func (s *session) sync(ctx context.Context) error {
+	p := s.pipe
+	return s.waitPipeline(ctx, func() bool { return p.queued == 0 })
+}
+
+// waitPipeline reaps results until cond, called under the pipeline's lock,
+// holds; it fails with the applier's error. Standby status updates go on
+// meanwhile: a store write may take longer than wal_sender_timeout.
+func (s *session) waitPipeline(ctx context.Context, cond func() bool) error {
+	p := s.pipe
+	var tick *time.Ticker
+	for {
+		if err := s.reap(); err != nil {
+			return err
+		}
+		p.mu.Lock()
+		ok := cond()
+		p.mu.Unlock()
+		if ok {
+			return nil
+		}
+		if tick == nil {
+			tick = time.NewTicker(s.a.cfg.StatusInterval / 2)
+			defer tick.Stop()
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-p.ready:
+		case <-tick.C:
+			s.keepalive()
+		}
+	}
+}
+
+// reap does the session's side of what the store acknowledged: the
+// checkpoint moves, transactions are counted, the position is confirmed.
+// It returns the applier's error once the applier has failed.
+func (s *session) reap() error {
+	p := s.pipe
+	p.mu.Lock()
+	done, err := p.done, p.err
+	p.done = nil
+	p.mu.Unlock()
+	for _, r := range done {
+		s.acknowledge(r)
+	}
+	if err != nil {
+		return err
+	}
+	return nil
+}
+
+// setWake makes a finished batch interrupt the receive loop's wait for the
+// next message (wake is its context's cancel), so the session confirms
+// without waiting for the next message or status interval. A result
+// already waiting wakes at once.
+func (p *pipeline) setWake(wake context.CancelFunc) {
+	p.mu.Lock()
+	p.wake = wake
+	now := wake != nil && (len(p.done) > 0 || p.err != nil)
+	p.mu.Unlock()
+	if now {
+		wake()
+	}
+}
+
+func (s *session) acknowledge(r result) {
+	if r.chunk {
+		s.a.mu.Lock()
+		s.a.stats.chunks++
+		s.a.mu.Unlock()
+	}
+	if r.ck != nil {
+		s.ckpt = *r.ck
+		s.confirmed = max(s.confirmed, r.ck.LSN)
+		s.applied = max(s.applied, r.ck.LSN)
+		s.a.update(func(st *Status) { st.Checkpoint = r.ck.LSN })
+	}
+	if len(r.txns) == 0 {
+		return
+	}
+	now := time.Now()
+	for _, t := range r.txns {
+		lag := now.Sub(t.time)
+		s.a.met.txns.Inc()
+		s.a.met.rows.Add(float64(t.rows))
+		s.a.met.applyLatency.Observe(max(lag, 0).Seconds())
+		s.a.log.Debug("transaction applied", "xid", t.xid, "commit_lsn", t.commitLSN, "end_lsn", t.endLSN, "rows", t.rows)
+	}
+	s.outstanding = s.outstanding[min(len(r.txns), len(s.outstanding)):]
+	s.a.update(func(st *Status) { st.Transactions += int64(len(r.txns)) })
+	s.a.mu.Lock()
+	s.a.lastLag = now.Sub(r.txns[len(r.txns)-1].time)
+	s.a.mu.Unlock()
+	s.checkCaughtUp()
+	s.setServerEnd(s.serverEnd)
+	s.updatePending()
+	s.sendStatus()
+}
+
+// updatePending sets the commit time of the oldest transaction the store
+// does not have yet (for the lag): handed over, or being received.
+func (s *session) updatePending() {
+	var t time.Time
+	switch {
+	case len(s.outstanding) > 0:
+		t = s.outstanding[0]
+	case s.inTxn && !s.skipTxn:
+		t = s.txnTime
+	}
+	s.a.mu.Lock()
+	s.a.pendingSince = t
+	s.a.mu.Unlock()
+}
+
+// idle reports whether everything handed over is in the store.
+func (p *pipeline) idle() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.queued == 0
+}
