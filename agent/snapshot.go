@@ -200,6 +200,9 @@ func (s *session) copyTables(ctx context.Context, snapshot string, tables []tabl
 		if err := checkIdentity(info.qualified(), tmpl, info.identity, info.identCols); err != nil {
 			return nil, nil, 0, err
 		}
+		if err := keyColumnsExist(ctx, tx, info, tmpl); err != nil {
+			return nil, nil, 0, err
+		}
 		if tmpl.Singleton() && len(info.pk) == 0 {
 			return nil, nil, 0, fmt.Errorf("table %s (key %s): a single-key table needs a primary key to find its newest row", info.qualified(), tmpl)
 		}
@@ -237,7 +240,7 @@ func (s *session) copyTables(ctx context.Context, snapshot string, tables []tabl
 		cols := j.tmpl.Columns()
 		rs, err := tx.Query(ctx, selectSQL(j.info, j.tmpl.Singleton(), cols...))
 		if err != nil {
-			return nil, nil, 0, copyError(j.info, j.tmpl, err)
+			return nil, nil, 0, fmt.Errorf("copy table %s: %w", j.info.qualified(), err)
 		}
 		// The key's columns come as their own to_jsonb values, next to the
 		// row: parsing every row only to find them was most of the copy's
@@ -275,7 +278,7 @@ func (s *session) copyTables(ctx context.Context, snapshot string, tables []tabl
 		}
 		rs.Close()
 		if err := rs.Err(); err != nil {
-			return nil, nil, 0, copyError(j.info, j.tmpl, err)
+			return nil, nil, 0, fmt.Errorf("copy table %s: %w", j.info.qualified(), err)
 		}
 		s.a.mu.Lock()
 		s.a.stats.copies++
@@ -298,13 +301,27 @@ func (s *session) copyTables(ctx context.Context, snapshot string, tables []tabl
 	return names, buf.take(), rows, nil
 }
 
-// copyError names the table, and the key template when the table lacks one
-// of its columns (the copy query selects them).
-func copyError(t tableInfo, tmpl *keymap.Template, err error) error {
-	if pgErr, ok := errors.AsType[*pgconn.PgError](err); ok && pgErr.Code == "42703" { // undefined_column
-		return fmt.Errorf("copy table %s: key %s uses a column the table does not have: %w", t.qualified(), tmpl, err)
+// keyColumnsExist refuses a key template column the table lacks, as the
+// stream does (newRelation). The copy selects the key columns by name, and
+// a system column (xmin, ctid, …) would answer where the row's to_jsonb has
+// no such column.
+func keyColumnsExist(ctx context.Context, q querier, t tableInfo, tmpl *keymap.Template) error {
+	cols := tmpl.Columns()
+	if len(cols) == 0 {
+		return nil
 	}
-	return fmt.Errorf("copy table %s: %w", t.qualified(), err)
+	var have []string
+	err := q.QueryRow(ctx, `SELECT coalesce(array_agg(attname::text), '{}') FROM pg_attribute
+WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped AND attname = ANY($2)`, sqlName(t.schema, t.name), cols).Scan(&have)
+	if err != nil {
+		return fmt.Errorf("table %s: read columns: %w", t.qualified(), err)
+	}
+	for _, c := range cols {
+		if !slices.Contains(have, c) {
+			return fmt.Errorf("table %s: key %s uses column %q, which the table does not have", t.qualified(), tmpl, c)
+		}
+	}
+	return nil
 }
 
 // keySpace lists the store keys that have the shape of one of the

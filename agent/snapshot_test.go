@@ -154,3 +154,27 @@ func TestCopiedKeysMatchStreamed(t *testing.T) {
 		t.Fatalf("streamed keys:\n%s\ncopied keys:\n%s", strings.Join(streamed, "\n"), strings.Join(copied, "\n"))
 	}
 }
+
+// A key template column the table lacks stops the copy, as it stops the
+// stream, even when a system column has that name: the copy selects key
+// columns by name, and xmin would answer.
+func TestCopyKeyColumnMissing(t *testing.T) {
+	e := newEnv(t, "")
+	e.exec(`CREATE TABLE storage.sys (id int PRIMARY KEY, v text)`)
+	e.exec(`ALTER TABLE storage.sys REPLICA IDENTITY FULL`)
+	e.exec(`ALTER PUBLICATION bagger_lw_storage ADD TABLE storage.sys`)
+	e.exec(`INSERT INTO storage.sys VALUES (1, 'one')`)
+	cfg := e.config()
+	cfg.Templates = map[string]string{"storage.sys": "/Sys/{xmin}"}
+	a := e.start(cfg)
+	var err error
+	waitFor(t, "the error", 30*time.Second, func() bool { err = a.Status().Err; return err != nil })
+	for _, want := range []string{"storage.sys", "/Sys/{xmin}", `column "xmin", which the table does not have`} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not name %q", err, want)
+		}
+	}
+	if kvs, _, err := e.store.List(context.Background(), "/Sys"); err != nil || len(kvs) != 0 {
+		t.Fatalf("keys under /Sys: %v, %v; want none", kvs, err)
+	}
+}
