@@ -14,7 +14,7 @@ LENKWERK_ETCD_IMAGE  ?= lenkwerk/etcd:dev
 LENKWERK_PG_IMAGE    ?= lenkwerk/postgres:15
 export LENKWERK_AGENT_IMAGE LENKWERK_ETCD_IMAGE LENKWERK_PG_IMAGE
 
-.PHONY: all build test lint bench fuzz images clean
+.PHONY: all build test lint bench bench-go fuzz images clean
 
 all: build
 
@@ -36,10 +36,18 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
-# Go benchmarks against real PostgreSQL and etcd; each driver figure is next
-# to a raw baseline measured in the same run.
+# The benchmark suite against real PostgreSQL, etcd and pgkv: every figure
+# next to a raw baseline measured in the same run, printed as the table of
+# integration/bench/BENCHMARKS.md (~6 min; LWBENCHFLAGS='-only bulk -rows
+# 10000' for less, -json FILE keeps the raw results).
+LWBENCHFLAGS ?= -large -drivers
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem $(BENCHFLAGS) $(PKGS)
+	$(GO) run ./integration/bench/cmd/lwbench $(LWBENCHFLAGS)
+
+# Every package's Go benchmarks, one package at a time (two suites sharing
+# two cores distort each other's figures).
+bench-go:
+	$(GO) test -p 1 -run '^$$' -bench . -benchmem $(BENCHFLAGS) $(PKGS)
 
 # Fuzz targets (package:target). Their seed corpora in testdata/fuzz run in
 # every `go test`; this runs the fuzzer itself for FUZZTIME each (make test:
