@@ -156,10 +156,11 @@ func (s *session) validatePut(table, key string, value []byte) error {
 	return s.checkRowSize(table, key, value)
 }
 
-// validateEncoded is validatePut for values the agent encoded itself
-// (pgjson): the key and the sizes are checked, the JSON is not parsed
-// again here (a quarter of the stream's CPU); the store driver checks every
-// value before writing the batch anyway.
+// validateEncoded is validatePut for values that are JSON by construction
+// (pgjson's encoding, the server's to_jsonb text in a UTF8 database): the
+// key and the sizes are checked, the JSON is not parsed again here (a
+// quarter of the stream's CPU); the store driver checks every value of a
+// batch before writing it anyway.
 func (s *session) validateEncoded(table, key string, value []byte) error {
 	l := s.lim.store
 	if err := kvdriver.ValidateKey(key); err != nil {

@@ -262,7 +262,7 @@ func (s *session) copyTables(ctx context.Context, snapshot string, tables []tabl
 			key, err := j.tmpl.Key(keyRow)
 			v := bytes.Clone(raw[0])
 			if err == nil {
-				err = s.validatePut(j.info.qualified(), key, v)
+				err = s.validateEncoded(j.info.qualified(), key, v)
 			}
 			if err != nil {
 				rs.Close()
