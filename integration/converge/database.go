@@ -156,7 +156,7 @@ func (t publishedTable) rows(ctx context.Context, tx pgx.Tx, mapper *keymap.Mapp
 			if i > 0 {
 				q += ", "
 			}
-			q += pgx.Identifier{c}.Sanitize() + " DESC"
+			q += "r." + pgx.Identifier{c}.Sanitize() + " DESC" // qualified: the output column is named to_jsonb
 		}
 		q += " LIMIT 1"
 	}
