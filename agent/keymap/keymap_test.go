@@ -129,3 +129,34 @@ func TestTemplatesAndPrefixes(t *testing.T) {
 		t.Fatalf("Prefix() = %q", m.Prefix())
 	}
 }
+
+// Key takes a JSON string's text without decoding it when it has no
+// escapes; the key must be the one json.Unmarshal's decoding gives, and a
+// raw control character (invalid JSON) must still be refused.
+func TestKeyStringFastPath(t *testing.T) {
+	m, err := New("", map[string]string{"s.t": "/T/{c}"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl, err := m.Table("s", "t", []string{"c"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{"a", "a/b", "ä 𝄞", "%2F", ".", "..", `q"uote`, `back\slash`, "tab\tx", "x\u2028y", "<&>"} {
+		raw, err := json.Marshal(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := tmpl.Key(map[string]json.RawMessage{"c": raw})
+		if err != nil {
+			t.Errorf("Key(%s): %v", raw, err)
+			continue
+		}
+		if want := "/T/" + EscapeSegment(s); got != want {
+			t.Errorf("Key(%s) = %q, want %q", raw, got, want)
+		}
+	}
+	if k, err := tmpl.Key(map[string]json.RawMessage{"c": json.RawMessage("\"a\x01b\"")}); err == nil {
+		t.Errorf("Key of a string with a raw control character = %q, want an error", k)
+	}
+}
