@@ -16,6 +16,7 @@ import (
 	"github.com/moby/moby/api/types/network"
 	"github.com/moby/moby/client"
 	"github.com/testcontainers/testcontainers-go"
+	tcexec "github.com/testcontainers/testcontainers-go/exec"
 	tclog "github.com/testcontainers/testcontainers-go/log"
 	tcnetwork "github.com/testcontainers/testcontainers-go/network"
 )
@@ -46,19 +47,20 @@ func NewNetwork(tb testing.TB) *Network {
 // Name is the network's Docker name.
 func (n *Network) Name() string { return n.nw.Name }
 
-// Container is one container of a stack, known on its network by Name.
+// Container is one container of a stack, known on each of its networks by
+// Name.
 type Container struct {
 	Name string
-	nw   *Network
+	nws  []*Network
 	ctr  *testcontainers.DockerContainer
 }
 
-// run creates and starts a container on nw under the network alias name;
+// run creates and starts a container on nws under the network alias name;
 // tb's Cleanup removes it (killing it at once) and, when the test failed,
 // logs the end of its output first.
-func run(tb testing.TB, nw *Network, name, image string, opts ...testcontainers.ContainerCustomizer) *Container {
+func run(tb testing.TB, nws []*Network, name, image string, opts ...testcontainers.ContainerCustomizer) *Container {
 	tb.Helper()
-	c, err := start(tb, nw, name, image, opts...)
+	c, err := start(tb, nws, name, image, opts...)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -66,14 +68,17 @@ func run(tb testing.TB, nw *Network, name, image string, opts ...testcontainers.
 }
 
 // start is run without failing tb, for use from other goroutines.
-func start(tb testing.TB, nw *Network, name, image string, opts ...testcontainers.ContainerCustomizer) (*Container, error) {
+func start(tb testing.TB, nws []*Network, name, image string, opts ...testcontainers.ContainerCustomizer) (*Container, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	opts = append([]testcontainers.ContainerCustomizer{
-		tcnetwork.WithNetwork([]string{name}, nw.nw),
+	var base []testcontainers.ContainerCustomizer
+	for _, nw := range nws {
+		base = append(base, tcnetwork.WithNetwork([]string{name}, nw.nw))
+	}
+	opts = append(append(base,
 		testcontainers.WithLabels(labels(tb.Name())),
 		testcontainers.WithLogger(tclog.TestLogger(tb)),
-	}, opts...)
+	), opts...)
 	ctr, err := testcontainers.Run(ctx, image, opts...)
 	// Registered even when Run failed: a created container is removed too.
 	tb.Cleanup(func() {
@@ -84,7 +89,7 @@ func start(tb testing.TB, nw *Network, name, image string, opts ...testcontainer
 			tb.Errorf("remove container %s: %v", name, err)
 		}
 	})
-	c := &Container{Name: name, nw: nw, ctr: ctr}
+	c := &Container{Name: name, nws: nws, ctr: ctr}
 	if ctr != nil {
 		tb.Cleanup(func() {
 			if tb.Failed() {
@@ -175,34 +180,73 @@ func (c *Container) ExitCode(ctx context.Context) (int, error) {
 	return code, err
 }
 
-// Disconnect takes the container off its network: its connections hang
-// and it reaches no one, as in a network partition. Connect heals it.
+// Disconnect takes the container off all its networks: its connections
+// hang and it reaches no one, as in a network partition. Connect heals it.
 func (c *Container) Disconnect(ctx context.Context) error {
-	cli, err := dockerClient(ctx)
-	if err != nil {
-		return err
-	}
-	_, err = cli.NetworkDisconnect(ctx, c.nw.nw.ID, client.NetworkDisconnectOptions{Container: c.ID(), Force: true})
-	if err != nil {
-		return fmt.Errorf("disconnect %s: %w", c.Name, err)
+	for _, nw := range c.nws {
+		if err := c.DisconnectFrom(ctx, nw); err != nil {
+			return err
+		}
 	}
 	return nil
 }
 
-// Connect puts a disconnected container back on its network, under its name.
+// Connect puts a disconnected container back on all its networks, under
+// its name.
 func (c *Container) Connect(ctx context.Context) error {
+	for _, nw := range c.nws {
+		if err := c.ConnectTo(ctx, nw); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// DisconnectFrom takes the container off one of its networks: it no longer
+// reaches the containers that are only there (nor resolves their names),
+// and keeps reaching those of its other networks — a partition between
+// some parts of the stack. ConnectTo heals it.
+func (c *Container) DisconnectFrom(ctx context.Context, nw *Network) error {
 	cli, err := dockerClient(ctx)
 	if err != nil {
 		return err
 	}
-	_, err = cli.NetworkConnect(ctx, c.nw.nw.ID, client.NetworkConnectOptions{
+	_, err = cli.NetworkDisconnect(ctx, nw.nw.ID, client.NetworkDisconnectOptions{Container: c.ID(), Force: true})
+	if err != nil {
+		return fmt.Errorf("disconnect %s from network %s: %w", c.Name, nw.Name(), err)
+	}
+	return nil
+}
+
+// ConnectTo puts the container on network nw, under its name.
+func (c *Container) ConnectTo(ctx context.Context, nw *Network) error {
+	cli, err := dockerClient(ctx)
+	if err != nil {
+		return err
+	}
+	_, err = cli.NetworkConnect(ctx, nw.nw.ID, client.NetworkConnectOptions{
 		Container:      c.ID(),
 		EndpointConfig: &network.EndpointSettings{Aliases: []string{c.Name}},
 	})
 	if err != nil {
-		return fmt.Errorf("connect %s: %w", c.Name, err)
+		return fmt.Errorf("connect %s to network %s: %w", c.Name, nw.Name(), err)
 	}
 	return nil
+}
+
+// Exec runs cmd inside the running container (docker exec), in its
+// network namespace: what the container itself reaches, cmd reaches. It
+// returns the exit code and the output, stdout and stderr together.
+func (c *Container) Exec(ctx context.Context, cmd ...string) (int, string, error) {
+	code, r, err := c.ctr.Exec(ctx, cmd, tcexec.Multiplexed())
+	if err != nil {
+		return -1, "", fmt.Errorf("exec %v in %s: %w", cmd, c.Name, err)
+	}
+	out, err := io.ReadAll(r)
+	if err != nil {
+		return code, string(out), fmt.Errorf("exec %v in %s: output: %w", cmd, c.Name, err)
+	}
+	return code, string(out), nil
 }
 
 // Inspect returns what Docker knows of the container (its configuration,

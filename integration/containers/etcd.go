@@ -35,7 +35,7 @@ func StartEtcd(tb testing.TB, nw *Network, img Images, n int) *Etcd {
 	for i := range n {
 		name := fmt.Sprintf("etcd%d", i)
 		wg.Go(func() {
-			e.Members[i], errs[i] = start(tb, nw, name, img.Etcd,
+			e.Members[i], errs[i] = start(tb, []*Network{nw}, name, img.Etcd,
 				testcontainers.WithEntrypoint(img.EtcdEntrypoint),
 				testcontainers.WithCmd(
 					"--name", name,

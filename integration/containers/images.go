@@ -105,10 +105,13 @@ func buildImages() error {
 	script := filepath.Join(filepath.Dir(file), "..", "..", "docker", "build-images.sh")
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, script)
+	// Through bash, not the script's shebang: a clean clone may have lost
+	// the executable bit (an archive, core.fileMode=false, a Windows
+	// checkout).
+	cmd := exec.CommandContext(ctx, "bash", script)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		return fmt.Errorf("%s: %w\n%s", script, err, out)
+		return fmt.Errorf("bash %s: %w\n%s", script, err, out)
 	}
 	return nil
 }

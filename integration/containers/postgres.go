@@ -25,7 +25,7 @@ const DefaultDatabase = "lenkwerk"
 // accepts connections.
 func StartPostgres(tb testing.TB, nw *Network, img Images) *Postgres {
 	tb.Helper()
-	c := run(tb, nw, "postgres", img.Postgres,
+	c := run(tb, []*Network{nw}, "postgres", img.Postgres,
 		testcontainers.WithEnv(map[string]string{
 			"POSTGRES_DB":               DefaultDatabase,
 			"POSTGRES_HOST_AUTH_METHOD": "trust",
