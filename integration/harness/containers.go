@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -17,54 +18,67 @@ import (
 // stopTimeout is how long a container has to stop before it is killed.
 const stopTimeout = 10 * time.Second
 
-// ctrs is the containers backend: PostgreSQL, etcd and the agent as
-// containers on a network of the Stack's own (integration/containers).
+// agentStopTimeout is how long an agent has to exit after SIGTERM.
+const agentStopTimeout = 30 * time.Second
+
+// ctrs is the containers backend: PostgreSQL, etcd and lenkwerk processes
+// as containers, through integration/containers. PostgreSQL and the store
+// are on networks of their own, lenkwerk containers on both, so that
+// PartitionAgentFromDB can cut exactly the agent's way to PostgreSQL.
 // Host ports change whenever a container restarts.
 type ctrs struct {
 	tb    testing.TB
 	cfg   config
 	img   containers.Images
-	nw    *containers.Network
+	dbNet *containers.Network // PostgreSQL
+	kvNet *containers.Network // etcd; nil with PGKV
 	pg    *containers.Postgres
 	etcd  *containers.Etcd // nil with PGKV
-	agent *containers.Container
 }
 
 func startContainers(ctx context.Context, tb testing.TB, cfg config) (*ctrs, error) {
 	c := &ctrs{tb: tb, cfg: cfg, img: containers.EnsureImages(tb)}
-	c.nw = containers.NewNetwork(tb)
-	c.pg = containers.StartPostgres(tb, c.nw, c.img)
+	c.dbNet = containers.NewNetwork(tb)
+	c.pg = containers.StartPostgres(tb, c.dbNet, c.img)
 	server, err := c.pg.URL(ctx, "postgres", "")
 	if err != nil {
 		return nil, err
 	}
-	admin, err := c.pg.URL(ctx, Database, "")
-	if err != nil {
+	if err := createDatabase(ctx, server); err != nil {
 		return nil, err
 	}
-	if err := migrate(ctx, server, admin); err != nil {
-		return nil, err
+	if cfg.migrateCmd {
+		// The migrate job of a deployment: a container of its own.
+		if out, err := c.run(ctx, "migrate", []string{"migrate", "up", "--database-url", c.pg.InternalURL(Database, "")}); err != nil {
+			return nil, fmt.Errorf("migrate job: %w\n%s", err, out)
+		}
+	} else {
+		admin, err := c.pg.URL(ctx, Database, "")
+		if err != nil {
+			return nil, err
+		}
+		if err := migrate(ctx, admin); err != nil {
+			return nil, err
+		}
 	}
-	kvInternal := c.pg.InternalURL(Database, "")
 	switch cfg.kv {
-	case Etcd:
-		c.etcd = containers.StartEtcd(tb, c.nw, c.img, 1)
-	case EtcdCluster:
-		c.etcd = containers.StartEtcd(tb, c.nw, c.img, 3)
+	case Etcd, EtcdCluster:
+		n := 1
+		if cfg.kv == EtcdCluster {
+			n = 3
+		}
+		c.kvNet = containers.NewNetwork(tb)
+		c.etcd = containers.StartEtcd(tb, c.kvNet, c.img, n)
 	}
-	if c.etcd != nil {
-		kvInternal = c.etcd.InternalURL()
-	}
-	args := []string{"agent",
-		"--database-url", c.pg.InternalURL(Database, "lenkwerk_agent"),
-		"--kv", kvInternal,
-		"--log-level", cfg.logLevel,
-	}
-	if cfg.prefix != "" {
-		args = append(args, "--prefix", cfg.prefix)
-	}
-	c.agent = containers.StartLenkwerk(tb, c.nw, c.img, "agent", args...)
 	return c, nil
+}
+
+// networks are the networks of lenkwerk containers.
+func (c *ctrs) networks() []*containers.Network {
+	if c.kvNet == nil {
+		return []*containers.Network{c.dbNet}
+	}
+	return []*containers.Network{c.dbNet, c.kvNet}
 }
 
 func (c *ctrs) urls(ctx context.Context) (string, string, error) {
@@ -79,34 +93,35 @@ func (c *ctrs) urls(ctx context.Context) (string, string, error) {
 	return admin, kv, err
 }
 
+func (c *ctrs) agentDB() string { return c.pg.InternalURL(Database, "lenkwerk_agent") }
+
+func (c *ctrs) agentKV() string {
+	if c.etcd == nil {
+		return c.pg.InternalURL(Database, "")
+	}
+	return c.etcd.InternalURL()
+}
+
 func (c *ctrs) movesPorts() bool { return true }
 
-func (c *ctrs) startAgent(ctx context.Context) error {
-	if running, err := c.agent.Running(ctx); err != nil || running {
-		return err
-	}
-	return c.agent.Start(ctx)
+func (c *ctrs) newProc(name string, args []string) (proc, error) {
+	return &ctrProc{c: c, name: name, args: args}, nil
 }
 
-func (c *ctrs) killAgent(ctx context.Context) error { return c.agent.Kill(ctx) }
-
-func (c *ctrs) stopAgent(ctx context.Context) error {
-	if running, err := c.agent.Running(ctx); err != nil || !running {
-		return err
-	}
-	return c.agent.Stop(ctx, 30*time.Second)
-}
-
-func (c *ctrs) agentRunning(ctx context.Context) (bool, error) { return c.agent.Running(ctx) }
-
-func (c *ctrs) agentLog() string {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	b, err := c.agent.Logs(ctx)
+func (c *ctrs) run(ctx context.Context, name string, args []string) (string, error) {
+	ctr, err := containers.NewLenkwerkOn(c.tb, c.networks(), c.img, name, nil, args...)
 	if err != nil {
-		return err.Error()
+		return "", err
 	}
-	return tail(string(b), 40)
+	code, err := ctr.ExitCode(ctx)
+	out, lerr := ctr.Logs(ctx)
+	if err == nil {
+		err = lerr
+	}
+	if err == nil && code != 0 {
+		err = fmt.Errorf("exit code %d", code)
+	}
+	return string(out), err
 }
 
 func (c *ctrs) stopStore(ctx context.Context) error {
@@ -116,12 +131,16 @@ func (c *ctrs) stopStore(ctx context.Context) error {
 	return c.eachMember(func(i int) error { return c.etcd.Members[i].Stop(ctx, stopTimeout) })
 }
 
+func (c *ctrs) killStore(ctx context.Context) error {
+	if c.etcd == nil {
+		return c.pg.Kill(ctx)
+	}
+	return c.eachMember(func(i int) error { return c.etcd.Members[i].Kill(ctx) })
+}
+
 func (c *ctrs) startStore(ctx context.Context) error {
 	if c.etcd == nil {
-		if err := c.pg.Start(ctx); err != nil {
-			return err
-		}
-		return c.pg.WaitReady(ctx)
+		return c.startPostgres(ctx)
 	}
 	// Members wait for each other's votes: start them all, then wait.
 	if err := c.eachMember(func(i int) error { return c.etcd.Members[i].Start(ctx) }); err != nil {
@@ -165,9 +184,123 @@ func (c *ctrs) startNode(ctx context.Context, i int) error {
 	return c.etcd.Restart(ctx, i)
 }
 
-func (c *ctrs) partition(ctx context.Context) error { return c.agent.Disconnect(ctx) }
+func (c *ctrs) stopPostgres(ctx context.Context) error { return c.pg.Stop(ctx, 20*time.Second) }
 
-func (c *ctrs) heal(ctx context.Context) error { return c.agent.Connect(ctx) }
+func (c *ctrs) killPostgres(ctx context.Context) error { return c.pg.Kill(ctx) }
+
+func (c *ctrs) startPostgres(ctx context.Context) error {
+	if err := c.pg.Start(ctx); err != nil {
+		return err
+	}
+	return c.pg.WaitReady(ctx)
+}
+
+// partition takes the agent off PostgreSQL's network only: it keeps the
+// store's.
+func (c *ctrs) partition(ctx context.Context, agent proc) error {
+	return c.cut(ctx, agent, []*containers.Network{c.dbNet})
+}
+
+// isolate takes the agent off all its networks.
+func (c *ctrs) isolate(ctx context.Context, agent proc) error {
+	return c.cut(ctx, agent, c.networks())
+}
+
+func (c *ctrs) cut(ctx context.Context, agent proc, nws []*containers.Network) error {
+	cp := agent.(*ctrProc)
+	if cp.ctr == nil {
+		return errors.New("the agent was never started")
+	}
+	for _, nw := range nws {
+		if slices.Contains(cp.cut, nw) {
+			continue
+		}
+		if err := cp.ctr.DisconnectFrom(ctx, nw); err != nil {
+			return err
+		}
+		cp.cut = append(cp.cut, nw)
+	}
+	return nil
+}
+
+func (c *ctrs) heal(ctx context.Context, agent proc) error {
+	cp := agent.(*ctrProc)
+	for len(cp.cut) > 0 {
+		if err := cp.ctr.ConnectTo(ctx, cp.cut[0]); err != nil {
+			return err
+		}
+		cp.cut = cp.cut[1:]
+	}
+	return nil
+}
+
+// ctrProc is a lenkwerk container, created at its first start and
+// restarted (docker start) after.
+type ctrProc struct {
+	c    *ctrs
+	name string
+	args []string
+	ctr  *containers.Container
+	cut  []*containers.Network // networks it was taken off
+}
+
+func (cp *ctrProc) start(ctx context.Context) error {
+	if cp.ctr != nil {
+		return cp.ctr.Start(ctx)
+	}
+	var opts []testcontainers.ContainerCustomizer
+	if cp.c.cfg.readOnly {
+		opts = append(opts, containers.ReadOnlyRootfs())
+	}
+	ctr, err := containers.NewLenkwerkOn(cp.c.tb, cp.c.networks(), cp.c.img, cp.name, opts, cp.args...)
+	if err != nil {
+		return err
+	}
+	cp.ctr = ctr
+	return nil
+}
+
+func (cp *ctrProc) kill(ctx context.Context) error {
+	if running, err := cp.running(ctx); err != nil || !running {
+		return err
+	}
+	return cp.ctr.Kill(ctx)
+}
+
+func (cp *ctrProc) term(ctx context.Context) (int, error) {
+	timeout := agentStopTimeout
+	if d, ok := ctx.Deadline(); ok {
+		timeout = min(timeout, time.Until(d))
+	}
+	// docker stop: SIGTERM, SIGKILL after timeout.
+	if err := cp.ctr.Stop(ctx, timeout); err != nil {
+		return -1, err
+	}
+	return cp.ctr.ExitCode(ctx)
+}
+
+func (cp *ctrProc) running(ctx context.Context) (bool, error) {
+	if cp.ctr == nil {
+		return false, nil
+	}
+	return cp.ctr.Running(ctx)
+}
+
+func (cp *ctrProc) logs(ctx context.Context) ([]byte, error) {
+	if cp.ctr == nil {
+		return nil, nil
+	}
+	return cp.ctr.Logs(ctx)
+}
+
+func (cp *ctrProc) container() *containers.Container { return cp.ctr }
+
+func (cp *ctrProc) exec(ctx context.Context, args []string) (int, string, error) {
+	if running, err := cp.running(ctx); err != nil || !running {
+		return -1, "", fmt.Errorf("container %s does not run (%v)", cp.name, err)
+	}
+	return cp.ctr.Exec(ctx, append([]string{containers.AgentBinary}, args...)...)
+}
 
 // dockerAnswers reports whether a Docker engine answers a ping within a
 // few seconds.

@@ -49,6 +49,34 @@
 //     in the store, or to compare the whole store with the database
 //     (package integration/converge does the comparison).
 //
+// # The agent and other lenkwerk processes
+//
+// Agent is the Stack's agent, a Process: Start, Kill, Stop (SIGTERM, and
+// its exit code), Running, Log and WaitLog (wait for a line of its
+// output), UnexpectedExits (exits nobody asked for — an agent should
+// have none) and Exec (run a lenkwerk command where it runs, e.g. inside
+// its container). WithAgentStopped has Start return before the agent's
+// first start, so a test can fill the database (or break something) first:
+//
+//	s := harness.Start(t, harness.WithAgentStopped())
+//	// … rows for the initial sync to copy …
+//	if err := s.Agent().Start(ctx); err != nil { t.Fatal(err) }
+//	// … later: a clean shutdown must exit 0
+//	if code, err := s.Agent().Stop(ctx); err != nil || code != 0 { t.Fatal(code, err) }
+//
+// The agent runs `lenkwerk agent` with --database-url (as lenkwerk_agent,
+// application_name its name), --kv, --log-level, --prefix and what
+// WithAgentArgs and WithKeyTemplate add; AgentFlags returns them.
+// AddAgent creates a second agent on the same slot and store (a standby,
+// for failover tests); Command any long-running lenkwerk process next to
+// the agent (`lenkwerk kv watch`), and Lenkwerk runs a command to its end
+// (`lenkwerk resync` with AgentFlags). Such commands take the URLs as
+// processes of the Stack reach them: AgentDatabaseURL and AgentKVURL.
+// WithMigrateCommand migrates with `lenkwerk migrate up` (a migrate job
+// container on the containers backend) instead of in the test process;
+// WithReadOnlyAgent runs the agents' containers with a read-only root
+// filesystem, and Process.Container gives the container (Inspect, Top).
+//
 // # Choosing the store and the backend
 //
 // WithKV picks the store: Etcd (one member, the default), EtcdCluster (three
@@ -58,9 +86,11 @@
 //
 // Two backends run the same Stack:
 //
-//   - Containers: PostgreSQL, etcd and the agent as Docker containers on a
-//     network of the Stack's own, through testcontainers-go and package
-//     integration/containers. Images come from docker/build-images.sh (make
+//   - Containers: PostgreSQL, etcd and the agent as Docker containers,
+//     through testcontainers-go and package integration/containers.
+//     PostgreSQL and etcd are on two networks of the Stack's own, lenkwerk
+//     containers on both, so a partition can cut one way and not the
+//     other. Images come from docker/build-images.sh (make
 //     images), built on first use; LENKWERK_PG_IMAGE, LENKWERK_ETCD_IMAGE and
 //     LENKWERK_AGENT_IMAGE name others (e.g. postgres:16 where a registry is
 //     reachable). Ryuk is off; the test's Cleanup removes every container and
@@ -75,7 +105,7 @@
 // WithBackend, or LENKWERK_HARNESS_BACKEND=local|containers, picks one;
 // otherwise Start uses containers when a Docker engine answers and local
 // processes when not. A Stack has no global state: each has its own
-// servers, ports, directories, slot and network, so several run side by
+// servers, ports, directories, slot and networks, so several run side by
 // side in one test binary (and in parallel tests).
 //
 // # Breaking it
@@ -83,11 +113,18 @@
 // The fault levers return once the fault is in place, or once the part is
 // back and serving:
 //
-//	lever                        local   containers
-//	KillAgent / RestartAgent     yes     yes
-//	StopStore / StartStore       yes     yes   (PGKV: stops PostgreSQL itself)
-//	StopNode(i) / StartNode(i)   yes     yes   (etcd; not PGKV)
-//	PartitionAgentFromDB / Heal  no      yes   (the agent leaves the network)
+//	lever                          local   containers
+//	KillAgent / RestartAgent       yes     yes
+//	StopStore / StartStore         yes     yes   (PGKV: stops PostgreSQL itself)
+//	KillStore                      etcd    yes   (no clean shutdown)
+//	StopNode(i) / StartNode(i)     yes     yes   (etcd; not PGKV)
+//	StopPostgres / StartPostgres   yes     yes   (fast shutdown)
+//	RestartPostgres                yes     yes
+//	KillPostgres                   no      yes   (crash recovery at the start)
+//	PartitionAgentFromDB / Heal    no      yes   (agent↔PostgreSQL only; the
+//	                                              store stays reachable, but
+//	                                              with PGKV it is PostgreSQL)
+//	PartitionAgent / Heal          no      yes   (the agent loses every network)
 //
 // A lever the Stack cannot pull returns an error wrapping ErrUnsupported
 // (and errors.ErrUnsupported). The agent is meant to ride every fault out:
@@ -108,9 +145,19 @@
 // Store returned before StartStore or StartNode is closed, so ask for it
 // again after those levers.
 //
+// # Lenkwerk's own scenarios
+//
+// This package is the harness of Lenkwerk's own end-to-end tests too:
+// integration/e2e runs its scenarios (the happy path, chaos, outages,
+// failover, schema changes, large transactions, resync) on the local
+// backend, against the lenkwerk binary it builds (LENKWERK_BIN), and
+// integration/containers its fault scenarios on the containers backend.
+// They use only what this package exports.
+//
 // # When a test fails
 //
-// The end of the agent's log is printed with the failure (--log-level
-// info; WithAgentLogLevel changes it), and so is the end of every
-// container's output on the containers backend.
+// The end of the output of every lenkwerk process of the Stack (the
+// agent's --log-level is info; WithAgentLogLevel changes it) is printed
+// with the failure, and so is the end of every container's output on the
+// containers backend.
 package harness

@@ -10,23 +10,23 @@ import (
 // back and serving). The agent is expected to ride each fault out;
 // WaitCaughtUp or integration/converge.Wait then shows that it did.
 // A lever the backend or store cannot pull returns an error wrapping
-// ErrUnsupported and changes nothing.
+// ErrUnsupported and changes nothing. Levers run one at a time.
 
 // KillAgent kills the agent (SIGKILL: no clean shutdown, the slot is
 // released by PostgreSQL when the connection drops). It stays down until
-// RestartAgent.
+// RestartAgent (or Agent().Start).
 func (s *Stack) KillAgent(ctx context.Context) error {
-	return s.lever(ctx, "kill the agent", false, s.b.killAgent)
+	return s.lever(ctx, "kill the agent", false, s.agent.Kill)
 }
 
 // RestartAgent stops the agent if it runs (SIGTERM, a clean shutdown) and
 // starts it again. It does not wait for the agent to catch up.
 func (s *Stack) RestartAgent(ctx context.Context) error {
 	return s.lever(ctx, "restart the agent", false, func(ctx context.Context) error {
-		if err := s.b.stopAgent(ctx); err != nil {
+		if err := s.agent.stopIfRunning(ctx); err != nil {
 			return err
 		}
-		return s.b.startAgent(ctx)
+		return s.agent.Start(ctx)
 	})
 }
 
@@ -35,6 +35,13 @@ func (s *Stack) RestartAgent(ctx context.Context) error {
 // down with it). Data is kept for StartStore.
 func (s *Stack) StopStore(ctx context.Context) error {
 	return s.lever(ctx, "stop the store", false, s.b.stopStore)
+}
+
+// KillStore is StopStore without a clean shutdown, as a crash looks: etcd
+// members hand over no leadership, PostgreSQL (PGKV, containers backend
+// only) recovers from its WAL at StartStore.
+func (s *Stack) KillStore(ctx context.Context) error {
+	return s.lever(ctx, "kill the store", false, s.b.killStore)
 }
 
 // StartStore starts the store stopped by StopStore and waits until it
@@ -59,19 +66,69 @@ func (s *Stack) StartNode(ctx context.Context, i int) error {
 	})
 }
 
-// PartitionAgentFromDB cuts the agent off the network (containers backend:
-// its container is disconnected from the stack's network, so its
-// connections hang rather than fail, as in a real partition). The agent
-// then reaches neither PostgreSQL nor the store (both are on that network);
-// the test still reaches everything. Heal undoes it. The local backend
-// returns ErrUnsupported.
-func (s *Stack) PartitionAgentFromDB(ctx context.Context) error {
-	return s.lever(ctx, "partition the agent", false, s.b.partition)
+// StopPostgres stops PostgreSQL with a fast shutdown (pg_ctl stop's
+// default; docker stop): sessions end, and the server waits for each
+// walsender to have sent everything — and the agent to have confirmed
+// it — before it goes. With PGKV the store goes with it. Data is kept for
+// StartPostgres.
+func (s *Stack) StopPostgres(ctx context.Context) error {
+	return s.lever(ctx, "stop PostgreSQL", false, s.b.stopPostgres)
 }
 
-// Heal reconnects the agent partitioned by PartitionAgentFromDB.
+// KillPostgres kills PostgreSQL (SIGKILL: crash recovery at the next
+// start). Containers backend only: the local backend returns
+// ErrUnsupported.
+func (s *Stack) KillPostgres(ctx context.Context) error {
+	return s.lever(ctx, "kill PostgreSQL", false, s.b.killPostgres)
+}
+
+// StartPostgres starts PostgreSQL stopped by StopPostgres or KillPostgres
+// and waits until it accepts connections. On the containers backend its
+// host port changes: DatabaseURL (and, with PGKV, KVURL and Store) return
+// the new one.
+func (s *Stack) StartPostgres(ctx context.Context) error {
+	return s.lever(ctx, "start PostgreSQL", true, s.b.startPostgres)
+}
+
+// RestartPostgres is StopPostgres then StartPostgres, as one lever.
+func (s *Stack) RestartPostgres(ctx context.Context) error {
+	return s.lever(ctx, "restart PostgreSQL", true, func(ctx context.Context) error {
+		if err := s.b.stopPostgres(ctx); err != nil {
+			return err
+		}
+		return s.b.startPostgres(ctx)
+	})
+}
+
+// PartitionAgentFromDB cuts the network between the agent and PostgreSQL,
+// and only that (containers backend: PostgreSQL and the store are on
+// separate networks, the agent on both, and the agent's container leaves
+// PostgreSQL's network). Its connections to PostgreSQL hang rather than
+// fail, as in a real partition; it still reaches the store (with PGKV the
+// store is PostgreSQL, so it reaches neither). The test reaches
+// everything. Heal undoes it. The local backend returns ErrUnsupported.
+func (s *Stack) PartitionAgentFromDB(ctx context.Context) error {
+	return s.lever(ctx, "partition the agent from PostgreSQL", false, func(ctx context.Context) error {
+		return s.b.partition(ctx, s.agent.p)
+	})
+}
+
+// PartitionAgent cuts the agent off everything — PostgreSQL and the store
+// — as a machine that lost its network (containers backend: its container
+// leaves all the Stack's networks). Heal undoes it. The local backend
+// returns ErrUnsupported.
+func (s *Stack) PartitionAgent(ctx context.Context) error {
+	return s.lever(ctx, "partition the agent", false, func(ctx context.Context) error {
+		return s.b.isolate(ctx, s.agent.p)
+	})
+}
+
+// Heal reconnects the agent partitioned by PartitionAgentFromDB or
+// PartitionAgent. On a Stack without a partition it does nothing.
 func (s *Stack) Heal(ctx context.Context) error {
-	return s.lever(ctx, "heal the partition", false, s.b.heal)
+	return s.lever(ctx, "heal the partition", false, func(ctx context.Context) error {
+		return s.b.heal(ctx, s.agent.p)
+	})
 }
 
 // lever runs one fault at a time; restarted servers may have moved, so

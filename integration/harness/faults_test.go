@@ -3,9 +3,11 @@ package harness_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/bagger/lenkwerk/agent"
 	"github.com/bagger/lenkwerk/integration/harness"
 	"github.com/bagger/lenkwerk/kvdriver"
 )
@@ -74,6 +76,9 @@ func TestFaults(t *testing.T) {
 					if err := s.Heal(ctx); !errors.Is(err, harness.ErrUnsupported) {
 						t.Fatalf("Heal on the local backend: %v, want ErrUnsupported", err)
 					}
+					if err := s.PartitionAgent(ctx); !errors.Is(err, harness.ErrUnsupported) {
+						t.Fatalf("PartitionAgent on the local backend: %v, want ErrUnsupported", err)
+					}
 					changes(t, s, "no-partition", 3)
 					converged(t, s)
 					return
@@ -81,6 +86,13 @@ func TestFaults(t *testing.T) {
 				must(t, err)
 				changes(t, s, "partitioned", 3)
 				stalled(t, s, "/PostgresInstance/partitioned-0/5432")
+				// The cut is between the agent and PostgreSQL only: from
+				// inside the agent's container the store still answers.
+				key := agent.CheckpointKey(s.Prefix(), agent.DefaultSlot)
+				out, err := s.Agent().Exec(ctx, "kv", "--kv", s.AgentKVURL(), "get", key)
+				if err != nil || !strings.Contains(out, `"lsn"`) {
+					t.Fatalf("during PartitionAgentFromDB the agent's container does not reach the store: %v\n%s", err, out)
+				}
 				must(t, s.Heal(ctx))
 				changes(t, s, "healed", 3)
 				converged(t, s)

@@ -31,27 +31,35 @@ var ErrUnsupported = fmt.Errorf("harness: %w", errors.ErrUnsupported)
 // initial sync.
 const startTimeout = 3 * time.Minute
 
-// backend is what a Backend runs. Its methods are called one at a time,
-// under Stack.levers.
+// backend is what a Backend runs. Its methods other than newProc's
+// processes are called one at a time, under Stack.levers.
 type backend interface {
 	// urls returns the host's admin URL of the Lenkwerk database and the
 	// store URL, read afresh (container host ports change on restart).
 	urls(ctx context.Context) (admin, kv string, err error)
-	startAgent(ctx context.Context) error
-	killAgent(ctx context.Context) error
-	stopAgent(ctx context.Context) error
-	agentRunning(ctx context.Context) (bool, error)
+	// agentDB and agentKV are the URLs lenkwerk processes of the backend
+	// use: the Lenkwerk database as lenkwerk_agent, and the store.
+	agentDB() string
+	agentKV() string
+	// newProc creates, without starting it, a lenkwerk process named name
+	// running args.
+	newProc(name string, args []string) (proc, error)
+	// run runs a lenkwerk command to its end.
+	run(ctx context.Context, name string, args []string) (string, error)
 	stopStore(ctx context.Context) error
+	killStore(ctx context.Context) error
 	startStore(ctx context.Context) error
 	stopNode(ctx context.Context, i int) error
 	startNode(ctx context.Context, i int) error
-	partition(ctx context.Context) error
-	heal(ctx context.Context) error
+	stopPostgres(ctx context.Context) error
+	killPostgres(ctx context.Context) error
+	startPostgres(ctx context.Context) error
+	partition(ctx context.Context, agent proc) error
+	isolate(ctx context.Context, agent proc) error
+	heal(ctx context.Context, agent proc) error
 	// movesPorts reports whether restarted servers get new host ports,
 	// so the Stack's store must be opened again.
 	movesPorts() bool
-	// agentLog returns the end of the agent's log, for failed tests.
-	agentLog() string
 }
 
 // Stack is a running Lenkwerk: PostgreSQL with the Lenkwerk database
@@ -63,9 +71,9 @@ type Stack struct {
 	cfg     config
 	backend Backend
 
-	// levers serializes the backend's methods (fault levers, agent
-	// state); mu guards the fields below, so URLs and the store are at
-	// hand while a lever takes its time.
+	// levers serializes the backend's methods (fault levers); mu guards
+	// the fields below, so URLs, the store and the processes are at hand
+	// while a lever takes its time.
 	levers sync.Mutex
 	b      backend
 
@@ -73,12 +81,15 @@ type Stack struct {
 	admin string         // current admin URL
 	kvURL string         // current store URL
 	store kvdriver.Store // opened on kvURL
+	agent *Process
+	procs []*Process // every process, the agent first
 }
 
 // Start brings up a Stack for tb and registers its teardown with
 // tb.Cleanup. It fails tb (Fatal) when something does not come up; it
 // returns once the agent has copied the (fresh) database into the store and
-// streams changes.
+// streams changes — or, with WithAgentStopped, once PostgreSQL and the
+// store serve, before the agent's first start.
 //
 // Without WithBackend or LENKWERK_HARNESS_BACKEND it uses the containers
 // backend when a Docker engine answers, else the local one.
@@ -96,6 +107,9 @@ func Start(tb testing.TB, opts ...Option) *Stack {
 			cfg.backend = Containers
 		}
 	}
+	if err := cfg.validate(); err != nil {
+		tb.Fatal(err)
+	}
 	began := time.Now()
 	s := &Stack{tb: tb, cfg: cfg, backend: cfg.backend}
 	switch cfg.backend {
@@ -110,10 +124,26 @@ func Start(tb testing.TB, opts ...Option) *Stack {
 	// Registered after the backend's own: runs first, before the servers
 	// go away.
 	tb.Cleanup(func() {
+		s.mu.Lock()
+		procs := s.procs
+		s.mu.Unlock()
+		if s.backend == Containers {
+			// Each container's own Cleanup shows its output when the
+			// test failed, and removes it.
+			procs = nil
+		}
 		if tb.Failed() {
-			s.levers.Lock()
-			tb.Logf("--- end of the agent's log (%s backend):\n%s", s.backend, s.b.agentLog())
-			s.levers.Unlock()
+			for _, p := range procs {
+				tb.Logf("--- end of the output of %s (%s backend):\n%s", p.name, s.backend, p.tail(60))
+			}
+		}
+		// Agents let go of the slot before PostgreSQL stops.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		for _, p := range procs {
+			if err := p.stopIfRunning(ctx); err != nil {
+				tb.Errorf("harness: stop %s: %v", p.name, err)
+			}
 		}
 		s.mu.Lock()
 		defer s.mu.Unlock()
@@ -124,16 +154,121 @@ func Start(tb testing.TB, opts ...Option) *Stack {
 	if err := s.refresh(ctx); err != nil {
 		tb.Fatalf("harness (%s backend): %v", cfg.backend, err)
 	}
-	if err := s.waitAgentReady(ctx); err != nil {
+	if s.agent, err = s.newProcess("agent", s.agentCommand("agent")); err != nil {
 		tb.Fatalf("harness (%s backend): %v", cfg.backend, err)
+	}
+	if !cfg.agentStopped {
+		if err := s.agent.Start(ctx); err != nil {
+			tb.Fatalf("harness (%s backend): %v", cfg.backend, err)
+		}
+		if err := s.waitAgentReady(ctx); err != nil {
+			tb.Fatalf("harness (%s backend): %v", cfg.backend, err)
+		}
 	}
 	tb.Logf("harness: %s backend, store %s: up in %v", cfg.backend, cfg.kv, time.Since(began).Round(10*time.Millisecond))
 	return s
 }
 
-// migrate creates the Lenkwerk database on the server of serverURL (a
-// superuser URL of any database) and migrates it.
-func migrate(ctx context.Context, serverURL, adminURL string) error {
+// agentCommand is the command line of an agent named name.
+func (s *Stack) agentCommand(name string) []string {
+	return append([]string{"agent"}, s.agentFlags(name)...)
+}
+
+// agentFlags are an agent's flags; its connections carry its name as
+// application_name, so the server tells agents apart.
+func (s *Stack) agentFlags(name string) []string {
+	args := []string{
+		"--database-url", withParam(s.b.agentDB(), "application_name", name),
+		"--kv", s.b.agentKV(),
+		"--log-level", s.cfg.logLevel,
+	}
+	if s.cfg.prefix != "" {
+		args = append(args, "--prefix", s.cfg.prefix)
+	}
+	return append(args, s.cfg.agentArgs...)
+}
+
+// newProcess creates a process of the Stack, not started.
+func (s *Stack) newProcess(name string, args []string) (*Process, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, p := range s.procs {
+		if p.name == name {
+			return nil, fmt.Errorf("harness: the stack has a process named %s already", name)
+		}
+	}
+	p, err := s.b.newProc(name, args)
+	if err != nil {
+		return nil, err
+	}
+	proc := &Process{name: name, p: p}
+	s.procs = append(s.procs, proc)
+	return proc, nil
+}
+
+// Agent is the Stack's agent, the one Start starts (unless
+// WithAgentStopped) and the agent levers act on. Use it to stop the agent
+// cleanly and check its exit code, read its log, or see whether it exited
+// on its own.
+func (s *Stack) Agent() *Process { return s.agent }
+
+// AddAgent creates another agent on the same database, slot and store, as
+// a standby of a high-availability deployment, named name (its container's
+// name, and its connections' application_name). It is not started: call
+// Start.
+func (s *Stack) AddAgent(name string) (*Process, error) {
+	return s.newProcess(name, s.agentCommand(name))
+}
+
+// Command creates a long-running lenkwerk process named name next to the
+// agent, e.g. a watcher of the store:
+//
+//	w, err := s.Command("watcher", "kv", "--kv", s.AgentKVURL(), "watch", "/")
+//
+// It is not started: call Start; Log returns its output. The URLs in args
+// must be those processes of the Stack use (AgentKVURL, AgentDatabaseURL).
+func (s *Stack) Command(name string, args ...string) (*Process, error) {
+	return s.newProcess(name, args)
+}
+
+// Lenkwerk runs the lenkwerk command args to its end next to the agent (a
+// child process, or a container on the Stack's networks) and returns its
+// output; a non-zero exit is an error. AgentFlags gives what an agent
+// command needs:
+//
+//	out, err := s.Lenkwerk(ctx, append([]string{"resync"}, s.AgentFlags()...)...)
+func (s *Stack) Lenkwerk(ctx context.Context, args ...string) (string, error) {
+	s.levers.Lock()
+	defer s.levers.Unlock()
+	out, err := s.b.run(ctx, "lenkwerk-"+args[0], args)
+	if err != nil {
+		return out, fmt.Errorf("harness: lenkwerk %s: %w", strings.Join(args, " "), err)
+	}
+	return out, nil
+}
+
+// AgentFlags are the flags the Stack's agent runs with (without the
+// "agent" command): --database-url, --kv, --log-level, --prefix and what
+// WithAgentArgs and WithKeyTemplate add. Commands such as `lenkwerk
+// resync` take the same.
+func (s *Stack) AgentFlags() []string { return s.agentFlags("lenkwerk") }
+
+// AgentDatabaseURL is the Lenkwerk database's URL as lenkwerk processes of
+// the Stack reach it, as the lenkwerk_agent role (on the containers
+// backend, a name on the Stack's network, not reachable from the test).
+func (s *Stack) AgentDatabaseURL() string { return s.b.agentDB() }
+
+// AgentKVURL is the store's URL as lenkwerk processes of the Stack reach
+// it (on the containers backend, names on the Stack's network).
+func (s *Stack) AgentKVURL() string { return s.b.agentKV() }
+
+// KeyTemplates are the agent's key templates set by WithKeyTemplate (nil
+// without), as integration/converge takes them.
+func (s *Stack) KeyTemplates() map[string]string { return s.cfg.templates }
+
+// createDatabase creates the Lenkwerk database on the server of serverURL
+// (a superuser URL of any database) unless it exists.
+func createDatabase(ctx context.Context, serverURL string) error {
 	conn, err := pgx.Connect(ctx, serverURL)
 	if err != nil {
 		return fmt.Errorf("connect to PostgreSQL: %w", err)
@@ -148,6 +283,11 @@ func migrate(ctx context.Context, serverURL, adminURL string) error {
 			return fmt.Errorf("create database %s: %w", Database, err)
 		}
 	}
+	return nil
+}
+
+// migrate migrates the Lenkwerk database at adminURL in the test process.
+func migrate(ctx context.Context, adminURL string) error {
 	if err := migrations.Up(ctx, adminURL, migrations.Options{}); err != nil {
 		return fmt.Errorf("migrate: %w", err)
 	}
@@ -244,16 +384,14 @@ func (s *Stack) waitAgentReady(ctx context.Context) error {
 		if ok || err != nil {
 			return ok, err
 		}
-		running, err := s.agentRunning(ctx)
+		running, err := s.agent.Running(ctx)
 		if err == nil && !running {
 			return false, errors.New("the agent exited")
 		}
 		return false, nil
 	})
 	if err != nil {
-		s.levers.Lock()
-		defer s.levers.Unlock()
-		return fmt.Errorf("waiting for the agent's initial sync: %w\n%s", err, s.b.agentLog())
+		return fmt.Errorf("waiting for the agent's initial sync: %w\n%s", err, s.agent.tail(40))
 	}
 	return nil
 }
@@ -262,27 +400,24 @@ func (s *Stack) waitAgentReady(ctx context.Context) error {
 // is false after KillAgent, and when the agent exited by itself — which
 // it should not do for any fault it is meant to ride out.
 func (s *Stack) AgentRunning(ctx context.Context) (bool, error) {
-	return s.agentRunning(ctx)
+	return s.agent.Running(ctx)
 }
 
-func (s *Stack) agentRunning(ctx context.Context) (bool, error) {
-	s.levers.Lock()
-	defer s.levers.Unlock()
-	return s.b.agentRunning(ctx)
-}
-
-// withOptions sets the libpq "options" parameter (server settings at
-// connection start) of a URL.
-func withOptions(raw, options string) string {
+// withParam sets the query parameter name of a URL.
+func withParam(raw, name, value string) string {
 	u, err := url.Parse(raw)
 	if err != nil {
 		return raw
 	}
 	q := u.Query()
-	q.Set("options", options)
+	q.Set(name, value)
 	u.RawQuery = strings.ReplaceAll(q.Encode(), "+", "%20")
 	return u.String()
 }
+
+// withOptions sets the libpq "options" parameter (server settings at
+// connection start) of a URL.
+func withOptions(raw, options string) string { return withParam(raw, "options", options) }
 
 // poll calls cond until it returns true or an error, or ctx ends.
 func poll(ctx context.Context, every time.Duration, cond func() (bool, error)) error {

@@ -183,3 +183,52 @@ func TestWaitCaughtUp(t *testing.T) {
 	}
 	t.Logf("caught up past unpublished WAL in %v", time.Since(began).Round(time.Millisecond))
 }
+
+// TestProcess: with WithAgentStopped nothing runs until the test starts
+// the agent; an exit nobody asked for is reported, and a clean stop is not.
+// Lenkwerk's own scenarios rely on both to tell a crashed agent.
+func TestProcess(t *testing.T) {
+	s := harness.Start(t, harness.WithBackend(harness.Local), harness.WithAgentStopped())
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if running, err := s.Agent().Running(ctx); err != nil || running {
+		t.Fatalf("WithAgentStopped: the agent runs (%v, %v)", running, err)
+	}
+
+	// A command that ends by itself: an unexpected exit.
+	p, err := s.Command("version", "version")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := retry(ctx, func() error {
+		if exits := p.UnexpectedExits(ctx); len(exits) != 1 {
+			return fmt.Errorf("UnexpectedExits of a command that ended by itself: %q, want one", exits)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+
+	changes(t, s, "before", 2) // for the initial sync
+	if err := s.Agent().Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Agent().WaitLog(ctx, "streaming"); err != nil {
+		t.Fatal(err)
+	}
+	changes(t, s, "after", 2)
+	converged(t, s)
+	code, err := s.Agent().Stop(ctx)
+	if err != nil || code != 0 {
+		t.Fatalf("SIGTERM: exit code %d (%v), want 0", code, err)
+	}
+	if exits := s.Agent().UnexpectedExits(ctx); len(exits) != 0 {
+		t.Fatalf("a stopped agent counts as an unexpected exit: %q", exits)
+	}
+	if _, err := s.AddAgent("agent"); err == nil {
+		t.Fatal("a second process named agent was accepted")
+	}
+}

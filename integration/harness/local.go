@@ -18,8 +18,8 @@ import (
 )
 
 // local is the local backend: a private PostgreSQL cluster of the
-// machine's binaries, embedded etcd (or pgkv) and a lenkwerk agent child
-// process. Ports are fixed for the Stack's life: restarts keep them.
+// machine's binaries, embedded etcd (or pgkv) and lenkwerk child
+// processes. Ports are fixed for the Stack's life: restarts keep them.
 type local struct {
 	tb      testing.TB
 	cfg     config
@@ -28,7 +28,6 @@ type local struct {
 	etcd    *etcdtest.Server  // Etcd
 	cluster *etcdtest.Cluster // EtcdCluster
 	bin     string
-	agent   *process
 }
 
 func startLocal(ctx context.Context, tb testing.TB, cfg config) (*local, error) {
@@ -42,7 +41,14 @@ func startLocal(ctx context.Context, tb testing.TB, cfg config) (*local, error) 
 	// A private cluster per Stack: the slot name is cluster-wide, so two
 	// Stacks cannot share one.
 	l.pg = pgtest.StartCluster(tb, pgtest.Options{})
-	if err := migrate(ctx, l.pg.URL("postgres", ""), l.pg.URL(Database, "")); err != nil {
+	if err := createDatabase(ctx, l.pg.URL("postgres", "")); err != nil {
+		return nil, err
+	}
+	if cfg.migrateCmd {
+		if out, err := l.run(ctx, "migrate", []string{"migrate", "up", "--database-url", l.pg.URL(Database, "")}); err != nil {
+			return nil, fmt.Errorf("lenkwerk migrate up: %w\n%s", err, out)
+		}
+	} else if err := migrate(ctx, l.pg.URL(Database, "")); err != nil {
 		return nil, err
 	}
 	switch cfg.kv {
@@ -51,22 +57,10 @@ func startLocal(ctx context.Context, tb testing.TB, cfg config) (*local, error) 
 	case EtcdCluster:
 		l.cluster = etcdtest.StartCluster(tb, 3)
 	}
-	// Registered last, so it runs first: the agent lets go of the slot
-	// before PostgreSQL stops.
-	tb.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		if err := l.stopAgent(ctx); err != nil {
-			tb.Errorf("harness: stop the agent: %v", err)
-		}
-	})
-	if err := l.startAgent(ctx); err != nil {
-		return nil, err
-	}
 	return l, nil
 }
 
-func (l *local) agentKVURL() string {
+func (l *local) agentKV() string {
 	switch {
 	case l.etcd != nil:
 		return l.etcd.URL()
@@ -76,62 +70,23 @@ func (l *local) agentKVURL() string {
 	return l.pg.URL(Database, "")
 }
 
+func (l *local) agentDB() string { return l.pg.URL(Database, "lenkwerk_agent") }
+
 func (l *local) urls(context.Context) (string, string, error) {
-	return l.pg.URL(Database, ""), l.agentKVURL(), nil
+	return l.pg.URL(Database, ""), l.agentKV(), nil
 }
 
 func (l *local) movesPorts() bool { return false }
 
-func (l *local) startAgent(context.Context) error {
-	if l.agent != nil && l.agent.running() {
-		return nil
-	}
-	args := []string{"agent",
-		"--database-url", l.pg.URL(Database, "lenkwerk_agent"),
-		"--kv", l.agentKVURL(),
-		"--log-level", l.cfg.logLevel,
-	}
-	if l.cfg.prefix != "" {
-		args = append(args, "--prefix", l.cfg.prefix)
-	}
-	p, err := startProcess(l.bin, filepath.Join(l.dir, "agent.log"), args...)
-	if err != nil {
-		return err
-	}
-	l.agent = p
-	return nil
+func (l *local) newProc(name string, args []string) (proc, error) {
+	return &localProc{bin: l.bin, log: filepath.Join(l.dir, name+".log"), args: args}, nil
 }
 
-func (l *local) killAgent(ctx context.Context) error {
-	if l.agent == nil {
-		return nil
-	}
-	return l.agent.signal(ctx, syscall.SIGKILL)
-}
-
-func (l *local) stopAgent(ctx context.Context) error {
-	if l.agent == nil {
-		return nil
-	}
-	if err := l.agent.signal(ctx, syscall.SIGTERM); err != nil {
-		// Not gone after SIGTERM within ctx: kill it anyway.
-		kctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		return errors.Join(err, l.agent.signal(kctx, syscall.SIGKILL))
-	}
-	return nil
-}
-
-func (l *local) agentRunning(context.Context) (bool, error) {
-	return l.agent != nil && l.agent.running(), nil
-}
-
-func (l *local) agentLog() string {
-	b, err := os.ReadFile(filepath.Join(l.dir, "agent.log"))
-	if err != nil {
-		return err.Error()
-	}
-	return tail(string(b), 40)
+func (l *local) run(ctx context.Context, _ string, args []string) (string, error) {
+	cmd := exec.CommandContext(ctx, l.bin, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	out, err := cmd.CombinedOutput()
+	return string(out), err
 }
 
 func (l *local) stopStore(context.Context) error {
@@ -142,6 +97,20 @@ func (l *local) stopStore(context.Context) error {
 		return l.cluster.Close()
 	}
 	return l.pg.Stop()
+}
+
+func (l *local) killStore(context.Context) error {
+	switch {
+	case l.etcd != nil:
+		return l.etcd.Kill()
+	case l.cluster != nil:
+		errs := make([]error, len(l.cluster.Members))
+		for i, m := range l.cluster.Members {
+			errs[i] = m.Kill()
+		}
+		return errors.Join(errs...)
+	}
+	return fmt.Errorf("%w: the local backend cannot kill PostgreSQL (the pgkv store)", ErrUnsupported)
 }
 
 func (l *local) startStore(ctx context.Context) error {
@@ -160,6 +129,14 @@ func (l *local) startStore(ctx context.Context) error {
 	}
 	return l.pg.Start()
 }
+
+func (l *local) stopPostgres(context.Context) error { return l.pg.Stop() }
+
+func (l *local) killPostgres(context.Context) error {
+	return fmt.Errorf("%w: the local backend cannot kill PostgreSQL (use StopPostgres, or the containers backend)", ErrUnsupported)
+}
+
+func (l *local) startPostgres(context.Context) error { return l.pg.Start() }
 
 func (l *local) member(i int) (*etcdtest.Server, error) {
 	switch {
@@ -189,12 +166,75 @@ func (l *local) startNode(ctx context.Context, i int) error {
 	return m.Start(ctx)
 }
 
-func (l *local) partition(context.Context) error {
+func (l *local) partition(context.Context, proc) error {
 	return fmt.Errorf("%w: the local backend has no network to partition (use the containers backend)", ErrUnsupported)
 }
 
-func (l *local) heal(context.Context) error {
+func (l *local) isolate(context.Context, proc) error {
 	return fmt.Errorf("%w: the local backend has no network to partition (use the containers backend)", ErrUnsupported)
+}
+
+func (l *local) heal(context.Context, proc) error {
+	return fmt.Errorf("%w: the local backend has no network to partition (use the containers backend)", ErrUnsupported)
+}
+
+// localProc is a lenkwerk child process, its output appended to a file
+// across runs.
+type localProc struct {
+	bin, log string
+	args     []string
+	p        *process // the current (or last) run
+}
+
+func (lp *localProc) start(context.Context) error {
+	p, err := startProcess(lp.bin, lp.log, lp.args...)
+	if err != nil {
+		return err
+	}
+	lp.p = p
+	return nil
+}
+
+func (lp *localProc) kill(ctx context.Context) error {
+	if lp.p == nil {
+		return nil
+	}
+	return lp.p.signal(ctx, syscall.SIGKILL)
+}
+
+func (lp *localProc) term(ctx context.Context) (int, error) {
+	if err := lp.p.signal(ctx, syscall.SIGTERM); err != nil {
+		// Not gone after SIGTERM within ctx: kill it anyway.
+		kctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		return -1, errors.Join(err, lp.p.signal(kctx, syscall.SIGKILL))
+	}
+	return lp.p.cmd.ProcessState.ExitCode(), nil
+}
+
+func (lp *localProc) running(context.Context) (bool, error) {
+	return lp.p != nil && lp.p.running(), nil
+}
+
+func (lp *localProc) logs(context.Context) ([]byte, error) {
+	b, err := os.ReadFile(lp.log)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	return b, err
+}
+
+func (lp *localProc) exec(ctx context.Context, args []string) (int, string, error) {
+	cmd := exec.CommandContext(ctx, lp.bin, args...)
+	out, err := cmd.CombinedOutput()
+	var exit *exec.ExitError
+	if errors.As(err, &exit) {
+		return exit.ExitCode(), string(out), nil
+	}
+	if err != nil {
+		return -1, string(out), err
+	}
+	return 0, string(out), nil
 }
 
 // process is a child process whose output goes to a log file.
@@ -220,6 +260,7 @@ func startProcess(bin, logPath string, args ...string) (*process, error) {
 	p := &process{cmd: cmd, done: make(chan struct{})}
 	go func() {
 		_ = cmd.Wait()
+		fmt.Fprintf(log, "--- %s: exited: %v\n", time.Now().UTC().Format(time.RFC3339Nano), cmd.ProcessState)
 		log.Close()
 		close(p.done)
 	}()

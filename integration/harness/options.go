@@ -43,10 +43,15 @@ const (
 type Option func(*config)
 
 type config struct {
-	backend  Backend
-	kv       KV
-	prefix   string
-	logLevel string
+	backend      Backend
+	kv           KV
+	prefix       string
+	logLevel     string
+	agentStopped bool
+	agentArgs    []string
+	templates    map[string]string
+	migrateCmd   bool
+	readOnly     bool
 }
 
 // WithBackend picks the backend, overriding LENKWERK_HARNESS_BACKEND.
@@ -63,6 +68,46 @@ func WithPrefix(p string) Option { return func(c *config) { c.prefix = p } }
 // WithAgentLogLevel sets the agent's --log-level (default "info"). Its log
 // is shown when the test fails.
 func WithAgentLogLevel(level string) Option { return func(c *config) { c.logLevel = level } }
+
+// WithAgentStopped has Start return with the agent created but not
+// started, once PostgreSQL is migrated and the store serves: the test can
+// prepare the database (or break something) before the agent's first
+// start, then call Stack.Agent().Start. Start does not wait for the
+// initial sync then; WaitCaughtUp does.
+func WithAgentStopped() Option { return func(c *config) { c.agentStopped = true } }
+
+// WithAgentArgs adds flags to the agent's command line (after
+// --database-url, --kv, --log-level and --prefix), for every agent of the
+// Stack, e.g. WithAgentArgs("--metrics-addr", ":9090"). For
+// --key-template use WithKeyTemplate, which WaitCaughtUp knows of.
+func WithAgentArgs(args ...string) Option {
+	return func(c *config) { c.agentArgs = append(c.agentArgs, args...) }
+}
+
+// WithKeyTemplate runs the agent with --key-template table=template
+// (table "storage.config", template "/Cfg/{key}"): the table's rows go to
+// keys of that form. Stack.KeyTemplates returns them, for
+// integration/converge.
+func WithKeyTemplate(table, template string) Option {
+	return func(c *config) {
+		if c.templates == nil {
+			c.templates = map[string]string{}
+		}
+		c.templates[table] = template
+		c.agentArgs = append(c.agentArgs, "--key-template", table+"="+template)
+	}
+}
+
+// WithMigrateCommand migrates the Lenkwerk database the way a deployment
+// does, with `lenkwerk migrate up` (a migrate job container on the
+// containers backend), rather than in the test process. It tests the
+// command and takes a little longer.
+func WithMigrateCommand() Option { return func(c *config) { c.migrateCmd = true } }
+
+// WithReadOnlyAgent runs the agents' containers with a read-only root
+// filesystem (docker run --read-only), as a hardened deployment does.
+// Containers backend only: Start fails on the local backend.
+func WithReadOnlyAgent() Option { return func(c *config) { c.readOnly = true } }
 
 func newConfig(opts []Option) (config, error) {
 	c := config{kv: Etcd, logLevel: "info"}
@@ -83,4 +128,12 @@ func newConfig(opts []Option) (config, error) {
 		return c, fmt.Errorf("harness: store %q: want %q, %q or %q", c.kv, Etcd, EtcdCluster, PGKV)
 	}
 	return c, nil
+}
+
+// validate checks what depends on the backend, once it is chosen.
+func (c config) validate() error {
+	if c.readOnly && c.backend != Containers {
+		return fmt.Errorf("harness: WithReadOnlyAgent needs the containers backend, not %q", c.backend)
+	}
+	return nil
 }

@@ -110,7 +110,7 @@ func (s *Stack) WaitCaughtUp(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	opts := converge.Options{Prefix: s.cfg.prefix}
+	opts := converge.Options{Prefix: s.cfg.prefix, Templates: s.cfg.templates}
 	var (
 		ck        agent.Checkpoint
 		lastCheck time.Time
