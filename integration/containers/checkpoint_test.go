@@ -17,7 +17,7 @@ import (
 // not greater than one before it.
 func (s *stack) checkNoReplay(ctx context.Context) {
 	s.t.Helper()
-	store := s.openStore(ctx)
+	store := s.Store()
 	key := agent.CheckpointKey("", agent.DefaultSlot)
 	kvs, _, err := store.List(ctx, key)
 	if err != nil || len(kvs) != 1 {

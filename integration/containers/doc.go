@@ -1,15 +1,18 @@
 // Package containers runs the Lenkwerk stack — PostgreSQL, etcd (one member
-// or a cluster) and the lenkwerk agent — as Docker containers on a network of
+// or a cluster) and the lenkwerk agent — as Docker containers on networks of
 // their own, driven by testcontainers-go from go test, and holds the
 // end-to-end fault scenarios that run against it (agent killed, etcd
-// stopped, a member of a cluster stopped, the agent cut off from the
-// network, PostgreSQL restarted, failover between two agents on one slot,
+// stopped, a member of a cluster stopped, the agent cut off from PostgreSQL
+// and from the network, PostgreSQL restarted, failover between two agents on one slot,
 // a postgres-only deployment with a watcher, the agent on a read-only root
-// filesystem as a non-root user).
+// filesystem as a non-root user). The scenarios bring their stacks up with
+// package integration/harness on its containers backend, which is built on
+// this package: they use only what a Bagger component's test could.
 //
 // Images come from docker/build-images.sh, which builds them from the Go
 // module proxy and Debian's mirror without any registry; EnsureImages runs
-// it once per test binary. The names are taken from LENKWERK_PG_IMAGE,
+// it once per test binary, through bash (a clean clone may have lost the
+// executable bit). The names are taken from LENKWERK_PG_IMAGE,
 // LENKWERK_ETCD_IMAGE and LENKWERK_AGENT_IMAGE, so on a machine with a
 // registry the official images can be used instead:
 //

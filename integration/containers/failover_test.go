@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/bagger/lenkwerk/agent"
-	"github.com/bagger/lenkwerk/integration/containers"
+	"github.com/bagger/lenkwerk/integration/harness"
 	"github.com/jackc/pgx/v5"
 )
 
@@ -26,26 +26,26 @@ func TestFailover(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	s := newStack(t, 1)
-	// Each agent names its connections after its container, so the server
-	// tells which one holds the slot.
-	agents := map[string]*containers.Container{}
-	for _, name := range []string{"agent-a", "agent-b"} {
-		agents[name] = containers.StartLenkwerk(t, s.nw, s.img, name, "agent",
-			"--database-url", s.pg.InternalURL(containers.DefaultDatabase, "lenkwerk_agent")+"&application_name="+name,
-			"--kv", s.kvInternal)
+	// Each agent names its connections after itself (the harness sets
+	// application_name), so the server tells which one holds the slot.
+	b, err := s.AddAgent("agent-b")
+	s.must(err)
+	agents := map[string]*harness.Process{s.Agent().Name(): s.Agent(), b.Name(): b}
+	for _, a := range agents {
+		s.must(a.Start(ctx))
 	}
 	s.converge(ctx, 60*time.Second)
 	active, pid := s.waitRoles(ctx, "", 30*time.Second)
-	standby := "agent-a"
+	standby := s.Agent().Name()
 	if active == standby {
-		standby = "agent-b"
+		standby = b.Name()
 	}
 	s.waitRoles(ctx, standby, 30*time.Second)
 	t.Logf("%s streams (walsender pid %d), %s waits", active, pid, standby)
 
-	l := startLoad(t, s.pg, 7)
+	l := startLoad(t, s, 7)
 	pause(3 * time.Second)
-	store := s.openStore(ctx)
+	store := s.Store()
 	killed := time.Now()
 	if err := agents[active].Kill(ctx); err != nil {
 		t.Fatal(err)
@@ -56,7 +56,7 @@ func TestFailover(t *testing.T) {
 	marker := fmt.Sprintf(`{"killed": %q}`, active)
 	s.exec(ctx, `SELECT storage.save_config('failover', '`+marker+`')`)
 	committed := time.Since(killed)
-	err := waitUntil(ctx, failoverBound-committed, func() bool {
+	err = waitUntil(ctx, failoverBound-committed, func() bool {
 		kv, err := store.Get(ctx, "/Config/failover")
 		return err == nil && strings.Contains(string(kv.Value), active)
 	})
@@ -125,7 +125,7 @@ var errRoles = errors.New("roles not as wanted")
 func (s *stack) roles(ctx context.Context, standby string) (string, int32, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	conn, err := pgx.Connect(ctx, s.dbURL(ctx))
+	conn, err := pgx.Connect(ctx, s.DatabaseURL())
 	if err != nil {
 		return "", 0, err
 	}

@@ -12,7 +12,7 @@ import (
 // for convergence.
 func (s *stack) underLoad(ctx context.Context, seed uint64, converge time.Duration, fault func()) {
 	s.t.Helper()
-	l := startLoad(s.t, s.pg, seed)
+	l := startLoad(s.t, s, seed)
 	pause(3 * time.Second)
 	fault()
 	pause(3 * time.Second)
@@ -33,13 +33,9 @@ func TestAgentKilled(t *testing.T) {
 	s := newStack(t, 1)
 	s.startAgent()
 	s.underLoad(ctx, 2, 90*time.Second, func() {
-		if err := s.agent.Kill(ctx); err != nil {
-			t.Fatal(err)
-		}
+		s.must(s.KillAgent(ctx))
 		pause(2 * time.Second) // changes pile up in the slot meanwhile
-		if err := s.agent.Start(ctx); err != nil {
-			t.Fatal(err)
-		}
+		s.must(s.Agent().Start(ctx))
 	})
 	s.agentRunning(ctx)
 	s.checkNoReplay(ctx)
@@ -53,13 +49,9 @@ func TestEtcdDown30s(t *testing.T) {
 	s := newStack(t, 1)
 	s.startAgent()
 	s.underLoad(ctx, 3, 90*time.Second, func() {
-		if err := s.etcd.Members[0].Stop(ctx, 10*time.Second); err != nil {
-			t.Fatal(err)
-		}
+		s.must(s.StopStore(ctx))
 		pause(30 * time.Second)
-		if err := s.etcd.Restart(ctx, 0); err != nil {
-			t.Fatal(err)
-		}
+		s.must(s.StartStore(ctx))
 	})
 	s.agentRunning(ctx)
 	s.checkNoReplay(ctx)
@@ -75,11 +67,9 @@ func TestEtcdMemberDown(t *testing.T) {
 	s.startAgent()
 	s.converge(ctx, 60*time.Second)
 	s.underLoad(ctx, 4, 90*time.Second, func() {
-		if err := s.etcd.Members[0].Stop(ctx, 10*time.Second); err != nil {
-			t.Fatal(err)
-		}
+		s.must(s.StopNode(ctx, 0))
 		// The marker goes through the agent to the two members left.
-		store := s.openStore(ctx)
+		store := s.Store()
 		start := time.Now()
 		s.exec(ctx, `SELECT storage.save_config('marker', '"member down"')`)
 		err := waitUntil(ctx, 10*time.Second, func() bool {
@@ -91,18 +81,17 @@ func TestEtcdMemberDown(t *testing.T) {
 		}
 		t.Logf("with a member down, a change reached the store in %v", time.Since(start).Round(time.Millisecond))
 		pause(3 * time.Second)
-		if err := s.etcd.Restart(ctx, 0); err != nil {
-			t.Fatal(err)
-		}
+		s.must(s.StartNode(ctx, 0))
 	})
 	s.agentRunning(ctx)
 	s.checkNoReplay(ctx)
 }
 
-// Scenario 5: the agent container cut off the network (from PostgreSQL
-// and etcd) for 20 s, longer than the server's wal_sender_timeout (10 s),
-// then put back: it reconnects and resumes. Its address may change, as
-// a moved container's would.
+// Scenario 5: the agent container cut off from PostgreSQL alone (it
+// still reaches etcd) for 15 s, then off the network altogether (from
+// PostgreSQL and etcd) for 20 s — each longer than the server's
+// wal_sender_timeout (10 s) — and put back each time: it reconnects and
+// resumes. Its address may change, as a moved container's would.
 func TestAgentPartitioned(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -110,13 +99,13 @@ func TestAgentPartitioned(t *testing.T) {
 	s.startAgent()
 	s.converge(ctx, 60*time.Second)
 	s.underLoad(ctx, 5, 90*time.Second, func() {
-		if err := s.agent.Disconnect(ctx); err != nil {
-			t.Fatal(err)
-		}
+		s.must(s.PartitionAgentFromDB(ctx))
+		pause(15 * time.Second)
+		s.must(s.Heal(ctx))
+		pause(3 * time.Second)
+		s.must(s.PartitionAgent(ctx))
 		pause(20 * time.Second)
-		if err := s.agent.Connect(ctx); err != nil {
-			t.Fatal(err)
-		}
+		s.must(s.Heal(ctx))
 	})
 	s.agentRunning(ctx)
 	s.checkNoReplay(ctx)
@@ -132,19 +121,10 @@ func TestPostgresRestart(t *testing.T) {
 	s.startAgent()
 	s.converge(ctx, 60*time.Second)
 	s.underLoad(ctx, 6, 90*time.Second, func() {
-		if err := s.pg.Restart(ctx, 20*time.Second); err != nil {
-			t.Fatal(err)
-		}
+		s.must(s.RestartPostgres(ctx))
 		pause(3 * time.Second)
-		if err := s.pg.Kill(ctx); err != nil {
-			t.Fatal(err)
-		}
-		if err := s.pg.Start(ctx); err != nil {
-			t.Fatal(err)
-		}
-		if err := s.pg.WaitReady(ctx); err != nil {
-			t.Fatal(err)
-		}
+		s.must(s.KillPostgres(ctx))
+		s.must(s.StartPostgres(ctx))
 	})
 	s.agentRunning(ctx)
 	s.checkNoReplay(ctx)

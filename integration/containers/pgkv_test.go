@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/bagger/lenkwerk/integration/containers"
 	"github.com/bagger/lenkwerk/kvdriver"
 )
 
@@ -25,7 +24,9 @@ func TestPostgresOnly(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	s := newStack(t, 0)
-	watcher := containers.StartLenkwerk(t, s.nw, s.img, "watcher", "kv", "--kv", s.kvInternal, "watch", "/", "--from", "2")
+	watcher, err := s.Command("watcher", "kv", "--kv", s.AgentKVURL(), "watch", "/", "--from", "2")
+	s.must(err)
+	s.must(watcher.Start(ctx))
 	s.exec(ctx, `SELECT storage.register_pg_instance('db1', 5432, 'bagger'), storage.save_config('retention', '"7d"')`)
 	s.startAgent()
 	s.underLoad(ctx, 8, 90*time.Second, func() {
@@ -33,7 +34,7 @@ func TestPostgresOnly(t *testing.T) {
 		pause(3 * time.Second)
 	})
 
-	store := s.openStore(ctx)
+	store := s.Store()
 	var (
 		last     string
 		replayed map[string]string
@@ -41,14 +42,14 @@ func TestPostgresOnly(t *testing.T) {
 		kvs      []kvdriver.KV
 		rev      int64
 	)
-	err := waitUntil(ctx, 30*time.Second, func() bool {
+	err = waitUntil(ctx, 30*time.Second, func() bool {
 		var err error
 		kvs, rev, err = store.List(ctx, "/")
 		if err != nil {
 			last = err.Error()
 			return false
 		}
-		out, err := watcher.Logs(ctx)
+		out, err := watcher.Log(ctx)
 		if err != nil {
 			last = err.Error()
 			return false

@@ -6,8 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/bagger/lenkwerk/integration/containers"
-	"github.com/testcontainers/testcontainers-go"
+	"github.com/bagger/lenkwerk/integration/harness"
 )
 
 // The agent image runs as a non-root user and needs no writable
@@ -16,13 +15,12 @@ import (
 func TestAgentReadOnly(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	s := newStack(t, 1)
+	s := newStack(t, 1, harness.WithReadOnlyAgent())
 	s.exec(ctx, `SELECT storage.register_pg_instance('db1', 5432, 'bagger'), storage.save_config('retention', '"30d"')`)
-	s.agent = containers.StartLenkwerkWith(t, s.nw, s.img, "agent",
-		[]testcontainers.ContainerCustomizer{containers.ReadOnlyRootfs()},
-		"agent", "--database-url", s.pg.InternalURL(containers.DefaultDatabase, "lenkwerk_agent"), "--kv", s.kvInternal)
+	s.startAgent()
+	agent := s.Agent().Container()
 
-	info, err := s.agent.Inspect(ctx)
+	info, err := agent.Inspect(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -40,7 +38,7 @@ func TestAgentReadOnly(t *testing.T) {
 
 	// The uid as the host's kernel sees it: the image's USER could be
 	// overridden, a setuid binary could change it.
-	titles, procs, err := s.agent.Top(ctx, "-o", "pid,uid,gid,comm")
+	titles, procs, err := agent.Top(ctx, "-o", "pid,uid,gid,comm")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -38,7 +38,7 @@ func TestHappyPath(t *testing.T) {
 		s.exec(ctx, sql)
 	}
 	s.converge(ctx, 30*time.Second)
-	store := s.openStore(ctx)
+	store := s.Store()
 	for key, want := range map[string]string{
 		"/PostgresInstance/rack%2F7/6432": `"host": "rack/7"`,
 		"/PostgresInstance/db1/5432":      `"status": 3`,

@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/bagger/lenkwerk/integration/containers"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 )
@@ -117,7 +116,7 @@ type load struct {
 }
 
 // startLoad starts one writer; the returned load's stop ends it.
-func startLoad(t *testing.T, pg *containers.Postgres, seed uint64) *load {
+func startLoad(t *testing.T, s *stack, seed uint64) *load {
 	ctx, cancel := context.WithCancel(context.Background())
 	l := &load{errs: map[string]int{}, cancel: cancel, done: make(chan struct{})}
 	t.Cleanup(func() { l.stop() })
@@ -132,7 +131,7 @@ func startLoad(t *testing.T, pg *containers.Postgres, seed uint64) *load {
 		}()
 		for ctx.Err() == nil {
 			if conn == nil {
-				c, err := connect(ctx, pg)
+				c, err := connect(ctx, s.DatabaseURL())
 				if err != nil {
 					l.note(ctx, "connect", err)
 					continue
@@ -158,11 +157,9 @@ func startLoad(t *testing.T, pg *containers.Postgres, seed uint64) *load {
 	return l
 }
 
-func connect(ctx context.Context, pg *containers.Postgres) (*pgx.Conn, error) {
-	u, err := pg.URL(ctx, containers.DefaultDatabase, "")
-	if err != nil {
-		return nil, err
-	}
+// connect connects to url, the current one: PostgreSQL's host port moves
+// when it restarts.
+func connect(ctx context.Context, u string) (*pgx.Conn, error) {
 	cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
 	return pgx.Connect(cctx, u)

@@ -145,9 +145,7 @@ func testChaos(t *testing.T, kind storeKind, seed uint64, duration time.Duration
 			s.agent.Start()
 		default:
 			faults["PostgreSQL restart"]++
-			if err := s.pg.Restart(); err != nil {
-				t.Fatalf("restart PostgreSQL: %v", err)
-			}
+			s.lever("restart PostgreSQL", s.RestartPostgres)
 		}
 		if !s.agent.Running() {
 			// It died by itself (recorded as unexpected); keep the test going.
@@ -162,7 +160,7 @@ func testChaos(t *testing.T, kind storeKind, seed uint64, duration time.Duration
 	}
 
 	// Everything up: the store must catch up with the database.
-	if s.etcd != nil {
+	if kind == storeEtcd {
 		startEtcd(t, s)
 	}
 	if !s.agent.Running() {
@@ -220,20 +218,14 @@ func wipeStore(t *testing.T, s *stack) {
 // crash looks).
 func stopEtcd(t *testing.T, s *stack, kill bool) {
 	t.Helper()
-	stop := s.etcd.Stop
 	if kill {
-		stop = s.etcd.Kill
-	}
-	if err := stop(); err != nil {
-		t.Fatalf("stop etcd: %v", err)
+		s.lever("kill etcd", s.KillStore)
+	} else {
+		s.lever("stop etcd", s.StopStore)
 	}
 }
 
 func startEtcd(t *testing.T, s *stack) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	if err := s.etcd.Start(ctx); err != nil {
-		t.Fatalf("start etcd: %v", err)
-	}
+	s.lever("start etcd", s.StartStore)
 }

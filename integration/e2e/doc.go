@@ -3,7 +3,11 @@
 // (embedded etcd, or pgkv), driven as an operator would, with real faults:
 // the agent SIGKILLed and restarted, the store stopped, killed or wiped,
 // PostgreSQL restarted. Every test ends with the convergence check of
-// package converge (store == database).
+// package converge (store == database). Each test's deployment is a
+// Stack of package integration/harness on its local backend (a private
+// PostgreSQL cluster migrated by `lenkwerk migrate up`, embedded etcd or
+// pgkv, agents as child processes), started with the agent stopped; the
+// faults are the harness's levers and Process methods.
 //
 //   - TestHappyPath: migrate up, agent, Bagger's functions, SIGTERM; per store.
 //   - TestChaos: the randomized test, with a watcher of the store checking

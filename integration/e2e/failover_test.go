@@ -19,7 +19,7 @@ func TestFailover(t *testing.T) {
 	s := newStack(t, storeEtcd)
 	s.exec(ctx, `SELECT storage.register_pg_instance('db1', 5432, 'bagger');
 		INSERT INTO storage.config (key, value) SELECT 'c' || g, to_json(g) FROM generate_series(1, 500) g`)
-	a, b := s.agent, newAgent(t, a0args(s)...)
+	a, b := s.agent, s.addAgent("agent-b")
 	a.Start()
 	b.Start()
 	s.converge(ctx, 60*time.Second)
@@ -63,7 +63,7 @@ func TestDuelingInitialSync(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	s := newStack(t, storeEtcd)
-	a, b := s.agent, newAgent(t, a0args(s)...)
+	a, b := s.agent, s.addAgent("agent-b")
 	r := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
 	w := newWorkload()
 	for round := range 3 {
@@ -92,11 +92,6 @@ func TestDuelingInitialSync(t *testing.T) {
 	}
 }
 
-// a0args are the arguments of the stack's agent, for a second one.
-func a0args(s *stack) []string {
-	return []string{"--database-url", s.agentDB, "--kv", s.kvURL, "--prefix", s.prefix}
-}
-
 // TestAgentStartsBeforePostgres starts the agent while PostgreSQL is down,
 // as `docker compose up` or a reboot does: it must wait for the server
 // and then mirror it, not exit.
@@ -105,9 +100,7 @@ func TestAgentStartsBeforePostgres(t *testing.T) {
 	ctx := context.Background()
 	s := newStack(t, storeEtcd)
 	s.exec(ctx, `SELECT storage.register_pg_instance('db1', 5432, 'bagger')`)
-	if err := s.pg.Stop(); err != nil {
-		t.Fatal(err)
-	}
+	s.lever("stop PostgreSQL", s.StopPostgres)
 	s.agent.Start()
 	// Give it time to fail if it is going to; nothing to poll for while the
 	// server is down but the process itself.
@@ -118,9 +111,7 @@ func TestAgentStartsBeforePostgres(t *testing.T) {
 	if !s.agent.Running() {
 		t.Fatalf("the agent exited while PostgreSQL was down: %v", s.agent.Unexpected())
 	}
-	if err := s.pg.Start(); err != nil {
-		t.Fatal(err)
-	}
+	s.lever("start PostgreSQL", s.StartPostgres)
 	s.execRetry(ctx, `SELECT storage.save_config('up', 'true')`)
 	s.converge(ctx, 60*time.Second)
 	if code := s.agent.Terminate(30 * time.Second); code != 0 {

@@ -36,7 +36,7 @@ func testPostgresRestart(t *testing.T, kind storeKind) {
 	const shutdownLimit = 10 * time.Second
 	done := make(chan error, 1)
 	start := time.Now()
-	go func() { done <- s.pg.Restart() }()
+	go func() { done <- s.RestartPostgres(ctx) }()
 	select {
 	case err := <-done:
 		if err != nil {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"testing"
 	"time"
+
+	"github.com/bagger/lenkwerk/integration/harness"
 )
 
 // TestResyncRepairsStore runs the agent with a prefix and a key template
@@ -13,11 +15,7 @@ import (
 func TestResyncRepairsStore(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	s := newStackPrefix(t, storeEtcd, "/bagger")
-	const tmpl = "storage.config=/Cfg/{key}"
-	s.templates = map[string]string{"storage.config": "/Cfg/{key}"}
-	args := []string{"--database-url", s.agentDB, "--kv", s.kvURL, "--prefix", s.prefix, "--key-template", tmpl}
-	s.agent = newAgent(t, args...)
+	s := newStack(t, storeEtcd, harness.WithPrefix("/bagger"), harness.WithKeyTemplate("storage.config", "/Cfg/{key}"))
 
 	s.exec(ctx, `SELECT storage.register_pg_instance('db1', 5432, 'bagger'), storage.save_config('a', '1'), storage.append_dimension('day', NULL, NULL, NULL)`)
 	outside := map[string]string{"/elsewhere/x": `1`, "/baggerX/y": `2`, "/Cfg/a": `3`}
@@ -65,7 +63,7 @@ func TestResyncRepairsStore(t *testing.T) {
 	if _, err := s.store.Put(ctx, "/bagger/Dimension/999", []byte(`{"id": 999}`)); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := runLenkwerk(t, ctx, nil, append([]string{"resync"}, args...)...); err != nil {
+	if out, err := s.Lenkwerk(ctx, append([]string{"resync"}, s.AgentFlags()...)...); err != nil {
 		t.Fatalf("lenkwerk resync: %v\n%s", err, out)
 	}
 	s.converge(ctx, 30*time.Second)

@@ -4,6 +4,8 @@ import (
 	"context"
 	"testing"
 	"time"
+
+	"github.com/bagger/lenkwerk/integration/harness"
 )
 
 // TestSchemaChanges changes the published tables under a running agent
@@ -15,7 +17,7 @@ import (
 func TestSchemaChanges(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	s := newStackPrefix(t, storeEtcd, "/bagger")
+	s := newStack(t, storeEtcd, harness.WithPrefix("/bagger"))
 	s.exec(ctx, `SELECT storage.register_pg_instance('db1', 5432, 'bagger'), storage.register_pg_instance('db2', 5432, 'bagger');
 		SELECT storage.save_config('a', '{"x": 1}'), storage.save_config('b', '[1, 2]')`)
 	s.agent.Start()

@@ -10,13 +10,9 @@ import (
 	"time"
 
 	"github.com/bagger/lenkwerk/integration/converge"
-	"github.com/bagger/lenkwerk/integration/etcdtest"
-	"github.com/bagger/lenkwerk/integration/pgtest"
+	"github.com/bagger/lenkwerk/integration/harness"
 	"github.com/bagger/lenkwerk/kvdriver"
-	_ "github.com/bagger/lenkwerk/kvdriver/etcd"
-	_ "github.com/bagger/lenkwerk/kvdriver/pgkv"
 	"github.com/jackc/pglogrepl"
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -26,88 +22,70 @@ const (
 	publication = "bagger_lw_storage"
 )
 
-// stack is one Lenkwerk deployment: a private PostgreSQL cluster holding
-// the migrated Lenkwerk database, a store, and the agent between them.
+// stack is one Lenkwerk deployment of the harness (local backend: a
+// private PostgreSQL cluster migrated with `lenkwerk migrate up`, a store,
+// the lenkwerk agent as a child process), with the helpers the scenarios
+// share. The agent is created but not started.
 type stack struct {
-	t       *testing.T
-	pg      *pgtest.Cluster
-	dbName  string
-	dbURL   string // superuser: migrations and the test's own writes
-	agentDB string // the agent connects as lenkwerk_agent, as deployed
-	pool    *pgxpool.Pool
-
-	etcd  *etcdtest.Server // nil unless the store is etcd
-	kvURL string
-	store kvdriver.Store // the test's own connection to the store
-
-	agent  *agentProc
-	prefix string // the agent's --prefix
-	// templates are the agent's --key-template overrides, for converge.
-	templates map[string]string
+	*harness.Stack
+	t     *testing.T
+	pool  *pgxpool.Pool  // superuser: the test's own writes
+	store kvdriver.Store // local backend: one store for the stack's life
+	agent *agentProc
 }
 
-type storeKind string
+type storeKind = harness.KV
 
 const (
-	storeEtcd storeKind = "etcd"
-	storePGKV storeKind = "pgkv"
+	storeEtcd = harness.Etcd
+	storePGKV = harness.PGKV
 )
 
 // newStack starts PostgreSQL, migrates it with `lenkwerk migrate up` and
 // starts the store; the agent is created but not started.
-func newStack(t *testing.T, kind storeKind) *stack { return newStackPrefix(t, kind, "") }
-
-// newStackPrefix is newStack with the agent's keys under prefix.
-func newStackPrefix(t *testing.T, kind storeKind, prefix string) *stack {
+func newStack(t *testing.T, kind storeKind, opts ...harness.Option) *stack {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	hs := harness.Start(t, append([]harness.Option{
+		harness.WithBackend(harness.Local),
+		harness.WithKV(kind),
+		harness.WithAgentStopped(),
+		harness.WithMigrateCommand(),
+	}, opts...)...)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	s := &stack{t: t, pg: pgtest.StartCluster(t, pgtest.Options{})}
-	s.dbName = "lenkwerk"
-	admin, err := pgx.Connect(ctx, s.pg.URL("postgres", ""))
+	pool, err := pgxpool.New(ctx, hs.DatabaseURL())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := admin.Exec(ctx, "CREATE DATABASE lenkwerk"); err != nil {
-		t.Fatal(err)
-	}
-	if kind == storePGKV {
-		if _, err := admin.Exec(ctx, "CREATE DATABASE lenkwerk_kv"); err != nil {
-			t.Fatal(err)
-		}
-	}
-	admin.Close(ctx)
-	s.dbURL = s.pg.URL(s.dbName, "")
-	s.agentDB = s.pg.URL(s.dbName, "lenkwerk_agent")
-
-	if out, err := runLenkwerk(t, ctx, []string{"LENKWERK_DATABASE_URL=" + s.dbURL}, "migrate", "up"); err != nil {
-		t.Fatalf("lenkwerk migrate up: %v\n%s", err, out)
-	}
-
-	s.pool, err = pgxpool.New(ctx, s.dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(s.pool.Close)
-
-	switch kind {
-	case storeEtcd:
-		s.etcd = etcdtest.New(t)
-		s.kvURL = s.etcd.URL()
-	case storePGKV:
-		s.kvURL = s.pg.URL("lenkwerk_kv", "")
-	default:
-		t.Fatalf("unknown store %q", kind)
-	}
-	s.store, err = kvdriver.Open(ctx, s.kvURL)
-	if err != nil {
-		t.Fatalf("open store %s: %v", kvdriver.Redact(s.kvURL), err)
-	}
-	t.Cleanup(func() { s.store.Close() })
-
-	s.prefix = prefix
-	s.agent = newAgent(t, "--database-url", s.agentDB, "--kv", s.kvURL, "--prefix", prefix)
+	t.Cleanup(pool.Close)
+	s := &stack{Stack: hs, t: t, pool: pool, store: hs.Store()}
+	s.agent = s.watchAgent(hs.Agent())
 	return s
+}
+
+// addAgent creates a second agent on the stack's slot and store, not
+// started.
+func (s *stack) addAgent(name string) *agentProc {
+	s.t.Helper()
+	p, err := s.AddAgent(name)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	return s.watchAgent(p)
+}
+
+// watchAgent fails the test when the race detector (LENKWERK_E2E_BUILDFLAGS=-race)
+// reported a data race in the agent's output.
+func (s *stack) watchAgent(p *harness.Process) *agentProc {
+	a := &agentProc{Process: p, t: s.t}
+	s.t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if out, err := p.Log(ctx); err == nil && strings.Contains(string(out), "WARNING: DATA RACE") {
+			s.t.Errorf("the race detector reported a data race in %s", p.Name())
+		}
+	})
+	return a
 }
 
 // exec runs SQL as the superuser.
@@ -136,16 +114,18 @@ func (s *stack) execRetry(ctx context.Context, sql string, args ...any) {
 func (s *stack) tryConverge(ctx context.Context, timeout time.Duration) (converge.Diff, error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	if done := s.agent.exited(); done != nil {
+	if s.agent.Running() {
 		go func() {
-			select {
-			case <-done:
-				cancel(errors.New("the agent process exited"))
-			case <-ctx.Done():
+			for ctx.Err() == nil {
+				if running, err := s.agent.Process.Running(ctx); err == nil && !running {
+					cancel(errors.New("the agent process exited"))
+					return
+				}
+				sleepCtx(ctx, 100*time.Millisecond)
 			}
 		}()
 	}
-	d, err := converge.Wait(ctx, converge.URL(s.dbURL), s.store, converge.Options{Prefix: s.prefix, Templates: s.templates}, timeout)
+	d, err := converge.Wait(ctx, converge.URL(s.DatabaseURL()), s.store, converge.Options{Prefix: s.Prefix(), Templates: s.KeyTemplates()}, timeout)
 	if cause := context.Cause(ctx); err != nil && cause != nil && !errors.Is(cause, context.Canceled) {
 		err = fmt.Errorf("%w (%v)", err, cause)
 	}
@@ -164,7 +144,7 @@ func (s *stack) converge(ctx context.Context, timeout time.Duration) converge.Di
 
 // checkpoint reads the agent's checkpoint LSN from the store.
 func (s *stack) checkpoint(ctx context.Context) (pglogrepl.LSN, error) {
-	key := s.prefix + "/" + converge.ReservedSegment + "/checkpoint/" + slotName
+	key := s.Prefix() + "/" + converge.ReservedSegment + "/checkpoint/" + slotName
 	kv, err := s.store.Get(ctx, key)
 	if err != nil {
 		return 0, fmt.Errorf("get %s: %w", key, err)
@@ -194,6 +174,16 @@ func (s *stack) slot(ctx context.Context) (confirmed pglogrepl.LSN, active bool,
 	}
 	confirmed, err = pglogrepl.ParseLSN(*lsn)
 	return confirmed, active, err
+}
+
+// lever pulls a fault lever of the harness, or fails the test.
+func (s *stack) lever(what string, f func(context.Context) error) {
+	s.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := f(ctx); err != nil {
+		s.t.Fatalf("%s: %v", what, err)
+	}
 }
 
 // configStep is one step of the happy path's sequence of configuration
