@@ -27,12 +27,14 @@
 // reading a table copy): the store and the decoding work at the same time
 // instead of taking turns. What is handed over while a batch is in flight
 // waits in one pending batch, and consecutive transactions are merged
-// there, coalesced per key, as long as the merged batch fits the limits
-// (group commit): a burst or a catch-up of many small transactions costs a
-// few store writes, each carrying the last transaction's checkpoint. A store
-// revision may therefore hold several source transactions, each whole (a
-// watcher never sees part of a transaction, except the chunks of one larger
-// than a batch, as before). The session moves its checkpoint, counts the
+// into one store write as long as it fits the limits and they touch
+// distinct keys (group commit): a burst or a catch-up of many small
+// transactions costs a few store writes, each carrying the last
+// transaction's checkpoint. A store revision may therefore hold several
+// source transactions, each whole (a watcher never sees part of a
+// transaction, except the chunks of one larger than a batch, as before);
+// a key written by two transactions is written twice, so a watcher sees
+// every committed value of every key, in order. The session moves its checkpoint, counts the
 // transactions and confirms the position only when it reaps the applier's
 // acknowledgement. Whatever must see the store current waits for the
 // pipeline to drain first: listing the store (truncate, copies), the idle

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"slices"
 	"sync"
 	"time"
 
@@ -18,13 +19,13 @@ import (
 // Order is kept: the applier writes one batch at a time, in the order the
 // session handed them over. What the session hands over while a batch is
 // in flight waits in one pending batch, and consecutive hand-overs are
-// merged there (group commit) as long as the merged batch fits the store's
-// limits: many small transactions become one store write whose checkpoint
-// is the last one's. A store revision may so hold several source
-// transactions, each whole, and, as before, a transaction larger than a
-// batch is still written in chunks. Merging coalesces per key, the later
-// change winning, which is what applying the batches one after the other
-// would have left.
+// merged (group commit) as long as the merged batch fits the store's limits
+// and they touch distinct keys: many small transactions become one store
+// write whose checkpoint is the last one's. A store revision may so hold
+// several source transactions, each whole, and, as before, a transaction
+// larger than a batch is still written in chunks. A key two transactions
+// write goes into two batches, so a watcher sees every committed value of
+// every key, in order.
 //
 // The session learns what the store acknowledged by reaping the
 // applier's results: only then does it move its checkpoint, confirm the
@@ -129,30 +130,73 @@ func (p *pipeline) run(ctx context.Context) {
 			return
 		case <-p.work:
 		}
-		p.mu.Lock()
-		batch := p.pending
-		p.pending, p.ops, p.bytes, p.hasCk = nil, 0, 0, false
-		p.mu.Unlock()
-		if len(batch) == 0 {
-			continue
-		}
-		signal(p.ready) // room for the session
-		ops, res := p.merge(batch)
-		err := p.s.applyBatch(ctx, ops)
-		if err != nil {
-			p.fail(err)
-			return
-		}
-		p.mu.Lock()
-		p.done = append(p.done, res)
-		p.queued -= res.handoff
-		wake := p.wake
-		p.mu.Unlock()
-		signal(p.ready)
-		if wake != nil {
-			wake()
+		for {
+			batch := p.take()
+			if len(batch) == 0 {
+				break
+			}
+			signal(p.ready) // room for the session
+			ops, res := p.merge(batch)
+			if err := p.s.applyBatch(ctx, ops); err != nil {
+				p.fail(err)
+				return
+			}
+			p.mu.Lock()
+			p.done = append(p.done, res)
+			p.queued -= res.handoff
+			wake := p.wake
+			p.mu.Unlock()
+			signal(p.ready)
+			if wake != nil {
+				wake()
+			}
 		}
 	}
+}
+
+// take removes from pending the longest run of hand-overs that touch
+// distinct keys, which becomes the next batch. A key written by two
+// transactions is written twice, in two batches: merging would keep only
+// the later value, and a watcher would miss a committed state of the key
+// (a node going offline and back). So group commit never loses a
+// committed value; it only makes several transactions visible at one
+// store revision.
+func (p *pipeline) take() []handoff {
+	p.mu.Lock()
+	pending := p.pending
+	p.mu.Unlock()
+	n := len(pending)
+	if n > 1 {
+		// Outside the lock: the session appends meanwhile, only the
+		// applier removes.
+		seen := make(map[string]struct{}, len(pending[0].ops)*2)
+		n = 0
+	run:
+		for _, h := range pending {
+			if n > 0 {
+				for _, op := range h.ops {
+					if _, dup := seen[op.Key]; dup {
+						break run
+					}
+				}
+			}
+			for _, op := range h.ops {
+				seen[op.Key] = struct{}{}
+			}
+			n++
+		}
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	batch := p.pending[:n:n]
+	p.pending = slices.Clone(p.pending[n:])
+	p.ops, p.bytes, p.hasCk = 0, 0, false
+	for _, h := range p.pending {
+		p.ops += len(h.ops)
+		p.bytes += h.bytes
+		p.hasCk = p.hasCk || h.ckOp != nil || h.ck != nil
+	}
+	return batch
 }
 
 func (p *pipeline) fail(err error) {
@@ -168,8 +212,8 @@ func (p *pipeline) fail(err error) {
 	}
 }
 
-// merge builds one store batch of consecutive hand-overs: their operations
-// coalesced per key (the later wins), then the last checkpoint.
+// merge builds one store batch of consecutive hand-overs with distinct
+// keys (take): their operations in order, then the last checkpoint.
 func (p *pipeline) merge(batch []handoff) ([]kvdriver.Op, result) {
 	res := result{handoff: len(batch)}
 	var ops []kvdriver.Op
@@ -181,16 +225,8 @@ func (p *pipeline) merge(batch []handoff) ([]kvdriver.Op, result) {
 			n += len(h.ops)
 		}
 		ops = make([]kvdriver.Op, 0, n+1)
-		at := make(map[string]int, n)
 		for _, h := range batch {
-			for _, op := range h.ops {
-				if i, ok := at[op.Key]; ok {
-					ops[i] = op
-					continue
-				}
-				at[op.Key] = len(ops)
-				ops = append(ops, op)
-			}
+			ops = append(ops, h.ops...)
 		}
 	}
 	var ck *kvdriver.Op
