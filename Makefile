@@ -68,7 +68,7 @@ fuzz:
 # The agent, etcd and PostgreSQL images, built without a registry; an image
 # whose inputs did not change is kept (FORCE=1 rebuilds).
 images:
-	docker/build-images.sh $(if $(FORCE),-f)
+	bash docker/build-images.sh $(if $(FORCE),-f)
 
 clean:
 	rm -rf bin
