@@ -1,13 +1,11 @@
 package containers
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"net"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -51,25 +49,31 @@ func (n *Network) Name() string { return n.nw.Name }
 // Name.
 type Container struct {
 	Name string
-	nws  []*Network
 	ctr  *testcontainers.DockerContainer
+	// tailBytes is how much of the end of its output a failed test shows.
+	tailBytes int
 }
+
+// serverTail is how much of a server's output (PostgreSQL, etcd) a failed
+// test shows.
+const serverTail = 8 << 10
 
 // run creates and starts a container on nws under the network alias name;
 // tb's Cleanup removes it (killing it at once) and, when the test failed,
 // logs the end of its output first.
 func run(tb testing.TB, nws []*Network, name, image string, opts ...testcontainers.ContainerCustomizer) *Container {
 	tb.Helper()
-	c, err := start(tb, nws, name, image, opts...)
+	c, err := start(context.Background(), tb, nws, name, image, opts...)
 	if err != nil {
 		tb.Fatal(err)
 	}
 	return c
 }
 
-// start is run without failing tb, for use from other goroutines.
-func start(tb testing.TB, nws []*Network, name, image string, opts ...testcontainers.ContainerCustomizer) (*Container, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+// start is run without failing tb, for use from other goroutines. It
+// gives up after two minutes or when ctx ends.
+func start(ctx context.Context, tb testing.TB, nws []*Network, name, image string, opts ...testcontainers.ContainerCustomizer) (*Container, error) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	var base []testcontainers.ContainerCustomizer
 	for _, nw := range nws {
@@ -89,11 +93,11 @@ func start(tb testing.TB, nws []*Network, name, image string, opts ...testcontai
 			tb.Errorf("remove container %s: %v", name, err)
 		}
 	})
-	c := &Container{Name: name, nws: nws, ctr: ctr}
+	c := &Container{Name: name, ctr: ctr, tailBytes: serverTail}
 	if ctr != nil {
 		tb.Cleanup(func() {
 			if tb.Failed() {
-				tb.Logf("--- last output of container %s:\n%s", name, c.tail(40))
+				tb.Logf("--- end of the output of container %s:\n%s", name, c.tail())
 			}
 		})
 	}
@@ -180,28 +184,6 @@ func (c *Container) ExitCode(ctx context.Context) (int, error) {
 	return code, err
 }
 
-// Disconnect takes the container off all its networks: its connections
-// hang and it reaches no one, as in a network partition. Connect heals it.
-func (c *Container) Disconnect(ctx context.Context) error {
-	for _, nw := range c.nws {
-		if err := c.DisconnectFrom(ctx, nw); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// Connect puts a disconnected container back on all its networks, under
-// its name.
-func (c *Container) Connect(ctx context.Context) error {
-	for _, nw := range c.nws {
-		if err := c.ConnectTo(ctx, nw); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
 // DisconnectFrom takes the container off one of its networks: it no longer
 // reaches the containers that are only there (nor resolves their names),
 // and keeps reaching those of its other networks — a partition between
@@ -238,13 +220,15 @@ func (c *Container) ConnectTo(ctx context.Context, nw *Network) error {
 // network namespace: what the container itself reaches, cmd reaches. It
 // returns the exit code and the output, stdout and stderr together.
 func (c *Container) Exec(ctx context.Context, cmd ...string) (int, string, error) {
+	// Errors name the command only: its arguments may hold URLs with
+	// passwords.
 	code, r, err := c.ctr.Exec(ctx, cmd, tcexec.Multiplexed())
 	if err != nil {
-		return -1, "", fmt.Errorf("exec %v in %s: %w", cmd, c.Name, err)
+		return -1, "", fmt.Errorf("exec %s in %s: %w", cmd[0], c.Name, err)
 	}
 	out, err := io.ReadAll(r)
 	if err != nil {
-		return code, string(out), fmt.Errorf("exec %v in %s: output: %w", cmd, c.Name, err)
+		return code, string(out), fmt.Errorf("exec %s in %s: output: %w", cmd[0], c.Name, err)
 	}
 	return code, string(out), nil
 }
@@ -288,24 +272,29 @@ func (c *Container) Logs(ctx context.Context) ([]byte, error) {
 	return b, nil
 }
 
-// tail returns the last n lines of the container's output.
-func (c *Container) tail(n int) string {
+// tail is the end of the container's output, for a failed test.
+func (c *Container) tail() string {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	b, err := c.Logs(ctx)
 	if err != nil {
 		return err.Error()
 	}
-	var lines []string
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	sc.Buffer(make([]byte, 64*1024), 1<<20)
-	for sc.Scan() {
-		lines = append(lines, sc.Text())
+	return Tail(b, c.tailBytes)
+}
+
+// Tail is the end of a log for a failed test: its last max bytes, from
+// the start of a line, after a note of how much was left out.
+func Tail(log []byte, max int) string {
+	log = bytes.TrimRight(log, "\n")
+	if len(log) <= max {
+		return string(log)
 	}
-	if len(lines) > n {
-		lines = append([]string{fmt.Sprintf("[… %d lines]", len(lines)-n)}, lines[len(lines)-n:]...)
+	cut := len(log) - max
+	if i := bytes.IndexByte(log[cut:], '\n'); i >= 0 {
+		cut += i + 1
 	}
-	return strings.Join(lines, "\n")
+	return fmt.Sprintf("[… %d bytes, %d lines]\n%s", cut, bytes.Count(log[:cut], []byte("\n")), log[cut:])
 }
 
 var (

@@ -35,7 +35,7 @@ func StartEtcd(tb testing.TB, nw *Network, img Images, n int) *Etcd {
 	for i := range n {
 		name := fmt.Sprintf("etcd%d", i)
 		wg.Go(func() {
-			e.Members[i], errs[i] = start(tb, []*Network{nw}, name, img.Etcd,
+			e.Members[i], errs[i] = start(context.Background(), tb, []*Network{nw}, name, img.Etcd,
 				testcontainers.WithEntrypoint(img.EtcdEntrypoint),
 				testcontainers.WithCmd(
 					"--name", name,
@@ -66,6 +66,9 @@ func StartEtcd(tb testing.TB, nw *Network, img Images, n int) *Etcd {
 	return e
 }
 
+// ErrNoMemberRuns is URL's error when every member is stopped.
+var ErrNoMemberRuns = errors.New("no etcd member runs")
+
 // InternalURL is the etcd:// store URL containers on the network use, with
 // every member.
 func (e *Etcd) InternalURL() string {
@@ -91,7 +94,7 @@ func (e *Etcd) URL(ctx context.Context) (string, error) {
 		eps = append(eps, ep)
 	}
 	if len(eps) == 0 {
-		return "", fmt.Errorf("no etcd member runs")
+		return "", ErrNoMemberRuns
 	}
 	return "etcd://" + strings.Join(eps, ","), nil
 }

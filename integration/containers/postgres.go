@@ -84,32 +84,3 @@ func (p *Postgres) WaitReady(ctx context.Context) error {
 		return err == nil, err
 	})
 }
-
-// Restart stops PostgreSQL (a fast shutdown, then a kill after timeout),
-// starts it again and waits until it accepts connections.
-func (p *Postgres) Restart(ctx context.Context, timeout time.Duration) error {
-	if err := p.Stop(ctx, timeout); err != nil {
-		return err
-	}
-	if err := p.Start(ctx); err != nil {
-		return err
-	}
-	return p.WaitReady(ctx)
-}
-
-// Exec runs sql as the superuser in db.
-func (p *Postgres) Exec(ctx context.Context, db, sql string, args ...any) error {
-	u, err := p.URL(ctx, db, "")
-	if err != nil {
-		return err
-	}
-	conn, err := pgx.Connect(ctx, u)
-	if err != nil {
-		return fmt.Errorf("connect to %s: %w", db, err)
-	}
-	defer conn.Close(context.Background())
-	if _, err := conn.Exec(ctx, sql, args...); err != nil {
-		return fmt.Errorf("%s: %w", sql, err)
-	}
-	return nil
-}

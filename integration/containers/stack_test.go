@@ -91,7 +91,9 @@ func (s *stack) agentRunning(ctx context.Context) {
 		s.t.Fatal(err)
 	}
 	if !running {
-		s.t.Fatalf("the agent container exited instead of riding out the fault: %v", s.Agent().UnexpectedExits(ctx))
+		// Each exit with its code (and signal): an OOM kill or a crash
+		// reads differently from a clean exit.
+		s.t.Fatalf("the agent container exited instead of riding out the fault: %s", strings.Join(s.Agent().UnexpectedExits(ctx), "; "))
 	}
 }
 

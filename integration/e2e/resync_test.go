@@ -63,7 +63,10 @@ func TestResyncRepairsStore(t *testing.T) {
 	if _, err := s.store.Put(ctx, "/bagger/Dimension/999", []byte(`{"id": 999}`)); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := s.Lenkwerk(ctx, append([]string{"resync"}, s.AgentFlags()...)...); err != nil {
+	rctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	out, err := s.Lenkwerk(rctx, append([]string{"resync"}, s.AgentFlags()...)...)
+	cancel()
+	if err != nil {
 		t.Fatalf("lenkwerk resync: %v\n%s", err, out)
 	}
 	s.converge(ctx, 30*time.Second)

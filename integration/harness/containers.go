@@ -81,15 +81,24 @@ func (c *ctrs) networks() []*containers.Network {
 	return []*containers.Network{c.dbNet, c.kvNet}
 }
 
+// urls returns "" for a server that does not run (or has no host port):
+// the Stack keeps the URL it had.
 func (c *ctrs) urls(ctx context.Context) (string, string, error) {
-	admin, err := c.pg.URL(ctx, Database, "")
-	if err != nil {
+	var admin string
+	if running, err := c.pg.Running(ctx); err != nil {
 		return "", "", err
+	} else if running {
+		if admin, err = c.pg.URL(ctx, Database, ""); err != nil {
+			return "", "", err
+		}
 	}
 	if c.etcd == nil {
 		return admin, admin, nil
 	}
 	kv, err := c.etcd.URL(ctx)
+	if errors.Is(err, containers.ErrNoMemberRuns) {
+		return admin, "", nil
+	}
 	return admin, kv, err
 }
 
@@ -109,7 +118,7 @@ func (c *ctrs) newProc(name string, args []string) (proc, error) {
 }
 
 func (c *ctrs) run(ctx context.Context, name string, args []string) (string, error) {
-	ctr, err := containers.NewLenkwerkOn(c.tb, c.networks(), c.img, name, nil, args...)
+	ctr, err := containers.NewLenkwerkOn(ctx, c.tb, c.networks(), c.img, name, nil, args...)
 	if err != nil {
 		return "", err
 	}
@@ -208,14 +217,15 @@ func (c *ctrs) isolate(ctx context.Context, agent proc) error {
 
 func (c *ctrs) cut(ctx context.Context, agent proc, nws []*containers.Network) error {
 	cp := agent.(*ctrProc)
-	if cp.ctr == nil {
+	ctr := cp.get()
+	if ctr == nil {
 		return errors.New("the agent was never started")
 	}
 	for _, nw := range nws {
 		if slices.Contains(cp.cut, nw) {
 			continue
 		}
-		if err := cp.ctr.DisconnectFrom(ctx, nw); err != nil {
+		if err := ctr.DisconnectFrom(ctx, nw); err != nil {
 			return err
 		}
 		cp.cut = append(cp.cut, nw)
@@ -226,7 +236,7 @@ func (c *ctrs) cut(ctx context.Context, agent proc, nws []*containers.Network) e
 func (c *ctrs) heal(ctx context.Context, agent proc) error {
 	cp := agent.(*ctrProc)
 	for len(cp.cut) > 0 {
-		if err := cp.ctr.ConnectTo(ctx, cp.cut[0]); err != nil {
+		if err := cp.get().ConnectTo(ctx, cp.cut[0]); err != nil {
 			return err
 		}
 		cp.cut = cp.cut[1:]
@@ -240,23 +250,35 @@ type ctrProc struct {
 	c    *ctrs
 	name string
 	args []string
-	ctr  *containers.Container
-	cut  []*containers.Network // networks it was taken off
+	cut  []*containers.Network // networks it was taken off; under Stack.levers
+
+	// mu guards ctr: the levers (partitions) and Exec use it without
+	// Process.mu.
+	mu  sync.Mutex
+	ctr *containers.Container
+}
+
+func (cp *ctrProc) get() *containers.Container {
+	cp.mu.Lock()
+	defer cp.mu.Unlock()
+	return cp.ctr
 }
 
 func (cp *ctrProc) start(ctx context.Context) error {
-	if cp.ctr != nil {
-		return cp.ctr.Start(ctx)
+	if ctr := cp.get(); ctr != nil {
+		return ctr.Start(ctx)
 	}
 	var opts []testcontainers.ContainerCustomizer
 	if cp.c.cfg.readOnly {
 		opts = append(opts, containers.ReadOnlyRootfs())
 	}
-	ctr, err := containers.NewLenkwerkOn(cp.c.tb, cp.c.networks(), cp.c.img, cp.name, opts, cp.args...)
+	ctr, err := containers.NewLenkwerkOn(ctx, cp.c.tb, cp.c.networks(), cp.c.img, cp.name, opts, cp.args...)
 	if err != nil {
 		return err
 	}
+	cp.mu.Lock()
 	cp.ctr = ctr
+	cp.mu.Unlock()
 	return nil
 }
 
@@ -264,7 +286,7 @@ func (cp *ctrProc) kill(ctx context.Context) error {
 	if running, err := cp.running(ctx); err != nil || !running {
 		return err
 	}
-	return cp.ctr.Kill(ctx)
+	return cp.get().Kill(ctx)
 }
 
 func (cp *ctrProc) term(ctx context.Context) (int, error) {
@@ -273,33 +295,63 @@ func (cp *ctrProc) term(ctx context.Context) (int, error) {
 		timeout = min(timeout, time.Until(d))
 	}
 	// docker stop: SIGTERM, SIGKILL after timeout.
-	if err := cp.ctr.Stop(ctx, timeout); err != nil {
+	ctr := cp.get()
+	if err := ctr.Stop(ctx, timeout); err != nil {
 		return -1, err
 	}
-	return cp.ctr.ExitCode(ctx)
+	return ctr.ExitCode(ctx)
 }
 
 func (cp *ctrProc) running(ctx context.Context) (bool, error) {
-	if cp.ctr == nil {
+	ctr := cp.get()
+	if ctr == nil {
 		return false, nil
 	}
-	return cp.ctr.Running(ctx)
+	return ctr.Running(ctx)
+}
+
+func (cp *ctrProc) exitStatus(ctx context.Context) string {
+	ctr := cp.get()
+	if ctr == nil {
+		return "never started"
+	}
+	r, err := ctr.Inspect(ctx)
+	if err != nil {
+		return err.Error()
+	}
+	st := r.State
+	status := fmt.Sprintf("exit code %d", st.ExitCode)
+	if st.ExitCode > 128 {
+		status += fmt.Sprintf(" (signal %d)", st.ExitCode-128)
+	}
+	if st.OOMKilled {
+		status += ", OOM-killed"
+	}
+	if st.Error != "" {
+		status += ", " + st.Error
+	}
+	return status
 }
 
 func (cp *ctrProc) logs(ctx context.Context) ([]byte, error) {
-	if cp.ctr == nil {
+	ctr := cp.get()
+	if ctr == nil {
 		return nil, nil
 	}
-	return cp.ctr.Logs(ctx)
+	return ctr.Logs(ctx)
 }
 
-func (cp *ctrProc) container() *containers.Container { return cp.ctr }
+func (cp *ctrProc) container() *containers.Container { return cp.get() }
 
 func (cp *ctrProc) exec(ctx context.Context, args []string) (int, string, error) {
-	if running, err := cp.running(ctx); err != nil || !running {
-		return -1, "", fmt.Errorf("container %s does not run (%v)", cp.name, err)
+	running, err := cp.running(ctx)
+	if err != nil {
+		return -1, "", err
 	}
-	return cp.ctr.Exec(ctx, append([]string{containers.AgentBinary}, args...)...)
+	if !running {
+		return -1, "", fmt.Errorf("container %s does not run", cp.name)
+	}
+	return cp.get().Exec(ctx, append([]string{containers.AgentBinary}, args...)...)
 }
 
 // dockerAnswers reports whether a Docker engine answers a ping within a

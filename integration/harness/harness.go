@@ -23,9 +23,13 @@ import (
 const Database = "lenkwerk"
 
 // ErrUnsupported is returned by a fault lever the Stack's backend or store
-// cannot pull (e.g. PartitionAgentFromDB on the local backend, StopNode
-// without a cluster). It wraps errors.ErrUnsupported.
+// cannot pull (e.g. PartitionAgentFromDB or KillPostgres on the local
+// backend, StopNode with PGKV). It wraps errors.ErrUnsupported.
 var ErrUnsupported = fmt.Errorf("harness: %w", errors.ErrUnsupported)
+
+// logTail is how much of the end of a lenkwerk process's output a failed
+// test shows.
+const logTail = 64 << 10
 
 // startTimeout bounds Start: images, servers, migrations and the agent's
 // initial sync.
@@ -35,7 +39,8 @@ const startTimeout = 3 * time.Minute
 // processes are called one at a time, under Stack.levers.
 type backend interface {
 	// urls returns the host's admin URL of the Lenkwerk database and the
-	// store URL, read afresh (container host ports change on restart).
+	// store URL, read afresh (container host ports change on restart);
+	// "" for a server that does not run.
 	urls(ctx context.Context) (admin, kv string, err error)
 	// agentDB and agentKV are the URLs lenkwerk processes of the backend
 	// use: the Lenkwerk database as lenkwerk_agent, and the store.
@@ -134,7 +139,7 @@ func Start(tb testing.TB, opts ...Option) *Stack {
 		}
 		if tb.Failed() {
 			for _, p := range procs {
-				tb.Logf("--- end of the output of %s (%s backend):\n%s", p.name, s.backend, p.tail(60))
+				tb.Logf("--- end of the output of %s (%s backend):\n%s", p.name, s.backend, p.tail(logTail))
 			}
 		}
 		// Agents let go of the slot before PostgreSQL stops.
@@ -214,7 +219,7 @@ func (s *Stack) Agent() *Process { return s.agent }
 
 // AddAgent creates another agent on the same database, slot and store, as
 // a standby of a high-availability deployment, named name (its container's
-// name, and its connections' application_name). It is not started: call
+// network alias, and its connections' application_name). It is not started: call
 // Start.
 func (s *Stack) AddAgent(name string) (*Process, error) {
 	return s.newProcess(name, s.agentCommand(name))
@@ -238,11 +243,14 @@ func (s *Stack) Command(name string, args ...string) (*Process, error) {
 //
 //	out, err := s.Lenkwerk(ctx, append([]string{"resync"}, s.AgentFlags()...)...)
 func (s *Stack) Lenkwerk(ctx context.Context, args ...string) (string, error) {
+	if len(args) == 0 {
+		return "", errors.New("harness: Lenkwerk: no command")
+	}
 	s.levers.Lock()
 	defer s.levers.Unlock()
 	out, err := s.b.run(ctx, "lenkwerk-"+args[0], args)
 	if err != nil {
-		return out, fmt.Errorf("harness: lenkwerk %s: %w", strings.Join(args, " "), err)
+		return out, fmt.Errorf("harness: lenkwerk %s: %w", redactArgs(args), err)
 	}
 	return out, nil
 }
@@ -348,15 +356,19 @@ func (s *Stack) refresh(ctx context.Context) error {
 	return s.refreshLocked(ctx)
 }
 
-// refreshLocked is refresh with s.levers held.
+// refreshLocked is refresh with s.levers held. A server that does not run
+// (etcd stopped while PostgreSQL restarts) keeps its last URL: it gets a
+// new one when it starts.
 func (s *Stack) refreshLocked(ctx context.Context) error {
 	admin, kvURL, err := s.b.urls(ctx)
 	if err != nil {
 		return err
 	}
 	s.mu.Lock()
-	s.admin = admin
-	same := s.store != nil && kvURL == s.kvURL
+	if admin != "" {
+		s.admin = admin
+	}
+	same := kvURL == "" || s.store != nil && kvURL == s.kvURL
 	s.mu.Unlock()
 	if same {
 		return nil
@@ -391,7 +403,7 @@ func (s *Stack) waitAgentReady(ctx context.Context) error {
 		return false, nil
 	})
 	if err != nil {
-		return fmt.Errorf("waiting for the agent's initial sync: %w\n%s", err, s.agent.tail(40))
+		return fmt.Errorf("waiting for the agent's initial sync: %w\n%s", err, s.agent.tail(logTail))
 	}
 	return nil
 }

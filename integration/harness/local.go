@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -83,10 +82,17 @@ func (l *local) newProc(name string, args []string) (proc, error) {
 }
 
 func (l *local) run(ctx context.Context, _ string, args []string) (string, error) {
-	cmd := exec.CommandContext(ctx, l.bin, args...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	out, err := cmd.CombinedOutput()
+	out, err := groupCommand(ctx, l.bin, args...).CombinedOutput()
 	return string(out), err
+}
+
+// groupCommand is a command to run to its end in a process group of its
+// own, killed whole when ctx ends or the test binary dies.
+func groupCommand(ctx context.Context, bin string, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	return cmd
 }
 
 func (l *local) stopStore(context.Context) error {
@@ -216,6 +222,16 @@ func (lp *localProc) running(context.Context) (bool, error) {
 	return lp.p != nil && lp.p.running(), nil
 }
 
+func (lp *localProc) exitStatus(context.Context) string {
+	if lp.p == nil {
+		return "never started"
+	}
+	if lp.p.running() {
+		return "running"
+	}
+	return lp.p.cmd.ProcessState.String() // "exit status 1", "signal: killed"
+}
+
 func (lp *localProc) logs(context.Context) ([]byte, error) {
 	b, err := os.ReadFile(lp.log)
 	if errors.Is(err, os.ErrNotExist) {
@@ -225,8 +241,7 @@ func (lp *localProc) logs(context.Context) ([]byte, error) {
 }
 
 func (lp *localProc) exec(ctx context.Context, args []string) (int, string, error) {
-	cmd := exec.CommandContext(ctx, lp.bin, args...)
-	out, err := cmd.CombinedOutput()
+	out, err := groupCommand(ctx, lp.bin, args...).CombinedOutput()
 	var exit *exec.ExitError
 	if errors.As(err, &exit) {
 		return exit.ExitCode(), string(out), nil
@@ -276,12 +291,18 @@ func (p *process) running() bool {
 	}
 }
 
-// signal sends sig and waits for the process to exit.
+// signal sends sig and waits for the process to exit. SIGKILL goes to
+// the process's group (it has one of its own), so nothing it started
+// survives it; SIGTERM to the process, whose shutdown it is.
 func (p *process) signal(ctx context.Context, sig syscall.Signal) error {
 	if !p.running() {
 		return nil
 	}
-	if err := p.cmd.Process.Signal(sig); err != nil && p.running() {
+	pid := p.cmd.Process.Pid
+	if sig == syscall.SIGKILL {
+		pid = -pid
+	}
+	if err := syscall.Kill(pid, sig); err != nil && p.running() {
 		return fmt.Errorf("signal %v: %w", sig, err)
 	}
 	select {
@@ -290,13 +311,4 @@ func (p *process) signal(ctx context.Context, sig syscall.Signal) error {
 	case <-ctx.Done():
 		return fmt.Errorf("waiting for the agent to exit after %v: %w", sig, ctx.Err())
 	}
-}
-
-// tail returns the last n lines of s.
-func tail(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = append([]string{fmt.Sprintf("[… %d lines]", len(lines)-n)}, lines[len(lines)-n:]...)
-	}
-	return strings.Join(lines, "\n")
 }

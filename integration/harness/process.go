@@ -8,10 +8,11 @@ import (
 	"time"
 
 	"github.com/bagger/lenkwerk/integration/containers"
+	"github.com/bagger/lenkwerk/kvdriver"
 )
 
 // proc is one lenkwerk process of a backend: a child process or a
-// container. Its methods are called under Process.mu.
+// container. Its methods other than exec are called under Process.mu.
 type proc interface {
 	start(ctx context.Context) error
 	kill(ctx context.Context) error
@@ -19,6 +20,8 @@ type proc interface {
 	// ctx ends first, and then returning -1 and ctx's error).
 	term(ctx context.Context) (int, error)
 	running(ctx context.Context) (bool, error)
+	// exitStatus describes how the last run ended (exit code, signal).
+	exitStatus(ctx context.Context) string
 	// logs returns everything the process wrote, across its runs.
 	logs(ctx context.Context) ([]byte, error)
 	// exec runs a lenkwerk command where the process runs (in its
@@ -45,8 +48,8 @@ type Process struct {
 	exits    []string // exits nobody asked for
 }
 
-// Name is the process's name: its container's name on the containers
-// backend (and the application_name of an agent's connections).
+// Name is the process's name: its container's network alias on the
+// containers backend, and the application_name of an agent's connections.
 func (p *Process) Name() string { return p.name }
 
 // Start starts the process; a process that runs is left alone.
@@ -59,7 +62,11 @@ func (p *Process) Start(ctx context.Context) error {
 		return nil
 	}
 	p.noteExitLocked(ctx)
-	out, _ := p.p.logs(ctx)
+	// WaitLog looks at what the new run writes: after this.
+	out, err := p.p.logs(ctx)
+	if err != nil {
+		return fmt.Errorf("harness: start %s: read its log: %w", p.name, err)
+	}
 	if err := p.p.start(ctx); err != nil {
 		return fmt.Errorf("harness: start %s: %w", p.name, err)
 	}
@@ -174,7 +181,7 @@ func (p *Process) noteExitLocked(ctx context.Context) {
 		return
 	}
 	if running, err := p.p.running(ctx); err == nil && !running {
-		p.exits = append(p.exits, fmt.Sprintf("%s: run %d exited by itself", p.name, p.runs))
+		p.exits = append(p.exits, fmt.Sprintf("%s: run %d exited by itself: %s", p.name, p.runs, p.p.exitStatus(ctx)))
 		p.started = false
 	}
 }
@@ -186,15 +193,16 @@ func (p *Process) noteExitLocked(ctx context.Context) {
 // stderr together. A non-zero exit is an error. On the containers backend
 // the process must run; on the local backend the command is a child
 // process of the test, with the test's view of the network.
+//
+// Exec does not hold up the process's other methods: a test may Kill the
+// process while a command runs.
 func (p *Process) Exec(ctx context.Context, args ...string) (string, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
 	code, out, err := p.p.exec(ctx, args)
 	if err == nil && code != 0 {
 		err = fmt.Errorf("exit code %d", code)
 	}
 	if err != nil {
-		return out, fmt.Errorf("harness: lenkwerk %s in %s: %w", strings.Join(args, " "), p.name, err)
+		return out, fmt.Errorf("harness: lenkwerk %s in %s: %w", redactArgs(args), p.name, err)
 	}
 	return out, nil
 }
@@ -211,13 +219,29 @@ func (p *Process) Container() *containers.Container {
 	return nil
 }
 
-// tail is the end of the process's output, for a failed test.
-func (p *Process) tail(n int) string {
+// tail is the end of the process's output, at most max bytes, for a
+// failed test.
+func (p *Process) tail(max int) string {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	out, err := p.Log(ctx)
 	if err != nil {
 		return err.Error()
 	}
-	return tail(string(out), n)
+	return containers.Tail(out, max)
+}
+
+// redactArgs is a command line for an error message, with the passwords
+// of URLs in it masked.
+func redactArgs(args []string) string {
+	shown := make([]string, len(args))
+	for i, a := range args {
+		shown[i] = a
+		if strings.Contains(a, "://") {
+			shown[i] = kvdriver.Redact(a)
+		} else if k, v, ok := strings.Cut(a, "="); ok && strings.Contains(v, "://") {
+			shown[i] = k + "=" + kvdriver.Redact(v)
+		}
+	}
+	return strings.Join(shown, " ")
 }
