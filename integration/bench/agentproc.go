@@ -67,6 +67,11 @@ func (e *Env) StartAgent(ctx context.Context, src *Source, kind StoreKind, prefi
 		"--database-url", src.AgentURL, "--kv", e.StoreURL(kind),
 		"--slot", src.Slot, "--prefix", prefix, "--log-level", "warn")
 	a.cmd.Stdout, a.cmd.Stderr = log, log
+	// LWBENCH_AGENT_ENV="GOGC=400 …" sets the agent's environment only
+	// (the embedded etcd of the baseline keeps the benchmark's).
+	if extra := os.Getenv("LWBENCH_AGENT_ENV"); extra != "" {
+		a.cmd.Env = append(os.Environ(), strings.Fields(extra)...)
+	}
 	// The death signal: no agent outlives a benchmark that dies.
 	a.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	a.Started = time.Now()

@@ -254,6 +254,8 @@ func runAgent(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	gcPercent, memLimit := tuneGC()
+	slog.Debug("garbage collector", "gogc", gcPercent, "memory_limit_bytes", memLimit)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics, err := agent.NewMetrics(reg)
