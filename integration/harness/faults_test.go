@@ -3,9 +3,12 @@ package harness_test
 import (
 	"context"
 	"errors"
+	"net"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/bagger/lenkwerk/agent"
 	"github.com/bagger/lenkwerk/integration/harness"
@@ -43,7 +46,13 @@ func TestFaults(t *testing.T) {
 			})
 			t.Run("RestartAgent", func(t *testing.T) {
 				changes(t, s, "restart-before", 3)
+				streams := logCount(t, s, streamingLine)
 				must(t, s.RestartAgent(ctx))
+				// A new run: it logs that it streams once more.
+				waitLogCount(t, s, streamingLine, streams+1)
+				if running, err := s.AgentRunning(ctx); err != nil || !running {
+					t.Fatalf("after RestartAgent: running %v (%v)", running, err)
+				}
 				changes(t, s, "restart-after", 3)
 				converged(t, s)
 			})
@@ -55,15 +64,35 @@ func TestFaults(t *testing.T) {
 				}
 				cancel()
 				changes(t, s, "store-down", 3) // the agent retries
+				// PostgreSQL restarts while no etcd member runs: the
+				// Stack follows it (a new host port on the containers
+				// backend) and keeps the store's URL for StartStore.
+				kvURL := s.KVURL()
+				must(t, s.RestartPostgres(ctx))
+				if got := s.KVURL(); got != kvURL {
+					t.Errorf("KVURL changed while the store was down: %s, was %s", got, kvURL)
+				}
+				changes(t, s, "pg-restarted", 3)
 				must(t, s.StartStore(ctx))
 				changes(t, s, "store-up", 3)
 				converged(t, s)
 			})
 			t.Run("StopNode", func(t *testing.T) {
+				member0 := endpoints(t, s.KVURL())[0]
 				must(t, s.StopNode(ctx, 0))
+				if c, err := net.DialTimeout("tcp", member0, 2*time.Second); err == nil {
+					c.Close()
+					t.Fatalf("etcd member 0 (%s) accepts connections after StopNode", member0)
+				}
 				changes(t, s, "node-down", 3) // two of three keep quorum
 				converged(t, s)
 				must(t, s.StartNode(ctx, 0))
+				member0 = endpoints(t, s.KVURL())[0] // moved on the containers backend
+				if c, err := net.DialTimeout("tcp", member0, 2*time.Second); err != nil {
+					t.Fatalf("etcd member 0 (%s) after StartNode: %v", member0, err)
+				} else {
+					c.Close()
+				}
 				changes(t, s, "node-up", 3)
 				converged(t, s)
 			})
@@ -100,8 +129,72 @@ func TestFaults(t *testing.T) {
 					t.Fatalf("the agent did not ride the partition out: running %v (%v)", running, err)
 				}
 			})
+			if b == harness.Containers {
+				t.Run("PartitionAgent", func(t *testing.T) {
+					must(t, s.PartitionAgent(ctx))
+					changes(t, s, "isolated", 3)
+					stalled(t, s, "/PostgresInstance/isolated-0/5432")
+					// The agent's container reaches nothing, the store
+					// included.
+					key := agent.CheckpointKey(s.Prefix(), agent.DefaultSlot)
+					ectx, cancel := context.WithTimeout(ctx, 10*time.Second)
+					out, err := s.Agent().Exec(ectx, "kv", "--kv", s.AgentKVURL(), "get", key)
+					cancel()
+					if err == nil {
+						t.Fatalf("during PartitionAgent the agent's container reaches the store:\n%s", out)
+					}
+					must(t, s.Heal(ctx))
+					changes(t, s, "reconnected", 3)
+					converged(t, s)
+					if running, err := s.AgentRunning(ctx); err != nil || !running {
+						t.Fatalf("the agent did not ride the partition out: running %v (%v)", running, err)
+					}
+				})
+			}
 		})
 	}
+}
+
+// streamingLine is the agent's log line when it streams changes.
+const streamingLine = "msg=streaming "
+
+// logCount counts the agent's log lines containing sub, over all its runs.
+func logCount(t testing.TB, s *harness.Stack, sub string) int {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	out, err := s.Agent().Log(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Count(string(out), sub)
+}
+
+// waitLogCount waits up to 30 s for the agent to have logged want lines
+// containing sub, over all its runs.
+func waitLogCount(t testing.TB, s *harness.Stack, sub string, want int) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for got := logCount(t, s, sub); got < want; got = logCount(t, s, sub) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the agent logged %q %d times, want %d", sub, got, want)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// endpoints are the host:port of each etcd member in an etcd:// URL, in
+// member order.
+func endpoints(t testing.TB, kvURL string) []string {
+	t.Helper()
+	hosts, ok := strings.CutPrefix(kvURL, "etcd://")
+	if !ok {
+		t.Fatalf("not an etcd URL: %s", kvURL)
+	}
+	if i := strings.IndexAny(hosts, "/?"); i >= 0 {
+		hosts = hosts[:i]
+	}
+	return strings.Split(hosts, ",")
 }
 
 // stalled fails t if key, committed in the database, shows up in the store
@@ -132,6 +225,13 @@ func TestStopStorePGKV(t *testing.T) {
 			if err := s.StopStore(ctx); err != nil {
 				t.Fatal(err)
 			}
+			// The store is PostgreSQL: down with it.
+			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			if conn, err := pgx.Connect(cctx, s.DatabaseURL()); err == nil {
+				conn.Close(context.Background())
+				t.Fatal("PostgreSQL accepts connections after StopStore with pgkv")
+			}
+			cancel()
 			if err := s.StartStore(ctx); err != nil {
 				t.Fatal(err)
 			}
