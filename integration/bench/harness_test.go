@@ -42,8 +42,11 @@ func TestHarness(t *testing.T) {
 					t.Fatalf("Bulk(%d, %d): %v", rows, txRows, err)
 				}
 				checkThroughput(t, "Bulk", r, rows)
-				if want := int64(rows / txRows); r.StoreWrites < want {
-					t.Errorf("Bulk(%d, %d): %d store writes, want at least %d", rows, txRows, r.StoreWrites, want)
+				// The agent's writes are counted: at least one, at most one
+				// per transaction (group commit may merge them; an idle
+				// checkpoint may follow).
+				if most := int64(rows/txRows) + 2; r.StoreWrites < 1 || r.StoreWrites > most {
+					t.Errorf("Bulk(%d, %d): %d store writes, want 1 to %d", rows, txRows, r.StoreWrites, most)
 				}
 				if kind == bench.PGKV {
 					break // the rest is the same harness code as with etcd
