@@ -15,15 +15,15 @@ import (
 // testNodeOnline is a Bagger component's test against a real Lenkwerk: it
 // registers a storage node as the configuration tools do (role
 // lenkwerk_config), sets it online and waits until the store shows it
-// online, as the storage nodes will see it. In your package it is
-//
-//	func TestNodeOnline(t *testing.T) { testNodeOnline(t) }
+// online, as the storage nodes will see it. The package documentation and
+// the README show this body as a TestNodeOnline; here it also returns what
+// the store held, for the examples' checked output.
 func testNodeOnline(t testing.TB, opts ...harness.Option) string {
 	s := harness.Start(t, opts...) // PostgreSQL, etcd, agent; gone after the test
 
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	conn, err := pgx.Connect(ctx, s.ConfigURL())
+	conn, err := pgx.Connect(ctx, s.ConfigURL()) // as lenkwerk_config
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -38,7 +38,7 @@ func testNodeOnline(t testing.TB, opts ...harness.Option) string {
 		t.Fatal(err)
 	}
 
-	// The agent mirrors the row to its key as to_jsonb(row).
+	// What a storage node sees: the row as JSON (to_jsonb) under its key.
 	var node struct {
 		Host   string `json:"host"`
 		Port   int    `json:"port"`
@@ -53,15 +53,31 @@ func testNodeOnline(t testing.TB, opts ...harness.Option) string {
 	return fmt.Sprintf("%s:%d status %d", node.Host, node.Port, node.Status)
 }
 
-// A consumer's test, end to end, on the default backend (containers when a
-// Docker engine answers, else local processes).
-func Example() {
-	// An Example gets no *testing.T: testing.Benchmark lends the test a
-	// real testing.TB (with Cleanup), running it once since it takes
-	// longer than the benchmark time.
+// runTest runs test as go test would, once, for an Example, which gets no
+// *testing.T: testing.Benchmark lends it a real testing.TB (with Cleanup),
+// running it once since it takes longer than the benchmark time.
+func runTest(test func(testing.TB) string) string {
 	var got string
-	testing.Benchmark(func(b *testing.B) { got = testNodeOnline(printErrors{b}) })
-	fmt.Println(got)
+	testing.Benchmark(func(b *testing.B) { got = test(printErrors{b}) })
+	return got
+}
+
+// A consumer's test, end to end, on the local backend: the machine's
+// PostgreSQL binaries, embedded etcd, the agent as a child process.
+func Example_local() {
+	fmt.Println(runTest(func(t testing.TB) string {
+		return testNodeOnline(t, harness.WithBackend(harness.Local))
+	}))
+	// Output: db1:5432 status 3
+}
+
+// The same test on the containers backend: PostgreSQL, etcd and the agent
+// in Docker containers. Without WithBackend (or LENKWERK_HARNESS_BACKEND)
+// a test gets this backend when a Docker engine answers.
+func Example_containers() {
+	fmt.Println(runTest(func(t testing.TB) string {
+		return testNodeOnline(t, harness.WithBackend(harness.Containers))
+	}))
 	// Output: db1:5432 status 3
 }
 

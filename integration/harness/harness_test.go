@@ -16,18 +16,6 @@ import (
 
 var backends = []harness.Backend{harness.Local, harness.Containers}
 
-// TestNodeOnline runs the Example's scenario on each backend explicitly.
-func TestNodeOnline(t *testing.T) {
-	for _, b := range backends {
-		t.Run(string(b), func(t *testing.T) {
-			t.Parallel()
-			if got, want := testNodeOnline(t, harness.WithBackend(b)), "db1:5432 status 3"; got != want {
-				t.Fatalf("got %q, want %q", got, want)
-			}
-		})
-	}
-}
-
 // TestSideBySide runs two stacks at once on each backend: each has its own
 // servers, slot and store, and sees only its own changes.
 func TestSideBySide(t *testing.T) {

@@ -14,7 +14,9 @@ const (
 	// agent as a child process.
 	Local Backend = "local"
 	// Containers runs PostgreSQL, etcd and the agent as Docker containers
-	// on a network of the stack's own (integration/containers).
+	// (integration/containers): PostgreSQL on a network of the Stack's
+	// own, etcd on another, lenkwerk containers on both, so a partition
+	// can cut one way and not the other.
 	Containers Backend = "containers"
 )
 
@@ -35,7 +37,9 @@ const (
 	// EtcdCluster is a three-member etcd cluster.
 	EtcdCluster KV = "etcd-cluster"
 	// PGKV is the pgkv driver in Lenkwerk's own PostgreSQL database
-	// (schema lenkwerk_kv): a Postgres-only deployment.
+	// (schema lenkwerk_kv): a Postgres-only deployment. The store always
+	// lives in the Lenkwerk database; a separate store database is not
+	// offered (see the package documentation).
 	PGKV KV = "pgkv"
 )
 
