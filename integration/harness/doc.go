@@ -184,8 +184,9 @@
 //
 // # When a test fails
 //
-// The end of the output of every lenkwerk process of the Stack (the
-// agent's --log-level is info; WithAgentLogLevel changes it) is printed
-// with the failure, and so is the end of every container's output on the
-// containers backend.
+// The last 64 KiB of the output of every lenkwerk process of the Stack
+// (the agent's --log-level is info; WithAgentLogLevel changes it) are
+// printed with the failure, and the last 8 KiB of every server container's
+// output on the containers backend. UnexpectedExits names each exit's
+// status (exit code or signal).
 package harness
