@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/bagger/lenkwerk/agent/pgjson"
@@ -365,7 +366,8 @@ func (s *session) stream(ctx context.Context) error {
 			deadline = s.nextPoll
 		}
 		rctx, cancel := context.WithDeadline(ctx, deadline)
-		s.pipe.setWake(cancel)
+		var woken atomic.Bool
+		s.pipe.setWake(func() { woken.Store(true); cancel() })
 		msg, err := s.repl.ReceiveMessage(rctx)
 		s.pipe.setWake(nil)
 		cancel()
@@ -375,7 +377,10 @@ func (s *session) stream(ctx context.Context) error {
 			}
 			// Woken by the applier, or the status update is due: the
 			// connection stays usable (pgconn only sets a deadline).
-			if pgconn.Timeout(err) || rctx.Err() != nil {
+			// Any other error, a timeout before the deadline included
+			// (ETIMEDOUT of a connection the network lost counts as a
+			// timeout, and the loop would spin on it), ends the session.
+			if woken.Load() || (pgconn.Timeout(err) && !time.Now().Before(deadline)) {
 				s.keepalive()
 				continue
 			}
