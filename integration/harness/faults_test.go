@@ -151,13 +151,8 @@ func TestFaults(t *testing.T) {
 					if running, err := s.AgentRunning(ctx); err != nil || !running {
 						t.Fatalf("the agent did not survive the partition: running %v (%v)", running, err)
 					}
-					// The agent does not notice on its own that its
-					// replication connection died during the cut (it
-					// stays silent for minutes; reported to the agent's
-					// owners), so it is restarted here: this test is
-					// about the lever; riding a cut out is
-					// TestAgentPartitioned's (integration/containers).
-					must(t, s.RestartAgent(ctx))
+					// The agent rides the cut out on its own: it
+					// notices its dead connections and reconnects.
 					changes(t, s, "reconnected", 3)
 					converged(t, s)
 				})
