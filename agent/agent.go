@@ -371,12 +371,20 @@ func Resync(ctx context.Context, cfg Config) error {
 // session runs one connection's worth of work: connect, initial sync when
 // needed (or forced), stream. It returns nil only when ctx is done (or, when
 // syncOnly, after the sync).
-func (a *Agent) session(ctx context.Context, syncOnly bool) error {
+func (a *Agent) session(ctx context.Context, syncOnly bool) (err error) {
 	s, err := a.openSession(ctx, !syncOnly)
 	if err != nil {
 		return err
 	}
-	defer s.close()
+	defer func() {
+		s.close()
+		// A batch in flight when the session ended for another reason
+		// (its walsender terminated by a take-over) may come back
+		// fenced: then that is what ended this agent's turn.
+		if perr := s.pipe.failure(); errors.Is(perr, kvdriver.ErrConflict) && !errors.Is(err, kvdriver.ErrConflict) {
+			err = errors.Join(err, perr)
+		}
+	}()
 	s.pipe.start(ctx)
 	if syncOnly {
 		return s.initialSync(ctx)

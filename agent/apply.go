@@ -89,11 +89,13 @@ func (s *session) applyBatch(ctx context.Context, ops []kvdriver.Op) error {
 			}
 			return nil
 		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
+		// A conflict is one even when the session ended meanwhile: the
+		// write reached the store after another agent took over.
 		if errors.Is(err, kvdriver.ErrConflict) {
 			return s.fenced(err)
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
 		}
 		s.a.met.errs.WithLabelValues(errorKind(&storeError{err})).Inc()
 		if permanent(err) {

@@ -104,6 +104,10 @@ func TestFenceStaleAgent(t *testing.T) {
 	ckB := e.checkpoint()
 
 	w := e.watch()
+	// Give A's session time to see its walsender terminated first: its
+	// write then comes back fenced after the session ended, which must
+	// count as fenced all the same (the other order is the quick one).
+	time.Sleep(300 * time.Millisecond)
 	close(g.release)
 	select {
 	case err := <-g.result:

@@ -429,3 +429,10 @@ func (p *pipeline) idle() bool {
 	defer p.mu.Unlock()
 	return p.queued == 0
 }
+
+// failure is the applier's error once it stopped (nil if none).
+func (p *pipeline) failure() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.err
+}
