@@ -53,8 +53,9 @@
 //   - DatabaseURL: the Lenkwerk database as a superuser (schema storage, the
 //     Bagger functions, publication and slot in place);
 //   - ConfigURL: the same database acting as lenkwerk_config, the role of
-//     Bagger's configuration tools (it is NOLOGIN, so the URL logs in as the
-//     superuser and takes the role with options=-c role=lenkwerk_config);
+//     Bagger's configuration tools (it is NOLOGIN, so the URL logs in as
+//     lenkwerk_config_login, a member of it and nothing else, and takes the
+//     role with options=-c role=lenkwerk_config; SET ROLE gains nothing);
 //   - KVURL and Store: the key-value store's URL (etcd://…, or postgres://…
 //     for pgkv) and an open kvdriver.Store on it, owned by the Stack;
 //   - WaitForKey: wait until a key satisfies a predicate (Exists, Absent,

@@ -238,6 +238,14 @@ func TestStopStorePGKV(t *testing.T) {
 				t.Fatal("PostgreSQL accepts connections after StopStore with pgkv")
 			}
 			cancel()
+			// A wait that times out says why: the store was down.
+			wctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+			err := s.WaitForKey(wctx, "/PostgresInstance/never/5432", harness.Exists)
+			cancel()
+			if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "last store error: ") {
+				t.Errorf("WaitForKey on a stopped store: %v, want a timeout with the last store error", err)
+			}
+			t.Logf("WaitForKey on a stopped store: %v", err)
 			if err := s.StartStore(ctx); err != nil {
 				t.Fatal(err)
 			}

@@ -159,6 +159,9 @@ func Start(tb testing.TB, opts ...Option) *Stack {
 	if err := s.refresh(ctx); err != nil {
 		tb.Fatalf("harness (%s backend): %v", cfg.backend, err)
 	}
+	if err := createConfigLogin(ctx, s.DatabaseURL()); err != nil {
+		tb.Fatalf("harness (%s backend): %v", cfg.backend, err)
+	}
 	if s.agent, err = s.newProcess("agent", s.agentCommand("agent")); err != nil {
 		tb.Fatalf("harness (%s backend): %v", cfg.backend, err)
 	}
@@ -321,12 +324,42 @@ func (s *Stack) DatabaseURL() string {
 }
 
 // ConfigURL is a URL acting as the lenkwerk_config role, the one Bagger's
-// configuration tools use: that role cannot log in (NOLOGIN), so the URL
-// logs in as the superuser and takes the role at connection start
-// (options=-c role=lenkwerk_config). Everything done through it has
-// exactly lenkwerk_config's privileges.
+// configuration tools use. That role cannot log in (NOLOGIN), so the URL
+// logs in as lenkwerk_config_login, a login role the harness creates with
+// nothing but membership in lenkwerk_config (as a deployment grants the
+// role to its operators' login roles), and takes the role at connection
+// start (options=-c role=lenkwerk_config). Everything done through it has
+// exactly lenkwerk_config's privileges, even after RESET ROLE or SET ROLE:
+// the session's own role is no superuser.
 func (s *Stack) ConfigURL() string {
-	return withOptions(s.DatabaseURL(), "-c role=lenkwerk_config")
+	return withOptions(withUser(s.DatabaseURL(), configLogin), "-c role=lenkwerk_config")
+}
+
+// configLogin is the login role of ConfigURL.
+const configLogin = "lenkwerk_config_login"
+
+// createConfigLogin creates configLogin, a member of lenkwerk_config and
+// nothing else, on the server of adminURL (a superuser URL) unless it
+// exists. Roles are cluster-wide: on a shared server another Stack may
+// have created it, concurrently too. No password: both backends trust
+// every role, as for lenkwerk_agent.
+func createConfigLogin(ctx context.Context, adminURL string) error {
+	conn, err := pgx.Connect(ctx, adminURL)
+	if err != nil {
+		return fmt.Errorf("connect to PostgreSQL: %w", err)
+	}
+	defer conn.Close(context.Background())
+	_, err = conn.Exec(ctx, `DO $$
+BEGIN
+    CREATE ROLE `+configLogin+` LOGIN IN ROLE lenkwerk_config;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN
+    NULL;
+END
+$$`)
+	if err != nil {
+		return fmt.Errorf("create role %s: %w", configLogin, err)
+	}
+	return nil
 }
 
 // KVURL is the store's URL as the host reaches it (etcd://…, or
@@ -424,6 +457,16 @@ func withParam(raw, name, value string) string {
 	q := u.Query()
 	q.Set(name, value)
 	u.RawQuery = strings.ReplaceAll(q.Encode(), "+", "%20")
+	return u.String()
+}
+
+// withUser sets the user of a URL (keeping no password).
+func withUser(raw, user string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return raw
+	}
+	u.User = url.User(user)
 	return u.String()
 }
 

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/bagger/lenkwerk/integration/converge"
 	"github.com/bagger/lenkwerk/integration/harness"
@@ -43,6 +44,61 @@ func TestSideBySide(t *testing.T) {
 					t.Errorf("stack %d has the other stack's key %s", i, other)
 				}
 				converged(t, s)
+			}
+		})
+	}
+}
+
+// TestConfigURL: ConfigURL has lenkwerk_config's privileges and no more,
+// even to a test that tries to leave the role it takes (RESET ROLE, SET
+// ROLE): the session's own role must not be a superuser.
+func TestConfigURL(t *testing.T) {
+	for _, b := range backends {
+		t.Run(string(b), func(t *testing.T) {
+			t.Parallel()
+			s := harness.Start(t, harness.WithBackend(b))
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			conn, err := pgx.Connect(ctx, s.ConfigURL())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close(context.Background())
+			if _, err := conn.Exec(ctx, "SELECT storage.register_pg_instance('db1', 5432, 'bagger')"); err != nil {
+				t.Fatalf("register_pg_instance through ConfigURL: %v", err)
+			}
+			var role string
+			if err := conn.QueryRow(ctx, "SELECT current_user").Scan(&role); err != nil || role != "lenkwerk_config" {
+				t.Fatalf("current_user %q (%v), want lenkwerk_config", role, err)
+			}
+			refused := func(sql string) {
+				t.Helper()
+				_, err := conn.Exec(ctx, sql)
+				if pgErr, ok := errors.AsType[*pgconn.PgError](err); !ok || pgErr.Code != "42501" {
+					t.Errorf("%s: %v, want insufficient privilege (42501)", sql, err)
+				}
+			}
+			refused("TRUNCATE storage.config")
+			// What a test may try to escape the role: none gains anything.
+			// (RESET ROLE returns to the role taken at connection start; the
+			// superuser was a SET ROLE away when the URL logged in as one.)
+			if _, err := conn.Exec(ctx, "RESET ROLE"); err != nil {
+				t.Fatal(err)
+			}
+			refused("SET ROLE postgres")
+			refused("SET SESSION AUTHORIZATION postgres")
+			var super string
+			if err := conn.QueryRow(ctx, "SELECT current_setting('is_superuser')").Scan(&super); err != nil || super != "off" {
+				t.Errorf("is_superuser is %q (%v), want off", super, err)
+			}
+			refused("CREATE TABLE public.x ()")
+			refused("TRUNCATE storage.config")
+			// Still a member of lenkwerk_config, and nothing else.
+			if _, err := conn.Exec(ctx, "SELECT storage.register_pg_instance('db2', 5432, 'bagger')"); err != nil {
+				t.Errorf("register_pg_instance after RESET ROLE: %v", err)
+			}
+			if err := s.WaitForKey(ctx, "/PostgresInstance/db2/5432", harness.Exists); err != nil {
+				t.Fatal(err)
 			}
 		})
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -18,24 +19,35 @@ import (
 // WaitForKey waits until ok(value, exists) holds for key in the store:
 // exists is false (and value nil) while the key is absent. It looks at the
 // current value first, then watches, so it sees every value the key takes.
-// It returns nil once ok holds, or ctx's error (with the last value seen)
-// when ctx ends first. Store outages and restarts are ridden out.
+// It returns nil once ok holds, or ctx's error (with the last value seen,
+// and the last store error, if any) when ctx ends first. Store outages and
+// restarts are ridden out.
 func (s *Stack) WaitForKey(ctx context.Context, key string, ok func(value []byte, exists bool) bool) error {
 	var last []byte
 	var lastExists bool
+	var lastErr error
 	for {
 		done, err := s.waitForKeyOnce(ctx, key, ok, &last, &lastExists)
 		if done {
 			return nil
+		}
+		// The error of a wait that ctx ended says nothing new; one from
+		// before (a store down) says why the key never came.
+		if err != nil && ctx.Err() == nil {
+			lastErr = err
 		}
 		if ctx.Err() != nil {
 			state := "absent"
 			if lastExists {
 				state = fmt.Sprintf("%.200s", last)
 			}
-			return fmt.Errorf("harness: waiting for key %s (last: %s): %w", key, state, ctx.Err())
+			storeErr := ""
+			if lastErr != nil {
+				storeErr = fmt.Sprintf(", last store error: %s", redactError(lastErr))
+			}
+			return fmt.Errorf("harness: waiting for key %s (last: %s%s): %w", key, state, storeErr, ctx.Err())
 		}
-		_ = err // a store restarting or a compacted watch: list again
+		// A store restarting or a compacted watch: list again.
 		select {
 		case <-ctx.Done():
 		case <-time.After(100 * time.Millisecond):
@@ -81,6 +93,29 @@ func (s *Stack) waitForKeyOnce(ctx context.Context, key string, ok func([]byte, 
 		}
 	}
 	return false, errors.New("watch ended")
+}
+
+// redactError is err's message for an error message of the harness: URLs
+// in it with their passwords masked, at most 300 bytes.
+func redactError(err error) string {
+	words := strings.Fields(err.Error())
+	for i, w := range words {
+		if j := strings.Index(w, "://"); j >= 0 {
+			// The URL begins at its scheme, after any quote or bracket.
+			k := strings.LastIndexFunc(w[:j], func(r rune) bool { return !isSchemeRune(r) }) + 1
+			words[i] = w[:k] + kvdriver.Redact(strings.TrimRight(w[k:], `"'),;]>`)) + w[len(strings.TrimRight(w, `"'),;]>`)):]
+		}
+	}
+	msg := strings.Join(words, " ")
+	if len(msg) > 300 {
+		msg = strings.ToValidUTF8(msg[:300], "") + "…"
+	}
+	return msg
+}
+
+// isSchemeRune reports whether r may be part of a URL scheme.
+func isSchemeRune(r rune) bool {
+	return r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '+' || r == '-' || r == '.'
 }
 
 // Equals is a WaitForKey predicate: the key exists with exactly value.
