@@ -354,10 +354,7 @@ func (s *session) reap() error {
 	for _, r := range done {
 		s.acknowledge(r)
 	}
-	if err != nil {
-		return err
-	}
-	return nil
+	return err
 }
 
 // setWake makes a finished batch interrupt the receive loop's wait for the
@@ -383,7 +380,6 @@ func (s *session) acknowledge(r result) {
 	if r.ck != nil {
 		s.ckpt = *r.ck
 		s.confirmed = max(s.confirmed, r.ck.LSN)
-		s.applied = max(s.applied, r.ck.LSN)
 		s.a.update(func(st *Status) { st.Checkpoint = r.ck.LSN })
 	}
 	if len(r.txns) == 0 {
