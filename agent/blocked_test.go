@@ -135,9 +135,15 @@ func TestBlockedChangeAndSkip(t *testing.T) {
 	}
 	// The lag grows while the agent is stuck: in seconds from the
 	// change's commit, in bytes with the server's WAL.
-	waitFor(t, "lag_seconds to pass 1s", 30*time.Second, func() bool {
-		return metric(t, reg, "lenkwerk_agent_replication_lag_seconds") >= 1
-	})
+	// Whenever it is scraped, between attempts too, lag_seconds counts
+	// from the blocked change's commit.
+	for i := 0; i < 100; i++ {
+		want := time.Since(ve.CommitTime).Seconds() - 0.5
+		if got := metric(t, reg, "lenkwerk_agent_replication_lag_seconds"); got < want {
+			t.Fatalf("lag_seconds = %v while blocked on a change committed %v ago", got, time.Since(ve.CommitTime))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	before := a.Status().LagBytes
 	e.exec(`SELECT pg_logical_emit_message(false, 'lenkwerk-test', repeat('x', 100000))`)
 	waitFor(t, "lag_bytes to grow with the server's WAL", 30*time.Second, func() bool {
@@ -223,4 +229,67 @@ func metric(t *testing.T, reg *prometheus.Registry, name string, labels ...strin
 	promhttp.HandlerFor(reg, promhttp.HandlerOpts{}).ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
 	v, _ := sample(rec.Body.String(), name, labels...)
 	return v
+}
+
+// An agent that cannot connect is not a standby: /readyz shows the error
+// and the role metric says down (a standby is one that waits while
+// another agent holds the slot's lock).
+func TestNotConnectedIsNotStandby(t *testing.T) {
+	e := newEnv(t, "")
+	reg := prometheus.NewRegistry()
+	cfg := e.config()
+	var err error
+	if cfg.Metrics, err = NewMetrics(reg); err != nil {
+		t.Fatal(err)
+	}
+	cfg.DatabaseURL = strings.Replace(e.url, "/t_", "/nosuchdb_", 1)
+	a := e.start(cfg)
+	waitFor(t, "a failed session", 30*time.Second, func() bool { return a.Status().Err != nil })
+	rec := httptest.NewRecorder()
+	Handler(reg, func() []string { return NotReady(0, a) }).ServeHTTP(rec, httptest.NewRequest("GET", "/readyz", nil))
+	if body := rec.Body.String(); rec.Code != 503 || !strings.Contains(body, "not connected: ") || !strings.Contains(body, "nosuchdb_") || strings.Contains(body, "standby:") {
+		t.Errorf("/readyz = %d %q, want 503 with the connection error", rec.Code, body)
+	}
+	if down, standby := metric(t, reg, "lenkwerk_agent_role", `role="down"`), metric(t, reg, "lenkwerk_agent_role", `role="standby"`); down != 1 || standby != 0 {
+		t.Errorf("role metric: down %v, standby %v; want down", down, standby)
+	}
+}
+
+// A table added to the publication later, whose row gives no key (an
+// empty key column, which no constraint of Lenkwerk's guards): a mapper
+// error of kind "value", which blocks the agent until skipped by the key
+// it could not build ("").
+func TestAddedTableKeyErrorBlocks(t *testing.T) {
+	e := newEnv(t, "")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	reg := prometheus.NewRegistry()
+	cfg := e.config()
+	var err error
+	if cfg.Metrics, err = NewMetrics(reg); err != nil {
+		t.Fatal(err)
+	}
+	a := e.run(cfg)
+	e.exec(`CREATE TABLE public.extra (name text PRIMARY KEY, v int)`)
+	e.exec(`ALTER TABLE public.extra REPLICA IDENTITY FULL`)
+	e.exec(`ALTER PUBLICATION ` + DefaultPublication + ` ADD TABLE public.extra`)
+	e.exec(`INSERT INTO public.extra VALUES ('a', 1)`)
+	waitFor(t, "the added table", 30*time.Second, func() bool { _, ok := e.get("/public/extra/a"); return ok })
+	e.exec(`INSERT INTO public.extra VALUES ('', 2)`)
+	e.exec(`INSERT INTO public.extra VALUES ('b', 3)`)
+	var ve *ValueError
+	waitFor(t, "the agent to block", 30*time.Second, func() bool { ve = a.Status().Blocked; return ve != nil })
+	if ve.Table != "public.extra" || ve.Key != "" || !strings.Contains(ve.Error(), "invalid key segment") {
+		t.Fatalf("blocked on %v", ve)
+	}
+	waitFor(t, "errors of kind value", 30*time.Second, func() bool {
+		return metric(t, reg, "lenkwerk_agent_errors_total", `kind="value"`) >= 1
+	})
+	if v := metric(t, reg, "lenkwerk_agent_errors_total", `kind="other"`); v != 0 {
+		t.Errorf("errors of kind other: %v", v)
+	}
+	if err := AddSkip(ctx, e.store, "", e.slot, ve.Skip()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the row after the skipped one", 30*time.Second, func() bool { _, ok := e.get("/public/extra/b"); return ok })
 }

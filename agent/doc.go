@@ -102,10 +102,9 @@
 // Every failure ends the session; Run logs it and reconnects after a capped,
 // jittered exponential backoff, resuming from the store's checkpoint. A
 // store that fails is retried in place (with status updates) without
-// dropping the replication connection. A table without a usable replica
-// identity is an error naming the table: the agent stops advancing, logs
-// and retries. When ctx is cancelled (SIGTERM) the agent abandons the
-// transaction in flight, confirms what the store has and Run returns nil.
+// dropping the replication connection. When ctx is cancelled (SIGTERM)
+// the agent abandons the transaction in flight, confirms what the store
+// has and Run returns nil.
 //
 // # Changes that cannot be mirrored
 //
@@ -137,9 +136,10 @@
 // if it had nothing) until the row changes again, so fix or delete the
 // row at the source: that later change is mirrored as usual. An
 // instruction for a change the agent can mirror has no effect, so it can
-// never hide a change. A table that cannot be mirrored at all (an
-// unsupported type, a template naming a missing column) blocks every
-// transaction that touches it: take it out of the publication instead.
+// never hide a change. A table that cannot be mirrored at all (no usable
+// replica identity, an unsupported type, a template naming a missing
+// column: a ValueError without a key) blocks every transaction that
+// touches it: fix the table, or take it out of the publication.
 //
 // # High availability
 //

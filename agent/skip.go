@@ -206,7 +206,7 @@ func readSkips(ctx context.Context, store kvdriver.Store, key string) ([]Skip, i
 // rowError handles a change that cannot be mirrored: it returns the
 // change's *ValueError, or nil when an operator told the agent to skip
 // exactly this change (logged loudly; the caller leaves it out).
-func (s *session) rowError(table, key string, lsn pglogrepl.LSN, err error) error {
+func (s *session) rowError(ctx context.Context, table, key string, lsn pglogrepl.LSN, err error) error {
 	var ve *ValueError
 	if !errors.As(err, &ve) {
 		ve = &ValueError{Table: table, Key: key, CommitLSN: lsn, Err: err}
@@ -215,8 +215,8 @@ func (s *session) rowError(table, key string, lsn pglogrepl.LSN, err error) erro
 		}
 	}
 	if s.skips == nil {
-		ctx, cancel := context.WithTimeout(context.Background(), s.a.cfg.ApplyTimeout)
-		list, _, rerr := readSkips(ctx, s.a.cfg.Store, SkipKey(s.a.cfg.Prefix, s.a.cfg.Slot))
+		rctx, cancel := context.WithTimeout(ctx, s.a.cfg.ApplyTimeout)
+		list, _, rerr := readSkips(rctx, s.a.cfg.Store, SkipKey(s.a.cfg.Prefix, s.a.cfg.Slot))
 		cancel()
 		if rerr != nil {
 			// Blocked either way; the store error is the next session's.

@@ -265,7 +265,7 @@ func (s *session) copyTables(ctx context.Context, snapshot string, tables []tabl
 				err = s.validateEncoded(key, v)
 			}
 			if err != nil {
-				if err := s.rowError(j.info.qualified(), key, 0, err); err != nil {
+				if err := s.rowError(ctx, j.info.qualified(), key, 0, err); err != nil {
 					rs.Close()
 					return nil, nil, 0, err
 				}

@@ -712,7 +712,7 @@ func (s *session) relFor(ctx context.Context, id uint32) (r *relation, skip bool
 		}
 	}
 	if isBad {
-		if err := s.rowError(name, "", s.finalLSN, bad.err); err != nil {
+		if err := s.rowError(ctx, name, "", s.finalLSN, bad.err); err != nil {
 			return nil, false, err
 		}
 		return nil, true, nil
@@ -750,13 +750,13 @@ func (s *session) onUpdate(ctx context.Context, r *relation, m *pglogrepl.Update
 		// identity columns changed: the key may have moved.
 		newKey, err := r.key(s.types, vals)
 		if err != nil {
-			return s.rowError(r.qualified, "", s.finalLSN, err)
+			return s.rowError(ctx, r.qualified, "", s.finalLSN, err)
 		}
 		oldKey, err := r.oldKey(s.types, m.OldTuple, vals)
 		switch {
 		case err != nil:
 			// Skipped, the old row had no key in the store to delete.
-			if err := s.rowError(r.qualified, "", s.finalLSN, err); err != nil {
+			if err := s.rowError(ctx, r.qualified, "", s.finalLSN, err); err != nil {
 				return err
 			}
 		case oldKey != newKey:
@@ -769,14 +769,14 @@ func (s *session) onUpdate(ctx context.Context, r *relation, m *pglogrepl.Update
 func (s *session) putRow(ctx context.Context, r *relation, vals [][]byte) error {
 	key, err := r.key(s.types, vals)
 	if err != nil {
-		return s.rowError(r.qualified, "", s.finalLSN, err)
+		return s.rowError(ctx, r.qualified, "", s.finalLSN, err)
 	}
 	val, err := r.enc.AppendRow(nil, vals)
 	if err == nil {
 		err = s.validateEncoded(key, val)
 	}
 	if err != nil {
-		return s.rowError(r.qualified, key, s.finalLSN, err) // nil: skipped
+		return s.rowError(ctx, r.qualified, key, s.finalLSN, err) // nil: skipped
 	}
 	s.buf.put(key, val)
 	return s.maybeFlush(ctx)
@@ -792,7 +792,7 @@ func (s *session) onDelete(ctx context.Context, r *relation, m *pglogrepl.Delete
 	}
 	key, err := r.oldKey(s.types, m.OldTuple, nil)
 	if err != nil {
-		return s.rowError(r.qualified, "", s.finalLSN, err) // nil: skipped
+		return s.rowError(ctx, r.qualified, "", s.finalLSN, err) // nil: skipped
 	}
 	s.buf.del(key)
 	return s.maybeFlush(ctx)
@@ -893,7 +893,7 @@ func (s *session) resolveNewest(ctx context.Context, r *relation) error {
 		return fmt.Errorf("table %s, key %s: read newest row: %w", r.qualified, key, err)
 	}
 	if err := s.validatePut(key, []byte(v)); err != nil {
-		return s.rowError(r.qualified, key, s.finalLSN, err) // nil: skipped
+		return s.rowError(ctx, r.qualified, key, s.finalLSN, err) // nil: skipped
 	}
 	s.buf.put(key, []byte(v))
 	return nil

@@ -41,9 +41,14 @@
 --    (bigint) functions stay with PUBLIC: they lock another key space
 --    (pg_locks.objsubid 1, not 2), which golang-migrate (these migrations,
 --    pgkv's) and other tools use. This is why the Lenkwerk database must
---    be a database of its own. A local copy (lenkwerk.role = copy) runs no
---    agent and takes rows as the source accepted them: neither guard
---    applies there.
+--    be a database of its own. What would not do: a secret key (pg_locks
+--    shows every lock to everyone), REVOKE CONNECT (lenkwerk_config and
+--    pgkv's readers must connect), a lock on a table or row (it lasts a
+--    transaction, and the walsender holding the lock runs
+--    START_REPLICATION), the slot itself (free between
+--    CREATE_REPLICATION_SLOT and START_REPLICATION). A local copy
+--    (lenkwerk.role = copy) runs no agent and takes rows as the source
+--    accepted them: neither guard applies there.
 SET LOCAL ROLE lenkwerk_admin;
 
 CREATE FUNCTION storage.mirror_key_segment(in_table text, in_column text, in_value text, in_max int)
