@@ -177,6 +177,11 @@ type Status struct {
 	// LagBytes is how much WAL the server has that the store does not
 	// (the server's WAL end, as last reported, minus the applied position).
 	LagBytes int64
+	// Blocked is the change the agent cannot mirror and retries, holding
+	// back everything after it, until it is skipped (see ValueError); nil
+	// otherwise. BlockedSince is when that began.
+	Blocked      *ValueError
+	BlockedSince time.Time
 }
 
 // Agent mirrors the published tables of a Lenkwerk database into a store.
@@ -194,6 +199,10 @@ type Agent struct {
 	// transaction, zero once a keepalive showed the stream caught up.
 	pendingSince time.Time
 	lastLag      time.Duration
+	// blockedLogged is when a block was last logged; blockedUntil the
+	// checkpoint past which it is over (see blocked).
+	blockedLogged time.Time
+	blockedUntil  pglogrepl.LSN
 
 	met agentMetrics
 
@@ -264,14 +273,22 @@ func New(cfg Config) (*Agent, error) {
 func StoreSlot(slot, name string) string { return slot + "_" + name }
 
 // lagSeconds is the age of the oldest change not yet in the store: the
-// commit time of the transaction being applied, else the last
-// transaction's apply lag until a keepalive shows the stream caught up.
+// commit time of the transaction being applied (or, blocked, of the
+// change the agent cannot mirror), else the last transaction's apply lag
+// until a keepalive shows the stream caught up.
 func (a *Agent) lagSeconds(now time.Time) time.Duration {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	lag := a.lastLag
 	if !a.pendingSince.IsZero() {
 		lag = max(lag, now.Sub(a.pendingSince))
+	}
+	if b := a.status.Blocked; b != nil {
+		since := b.CommitTime
+		if since.IsZero() { // a table copy
+			since = a.status.BlockedSince
+		}
+		lag = max(lag, now.Sub(since))
 	}
 	return max(lag, 0)
 }
@@ -281,8 +298,14 @@ func (a *Agent) lagSeconds(now time.Time) time.Duration {
 func (a *Agent) Ready(maxLag time.Duration) (bool, string) {
 	st := a.Status()
 	switch {
+	case st.Blocked != nil:
+		return false, fmt.Sprintf("blocked since %s: %v; way out: %s", st.BlockedSince.UTC().Format(time.RFC3339), st.Blocked, st.Blocked.WayOut(a.cfg.Slot, a.cfg.Prefix))
+	case st.Standby:
+		return false, "standby: another agent holds the slot's lock"
+	case !st.Active && st.Err != nil:
+		return false, "not connected: " + st.Err.Error()
 	case !st.Active:
-		return false, "standby: another agent holds the slot, or not connected"
+		return false, "not connected yet"
 	case !st.Streaming:
 		if st.Err != nil {
 			return false, "not streaming: " + st.Err.Error()
@@ -324,8 +347,11 @@ func (a *Agent) Run(ctx context.Context) error {
 			return nil
 		}
 		// A session that reached streaming worked: the next failure is a
-		// new one, not a repeat of this one's cause.
-		if st := a.Status(); st.Streaming {
+		// new one, not a repeat of this one's cause (unless it is the
+		// same change that cannot be mirrored, again).
+		var ve *ValueError
+		errors.As(err, &ve)
+		if st := a.Status(); st.Streaming && (ve == nil || !ve.same(st.Blocked)) {
 			bo.reset()
 		}
 		a.update(func(s *Status) { s.Err = err; s.Streaming = false })
@@ -335,15 +361,19 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.met.errs.WithLabelValues(kind).Inc()
 		}
 		var d time.Duration
-		if isSlotActive(err) {
+		switch {
+		case isSlotActive(err):
 			// A standby must take over within seconds: no growing backoff.
 			d = (standbyBackoff{a.cfg.StandbyRetry}).next()
 			a.log.Info("replication slot is used by another consumer; waiting", "retry_in", d, "err", err)
-		} else {
+		case ve != nil:
+			d = bo.next()
+			a.blocked(ve, d)
+		default:
 			d = bo.next()
 			a.log.Error("agent session failed; reconnecting", "retry_in", d, "err", err)
 		}
-		if sleep(ctx, d) {
+		if a.pause(ctx, d, ve) {
 			return nil
 		}
 	}
@@ -413,6 +443,7 @@ func (a *Agent) session(ctx context.Context, syncOnly bool) (err error) {
 	} else {
 		s.setCheckpoint(ck)
 	}
+	s.refreshLag(ctx)
 	return s.stream(ctx)
 }
 

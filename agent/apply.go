@@ -149,13 +149,13 @@ func (s *session) applyAll(ctx context.Context, ops []kvdriver.Op, final bool) e
 }
 
 // validatePut checks a row's key and value against the store's rules and
-// limits before anything of its transaction is written, naming the table
-// and key.
-func (s *session) validatePut(table, key string, value []byte) error {
+// limits before anything of its transaction is written. Its error names
+// neither table nor key: rowError adds them.
+func (s *session) validatePut(key string, value []byte) error {
 	if err := kvdriver.ValidatePut(key, value, s.lim.store); err != nil {
-		return fmt.Errorf("table %s, key %s: %w", table, key, err)
+		return err
 	}
-	return s.checkRowSize(table, key, value)
+	return s.checkRowSize(key, value)
 }
 
 // validateEncoded is validatePut for values that are JSON by construction
@@ -163,23 +163,23 @@ func (s *session) validatePut(table, key string, value []byte) error {
 // key and the sizes are checked, the JSON is not parsed again here (a
 // quarter of the stream's CPU); the store driver checks every value of a
 // batch before writing it anyway.
-func (s *session) validateEncoded(table, key string, value []byte) error {
+func (s *session) validateEncoded(key string, value []byte) error {
 	l := s.lim.store
 	if err := kvdriver.ValidateKey(key); err != nil {
-		return fmt.Errorf("table %s, key %s: %w", table, key, err)
+		return err
 	}
 	if l.MaxKeyBytes > 0 && len(key) > l.MaxKeyBytes {
-		return fmt.Errorf("table %s, key %s: %w: key is %d bytes, more than %d", table, key, kvdriver.ErrTooLarge, len(key), l.MaxKeyBytes)
+		return fmt.Errorf("%w: key is %d bytes, more than the store's %d", kvdriver.ErrTooLarge, len(key), l.MaxKeyBytes)
 	}
 	if l.MaxValueBytes > 0 && len(value) > l.MaxValueBytes {
-		return fmt.Errorf("table %s, key %s: %w: value is %d bytes, more than %d", table, key, kvdriver.ErrTooLarge, len(value), l.MaxValueBytes)
+		return fmt.Errorf("%w: value is %d bytes, more than the store's %d", kvdriver.ErrTooLarge, len(value), l.MaxValueBytes)
 	}
-	return s.checkRowSize(table, key, value)
+	return s.checkRowSize(key, value)
 }
 
-func (s *session) checkRowSize(table, key string, value []byte) error {
+func (s *session) checkRowSize(key string, value []byte) error {
 	if n := len(key) + len(value); n > s.lim.bytes {
-		return fmt.Errorf("table %s, key %s: %w: row is %d bytes, more than a batch may carry (%d)", table, key, kvdriver.ErrTooLarge, n, s.lim.bytes)
+		return fmt.Errorf("%w: row is %d bytes, more than a batch may carry (%d)", kvdriver.ErrTooLarge, n, s.lim.bytes)
 	}
 	return nil
 }

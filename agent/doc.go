@@ -102,12 +102,44 @@
 // Every failure ends the session; Run logs it and reconnects after a capped,
 // jittered exponential backoff, resuming from the store's checkpoint. A
 // store that fails is retried in place (with status updates) without
-// dropping the replication connection. A table without a usable replica
-// identity, a value beyond the store's limits or an unsupported type is an
-// error naming the table and the key: the agent stops advancing, logs and
-// retries, and never skips a change. When ctx is cancelled (SIGTERM) the
-// agent abandons the transaction in flight, confirms what the store has and
-// Run returns nil.
+// dropping the replication connection. When ctx is cancelled (SIGTERM)
+// the agent abandons the transaction in flight, confirms what the store
+// has and Run returns nil.
+//
+// # Changes that cannot be mirrored
+//
+// The schema refuses rows the agent cannot mirror with the store limits
+// Lenkwerk states (migration 8: key columns within their share of 1,024
+// bytes, JSON with a jsonb form nested at most 500 deep, rows of at most
+// 1 MiB as JSON). What still gets through, a store with smaller limits, a
+// table added to the publication later or a key template of the
+// operator's, is a ValueError naming the table, the store key and the
+// transaction's commit LSN (0/0: a table copy): a key that cannot be built,
+// a value that cannot be encoded, or one over the store's Limits. The agent
+// never passes such a change on its own: it retries with the backoff,
+// mirroring nothing after it. While it does, it says so everywhere:
+// Status.Blocked, /readyz ("blocked since …", the error and the way out),
+// lenkwerk_agent_role{role="blocked"}, the lag gauges growing (seconds from
+// the change's commit, bytes from the server's WAL position at every
+// attempt), lenkwerk_agent_errors_total{kind="value"}, and `lenkwerk
+// status` warns once the store is behind by more than --warn-lag. The log
+// has the whole error and the way out once, then one short line a minute.
+//
+// The way out needs no restart of any agent: `lenkwerk skip` (AddSkip)
+// writes an instruction to the store, under SkipKey (the reserved subtree,
+// which needs the agent's store credentials), naming exactly that change
+// by table, SHA-256 of the key and commit LSN; the error prints the
+// command. The agent looks for it at its next attempt (and every second
+// while it waits), leaves that change out with a warning, counted in
+// lenkwerk_agent_changes_skipped_total, and goes on. The rest of the
+// transaction is applied; the store keeps what it had for the key (nothing,
+// if it had nothing) until the row changes again, so fix or delete the
+// row at the source: that later change is mirrored as usual. An
+// instruction for a change the agent can mirror has no effect, so it can
+// never hide a change. A table that cannot be mirrored at all (no usable
+// replica identity, an unsupported type, a template naming a missing
+// column: a ValueError without a key) blocks every transaction that
+// touches it: fix the table, or take it out of the publication.
 //
 // # High availability
 //
@@ -120,8 +152,11 @@
 // killed, its backend terminated, its connection found dead, or the agent
 // hangs and wal_sender_timeout ends its walsender (an idle regular
 // connection of a hung process would keep the lock for ever: its kernel
-// still answers TCP). An agent that finds the lock held is a standby
-// (Status.Standby, metric lenkwerk_agent_role{role="standby"}): it blocks
+// still answers TCP). Only lenkwerk_agent (its members, superusers) may
+// take two-key advisory locks in the Lenkwerk database (migration 8), so
+// no other role can hold the agents off. An agent that finds the lock
+// held is a standby (Status.Standby, metric
+// lenkwerk_agent_role{role="standby"}): it blocks
 // in pg_advisory_lock, which PostgreSQL grants the moment the holder's
 // session ends, in lock_timeout rounds of 5 StandbyRetry so a dead
 // connection of its own shows. It then waits, holding the lock, until the

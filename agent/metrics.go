@@ -23,10 +23,12 @@ import (
 //	lenkwerk_agent_replication_lag_seconds{store}          gauge
 //	lenkwerk_agent_reconnects_total{store,cause}           counter
 //	lenkwerk_agent_errors_total{store,kind}                counter
-//	lenkwerk_agent_role{store,role}                        gauge: 1 for the current role (active, standby)
+//	lenkwerk_agent_changes_skipped_total{store}            counter: changes left out by `lenkwerk skip`
+//	lenkwerk_agent_role{store,role}                        gauge: 1 for the current role (active, standby, blocked, down)
 //	lenkwerk_agent_retained_wal_bytes{store}               gauge
 //
-// cause and kind are one of slot_in_use, database, store, data, other.
+// cause and kind are one of slot_in_use, database, store, value, data,
+// fenced, other.
 const metricsNamespace = "lenkwerk_agent"
 
 // Error kinds (label kind of lenkwerk_agent_errors_total and cause of
@@ -37,6 +39,8 @@ const (
 	kindStore     = "store"
 	kindData      = "data"
 	kindOther     = "other"
+	// kindValue: a change the agent cannot mirror (ValueError).
+	kindValue = "value"
 	// kindFenced: another agent advanced the store's checkpoint.
 	kindFenced = "fenced"
 )
@@ -50,6 +54,7 @@ type Metrics struct {
 	storeWrite   *prometheus.HistogramVec
 	reconnects   *prometheus.CounterVec
 	errs         *prometheus.CounterVec
+	skipped      *prometheus.CounterVec
 	live         *liveCollector
 }
 
@@ -77,19 +82,23 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		}, []string{"store"}),
 		reconnects: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: metricsNamespace, Name: "reconnects_total",
-			Help: "Sessions ended by a failure and started again, by cause (slot_in_use, database, store, data, other).",
+			Help: "Sessions ended by a failure and started again, by cause (slot_in_use, database, store, value, data, fenced, other).",
 		}, []string{"store", "cause"}),
 		errs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: metricsNamespace, Name: "errors_total",
-			Help: "Errors by kind (slot_in_use, database, store, data, other); failed store attempts count each.",
+			Help: "Errors by kind (slot_in_use, database, store, value, data, fenced, other); failed store attempts count each.",
 		}, []string{"store", "kind"}),
+		skipped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: metricsNamespace, Name: "changes_skipped_total",
+			Help: "Changes the agent could not mirror and left out as `lenkwerk skip` instructed.",
+		}, []string{"store"}),
 		live: &liveCollector{},
 	}
 	m.live.lagBytes = prometheus.NewDesc(metricsNamespace+"_replication_lag_bytes", "WAL the server has that the store does not have yet (server WAL end minus the applied position).", []string{"store"}, nil)
 	m.live.lagSeconds = prometheus.NewDesc(metricsNamespace+"_replication_lag_seconds", "Age of the oldest change not yet in the store (0 when caught up).", []string{"store"}, nil)
-	m.live.role = prometheus.NewDesc(metricsNamespace+"_role", "1 for the agent's current role for its slot: active (holds the slot, streams) or standby (waits to take over).", []string{"store", "role"}, nil)
+	m.live.role = prometheus.NewDesc(metricsNamespace+"_role", "1 for the agent's current role for its slot: active (holds the slot, streams), standby (waits while another agent holds it), blocked (retries a change it cannot mirror) or down (connecting or retrying after a failure).", []string{"store", "role"}, nil)
 	m.live.retained = prometheus.NewDesc(metricsNamespace+"_retained_wal_bytes", "WAL the slot holds back on the server, as of the last publication poll.", []string{"store"}, nil)
-	for _, c := range []prometheus.Collector{m.txns, m.rows, m.applyLatency, m.storeWrite, m.reconnects, m.errs, m.live} {
+	for _, c := range []prometheus.Collector{m.txns, m.rows, m.applyLatency, m.storeWrite, m.reconnects, m.errs, m.skipped, m.live} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -104,6 +113,7 @@ type agentMetrics struct {
 	storeWrite   prometheus.Observer
 	reconnects   *prometheus.CounterVec // cause
 	errs         *prometheus.CounterVec // kind
+	skipped      prometheus.Counter
 }
 
 func (m *Metrics) forStore(name string) agentMetrics {
@@ -115,6 +125,7 @@ func (m *Metrics) forStore(name string) agentMetrics {
 		storeWrite:   m.storeWrite.With(l),
 		reconnects:   m.reconnects.MustCurryWith(l),
 		errs:         m.errs.MustCurryWith(l),
+		skipped:      m.skipped.With(l),
 	}
 }
 
@@ -152,14 +163,14 @@ func (m *liveCollector) Collect(ch chan<- prometheus.Metric) {
 		name := a.cfg.Name
 		ch <- prometheus.MustNewConstMetric(m.lagBytes, prometheus.GaugeValue, float64(st.LagBytes), name)
 		ch <- prometheus.MustNewConstMetric(m.lagSeconds, prometheus.GaugeValue, a.lagSeconds(now).Seconds(), name)
-		active, standby := 0.0, 0.0
-		if st.Active {
-			active = 1
-		} else {
-			standby = 1
+		role := st.role()
+		for _, r := range roles {
+			v := 0.0
+			if r == role {
+				v = 1
+			}
+			ch <- prometheus.MustNewConstMetric(m.role, prometheus.GaugeValue, v, name, r)
 		}
-		ch <- prometheus.MustNewConstMetric(m.role, prometheus.GaugeValue, active, name, "active")
-		ch <- prometheus.MustNewConstMetric(m.role, prometheus.GaugeValue, standby, name, "standby")
 		ch <- prometheus.MustNewConstMetric(m.retained, prometheus.GaugeValue, float64(st.RetainedWAL), name)
 	}
 }
@@ -176,9 +187,12 @@ func errorKind(err error) string {
 	var pgErr *pgconn.PgError
 	var netErr net.Error
 	var se *storeError
+	var ve *ValueError
 	switch {
 	case isSlotActive(err):
 		return kindSlotInUse
+	case errors.As(err, &ve):
+		return kindValue
 	case errors.Is(err, kvdriver.ErrConflict):
 		return kindFenced
 	case errors.Is(err, kvdriver.ErrTooLarge), errors.Is(err, kvdriver.ErrInvalidKey), errors.Is(err, kvdriver.ErrInvalidValue):

@@ -380,7 +380,7 @@ func (s *session) acknowledge(r result) {
 	if r.ck != nil {
 		s.ckpt = *r.ck
 		s.confirmed = max(s.confirmed, r.ck.LSN)
-		s.a.update(func(st *Status) { st.Checkpoint = r.ck.LSN })
+		s.a.checkpointed(r.ck.LSN)
 	}
 	if len(r.txns) == 0 {
 		return

@@ -262,11 +262,15 @@ func (s *session) copyTables(ctx context.Context, snapshot string, tables []tabl
 			key, err := j.tmpl.Key(keyRow)
 			v := bytes.Clone(raw[0])
 			if err == nil {
-				err = s.validateEncoded(j.info.qualified(), key, v)
+				err = s.validateEncoded(key, v)
 			}
 			if err != nil {
-				rs.Close()
-				return nil, nil, 0, fmt.Errorf("copy table %s: %w", j.info.qualified(), err)
+				if err := s.rowError(ctx, j.info.qualified(), key, 0, err); err != nil {
+					rs.Close()
+					return nil, nil, 0, err
+				}
+				delete(stale, key) // skipped: the store keeps what it has
+				continue
 			}
 			buf.put(key, v)
 			delete(stale, key)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
 	"slices"
 	"sync/atomic"
@@ -78,6 +79,9 @@ type session struct {
 	outstanding []time.Time
 	// ckReserve is room kept in a batch for the checkpoint write.
 	ckReserve int
+	// skips are the operator's skip instructions, read at the session's
+	// first change that cannot be mirrored (nil: not read yet).
+	skips []Skip
 }
 
 func (a *Agent) openSession(ctx context.Context, wait bool) (*session, error) {
@@ -185,6 +189,11 @@ func (a *Agent) lock(ctx context.Context, conn *pgx.Conn, repl *pgconn.PgConn, w
 	key := fmt.Sprintf("%d, hashtext('%s')", advisoryLockSpace, a.cfg.Slot) // slotName: [a-z0-9_]
 	locked, err := simpleBool(ctx, repl, "SELECT pg_try_advisory_lock("+key+")")
 	if err != nil {
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "42501" { // insufficient_privilege
+			// Migration 8 leaves the agents' lock to lenkwerk_agent.
+			return fmt.Errorf("take the agent lock of slot %s: %w (only lenkwerk_agent, its members and superusers may take it: run the agent as lenkwerk_agent)", a.cfg.Slot, err)
+		}
 		return fmt.Errorf("take the agent lock of slot %s: %w", a.cfg.Slot, err)
 	}
 	if locked {
@@ -198,6 +207,7 @@ func (a *Agent) lock(ctx context.Context, conn *pgx.Conn, repl *pgconn.PgConn, w
 	start := time.Now()
 	a.update(func(st *Status) { st.Standby = true })
 	defer a.update(func(st *Status) { st.Standby = false })
+	a.unblock() // the active agent has the stream now
 	// Wait in rounds bounded by lock_timeout (5 StandbyRetry, 5s by
 	// default): each round is a round trip, so a standby whose own
 	// connection died silently (a network cut) notices within a round
@@ -309,9 +319,7 @@ func (s *session) setCheckpoint(ck Checkpoint) {
 	s.tables = maps.Clone(ck.Tables)
 	s.ckReserve = checkpointReserve(s.a.ckptKey, s.tables)
 	s.confirmed = max(s.confirmed, ck.LSN)
-	s.a.update(func(st *Status) {
-		st.Checkpoint = ck.LSN
-	})
+	s.a.checkpointed(ck.LSN)
 }
 
 // stream runs START_REPLICATION from the checkpoint and applies
@@ -330,7 +338,11 @@ func (s *session) stream(ctx context.Context) error {
 	s.streaming = true
 	s.startLSN = s.ckpt.LSN
 	s.a.update(func(st *Status) { st.Streaming = true; st.Err = nil })
-	s.a.log.Info("streaming", "from", s.ckpt.LSN)
+	lvl := slog.LevelInfo
+	if s.a.Status().Blocked != nil {
+		lvl = slog.LevelDebug // retrying the change it is blocked on: logged by Run
+	}
+	s.a.log.Log(ctx, lvl, "streaming", "from", s.ckpt.LSN)
 	s.sendStatus()
 	s.lastIdle = time.Now()
 	// Tables may have been added to the publication while the agent was
@@ -700,7 +712,10 @@ func (s *session) relFor(ctx context.Context, id uint32) (r *relation, skip bool
 		}
 	}
 	if isBad {
-		return nil, false, bad.err
+		if err := s.rowError(ctx, name, "", s.finalLSN, bad.err); err != nil {
+			return nil, false, err
+		}
+		return nil, true, nil
 	}
 	if c, ok := s.copiedAt[r.qualified]; ok && s.finalLSN < c {
 		return r, true, nil
@@ -735,13 +750,16 @@ func (s *session) onUpdate(ctx context.Context, r *relation, m *pglogrepl.Update
 		// identity columns changed: the key may have moved.
 		newKey, err := r.key(s.types, vals)
 		if err != nil {
-			return err
+			return s.rowError(ctx, r.qualified, "", s.finalLSN, err)
 		}
 		oldKey, err := r.oldKey(s.types, m.OldTuple, vals)
-		if err != nil {
-			return err
-		}
-		if oldKey != newKey {
+		switch {
+		case err != nil:
+			// Skipped, the old row had no key in the store to delete.
+			if err := s.rowError(ctx, r.qualified, "", s.finalLSN, err); err != nil {
+				return err
+			}
+		case oldKey != newKey:
 			s.buf.del(oldKey)
 		}
 	}
@@ -751,14 +769,14 @@ func (s *session) onUpdate(ctx context.Context, r *relation, m *pglogrepl.Update
 func (s *session) putRow(ctx context.Context, r *relation, vals [][]byte) error {
 	key, err := r.key(s.types, vals)
 	if err != nil {
-		return err
+		return s.rowError(ctx, r.qualified, "", s.finalLSN, err)
 	}
 	val, err := r.enc.AppendRow(nil, vals)
-	if err != nil {
-		return fmt.Errorf("table %s, key %s: %w", r.qualified, key, err)
+	if err == nil {
+		err = s.validateEncoded(key, val)
 	}
-	if err := s.validateEncoded(r.qualified, key, val); err != nil {
-		return err
+	if err != nil {
+		return s.rowError(ctx, r.qualified, key, s.finalLSN, err) // nil: skipped
 	}
 	s.buf.put(key, val)
 	return s.maybeFlush(ctx)
@@ -774,7 +792,7 @@ func (s *session) onDelete(ctx context.Context, r *relation, m *pglogrepl.Delete
 	}
 	key, err := r.oldKey(s.types, m.OldTuple, nil)
 	if err != nil {
-		return err
+		return s.rowError(ctx, r.qualified, "", s.finalLSN, err) // nil: skipped
 	}
 	s.buf.del(key)
 	return s.maybeFlush(ctx)
@@ -874,8 +892,8 @@ func (s *session) resolveNewest(ctx context.Context, r *relation) error {
 	if err != nil {
 		return fmt.Errorf("table %s, key %s: read newest row: %w", r.qualified, key, err)
 	}
-	if err := s.validatePut(r.qualified, key, []byte(v)); err != nil {
-		return err
+	if err := s.validatePut(key, []byte(v)); err != nil {
+		return s.rowError(ctx, r.qualified, key, s.finalLSN, err) // nil: skipped
 	}
 	s.buf.put(key, []byte(v))
 	return nil

@@ -27,7 +27,7 @@ func TestCopy(t *testing.T) {
 	}
 	conn := connect(t, ctx, raw)
 	s := inspect(t, ctx, conn)
-	if len(s.Publications) != 0 || len(s.Slots) != 0 || len(s.Functions) != 23 || !slices.Equal(s.Schemas, []string{"lenkwerk", "storage"}) {
+	if len(s.Publications) != 0 || len(s.Slots) != 0 || len(s.Functions) != 33 || !slices.Equal(s.Schemas, []string{"lenkwerk", "storage"}) {
 		t.Fatalf("copy: %+v", s)
 	}
 	if !slices.Contains(s.Tables, "lenkwerk.follow_state") {

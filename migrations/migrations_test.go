@@ -113,7 +113,7 @@ func TestUpDownUp(t *testing.T) {
 	if !slices.Equal(up.Tables, wantTables) {
 		t.Errorf("tables = %q, want %q", up.Tables, wantTables)
 	}
-	if got, want := len(up.Functions), 23; got != want {
+	if got, want := len(up.Functions), 33; got != want {
 		t.Errorf("%d functions, want %d: %q", got, want, up.Functions)
 	}
 	if !slices.Equal(up.Publications, []string{migrations.DefaultPublication}) {

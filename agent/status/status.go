@@ -21,6 +21,11 @@ import (
 // DefaultWarnRetained is the retained WAL above which a Report warns.
 const DefaultWarnRetained int64 = 1 << 30
 
+// DefaultWarnLag is the lag above which a Report warns: a healthy agent
+// writes a checkpoint at least every status interval (10s by default),
+// idle or not.
+const DefaultWarnLag = 30 * time.Second
+
 // Options say what Read inspects.
 type Options struct {
 	// DatabaseURL is the Lenkwerk database; any role that may log in.
@@ -34,6 +39,9 @@ type Options struct {
 	// WarnRetained: retained WAL above this many bytes is a warning;
 	// default DefaultWarnRetained.
 	WarnRetained int64
+	// WarnLag: a store further behind than this is a warning (the agent
+	// is stalled, blocked or slow); default DefaultWarnLag.
+	WarnLag time.Duration
 	// Now is the clock for the lag in seconds; default time.Now.
 	Now func() time.Time
 }
@@ -76,6 +84,8 @@ type Report struct {
 	// WarnRetainedBytes is the threshold RetainedWALBytes was checked
 	// against.
 	WarnRetainedBytes int64 `json:"warn_retained_wal_bytes"`
+	// WarnLagSeconds is the threshold LagSeconds was checked against.
+	WarnLagSeconds float64 `json:"warn_lag_seconds"`
 	// Warnings say what an operator should look at; empty when all is well.
 	Warnings []string `json:"warnings"`
 }
@@ -102,10 +112,13 @@ func Read(ctx context.Context, opts Options) (*Report, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
+	if opts.WarnLag <= 0 {
+		opts.WarnLag = DefaultWarnLag
+	}
 	if opts.Store == nil {
 		return nil, errors.New("status: no store")
 	}
-	r := &Report{Slot: opts.Slot, WarnRetainedBytes: opts.WarnRetained, Warnings: []string{}}
+	r := &Report{Slot: opts.Slot, WarnRetainedBytes: opts.WarnRetained, WarnLagSeconds: opts.WarnLag.Seconds(), Warnings: []string{}}
 	current, err := readSlot(ctx, opts.DatabaseURL, r)
 	if err != nil {
 		return nil, err
@@ -144,6 +157,11 @@ func (r *Report) warn(opts Options) {
 	}
 	if r.Checkpoint == nil {
 		r.Warnings = append(r.Warnings, fmt.Sprintf("the store has no checkpoint for slot %q under prefix %q: the agent has not synced it yet (or --prefix/--kv name another store)", r.Slot, opts.Prefix))
+	}
+	if r.Checkpoint != nil && r.LagSeconds > opts.WarnLag.Seconds() {
+		r.Warnings = append(r.Warnings, fmt.Sprintf("the store is %s behind the database (more than %s): the agent is stalled or slow; its /readyz and log say why "+
+			"(a change it cannot mirror holds back everything after it until 'lenkwerk skip' leaves it out)",
+			(time.Duration(r.LagSeconds*float64(time.Second))).Round(time.Second), opts.WarnLag))
 	}
 }
 

@@ -168,8 +168,17 @@ func TestLag(t *testing.T) {
 			if r.LagBytes < c.bytes || (c.bytes == 0 && r.LagBytes != 0) || r.LagSeconds != c.seconds {
 				t.Fatalf("lag = %d bytes %v s, want %d bytes (at least) %v s", r.LagBytes, r.LagSeconds, c.bytes, c.seconds)
 			}
-			if !r.OK() {
+			// 90s behind warns by default (DefaultWarnLag), not with a
+			// bound above it.
+			if warned := hasWarning(r, "the store is 1m30s behind the database (more than 30s)"); warned != (c.seconds > 30) || len(r.Warnings) != map[bool]int{true: 1}[warned] {
 				t.Fatalf("warnings: %q", r.Warnings)
+			}
+			r, err = status.Read(ctx, status.Options{DatabaseURL: agentURL, Store: store, Prefix: "/p", WarnLag: 2 * time.Minute, Now: func() time.Time { return now }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !r.OK() || r.WarnLagSeconds != 120 {
+				t.Fatalf("warnings with --warn-lag 2m: %q (bound %v s)", r.Warnings, r.WarnLagSeconds)
 			}
 		})
 	}

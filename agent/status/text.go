@@ -48,7 +48,7 @@ func (r *Report) WriteText(w io.Writer) error {
 		}
 		line("checkpoint", "%s%s at %s", c.LSN, commit, c.Time.Format(time.RFC3339))
 		line("lag_bytes", "%d (%s)", r.LagBytes, Bytes(r.LagBytes))
-		line("lag_seconds", "%.1f", r.LagSeconds)
+		line("lag_seconds", "%.1f (warning above %s)", r.LagSeconds, time.Duration(r.WarnLagSeconds*float64(time.Second)))
 	}
 	if err := tw.Flush(); err != nil {
 		return err

@@ -1,9 +1,10 @@
 // Package secure holds the integration tests that run Lenkwerk "in a fully
 // secure manner" against real servers (package tests only; no API):
 //
-//   - PostgreSQL with ssl=on, pg_hba rules that refuse plaintext and take
-//     client certificates (cert) or scram-sha-256 passwords over TLS only;
-//     clients use sslmode=verify-full with the test CA.
+//   - PostgreSQL with ssl=on and the README's pg_hba rules: they refuse
+//     plaintext and physical replication, and take client certificates
+//     (cert) or scram-sha-256 passwords over TLS only; clients use
+//     sslmode=verify-full with the test CA.
 //   - etcd (embedded) serving TLS only, with --client-cert-auth and etcd
 //     auth enabled; the agent's user holds one role whose permission is the
 //     Bagger key range under --prefix.
@@ -25,6 +26,10 @@
 //     from PGPASSFILE) can List and Watch and cannot Put.
 //   - TestSecretsNotPrinted: the lenkwerk binary (agent, migrate, kv) given
 //     wrong passwords in URLs and the environment never prints them.
+//   - TestRecommendedHBA: README.md's pg_hba.conf, read from the README
+//     (startPG runs it for every test): no physical replication
+//     (pg_basebackup) and no other database for lenkwerk_agent, and what
+//     its REPLICATION attribute allows whatever the grants say.
 //
 // README.md in this directory is the "Production security" guide these
 // tests back.

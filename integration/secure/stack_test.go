@@ -15,6 +15,7 @@ import (
 	"github.com/bagger/lenkwerk/integration/etcdtest"
 	"github.com/bagger/lenkwerk/integration/pgtest"
 	"github.com/bagger/lenkwerk/migrations"
+	"github.com/jackc/pgx/v5"
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
@@ -91,24 +92,64 @@ type pgServer struct {
 	name string // the Lenkwerk database
 }
 
-// pgHBA refuses plaintext, lets readerUser in with a scram password and
-// everyone else with a certificate whose CN is the role (TLS only).
-var pgHBA = []string{
-	"hostnossl all all 0.0.0.0/0 reject",
-	"hostnossl replication all 0.0.0.0/0 reject",
-	"hostssl all " + readerUser + " 127.0.0.1/32 scram-sha-256",
-	"hostssl replication " + agentRole + " 127.0.0.1/32 cert",
-	"hostssl all all 127.0.0.1/32 cert",
+// lenkwerkDB is the Lenkwerk database's name, as in README.md's pg_hba.conf.
+const lenkwerkDB = "lenkwerk"
+
+// recommendedHBA is the pg_hba.conf README.md recommends, read from it (the
+// fenced block that starts "# pg_hba.conf for Lenkwerk"), with the
+// README's network 10.0.0.0/8 as the loopback: the tests run exactly what
+// the guide says. It refuses plaintext and physical replication, lets
+// readerUser into the Lenkwerk database with a scram password, the agent
+// into it (only) with its certificate, everyone else in with a certificate
+// whose CN is the role (TLS only).
+func recommendedHBA(t *testing.T) []string {
+	t.Helper()
+	doc, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, block, ok := strings.Cut(string(doc), "```\n# pg_hba.conf for Lenkwerk")
+	if block, _, ok = strings.Cut(block, "```"); !ok {
+		t.Fatal("README.md has no pg_hba.conf block starting \"# pg_hba.conf for Lenkwerk\"")
+	}
+	_, block, _ = strings.Cut(block, "\n") // the rest of the marker line
+	var lines []string
+	for _, line := range strings.Split(block, "\n") {
+		if f := strings.Fields(line); len(f) > 0 && !strings.HasPrefix(f[0], "#") {
+			if f[1] != "all" && f[1] != "replication" && f[1] != lenkwerkDB {
+				t.Fatalf("README.md's pg_hba.conf names database %q, the tests %q", f[1], lenkwerkDB)
+			}
+			lines = append(lines, strings.ReplaceAll(strings.Join(f, " "), "10.0.0.0/8", "127.0.0.1/32"))
+		}
+	}
+	if len(lines) < 5 {
+		t.Fatalf("README.md's pg_hba.conf block has %d rules: %q", len(lines), lines)
+	}
+	return lines
 }
 
 func startPG(t *testing.T, p *pki) *pgServer {
 	t.Helper()
 	c := pgtest.StartCluster(t, pgtest.Options{
 		TLS: &pgtest.TLS{CertFile: p.pgServer.CertFile, KeyFile: p.pgServer.KeyFile, CAFile: p.ca.CertFile},
-		HBA: pgHBA,
+		HBA: recommendedHBA(t),
 	})
-	s := &pgServer{c: c, pki: p}
-	s.name = s.newDatabase(t, migrations.Options{})
+	s := &pgServer{c: c, pki: p, name: lenkwerkDB}
+	// Over the socket, which pg_hba leaves to the superuser; the cluster
+	// is the test's own, and goes with it.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	admin, err := pgx.Connect(ctx, fmt.Sprintf("host=%s port=%d user=postgres dbname=postgres sslmode=disable", c.SocketDir(), c.Port()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(context.Background())
+	if _, err := admin.Exec(ctx, "CREATE DATABASE "+lenkwerkDB); err != nil {
+		t.Fatal(err)
+	}
+	if err := migrations.Up(ctx, s.urlFor(lenkwerkDB, "postgres", p.postgres), migrations.Options{}); err != nil {
+		t.Fatalf("migrate over verify-full: %v", err)
+	}
 	return s
 }
 

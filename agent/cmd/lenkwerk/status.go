@@ -13,7 +13,7 @@ import (
 	"github.com/bagger/lenkwerk/kvdriver"
 )
 
-const statusSynopsis = `status --database-url URL [--kv URL] [--slot lw_agent] [--prefix ""] [--warn-retained 1GB] [--json]
+const statusSynopsis = `status --database-url URL [--kv URL] [--slot lw_agent] [--prefix ""] [--warn-retained 1GB] [--warn-lag 30s] [--json]
 
 Shows the agent's replication slot (exists, active, pid, LSNs, WAL retained,
 wal_status, safe_wal_size), the store's checkpoint and the lag between them.
@@ -21,8 +21,9 @@ Any role that may log in can run it (lenkwerk_agent will do).
 
 Exit status: 0 all is well; 1 error (database or store unreachable, bad
 flags); 2 a warning (slot missing or lost, more WAL retained than
---warn-retained, no checkpoint in the store), printed as "WARNING: …" lines
-(or in "warnings" with --json).`
+--warn-retained, no checkpoint in the store, the store further behind than
+--warn-lag: a stalled, blocked or slow agent), printed as "WARNING: …"
+lines (or in "warnings" with --json).`
 
 // exitWarning is the exit status of lenkwerk status when it warns.
 const exitWarning = 2
@@ -45,6 +46,7 @@ func runStatus(ctx context.Context, args []string, stdout io.Writer) (ok bool, e
 	slot := fs.String("slot", envOr("LENKWERK_SLOT", agent.DefaultSlot), "logical replication slot (env LENKWERK_SLOT)")
 	prefix := fs.String("prefix", envOr("LENKWERK_PREFIX", ""), "the agent's key `prefix` (env LENKWERK_PREFIX)")
 	warnRetained := fs.String("warn-retained", "1GB", "warn when the slot retains more WAL than this `size` (bytes, or kB/MB/GB/TB, powers of 1024)")
+	warnLag := fs.Duration("warn-lag", status.DefaultWarnLag, "warn when the store is further behind the database than this `duration`")
 	asJSON := fs.Bool("json", false, "print one JSON object")
 	if err := fs.Parse(args); err != nil {
 		return false, err
@@ -59,6 +61,9 @@ func runStatus(ctx context.Context, args []string, stdout io.Writer) (ok bool, e
 	}
 	if warn == 0 {
 		return false, errors.New("--warn-retained: must be positive")
+	}
+	if *warnLag <= 0 {
+		return false, errors.New("--warn-lag: must be positive")
 	}
 	if *databaseURL == "" {
 		fs.Usage()
@@ -82,6 +87,7 @@ func runStatus(ctx context.Context, args []string, stdout io.Writer) (ok bool, e
 		Slot:         *slot,
 		Prefix:       *prefix,
 		WarnRetained: warn,
+		WarnLag:      *warnLag,
 	})
 	if err != nil {
 		return false, err

@@ -14,7 +14,9 @@ import (
 	"github.com/bagger/lenkwerk/agent"
 	"github.com/bagger/lenkwerk/integration/pgtest"
 	"github.com/bagger/lenkwerk/kvdriver"
+	"github.com/bagger/lenkwerk/kvdriver/mem"
 	"github.com/bagger/lenkwerk/migrations"
+	"github.com/jackc/pgx/v5"
 )
 
 // statusSetup migrates a database on a private cluster (slot names are
@@ -92,7 +94,7 @@ func TestStatusCommand(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &m); err != nil {
 		t.Fatalf("--json: %v\n%s", err, out)
 	}
-	for _, k := range []string{"slot", "slot_exists", "active", "plugin", "restart_lsn", "confirmed_flush_lsn", "current_wal_lsn", "retained_wal_bytes", "wal_status", "safe_wal_size", "checkpoint", "lag_bytes", "lag_seconds", "warn_retained_wal_bytes", "warnings"} {
+	for _, k := range []string{"slot", "slot_exists", "active", "plugin", "restart_lsn", "confirmed_flush_lsn", "current_wal_lsn", "retained_wal_bytes", "wal_status", "safe_wal_size", "checkpoint", "lag_bytes", "lag_seconds", "warn_retained_wal_bytes", "warn_lag_seconds", "warnings"} {
 		if _, has := m[k]; !has {
 			t.Errorf("--json lacks %q: %s", k, out)
 		}
@@ -102,7 +104,7 @@ func TestStatusCommand(t *testing.T) {
 	}
 
 	var out2 bytes.Buffer
-	for _, bad := range [][]string{{"--warn-retained", "lots"}, {"--warn-retained", "0"}, {"extra"}} {
+	for _, bad := range [][]string{{"--warn-retained", "lots"}, {"--warn-retained", "0"}, {"--warn-lag", "0s"}, {"--warn-lag", "soon"}, {"extra"}} {
 		if _, err := runStatus(ctx, append([]string{"--database-url", agentURL, "--kv", kvURL}, bad...), &out2); err == nil {
 			t.Errorf("status %q: no error", bad)
 		}
@@ -141,4 +143,61 @@ func testStatusExitStatus(t *testing.T, bin string) {
 	if code, out := exit("--database-url", bad, "--kv", kvURL); code != 1 || !strings.Contains(out, "lenkwerk status:") {
 		t.Fatalf("unreachable database: exit %d, want 1\n%s", code, out)
 	}
+}
+
+// An agent blocked on a change its store cannot take: status warns (the
+// store falls behind past --warn-lag) and so exits 2, while the agent
+// retries; once the change is skipped it catches up and status is clean.
+func TestStatusBlockedAgent(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	agentURL, _ := statusSetup(t, ctx)
+	name := "statusblocked" + strings.ReplaceAll(time.Now().Format("150405.000000"), ".", "")
+	store, err := mem.Open(ctx, mem.Config{Name: name, Limits: kvdriver.Limits{MaxValueBytes: 2000}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	a, err := agent.New(agent.Config{DatabaseURL: agentURL, Store: store, StatusInterval: 200 * time.Millisecond,
+		MinBackoff: 50 * time.Millisecond, MaxBackoff: 500 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- a.Run(runCtx) }()
+	defer func() { stop(); <-done }()
+	status := func() (string, bool) {
+		t.Helper()
+		var out bytes.Buffer
+		ok, err := runStatus(ctx, []string{"--database-url", agentURL, "--kv", "mem://" + name, "--warn-lag", "2s"}, &out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out.String(), ok
+	}
+	waitUntil(t, "the agent streams", 30*time.Second, func() bool { return a.Status().Streaming })
+	admin := strings.Replace(agentURL, "lenkwerk_agent@", "postgres@", 1)
+	conn, err := pgx.Connect(ctx, admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(ctx, `INSERT INTO storage.config (key, value) VALUES ('big', '"`+strings.Repeat("x", 3000)+`"')`); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the agent to block", 30*time.Second, func() bool { return a.Status().Blocked != nil })
+	var out string
+	waitUntil(t, "status to warn", 30*time.Second, func() bool {
+		var ok bool
+		out, ok = status()
+		return !ok
+	})
+	if !strings.Contains(out, "WARNING: the store is") || !strings.Contains(out, "lenkwerk skip") {
+		t.Fatalf("status of a blocked agent:\n%s", out)
+	}
+	if err := agent.AddSkip(ctx, store, "", agent.DefaultSlot, a.Status().Blocked.Skip()); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "status to be clean again", 30*time.Second, func() bool { _, ok := status(); return ok })
 }
