@@ -27,7 +27,10 @@ func TestCopy(t *testing.T) {
 	}
 	conn := connect(t, ctx, raw)
 	s := inspect(t, ctx, conn)
-	if len(s.Publications) != 0 || len(s.Slots) != 0 || len(s.Functions) != 23 || !slices.Equal(s.Schemas, []string{"lenkwerk", "storage"}) {
+	// The source's 23 functions and inbound_from_kvstore, Bagger's storage
+	// agents' (migration 9).
+	if len(s.Publications) != 0 || len(s.Slots) != 0 || len(s.Functions) != 24 ||
+		!slices.Contains(s.Functions, "storage.inbound_from_kvstore(regclass,json)") || !slices.Equal(s.Schemas, []string{"lenkwerk", "storage"}) {
 		t.Fatalf("copy: %+v", s)
 	}
 	if !slices.Contains(s.Tables, "lenkwerk.follow_state") {

@@ -153,7 +153,8 @@ func TestCancelInterruptsWaitingSlotCreation(t *testing.T) {
 	}
 }
 
-// Down refuses, before anything runs, to drop a slot an agent streams.
+// Going below the slot migration is refused, before anything runs, while
+// an agent streams the slot.
 func TestDownRefusesActiveSlot(t *testing.T) {
 	ctx := testContext(t)
 	raw := migrated(t, ctx)
@@ -167,11 +168,12 @@ func TestDownRefusesActiveSlot(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	err = migrations.Down(ctx, raw, 1, migrations.Options{})
+	belowSlot := uint(6)
+	err = migrations.Goto(ctx, raw, belowSlot, migrations.Options{})
 	if err == nil || !strings.Contains(err.Error(), "in use by process") || !strings.Contains(err.Error(), "stop the Lenkwerk agent") {
 		t.Fatalf("Down with the slot streamed: %v", err)
 	}
-	if v, dirty, err := migrations.Version(ctx, raw); err != nil || v != 7 || dirty {
+	if v, dirty, err := migrations.Version(ctx, raw); err != nil || v != lastVersion() || dirty {
 		t.Fatalf("refused Down: version %d dirty %v, %v", v, dirty, err)
 	}
 	// Once the consumer is gone, down drops the slot.
@@ -184,10 +186,10 @@ func TestDownRefusesActiveSlot(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if err := migrations.Down(ctx, raw, 1, migrations.Options{}); err != nil {
+	if err := migrations.Goto(ctx, raw, belowSlot, migrations.Options{}); err != nil {
 		t.Fatalf("Down with the slot idle: %v", err)
 	}
 	if s := inspect(t, ctx, conn); len(s.Slots) != 0 {
-		t.Fatalf("slots after Down 1: %q", s.Slots)
+		t.Fatalf("slots after Goto %d: %q", belowSlot, s.Slots)
 	}
 }
