@@ -413,6 +413,40 @@ func TestAdoptBagger(t *testing.T) {
 		}
 	})
 
+	// What Bagger's tools see of set_pg_instance_status is what Bagger's
+	// own function does: results and SQLSTATEs, for known and unknown ids.
+	t.Run("set_pg_instance_status", func(t *testing.T) {
+		bagger := c.NewDatabase(t)
+		baggertest.Install(t, ctx, bagger)
+		lenkwerk := c.NewDatabase(t)
+		if err := migrations.Up(ctx, lenkwerk, migrations.Options{Slot: "lw_status"}); err != nil {
+			t.Fatal(err)
+		}
+		lconn := connect(t, ctx, lenkwerk)
+		for _, sql := range []string{
+			`SELECT storage.register_pg_instance('pg1.example', 5432, 'schaufel')`,
+			`SELECT storage.register_pg_instance('pg1.example', 5433, 'schaufel')`,
+			`SELECT storage.register_pg_instance('pg2.example', 5432, 'schaufel')`,
+		} {
+			mustExec(t, ctx, lconn, sql)
+		}
+		call := func(conn *pgx.Conn, id, status any) string {
+			var text *string
+			err := conn.QueryRow(ctx, `SELECT storage.set_pg_instance_status($1, $2)::text`, id, status).Scan(&text)
+			var n int
+			if err == nil {
+				err = conn.QueryRow(ctx, `SELECT count(*) FROM storage.set_pg_instance_status(in_id := $1, in_status := $2)`, id, status).Scan(&n)
+			}
+			return fmt.Sprintf("%s, %d rows, SQLSTATE %q", deref(text), n, sqlState(err))
+		}
+		bconn := connect(t, ctx, bagger)
+		for _, in := range [][2]any{{2, 2}, {2, 0}, {2, nil}, {2, 4}, {2, -1}, {99, 1}, {99, nil}, {99, 7}, {nil, 1}} {
+			if got, want := call(lconn, in[0], in[1]), call(bconn, in[0], in[1]); got != want {
+				t.Errorf("set_pg_instance_status(%v, %v) = %s; Bagger's: %s", in[0], in[1], got, want)
+			}
+		}
+	})
+
 	t.Run("nothing to adopt", func(t *testing.T) {
 		raw := c.NewDatabase(t)
 		err := migrations.Adopt(ctx, raw, migrations.Options{})
