@@ -105,11 +105,14 @@ func (r *runner) adopt(ctx context.Context) error {
 		return fmt.Errorf("this database holds both Bagger's extension %s and Lenkwerk version %d: refusing to adopt (nothing was changed)",
 			BaggerExtension, cur)
 	}
-	done, err := adoptTx(ctx, conn)
+	applied, notes, err := adoptTx(ctx, conn)
 	if err != nil {
 		return err
 	}
-	for _, msg := range done {
+	for _, name := range applied {
+		r.applied(name)
+	}
+	for _, msg := range notes {
 		r.note(msg)
 	}
 	return nil
@@ -196,11 +199,12 @@ func adoptedFrom(ctx context.Context, conn *pgx.Conn) (string, error) {
 // adoptTx is the adoption itself, one transaction: check the extension's
 // objects, keep its rows, drop it and its publication, run the migrations
 // before the slot's as `up` would, put the rows and sequence positions
-// back, and record the version. It returns what to report once committed.
-func adoptTx(ctx context.Context, conn *pgx.Conn) (report []string, err error) {
+// back, and record the version. It returns the migrations it applied and
+// what else to report.
+func adoptTx(ctx context.Context, conn *pgx.Conn) (applied, report []string, err error) {
 	tx, err := conn.Begin(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("adopt: begin: %w", err)
+		return nil, nil, fmt.Errorf("adopt: begin: %w", err)
 	}
 	defer func() {
 		if err != nil {
@@ -217,26 +221,26 @@ func adoptTx(ctx context.Context, conn *pgx.Conn) (report []string, err error) {
 	// golang-migrate's lock: no migration of this database runs meanwhile.
 	var db, schema string
 	if err := tx.QueryRow(ctx, `SELECT current_database(), current_schema()`).Scan(&db, &schema); err != nil {
-		return nil, fail("read the current schema", err)
+		return nil, nil, fail("read the current schema", err)
 	}
 	versionTable := pgx.Identifier{schema, "schema_migrations"}.Sanitize()
 	lockID, _ := database.GenerateAdvisoryLockId(db, schema, "schema_migrations")
 	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1::bigint)`, lockID); err != nil {
-		return nil, fail("take the migration lock", err)
+		return nil, nil, fail("take the migration lock", err)
 	}
 	var versions int
 	if err := tx.QueryRow(ctx, `SELECT count(*) FROM `+versionTable).Scan(&versions); err != nil {
-		return nil, fail("read the version", err)
+		return nil, nil, fail("read the version", err)
 	}
 	if versions != 0 {
-		return nil, fail("check the version", errors.New("another migration ran meanwhile"))
+		return nil, nil, fail("check the version", errors.New("another migration ran meanwhile"))
 	}
 	if _, err := tx.Exec(ctx, `SET LOCAL search_path = pg_catalog`); err != nil {
-		return nil, fail("set search_path", err)
+		return nil, nil, fail("set search_path", err)
 	}
 	var extOID uint32
 	if err := tx.QueryRow(ctx, `SELECT oid FROM pg_extension WHERE extname = $1`, BaggerExtension).Scan(&extOID); err != nil {
-		return nil, fail("look for the extension", err)
+		return nil, nil, fail("look for the extension", err)
 	}
 	// Nobody writes the rows between their copy and the drop.
 	if _, err := tx.Exec(ctx, `DO $$
@@ -248,18 +252,18 @@ func adoptTx(ctx context.Context, conn *pgx.Conn) (report []string, err error) {
 		    EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', r);
 		  END LOOP;
 		END $$`); err != nil {
-		return nil, fail("lock the extension's tables", err)
+		return nil, nil, fail("lock the extension's tables", err)
 	}
 	if err := compareFacts(ctx, tx, extOID); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	pub, err := checkBaggerPublication(ctx, tx)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	grantees, err := baggerGrantees(ctx, tx, extOID)
 	if err != nil {
-		return nil, fail("read the extension's privileges", err)
+		return nil, nil, fail("read the extension's privileges", err)
 	}
 
 	counts := make([]string, 0, len(baggerTables))
@@ -270,26 +274,25 @@ func adoptTx(ctx context.Context, conn *pgx.Conn) (report []string, err error) {
 	seqs := map[string]seqPos{}
 	for _, t := range baggerTables {
 		if _, err := tx.Exec(ctx, `CREATE TEMP TABLE `+keptTable(t)+` ON COMMIT DROP AS SELECT * FROM ONLY storage.`+pgx.Identifier{t}.Sanitize()); err != nil {
-			return nil, fail("keep the rows of storage."+t, err)
+			return nil, nil, fail("keep the rows of storage."+t, err)
 		}
 		var p seqPos
 		if err := tx.QueryRow(ctx, `SELECT last_value, is_called FROM storage.`+pgx.Identifier{t + "_id_seq"}.Sanitize()).Scan(&p.last, &p.called); err != nil {
-			return nil, fail("read sequence storage."+t+"_id_seq", err)
+			return nil, nil, fail("read sequence storage."+t+"_id_seq", err)
 		}
 		seqs[t] = p
 	}
 	if _, err := tx.Exec(ctx, `DROP EXTENSION `+BaggerExtension); err != nil {
-		return nil, fail("drop extension "+BaggerExtension+" (its rows are kept)", err)
+		return nil, nil, fail("drop extension "+BaggerExtension+" (its rows are kept)", err)
 	}
 	if pub {
 		if _, err := tx.Exec(ctx, `DROP PUBLICATION `+DefaultPublication); err != nil {
-			return nil, fail("drop Bagger's publication "+DefaultPublication, err)
+			return nil, nil, fail("drop Bagger's publication "+DefaultPublication, err)
 		}
 	}
 	if _, err := tx.Exec(ctx, `SET LOCAL search_path TO DEFAULT`); err != nil {
-		return nil, fail("reset search_path", err)
+		return nil, nil, fail("reset search_path", err)
 	}
-	var applied []string
 	var at uint
 	for _, v := range Versions() {
 		if v >= slotVersion {
@@ -297,41 +300,38 @@ func adoptTx(ctx context.Context, conn *pgx.Conn) (report []string, err error) {
 		}
 		name, body, err := upMigration(v)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		if _, err := tx.Exec(ctx, body); err != nil {
-			return nil, fail("migration "+name, err)
+			return nil, nil, fail("migration "+name, err)
 		}
-		applied = append(applied, name)
+		applied = append(applied, name+" (adoption)")
 		at = v
 	}
 	for _, t := range baggerTables {
 		var cols string
 		if err := tx.QueryRow(ctx, `SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) FROM pg_catalog.pg_attribute
 			WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped`, keptTable(t)).Scan(&cols); err != nil {
-			return nil, fail("read the columns of storage."+t, err)
+			return nil, nil, fail("read the columns of storage."+t, err)
 		}
 		tag, err := tx.Exec(ctx, `INSERT INTO storage.`+pgx.Identifier{t}.Sanitize()+` (`+cols+`) SELECT `+cols+` FROM `+keptTable(t))
 		if err != nil {
-			return nil, fail("put the rows of storage."+t+" back", err)
+			return nil, nil, fail("put the rows of storage."+t+" back", err)
 		}
 		counts = append(counts, fmt.Sprintf("%s %d", t, tag.RowsAffected()))
 		p := seqs[t]
 		if _, err := tx.Exec(ctx, `SELECT pg_catalog.setval($1::regclass, $2, $3)`, "storage."+t+"_id_seq", p.last, p.called); err != nil {
-			return nil, fail("set sequence storage."+t+"_id_seq", err)
+			return nil, nil, fail("set sequence storage."+t+"_id_seq", err)
 		}
 	}
 	if _, err := tx.Exec(ctx, `INSERT INTO lenkwerk.setting (name, value) VALUES ($1, $2)`, adoptedSetting, BaggerExtension+" "+BaggerVersion); err != nil {
-		return nil, fail("record the adoption", err)
+		return nil, nil, fail("record the adoption", err)
 	}
 	if _, err := tx.Exec(ctx, `INSERT INTO `+versionTable+` (version, dirty) VALUES ($1, false)`, int64(at)); err != nil {
-		return nil, fail("record version", err)
+		return nil, nil, fail("record version", err)
 	}
 	if err := tx.Commit(ctx); err != nil {
-		return nil, fail("commit", err)
-	}
-	for _, name := range applied {
-		report = append(report, name+" (adoption)")
+		return nil, nil, fail("commit", err)
 	}
 	report = append(report, fmt.Sprintf("adopted %s %s in one transaction, every row kept (%s)",
 		BaggerExtension, BaggerVersion, strings.Join(counts, ", ")))
@@ -339,7 +339,7 @@ func adoptTx(ctx context.Context, conn *pgx.Conn) (report []string, err error) {
 		report = append(report, fmt.Sprintf("roles %s had privileges on Bagger's objects, which Lenkwerk's replaced: "+
 			"GRANT lenkwerk_config TO each role that runs Bagger's configuration tools", strings.Join(grantees, ", ")))
 	}
-	return report, nil
+	return applied, report, nil
 }
 
 // keptTable is the temporary table holding a table's rows during Adopt.

@@ -150,7 +150,8 @@ func TestAdoptBagger(t *testing.T) {
 		unchanged(t, ctx, conn, raw, before, true)
 
 		var log []string
-		if err := migrations.Adopt(ctx, raw, migrations.Options{Log: func(m string) { log = append(log, m) }}); err != nil {
+		record := func(m string) { log = append(log, m) }
+		if err := migrations.Adopt(ctx, raw, migrations.Options{Log: record, Note: record}); err != nil {
 			t.Fatalf("Adopt: %v", err)
 		}
 		all := strings.Join(log, "\n")
@@ -313,7 +314,7 @@ func TestAdoptBagger(t *testing.T) {
 		stop()
 
 		stop = nil
-		err = migrations.Adopt(ctx, raw, migrations.Options{Log: func(m string) {
+		err = migrations.Adopt(ctx, raw, migrations.Options{Note: func(m string) {
 			if strings.HasPrefix(m, "adopted bagger_lw_storage") {
 				stop = recvlogical(t, ctx, c, raw, "lw_agent")
 			}

@@ -59,6 +59,9 @@ type Options struct {
 	// Log, when set, is told of each migration applied, e.g.
 	// "3/u storage_schema".
 	Log func(msg string)
+	// Note, when set, is told of what Adopt does besides migrations: the
+	// rows it kept, a slot it replaced, roles that need lenkwerk_config.
+	Note func(msg string)
 }
 
 // Slot names are what PostgreSQL allows; publication names are held to

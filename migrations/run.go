@@ -160,7 +160,7 @@ func withMigrate(ctx context.Context, databaseURL string, opts Options, check se
 			return <-done
 		}
 	}
-	return do(&runner{m: m, log: log, pgURL: pgURL, cancellable: cancellable})
+	return do(&runner{m: m, log: log, pgURL: pgURL, cancellable: cancellable, notify: opts.Note})
 }
 
 // runner is what withMigrate hands its callback.
@@ -171,12 +171,20 @@ type runner struct {
 	// cancellable runs a golang-migrate call (which has no context),
 	// cancelling its statement when the context ends.
 	cancellable func(func() error) error
+	notify      func(string) // Options.Note
 }
 
-// note tells Options.Log of a step that golang-migrate does not report.
+// note tells Options.Note of a step that is not a migration.
 func (r *runner) note(msg string) {
+	if r.notify != nil {
+		r.notify(msg)
+	}
+}
+
+// applied tells Options.Log of a migration applied outside golang-migrate.
+func (r *runner) applied(name string) {
 	if r.log.log != nil {
-		r.log.log(msg)
+		r.log.log(name)
 	}
 }
 
