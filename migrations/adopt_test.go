@@ -115,10 +115,10 @@ func schemaDump(t *testing.T, ctx context.Context, c *pgtest.Cluster, dbURL stri
 // mirrors it (replacing what Bagger's agent left in the store), and down
 // and up work on it. Refusals change nothing.
 func TestAdoptBagger(t *testing.T) {
-	ctx := testContext(t)
 	c := baggertest.StartCluster(t, pgtest.Options{})
 
 	t.Run("adopt", func(t *testing.T) {
+		ctx := testContext(t)
 		raw := c.NewDatabase(t)
 		baggertest.Install(t, ctx, raw)
 		conn := connect(t, ctx, raw)
@@ -250,6 +250,7 @@ func TestAdoptBagger(t *testing.T) {
 			want:  []string{"publication bagger_lw_storage publishes public.other, storage.config"},
 		}} {
 			t.Run(c2.name, func(t *testing.T) {
+				ctx := testContext(t)
 				raw := c.NewDatabase(t)
 				baggertest.Install(t, ctx, raw)
 				conn := connect(t, ctx, raw)
@@ -274,6 +275,7 @@ func TestAdoptBagger(t *testing.T) {
 	// A failure halfway through (the drop of the extension, which a view
 	// of the operator's depends on) rolls everything back.
 	t.Run("one transaction", func(t *testing.T) {
+		ctx := testContext(t)
 		raw := c.NewDatabase(t)
 		baggertest.Install(t, ctx, raw)
 		conn := connect(t, ctx, raw)
@@ -299,6 +301,7 @@ func TestAdoptBagger(t *testing.T) {
 	// if it starts streaming after the adoption's transaction, the slot is
 	// kept and `up` finishes once it stopped.
 	t.Run("slot in use", func(t *testing.T) {
+		ctx := testContext(t)
 		raw := c.NewDatabase(t)
 		baggertest.Install(t, ctx, raw)
 		conn := connect(t, ctx, raw)
@@ -341,6 +344,7 @@ func TestAdoptBagger(t *testing.T) {
 	// Another slot name leaves Bagger's agent's slot alone; a slot of the
 	// chosen name that is not Bagger's agent's is refused.
 	t.Run("slot names", func(t *testing.T) {
+		ctx := testContext(t)
 		raw := c.NewDatabase(t)
 		baggertest.Install(t, ctx, raw)
 		conn := connect(t, ctx, raw)
@@ -361,6 +365,7 @@ func TestAdoptBagger(t *testing.T) {
 
 	// The stock CLI stops in migration 1, which writes nothing.
 	t.Run("stock CLI", func(t *testing.T) {
+		ctx := testContext(t)
 		raw := c.NewDatabase(t)
 		baggertest.Install(t, ctx, raw)
 		m, err := migrate.NewWithSourceInstance("iofs", mustIOFS(t), pgx5URL(t, raw, nil))
@@ -386,6 +391,7 @@ func TestAdoptBagger(t *testing.T) {
 	// A storage node's database, where Bagger's storage agent used the
 	// extension, becomes a local copy for lenkwerk follow.
 	t.Run("copy", func(t *testing.T) {
+		ctx := testContext(t)
 		raw := c.NewDatabase(t)
 		baggertest.Install(t, ctx, raw)
 		conn := connect(t, ctx, raw)
@@ -417,6 +423,7 @@ func TestAdoptBagger(t *testing.T) {
 	// What Bagger's tools see of set_pg_instance_status is what Bagger's
 	// own function does: results and SQLSTATEs, for known and unknown ids.
 	t.Run("set_pg_instance_status", func(t *testing.T) {
+		ctx := testContext(t)
 		bagger := c.NewDatabase(t)
 		baggertest.Install(t, ctx, bagger)
 		lenkwerk := c.NewDatabase(t)
@@ -449,6 +456,7 @@ func TestAdoptBagger(t *testing.T) {
 	})
 
 	t.Run("nothing to adopt", func(t *testing.T) {
+		ctx := testContext(t)
 		raw := c.NewDatabase(t)
 		err := migrations.Adopt(ctx, raw, migrations.Options{})
 		if !errors.Is(err, migrations.ErrNoBaggerExtension) || !strings.Contains(err.Error(), "lenkwerk migrate up") {

@@ -122,7 +122,10 @@ func loginRole(t *testing.T, ctx context.Context, conn *pgx.Conn, name string) {
 // key changed (a delete and a put in the store) and values that moved
 // between rows. Only a deleted row stays, which it cannot apply.
 func TestInboundFromKVStoreMatchesFollow(t *testing.T) {
-	ctx := testContext(t)
+	// Each step waits at most a minute (waitMirrored, caughtUp); this
+	// bounds the whole test.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	t.Cleanup(cancel)
 	src := migrated(t, ctx)
 	srcConn := connect(t, ctx, src)
 	store := memStore(t, ctx)
@@ -173,8 +176,9 @@ func TestInboundFromKVStoreMatchesFollow(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		deadline := time.Now().Add(time.Minute)
 		for f.Status().Revision < rev || b.applied.Load() < rev {
-			if ctx.Err() != nil {
+			if time.Now().After(deadline) {
 				t.Fatalf("%s: the copies never reached revision %d (follow %d, Bagger's %d)", step, rev, f.Status().Revision, b.applied.Load())
 			}
 			time.Sleep(10 * time.Millisecond)
