@@ -153,8 +153,7 @@ func TestCancelInterruptsWaitingSlotCreation(t *testing.T) {
 	}
 }
 
-// Going below the slot migration is refused, before anything runs, while
-// an agent streams the slot.
+// Down refuses, before anything runs, to drop a slot an agent streams.
 func TestDownRefusesActiveSlot(t *testing.T) {
 	ctx := testContext(t)
 	raw := migrated(t, ctx)
@@ -168,8 +167,9 @@ func TestDownRefusesActiveSlot(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	belowSlot := uint(6)
-	err = migrations.Goto(ctx, raw, belowSlot, migrations.Options{})
+	// Down through the slot's migration (7).
+	steps := int(lastVersion()) - 6
+	err = migrations.Down(ctx, raw, steps, migrations.Options{})
 	if err == nil || !strings.Contains(err.Error(), "in use by process") || !strings.Contains(err.Error(), "stop the Lenkwerk agent") {
 		t.Fatalf("Down with the slot streamed: %v", err)
 	}
@@ -186,10 +186,10 @@ func TestDownRefusesActiveSlot(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if err := migrations.Goto(ctx, raw, belowSlot, migrations.Options{}); err != nil {
+	if err := migrations.Down(ctx, raw, steps, migrations.Options{}); err != nil {
 		t.Fatalf("Down with the slot idle: %v", err)
 	}
 	if s := inspect(t, ctx, conn); len(s.Slots) != 0 {
-		t.Fatalf("slots after Goto %d: %q", belowSlot, s.Slots)
+		t.Fatalf("slots after Down through 7: %q", s.Slots)
 	}
 }
