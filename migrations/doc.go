@@ -34,6 +34,43 @@
 // there. The runner refuses to migrate a source as a copy or a copy as a
 // source.
 //
+// # Adopting Bagger's own extension
+//
+// Bagger ships the same tables as an extension, bagger_lw_storage 0.0.1,
+// whose script also creates the publication; Bagger's agent streams a
+// test_decoding slot named lw_agent. Up refuses such a database (and
+// migration 1 refuses it for the stock CLI, writing nothing); Adopt takes
+// it over, keeping every row:
+//
+//  1. Before golang-migrate creates even its version table, the extension's
+//     objects are described from the catalog (adopt/describe.sql: schema,
+//     tables, columns with types, NOT NULL and defaults, constraints,
+//     inheritance, other indexes, triggers, rules, policies, sequences,
+//     function signatures, and whatever else is in its schema) and compared
+//     with adopt/bagger_lw_storage--0.0.1.facts; any difference is refused,
+//     every differing fact named. So are a publication bagger_lw_storage
+//     with other tables and, unless Options.Copy, a slot of the name Lenkwerk
+//     will use that is not Bagger's agent's or that a consumer streams.
+//  2. One transaction, holding golang-migrate's lock: the check again with
+//     the tables locked, their rows and sequence positions kept aside, DROP
+//     EXTENSION and Bagger's publication, then the up migrations before the
+//     slot's (1 to 6), run from the embedded files exactly as `up` runs them,
+//     the rows and sequence positions put back, the adoption recorded
+//     (lenkwerk.setting adopted_from) and version 6 written into
+//     golang-migrate's table. Anything failing rolls it all back.
+//  3. The normal runner migrates up from there. Just before migration 7, an
+//     adopted database's test_decoding slot of the recorded name is dropped
+//     (refused while a consumer streams it), so migration 7 creates the
+//     pgoutput slot in its place: slot creation cannot share a transaction
+//     with writes. A run that failed here is finished by Adopt or Up.
+//
+// Running migrations 1 to 6 themselves over the kept rows, rather than
+// altering the adopted objects into shape, makes the result the same as a
+// new database's whatever later migrations add, and these run on it as on
+// any Lenkwerk database, as does Down. Migration 9 aligns what Bagger's
+// tools see differently (set_pg_instance_status) and gives local copies
+// Bagger's storage agents' storage.inbound_from_kvstore.
+//
 // # Requirements and failures
 //
 // The server needs wal_level=logical; Up and Goto check it before touching

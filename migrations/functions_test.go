@@ -28,6 +28,13 @@ func mustExec(t *testing.T, ctx context.Context, conn *pgx.Conn, sql string, arg
 	}
 }
 
+func deref(s *string) string {
+	if s == nil {
+		return "NULL"
+	}
+	return *s
+}
+
 func sqlState(err error) string {
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
@@ -60,15 +67,23 @@ func TestInstanceFunctions(t *testing.T) {
 			t.Fatalf("set_pg_instance_status(%d) = %d, %v", s, status, err)
 		}
 	}
-	for _, bad := range []any{4, -1, nil} {
-		_, err := conn.Exec(ctx, `SELECT storage.set_pg_instance_status($1, $2)`, id, bad)
-		if sqlState(err) != "23514" || !strings.Contains(err.Error(), "must be 0 (offline), 1 (read-only), 2 (write-only) or 3 (online)") {
-			t.Fatalf("set_pg_instance_status(%v): %v, want a clear check_violation", bad, err)
+	// SQLSTATEs as Bagger's (its UPDATE breaks NOT NULL or the CHECK), with
+	// messages that name the valid values.
+	for _, c := range []struct {
+		status any
+		state  string
+	}{{4, "23514"}, {-1, "23514"}, {nil, "23502"}} {
+		_, err := conn.Exec(ctx, `SELECT storage.set_pg_instance_status($1, $2)`, id, c.status)
+		if sqlState(err) != c.state || !strings.Contains(err.Error(), "0 (offline), 1 (read-only), 2 (write-only) or 3 (online)") {
+			t.Fatalf("set_pg_instance_status(%v): %v, want a clear %s", c.status, err, c.state)
 		}
 	}
-	var missing *int
-	if err := conn.QueryRow(ctx, `SELECT id FROM storage.set_pg_instance_status(999999, 1)`).Scan(&missing); err != nil || missing != nil {
-		t.Fatalf("set_pg_instance_status of an unknown id = %v, %v; want NULL row", missing, err)
+	// An unknown id: NULL, as Bagger's, whatever the status.
+	for _, s := range []any{1, nil, 7} {
+		var missing *string
+		if err := conn.QueryRow(ctx, `SELECT storage.set_pg_instance_status(999999, $1)::text`, s).Scan(&missing); err != nil || missing != nil {
+			t.Fatalf("set_pg_instance_status of an unknown id, status %v = %v, %v; want NULL", s, deref(missing), err)
+		}
 	}
 
 	if err := conn.QueryRow(ctx, `SELECT host, status FROM storage.get_pg_instance_by_id($1)`, id).Scan(&host, &status); err != nil || host != "db1.example" || status != 3 {

@@ -59,6 +59,9 @@ type Options struct {
 	// Log, when set, is told of each migration applied, e.g.
 	// "3/u storage_schema".
 	Log func(msg string)
+	// Note, when set, is told of what Adopt does besides migrations: the
+	// rows it kept, a slot it replaced, roles that need lenkwerk_config.
+	Note func(msg string)
 }
 
 // Slot names are what PostgreSQL allows; publication names are held to
@@ -179,7 +182,7 @@ func Goto(ctx context.Context, databaseURL string, version uint, opts Options) e
 // Version returns the version the database is at (0: none applied) and
 // whether its last migration failed (dirty).
 func Version(ctx context.Context, databaseURL string) (version uint, dirty bool, err error) {
-	err = withMigrate(ctx, databaseURL, Options{}, false, func(r *runner) error {
+	err = withMigrate(ctx, databaseURL, Options{}, serverCheck{}, func(r *runner) error {
 		m := r.m
 		version, dirty, err = currentVersion(m)
 		return err
@@ -193,7 +196,7 @@ func Force(ctx context.Context, databaseURL string, version uint) error {
 	if err := known(version); err != nil {
 		return fmt.Errorf("migrate force: %w", err)
 	}
-	return withMigrate(ctx, databaseURL, Options{}, false, func(r *runner) error {
+	return withMigrate(ctx, databaseURL, Options{}, serverCheck{}, func(r *runner) error {
 		m := r.m
 		if version == 0 {
 			return m.Force(database.NilVersion)

@@ -28,68 +28,87 @@ func currentVersion(m *migrate.Migrate) (uint, bool, error) {
 }
 
 // migrateTo moves the database to the version target picks, one migration
+// at a time (see runner.migrateTo).
+func migrateTo(ctx context.Context, databaseURL string, opts Options, needLogical bool, target func(cur uint) (uint, error)) error {
+	return withMigrate(ctx, databaseURL, opts, serverCheck{logical: needLogical}, func(r *runner) error {
+		return r.migrateTo(ctx, target)
+	})
+}
+
+// migrateTo moves the database to the version target picks, one migration
 // at a time. Between migrations it honours ctx; during one it cancels the
 // running statement, so that even a slot creation waiting for other
 // transactions stops (the migration then rolls back and the version is
 // marked dirty, as the error explains). golang-migrate's GracefulStop is
 // not used: its flag is shared between goroutines without synchronisation.
-func migrateTo(ctx context.Context, databaseURL string, opts Options, needLogical bool, target func(cur uint) (uint, error)) error {
-	return withMigrate(ctx, databaseURL, opts, needLogical, func(r *runner) error {
-		m := r.m
-		cur, dirty, err := currentVersion(m)
-		if err != nil {
+func (r *runner) migrateTo(ctx context.Context, target func(cur uint) (uint, error)) error {
+	m := r.m
+	cur, dirty, err := currentVersion(m)
+	if err != nil {
+		return err
+	}
+	if dirty {
+		return explain(migrate.ErrDirty{Version: int(cur)}, "")
+	}
+	if err := known(cur); err != nil {
+		return fmt.Errorf("the database is at version %d, which this lenkwerk does not know (a newer one migrated it?)", cur)
+	}
+	want, err := target(cur)
+	if err != nil {
+		return err
+	}
+	if want < slotVersion && cur >= slotVersion {
+		if err := checkSlotIdle(ctx, r.pgURL); err != nil {
+			return err
+		}
+	}
+	for {
+		if cur == want {
+			return nil
+		}
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("stopped at version %d before all migrations ran: %w", cur, err)
+		}
+		step := 1
+		if want < cur {
+			step = -1
+		}
+		if step == 1 && next(cur) == slotVersion {
+			// An adopted database may still have Bagger's agent's slot
+			// under the name of the one migration 7 creates.
+			if err := replaceBaggerSlot(ctx, r.pgURL, r.note); err != nil {
+				return err
+			}
+		}
+		r.log.reset()
+		if err := r.cancellable(func() error { return m.Steps(step) }); err != nil {
+			err = explain(err, r.log.last())
+			if ctx.Err() != nil {
+				err = fmt.Errorf("%w: %w", ctx.Err(), err)
+			}
+			return err
+		}
+		// Read back rather than count: another migrator may have moved it.
+		if cur, dirty, err = currentVersion(m); err != nil {
 			return err
 		}
 		if dirty {
 			return explain(migrate.ErrDirty{Version: int(cur)}, "")
 		}
-		if err := known(cur); err != nil {
-			return fmt.Errorf("the database is at version %d, which this lenkwerk does not know (a newer one migrated it?)", cur)
-		}
-		want, err := target(cur)
-		if err != nil {
-			return err
-		}
-		if want < slotVersion && cur >= slotVersion {
-			if err := checkSlotIdle(ctx, r.pgURL); err != nil {
-				return err
-			}
-		}
-		for {
-			if cur == want {
-				return nil
-			}
-			if err := ctx.Err(); err != nil {
-				return fmt.Errorf("stopped at version %d before all migrations ran: %w", cur, err)
-			}
-			step := 1
-			if want < cur {
-				step = -1
-			}
-			r.log.reset()
-			if err := r.cancellable(func() error { return m.Steps(step) }); err != nil {
-				err = explain(err, r.log.last())
-				if ctx.Err() != nil {
-					err = fmt.Errorf("%w: %w", ctx.Err(), err)
-				}
-				return err
-			}
-			// Read back rather than count: another migrator may have moved it.
-			if cur, dirty, err = currentVersion(m); err != nil {
-				return err
-			}
-			if dirty {
-				return explain(migrate.ErrDirty{Version: int(cur)}, "")
-			}
-		}
-	})
+	}
+}
+
+// serverCheck says what withMigrate checks before it opens golang-migrate.
+type serverCheck struct {
+	logical  bool // wal_level = logical
+	adopting bool // Adopt: Bagger's extension is expected, not refused
 }
 
 // withMigrate opens golang-migrate on the embedded files and databaseURL
-// and runs do with it, keeping the password out of any error. needLogical
-// checks wal_level first. do gets cancellable, which runs a golang-migrate
+// and runs do with it, keeping the password out of any error; check says
+// what checkServer checks first. do gets cancellable, which runs a golang-migrate
 // call (which has no context) and cancels its statement when ctx ends.
-func withMigrate(ctx context.Context, databaseURL string, opts Options, needLogical bool,
+func withMigrate(ctx context.Context, databaseURL string, opts Options, check serverCheck,
 	do func(*runner) error) (err error) {
 	if err := opts.validate(); err != nil {
 		return err
@@ -103,9 +122,9 @@ func withMigrate(ctx context.Context, databaseURL string, opts Options, needLogi
 		return err
 	}
 	// A copy has no slot: any wal_level will do.
-	needLogical = needLogical && !opts.Copy
-	if needLogical || opts.Copy || opts.Slot != "" || opts.Publication != "" {
-		if err := checkServer(ctx, pgURL, needLogical, opts); err != nil {
+	check.logical = check.logical && !opts.Copy
+	if check.logical || check.adopting || opts.Copy || opts.Slot != "" || opts.Publication != "" {
+		if err := checkServer(ctx, pgURL, check, opts); err != nil {
 			return err
 		}
 	}
@@ -141,7 +160,7 @@ func withMigrate(ctx context.Context, databaseURL string, opts Options, needLogi
 			return <-done
 		}
 	}
-	return do(&runner{m: m, log: log, pgURL: pgURL, cancellable: cancellable})
+	return do(&runner{m: m, log: log, pgURL: pgURL, cancellable: cancellable, notify: opts.Note})
 }
 
 // runner is what withMigrate hands its callback.
@@ -152,6 +171,21 @@ type runner struct {
 	// cancellable runs a golang-migrate call (which has no context),
 	// cancelling its statement when the context ends.
 	cancellable func(func() error) error
+	notify      func(string) // Options.Note
+}
+
+// note tells Options.Note of a step that is not a migration.
+func (r *runner) note(msg string) {
+	if r.notify != nil {
+		r.notify(msg)
+	}
+}
+
+// applied tells Options.Log of a migration applied outside golang-migrate.
+func (r *runner) applied(name string) {
+	if r.log.log != nil {
+		r.log.log(name)
+	}
 }
 
 // slotVersion is the migration that creates the replication slot.
@@ -224,10 +258,11 @@ func cancelBackends(pgURL, appName string) {
 
 // checkServer refuses, before golang-migrate creates even its version
 // table, a copy migrated as a source or the other way round (Options.Copy),
-// a server without wal_level=logical (when needLogical) and names in opts
+// a database where Bagger's extension is installed (unless adopting), a
+// server without wal_level=logical (when check.logical) and names in opts
 // that differ from those the database recorded (the migrations would refuse
 // them halfway, leaving a dirty version).
-func checkServer(ctx context.Context, pgURL string, needLogical bool, opts Options) error {
+func checkServer(ctx context.Context, pgURL string, check serverCheck, opts Options) error {
 	conn, err := pgx.Connect(ctx, pgURL)
 	if err != nil {
 		return fmt.Errorf("connect to %s: %w", kvdriver.Redact(pgURL), err)
@@ -237,7 +272,24 @@ func checkServer(ctx context.Context, pgURL string, needLogical bool, opts Optio
 	if err != nil {
 		return err
 	}
+	if check.adopting {
+		if err := precheckAdopt(ctx, conn, recorded, opts); err != nil {
+			return err
+		}
+	}
 	switch {
+	case recorded == nil && !check.adopting:
+		ext, err := baggerInstalled(ctx, conn)
+		if err != nil {
+			return err
+		}
+		if ext != "" {
+			how := "'lenkwerk migrate adopt' takes its objects over, keeping every row"
+			if opts.Copy {
+				how = "'lenkwerk migrate --copy adopt' takes its objects over for lenkwerk follow"
+			}
+			return fmt.Errorf("%w (version %s) in this database: %s (nothing was changed)", ErrBaggerInstalled, ext, how)
+		}
 	case recorded == nil:
 	case opts.Copy && !recorded.Copy:
 		return fmt.Errorf("this database is a Lenkwerk source (publication %q, slot %q), not a local copy: "+
@@ -246,7 +298,7 @@ func checkServer(ctx context.Context, pgURL string, needLogical bool, opts Optio
 		return errors.New("this database is a local copy of Lenkwerk (lenkwerk follow) without publication or slot: " +
 			"migrate it as a copy (nothing was changed)")
 	}
-	if needLogical {
+	if check.logical {
 		var level string
 		if err := conn.QueryRow(ctx, "SHOW wal_level").Scan(&level); err != nil {
 			return fmt.Errorf("read wal_level: %w", err)

@@ -14,7 +14,7 @@ import (
 	"github.com/bagger/lenkwerk/migrations"
 )
 
-const migrateSynopsis = `migrate [flags] up | down [N] | goto V | version | force V
+const migrateSynopsis = `migrate [flags] up | down [N] | goto V | version | force V | adopt
 
   up         apply every migration not yet applied (needs wal_level=logical)
   down [N]   revert the last N migrations; without N all of them, which drops
@@ -23,7 +23,12 @@ const migrateSynopsis = `migrate [flags] up | down [N] | goto V | version | forc
   goto V     migrate up or down to version V (0: none)
   version    print the version the database is at
   force V    record version V as applied, without running anything: the way
-             out of a dirty version once the failed migration's cause is fixed`
+             out of a dirty version once the failed migration's cause is fixed
+  adopt      take over a database where Bagger's own extension bagger_lw_storage
+             0.0.1 is installed, keeping every row: its objects are checked, it
+             is replaced by Lenkwerk's schema in one transaction, Bagger's
+             agent's idle test_decoding slot lw_agent by the pgoutput slot, then
+             up runs; with --copy on a storage node, for lenkwerk follow`
 
 func init() {
 	register("migrate", "provision the Lenkwerk database (schema, roles, publication, slot)", func(ctx context.Context, args []string) error {
@@ -69,6 +74,7 @@ func runMigrate(ctx context.Context, args []string, stdin io.Reader, stdout, std
 		Publication: *publication,
 		Copy:        *copyMode,
 		Log:         func(msg string) { fmt.Fprintf(stdout, "applied %s\n", msg) },
+		Note:        func(msg string) { fmt.Fprintln(stdout, msg) },
 	}
 	action, rest := pos[0], pos[1:]
 	arg := func(name string) (uint, error) {
@@ -133,6 +139,13 @@ func runMigrate(ctx context.Context, args []string, stdin io.Reader, stdout, std
 	case "version":
 		if len(rest) != 0 {
 			return usageErr("version takes no arguments")
+		}
+	case "adopt":
+		if len(rest) != 0 {
+			return usageErr("adopt takes no arguments")
+		}
+		if err := migrations.Adopt(ctx, *dbURL, opts); err != nil {
+			return err
 		}
 	default:
 		return usageErr("unknown action %q", action)
