@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -13,14 +12,12 @@ import (
 	"os"
 	"regexp"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/bagger/lenkwerk/agent"
 	"github.com/bagger/lenkwerk/agent/keymap"
 	"github.com/bagger/lenkwerk/kvdriver"
-	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
@@ -40,7 +37,7 @@ type agentFlags struct {
 
 func (f *agentFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.databaseURL, "database-url", envOr("LENKWERK_DATABASE_URL", ""), "Lenkwerk database `URL` (env LENKWERK_DATABASE_URL)")
-	fs.Func("kv", "key-value store `URL`: etcd://host:port, postgres://…, mem://name (env LENKWERK_KV_URL; default: from storage.config kvstore_type/kvstore_config). Repeat to fan out: each further store, NAME=URL or named by its position (2, 3, …), streams its own slot <slot>_NAME, created on first start", func(v string) error {
+	fs.Func("kv", "key-value store `URL`: etcd://host:port, postgres://…, mem://name (env LENKWERK_KV_URL; default: etcd://host:port from storage.config kvstore_type/kvstore_config, host and port only). Repeat to fan out: each further store, NAME=URL or named by its position (2, 3, …), streams its own slot <slot>_NAME, created on first start", func(v string) error {
 		f.kvURLs = append(f.kvURLs, v)
 		return nil
 	})
@@ -128,7 +125,7 @@ func (f *agentFlags) configs(ctx context.Context, fs *flag.FlagSet) ([]agent.Con
 			f.kvURLs = []string{u}
 		} else {
 			// Bagger keeps its store settings in Lenkwerk itself.
-			u, err := kvURLFromDatabase(ctx, f.databaseURL)
+			u, err := kvURLFromDatabase(ctx, f.databaseURL, sourceSettings)
 			if err != nil {
 				return nil, nil, fmt.Errorf("no --kv given and %w", err)
 			}
@@ -157,57 +154,6 @@ func (f *agentFlags) configs(ctx context.Context, fs *flag.FlagSet) ([]agent.Con
 		}
 	}
 	return cfgs, specs, nil
-}
-
-// kvURLFromDatabase builds the store URL from Bagger's storage.config rows
-// kvstore_type (e.g. "etcd") and kvstore_config (e.g. {"host": …, "port": …}).
-func kvURLFromDatabase(ctx context.Context, databaseURL string) (string, error) {
-	conn, err := pgx.Connect(ctx, databaseURL)
-	if err != nil {
-		return "", fmt.Errorf("cannot read storage.config: %w", err)
-	}
-	defer conn.Close(context.Background())
-	var typ, cfg []byte
-	err = conn.QueryRow(ctx, `SELECT (SELECT value::text FROM storage.config WHERE key = 'kvstore_type'), (SELECT value::text FROM storage.config WHERE key = 'kvstore_config')`).Scan(&typ, &cfg)
-	if err != nil {
-		return "", fmt.Errorf("cannot read storage.config: %w", err)
-	}
-	return kvURLFromSettings(typ, cfg)
-}
-
-// kvURLFromSettings turns the kvstore_type and kvstore_config values (JSON)
-// into a store URL.
-func kvURLFromSettings(typ, cfg []byte) (string, error) {
-	if typ == nil {
-		return "", errors.New("storage.config has no kvstore_type row")
-	}
-	var t string
-	if err := json.Unmarshal(typ, &t); err != nil {
-		return "", fmt.Errorf("storage.config kvstore_type is not a JSON string: %w", err)
-	}
-	if t != "etcd" {
-		return "", fmt.Errorf("storage.config kvstore_type %q: only etcd can be derived; give --kv", t)
-	}
-	var c struct {
-		Host string          `json:"host"`
-		Port json.RawMessage `json:"port"`
-	}
-	if cfg != nil {
-		if err := json.Unmarshal(cfg, &c); err != nil {
-			return "", fmt.Errorf("storage.config kvstore_config: %w", err)
-		}
-	}
-	if c.Host == "" {
-		c.Host = "127.0.0.1"
-	}
-	port := strings.Trim(string(c.Port), `"`)
-	if port == "" {
-		port = "2379"
-	}
-	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
-		return "", fmt.Errorf("storage.config kvstore_config: bad port %s", c.Port)
-	}
-	return "etcd://" + net.JoinHostPort(c.Host, port), nil
 }
 
 // openStore opens the store; with retry, an unreachable store is retried
