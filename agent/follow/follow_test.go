@@ -772,3 +772,19 @@ func TestJSONNull(t *testing.T) {
 		t.Fatalf("skipped %d changes, want 1 (the missing value); logs:\n%s", s.Skipped, e.logs)
 	}
 }
+
+// A prefix that is no store key, or inside the agent's reserved subtree,
+// is refused by New: the follower would list and watch it in vain, for
+// ever.
+func TestBadPrefix(t *testing.T) {
+	store, err := kvdriver.Open(context.Background(), "mem://")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	for _, prefix := range []string{"/a/..", "/.", "/a\xff", "/.lenkwerk", "/a/.lenkwerk/b"} {
+		if _, err := follow.New(follow.Config{DatabaseURL: "postgres://localhost/x", Store: store, Prefix: prefix}); err == nil || !strings.Contains(err.Error(), "prefix") {
+			t.Errorf("prefix %q: %v, want an error naming the prefix", prefix, err)
+		}
+	}
+}

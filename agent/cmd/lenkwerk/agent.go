@@ -120,6 +120,16 @@ func (f *agentFlags) configs(ctx context.Context, fs *flag.FlagSet) ([]agent.Con
 		fs.Usage()
 		return nil, nil, fmt.Errorf("%w: --database-url is required", errUsage)
 	}
+	// Permanent configuration errors end the command here, before any
+	// connection; the agent would retry them for ever.
+	tmpl, err := keymap.ParseTemplates(f.templates)
+	if err != nil {
+		return nil, nil, err
+	}
+	m, err := keymap.New(f.prefix, tmpl)
+	if err != nil {
+		return nil, nil, fmt.Errorf("--prefix or --key-template: %w", err)
+	}
 	if len(f.kvURLs) == 0 {
 		if u := envOr("LENKWERK_KV_URL", ""); u != "" {
 			f.kvURLs = []string{u}
@@ -137,8 +147,7 @@ func (f *agentFlags) configs(ctx context.Context, fs *flag.FlagSet) ([]agent.Con
 	if err != nil {
 		return nil, nil, err
 	}
-	tmpl, err := keymap.ParseTemplates(f.templates)
-	if err != nil {
+	if err := checkTemplates(ctx, f.databaseURL, f.publication, m, tmpl); err != nil {
 		return nil, nil, err
 	}
 	cfgs := make([]agent.Config, len(specs))
