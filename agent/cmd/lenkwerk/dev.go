@@ -259,7 +259,7 @@ func showTree(ctx context.Context, store kvdriver.Store, stdout io.Writer, stop 
 	fmt.Fprintf(w, "\nKey tree at revision %d (without %s…):\n", rev, hidden)
 	for _, kv := range kvs {
 		if !strings.HasPrefix(kv.Key, hidden) {
-			fmt.Fprintf(w, "%s\t%s\n", kv.Key, oneLine(kv.Value))
+			fmt.Fprintf(w, "%s\t%s\n", oneKey(kv.Key), oneLine(kv.Value))
 		}
 	}
 	fmt.Fprintf(w, "\nWatching / for changes: REVISION put|delete KEY [VALUE] (%s)\n", stop)
@@ -272,9 +272,9 @@ func showTree(ctx context.Context, store kvdriver.Store, stdout io.Writer, stop 
 				continue
 			}
 			if ev.Type == kvdriver.OpPut {
-				fmt.Fprintf(w, "%d\tput\t%s\t%s\n", ev.Revision, ev.Key, oneLine(ev.Value))
+				fmt.Fprintf(w, "%d\tput\t%s\t%s\n", ev.Revision, oneKey(ev.Key), oneLine(ev.Value))
 			} else {
-				fmt.Fprintf(w, "%d\t%s\t%s\n", ev.Revision, ev.Type, ev.Key)
+				fmt.Fprintf(w, "%d\t%s\t%s\n", ev.Revision, ev.Type, oneKey(ev.Key))
 			}
 		}
 		if err := w.Flush(); err != nil {
