@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
-	"net/http"
 	"os"
 	"regexp"
 	"strconv"
@@ -188,7 +186,7 @@ func openStore(ctx context.Context, rawURL string, retry bool) (kvdriver.Store, 
 }
 
 func runAgent(ctx context.Context, args []string) error {
-	fs := newFlagSet("agent", "agent --database-url URL --kv URL [--kv NAME=URL ...] [--slot lw_agent] [--publication bagger_lw_storage] [--prefix \"\"] [--key-template schema.table=/Tmpl/{col},...] [--metrics-addr :9187]\n\n"+
+	fs := newFlagSet("agent", "agent --database-url URL --kv URL [--kv NAME=URL ...] [--slot lw_agent] [--publication bagger_lw_storage] [--prefix \"\"] [--key-template schema.table=/Tmpl/{col},...] [--metrics-addr 127.0.0.1:9187]\n\n"+
 		"High availability: run the same command on several machines; one agent per\n"+
 		"slot streams, the others wait as standbys and take over when it dies or\n"+
 		"loses its database connection (see the package agent documentation for the\n"+
@@ -200,7 +198,7 @@ func runAgent(ctx context.Context, args []string) error {
 	f := agentFlags{}
 	f.register(fs)
 	statusInterval := fs.Duration("status-interval", agent.DefaultStatusInterval, "longest time between standby status updates (keep below wal_sender_timeout)")
-	metricsAddr := fs.String("metrics-addr", envOr("LENKWERK_METRICS_ADDR", ""), "serve /metrics, /healthz and /readyz on this `address` (env LENKWERK_METRICS_ADDR; empty: off)")
+	metricsAddr := fs.String("metrics-addr", envOr("LENKWERK_METRICS_ADDR", ""), "serve /metrics, /healthz and /readyz on this `address`, e.g. 127.0.0.1:9187 (:9187 listens on every interface) (env LENKWERK_METRICS_ADDR; empty: off)")
 	readyLag := fs.Duration("ready-lag", agent.DefaultReadyLag, "/readyz answers 503 when the lag reaches this bound")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -283,20 +281,4 @@ func runStream(ctx context.Context, cfg agent.Config, sp storeSpec, started func
 	started(a)
 	slog.Info("lenkwerk agent starting", "store", sp.name, "kv", kvdriver.Redact(sp.url), "slot", cfg.Slot, "publication", cfg.Publication, "prefix", cfg.Prefix)
 	return a.Run(ctx)
-}
-
-// serveMetrics serves h on addr until stop is called.
-func serveMetrics(addr string, h http.Handler) (stop func(), err error) {
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("--metrics-addr: %w", err)
-	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
-	go func() { _ = srv.Serve(ln) }()
-	slog.Info("serving /metrics, /healthz, /readyz", "addr", ln.Addr().String())
-	return func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(ctx)
-	}, nil
 }
