@@ -255,7 +255,9 @@ func TestKVControlCharacters(t *testing.T) {
 	defer stop()
 	var buf lockedBuffer
 	done := make(chan error, 1)
-	go func() { done <- runKV(wctx, []string{"--kv", u, "watch", "/", "--from", "2"}, strings.NewReader(""), &buf) }()
+	go func() {
+		done <- runKV(wctx, []string{"--kv", u, "watch", "/", "--from", "2"}, strings.NewReader(""), &buf)
+	}()
 	waitUntil(t, "every watch line", 20*time.Second, func() bool { return strings.Count(buf.String(), "\n") >= len(watchWant) })
 	stop()
 	if err := <-done; err != nil {
