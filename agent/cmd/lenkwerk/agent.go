@@ -174,15 +174,23 @@ func openStore(ctx context.Context, rawURL string, retry bool) (kvdriver.Store, 
 			return store, err
 		}
 		slog.Warn("cannot open the key-value store; retrying", "retry_in", wait, "err", err)
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !backoff(ctx, &wait) {
 			return nil, ctx.Err()
-		case <-t.C:
 		}
-		wait = min(2*wait, 30*time.Second)
 	}
+}
+
+// backoff waits *wait, then doubles it up to 30s; false if ctx ended first.
+func backoff(ctx context.Context, wait *time.Duration) bool {
+	t := time.NewTimer(*wait)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+	}
+	*wait = min(2**wait, 30*time.Second)
+	return true
 }
 
 func runAgent(ctx context.Context, args []string) error {

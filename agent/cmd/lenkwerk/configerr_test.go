@@ -9,8 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/bagger/lenkwerk/integration/pgtest"
-	"github.com/bagger/lenkwerk/migrations"
 )
 
 // Permanent configuration errors end the agent at start with exit status 1
@@ -21,11 +19,7 @@ func TestConfigErrorsExitAtStart(t *testing.T) {
 	bin := lenkwerkBinary(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
-	c := pgtest.StartCluster(t, pgtest.Options{})
-	admin := c.NewDatabase(t)
-	if err := migrations.Up(ctx, admin, migrations.Options{}); err != nil {
-		t.Fatal(err)
-	}
+	_, admin := migratedCluster(t, ctx)
 	execSQL(t, ctx, admin, `CREATE TABLE public.extra (id int PRIMARY KEY, name text)`, `GRANT SELECT ON public.extra TO lenkwerk_agent`,
 		`CREATE TABLE public.partial (id int PRIMARY KEY, name text)`, `GRANT SELECT ON public.partial TO lenkwerk_agent`,
 		`ALTER PUBLICATION bagger_lw_storage ADD TABLE public.partial (id)`)

@@ -128,11 +128,7 @@ func TestHostileKVConfig(t *testing.T) {
 	bin := lenkwerkBinary(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	c := pgtest.StartCluster(t, pgtest.Options{})
-	admin := c.NewDatabase(t)
-	if err := migrations.Up(ctx, admin, migrations.Options{}); err != nil {
-		t.Fatal(err)
-	}
+	c, admin := migratedCluster(t, ctx)
 	execSQL(t, ctx, admin, `CREATE ROLE lenkwerk_config_login LOGIN IN ROLE lenkwerk_config`)
 	configURL := withOptions(withURLUser(t, admin, "lenkwerk_config_login"), "-c role=lenkwerk_config")
 	agentURL := withURLUser(t, admin, "lenkwerk_agent")
@@ -218,6 +214,18 @@ func TestHostileKVConfig(t *testing.T) {
 			t.Errorf("the tripwire saw read %v, %d connection(s); output:\n%s", f.read(), tw.conns.Load()-before, out)
 		}
 	})
+}
+
+// migratedCluster starts a private cluster (the migrations' roles are
+// cluster-wide) and returns it with a migrated database's superuser URL.
+func migratedCluster(t *testing.T, ctx context.Context) (*pgtest.Cluster, string) {
+	t.Helper()
+	c := pgtest.StartCluster(t, pgtest.Options{})
+	admin := c.NewDatabase(t)
+	if err := migrations.Up(ctx, admin, migrations.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	return c, admin
 }
 
 // execSQL runs statements on url.

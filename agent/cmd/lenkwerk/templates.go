@@ -115,13 +115,8 @@ func connectRetry(ctx context.Context, databaseURL string) (*pgx.Conn, error) {
 			return nil, ctx.Err()
 		}
 		slog.Warn("cannot connect to the database to check the key templates; retrying", "retry_in", wait, "err", err)
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !backoff(ctx, &wait) {
 			return nil, ctx.Err()
-		case <-t.C:
 		}
-		wait = min(2*wait, 30*time.Second)
 	}
 }
