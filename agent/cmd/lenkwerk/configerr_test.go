@@ -8,7 +8,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
 )
 
 // Permanent configuration errors end the agent at start with exit status 1
