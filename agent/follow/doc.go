@@ -20,7 +20,10 @@
 // json_populate_record(NULL::<table>, value) gives, identified by the
 // template's key columns (UPDATE of the row with those values, else
 // INSERT); a delete deletes the row whose key columns equal the key's
-// segments (read back the same way, so "5432" becomes an int). A put whose
+// segments (read back the same way, so "5432" becomes an int). A JSON null
+// in a NOT NULL json or jsonb column (servermap.server_map, config.value)
+// is kept as the JSON null the source holds, where json_populate_record
+// alone would make it SQL NULL; elsewhere null is SQL NULL. A put whose
 // value is not a JSON object, or whose key columns do not give back its
 // key, is logged and skipped. A table whose template has no column
 // (/Servermap) holds exactly the one row of its key, the newest generation,

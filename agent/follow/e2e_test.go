@@ -76,9 +76,11 @@ func TestEndToEnd(t *testing.T) {
 		`SELECT storage.expire_index_field((SELECT id FROM storage.index_field WHERE expression = 'payload'), '2031-02-03 04:05:06.789')`,
 		`SELECT storage.save_index('bagger_idx', 'btree', NULL, '2040-01-01', NULL)`,
 		`SELECT storage.save_servermap('{"nodes": [1, 2]}')`,
+		`SELECT storage.save_servermap('null'), storage.save_config('nothing', 'null')`,
 		`UPDATE storage.config SET key = 'kv/moved' WHERE key = 'kvstore_type'`,
 		`UPDATE storage.postgres_instance SET port = 6543 WHERE host = 'db2'`,
 		`BEGIN; SELECT storage.save_config('retention', '"30d"'); DELETE FROM storage.dimension WHERE fieldname = 'day'; COMMIT`,
+		`SELECT storage.save_config('retention', 'null')`,
 		`DELETE FROM storage.servermap WHERE id = (SELECT max(id) FROM storage.servermap)`,
 		`BEGIN; DELETE FROM storage.index_field; DELETE FROM storage.index; COMMIT`,
 	} {

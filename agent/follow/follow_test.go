@@ -737,3 +737,54 @@ func TestQuotedIdentifiers(t *testing.T) {
 		t.Fatalf("skipped %d; logs:\n%s", s.Skipped, e.logs)
 	}
 }
+
+// A JSON null in a NOT NULL json column (servermap.server_map,
+// config.value) is copied as the JSON null the source holds, both when
+// listed at start and when watched: json_populate_record alone turns it
+// into SQL NULL, which the column refuses.
+func TestJSONNull(t *testing.T) {
+	e := newEnv(t, "", follow.Config{})
+	e.apply(baseline("")...)
+	e.apply(put("/Config/listed", config(30, "listed", nil)))
+	e.start()
+	e.caughtUp()
+	e.equal()
+	e.apply(
+		put("/Servermap", row{"id": 31, "server_map": nil}),
+		put("/Config/watched", config(32, "watched", nil)),
+		put("/Config/kvstore_type", config(1, "kvstore_type", nil)),
+	)
+	e.caughtUp()
+	e.equal()
+	if n := e.count(`SELECT count(*) FROM storage.config WHERE json_typeof(value) = 'null' AND key IN ('listed', 'watched', 'kvstore_type')`); n != 3 {
+		t.Errorf("%d config values are JSON null, want 3", n)
+	}
+	if n := e.count(`SELECT count(*) FROM storage.servermap WHERE id = 31 AND json_typeof(server_map) = 'null'`); n != 1 {
+		t.Errorf("servermap generation 31 with a JSON null: %d rows, want 1", n)
+	}
+	// A missing NOT NULL value is still refused, not turned into null.
+	e.apply(kvdriver.Put("/Config/missing", []byte(`{"id": 33, "key": "missing"}`)))
+	e.caughtUp()
+	if n := e.count(`SELECT count(*) FROM storage.config WHERE key = 'missing'`); n != 0 {
+		t.Errorf("a config row without a value was copied")
+	}
+	if s := e.f.Status(); s.Skipped != 1 {
+		t.Fatalf("skipped %d changes, want 1 (the missing value); logs:\n%s", s.Skipped, e.logs)
+	}
+}
+
+// A prefix that is no store key, or inside the agent's reserved subtree,
+// is refused by New: the follower would list and watch it in vain, for
+// ever.
+func TestBadPrefix(t *testing.T) {
+	store, err := kvdriver.Open(context.Background(), "mem://")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	for _, prefix := range []string{"/a/..", "/.", "/a\xff", "/.lenkwerk", "/a/.lenkwerk/b"} {
+		if _, err := follow.New(follow.Config{DatabaseURL: "postgres://localhost/x", Store: store, Prefix: prefix}); err == nil || !strings.Contains(err.Error(), "prefix") {
+			t.Errorf("prefix %q: %v, want an error naming the prefix", prefix, err)
+		}
+	}
+}

@@ -59,18 +59,36 @@ func resolveTable(ctx context.Context, conn *pgx.Conn, tmpl *keymap.Template) (*
 	case kind != "r" && kind != "p":
 		return nil, fmt.Errorf("template %s: %s is not a table (relkind %s)", tmpl.Table(), quoted, kind)
 	}
-	rows, err := conn.Query(ctx, `SELECT attname::text FROM pg_catalog.pg_attribute
-		WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped AND attgenerated = '' ORDER BY attnum`, oid)
+	// jsonNull: a json or jsonb column (or a domain over one) that is NOT
+	// NULL, where a JSON null can only be the value itself (see buildSQL).
+	rows, err := conn.Query(ctx, `SELECT a.attname::text,
+			coalesce(nullif(ty.typbasetype, 0), a.atttypid) IN ('json'::regtype, 'jsonb'::regtype) AND (a.attnotnull OR ty.typnotnull)
+		FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type ty ON ty.oid = a.atttypid
+		WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' ORDER BY a.attnum`, oid)
 	if err != nil {
 		return nil, fmt.Errorf("template %s: read columns of %s: %w", tmpl.Table(), quoted, err)
 	}
-	cols, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	type column struct {
+		name     string
+		jsonNull bool
+	}
+	catalog, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (column, error) {
+		var c column
+		err := r.Scan(&c.name, &c.jsonNull)
+		return c, err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("template %s: read columns of %s: %w", tmpl.Table(), quoted, err)
 	}
 	t := &table{name: tmpl.Table(), tmpl: tmpl, oid: oid, cols: map[string]bool{}}
-	for _, c := range cols {
-		t.cols[c] = true
+	cols := make([]string, len(catalog))
+	var jsonNull []string
+	for i, c := range catalog {
+		cols[i] = c.name
+		t.cols[c.name] = true
+		if c.jsonNull {
+			jsonNull = append(jsonNull, c.name)
+		}
 	}
 	for _, c := range tmpl.Columns() {
 		if !slices.Contains(cols, c) {
@@ -81,7 +99,7 @@ func resolveTable(ctx context.Context, conn *pgx.Conn, tmpl *keymap.Template) (*
 	if len(cols) == 0 {
 		return nil, fmt.Errorf("template %s: table %s has no columns", tmpl.Table(), quoted)
 	}
-	t.buildSQL(pgx.Identifier{nsp, rel}.Sanitize(), cols, tmpl.Singleton())
+	t.buildSQL(pgx.Identifier{nsp, rel}.Sanitize(), cols, jsonNull, tmpl.Singleton())
 	return t, nil
 }
 
@@ -97,12 +115,30 @@ func quoteAll(alias string, cols []string) string {
 	return strings.Join(q, ", ")
 }
 
+// quoteLiteral quotes s as an escape string constant, whatever
+// standard_conforming_strings says.
+func quoteLiteral(s string) string {
+	return "E'" + strings.NewReplacer(`\`, `\\`, "'", "''").Replace(s) + "'"
+}
+
 // buildSQL prepares the statements; rel is the quoted, qualified name.
 // Values come in as $1, a JSON document read by json_populate_record.
-func (t *table) buildSQL(rel string, cols []string, singleton bool) {
+// json_populate_record turns a JSON null into SQL NULL, also for a json
+// column: in the jsonNull columns (NOT NULL json or jsonb), where the
+// source can only have held the JSON null, the field is taken as it is.
+// Elsewhere SQL NULL stays (to_jsonb writes both as null).
+func (t *table) buildSQL(rel string, cols, jsonNull []string, singleton bool) {
 	all := quoteAll("", cols)
-	newRow := "SELECT * FROM json_populate_record(NULL::" + rel + ", $1::json)"
-	t.insertSQL = "INSERT INTO " + rel + " (" + all + ") SELECT " + all + " FROM json_populate_record(NULL::" + rel + ", $1::json)"
+	fields := make([]string, len(cols))
+	for i, c := range cols {
+		q := pgx.Identifier{c}.Sanitize()
+		fields[i] = "r." + q
+		if slices.Contains(jsonNull, c) {
+			fields[i] = "coalesce(r." + q + ", $1::json -> " + quoteLiteral(c) + ") AS " + q
+		}
+	}
+	newRow := "SELECT " + strings.Join(fields, ", ") + " FROM json_populate_record(NULL::" + rel + ", $1::json) AS r"
+	t.insertSQL = "INSERT INTO " + rel + " (" + all + ") " + newRow
 	t.clearSQL = "DELETE FROM ONLY " + rel
 	// t.*, not t: a column named t would win over the row.
 	t.selectSQL = "SELECT to_jsonb(t.*)::text FROM ONLY " + rel + " AS t"

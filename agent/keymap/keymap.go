@@ -8,6 +8,8 @@ import (
 	"sort"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/bagger/lenkwerk/kvdriver"
 )
 
 // DefaultTemplates are the Bagger-compatible keys.
@@ -46,10 +48,8 @@ type segment struct {
 // extend the defaults (keyed "schema.table"). Templates whose shapes could
 // produce the same key are rejected.
 func New(prefix string, templates map[string]string) (*Mapper, error) {
-	if prefix != "" {
-		if !strings.HasPrefix(prefix, "/") || strings.HasSuffix(prefix, "/") || strings.Contains(prefix, "//") {
-			return nil, fmt.Errorf("keymap: invalid prefix %q", prefix)
-		}
+	if err := CheckPrefix(prefix); err != nil {
+		return nil, err
 	}
 	all := DefaultTemplates()
 	for k, v := range templates {
@@ -70,6 +70,30 @@ func New(prefix string, templates map[string]string) (*Mapper, error) {
 		m.templates[table] = t
 	}
 	return m, nil
+}
+
+// reservedSegment is agent.ReservedSegment: <prefix>/.lenkwerk holds the
+// agent's own keys (checkpoints).
+const reservedSegment = ".lenkwerk"
+
+// CheckPrefix reports whether prefix can stand before every key: "" or a
+// valid store key (kvdriver.ValidateKey: no empty, "." or ".." segment,
+// valid UTF-8, no NUL) without a .lenkwerk segment, since a prefix there
+// would write rows among the agent's own keys (of this prefix's agents or
+// of those of a shorter one).
+func CheckPrefix(prefix string) error {
+	if prefix == "" {
+		return nil
+	}
+	if err := kvdriver.ValidateKey(prefix); err != nil {
+		return fmt.Errorf("keymap: invalid prefix: %w", err)
+	}
+	for _, seg := range strings.Split(prefix[1:], "/") {
+		if seg == reservedSegment {
+			return fmt.Errorf("keymap: invalid prefix %q: segment %s is reserved for the agent's own keys", prefix, reservedSegment)
+		}
+	}
+	return nil
 }
 
 func compile(table, prefix, src string) (*Template, error) {

@@ -2,6 +2,7 @@ package keymap
 
 import (
 	"encoding/json"
+	"strings"
 	"testing"
 
 	"github.com/bagger/lenkwerk/kvdriver"
@@ -158,5 +159,21 @@ func TestKeyStringFastPath(t *testing.T) {
 	}
 	if k, err := tmpl.Key(map[string]json.RawMessage{"c": json.RawMessage("\"a\x01b\"")}); err == nil {
 		t.Errorf("Key of a string with a raw control character = %q, want an error", k)
+	}
+}
+
+func TestCheckPrefix(t *testing.T) {
+	for prefix, ok := range map[string]bool{
+		"": true, "/a": true, "/bagger/prod": true, "/a.b/.c/..d/lenkwerk": true,
+		"/": false, "a": false, "/a/": false, "//a": false, "/a//b": false, "/.": false, "/a/..": false,
+		"/a\xff": false, "/a\x00": false, "/" + strings.Repeat("a", 1024): false,
+		"/.lenkwerk": false, "/.lenkwerk/x": false, "/a/.lenkwerk": false, "/a/.lenkwerk/b": false,
+	} {
+		if err := CheckPrefix(prefix); (err == nil) != ok {
+			t.Errorf("CheckPrefix(%q) = %v, want ok %v", prefix, err, ok)
+		}
+		if _, err := New(prefix, nil); (err == nil) != ok {
+			t.Errorf("New(%q) = %v, want ok %v", prefix, err, ok)
+		}
 	}
 }

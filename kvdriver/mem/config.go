@@ -56,14 +56,31 @@ func ParseURL(u *url.URL) (Config, error) {
 	if u.Scheme != Scheme {
 		return cfg, fmt.Errorf("%w: scheme %q, want %q", kvdriver.ErrInvalidURL, u.Scheme, Scheme)
 	}
+	// Errors show the URL redacted (user info, secret-looking parameters
+	// such as token=) and no value of a parameter mem does not know.
 	if u.Opaque != "" {
-		return cfg, fmt.Errorf("%w: %q: write mem://NAME", kvdriver.ErrInvalidURL, u.Redacted())
+		return cfg, fmt.Errorf("%w: %q: write mem://NAME", kvdriver.ErrInvalidURL, kvdriver.Redact(u.String()))
 	}
 	if u.User != nil || u.Port() != "" || (u.Path != "" && u.Path != "/") || u.Fragment != "" {
-		return cfg, fmt.Errorf("%w: %q: a mem URL is mem://[NAME][?PARAMS]", kvdriver.ErrInvalidURL, u.Redacted())
+		return cfg, fmt.Errorf("%w: %q: a mem URL is mem://[NAME][?PARAMS]", kvdriver.ErrInvalidURL, kvdriver.Redact(u.String()))
 	}
 	cfg.Name = u.Host
 	for name, vals := range u.Query() {
+		var dst *int
+		switch name {
+		case "history":
+			dst = &cfg.History
+		case "max-key-bytes":
+			dst = &cfg.Limits.MaxKeyBytes
+		case "max-value-bytes":
+			dst = &cfg.Limits.MaxValueBytes
+		case "max-batch-ops":
+			dst = &cfg.Limits.MaxBatchOps
+		case "max-batch-bytes":
+			dst = &cfg.Limits.MaxBatchBytes
+		default:
+			return cfg, fmt.Errorf("%w: unknown parameter %q (known: history, max-key-bytes, max-value-bytes, max-batch-ops, max-batch-bytes)", kvdriver.ErrInvalidURL, name)
+		}
 		if len(vals) != 1 {
 			return cfg, fmt.Errorf("%w: parameter %q given %d times", kvdriver.ErrInvalidURL, name, len(vals))
 		}
@@ -71,20 +88,7 @@ func ParseURL(u *url.URL) (Config, error) {
 		if err != nil || n <= 0 {
 			return cfg, fmt.Errorf("%w: parameter %s=%q is not a positive integer", kvdriver.ErrInvalidURL, name, vals[0])
 		}
-		switch name {
-		case "history":
-			cfg.History = n
-		case "max-key-bytes":
-			cfg.Limits.MaxKeyBytes = n
-		case "max-value-bytes":
-			cfg.Limits.MaxValueBytes = n
-		case "max-batch-ops":
-			cfg.Limits.MaxBatchOps = n
-		case "max-batch-bytes":
-			cfg.Limits.MaxBatchBytes = n
-		default:
-			return cfg, fmt.Errorf("%w: unknown parameter %q (known: history, max-key-bytes, max-value-bytes, max-batch-ops, max-batch-bytes)", kvdriver.ErrInvalidURL, name)
-		}
+		*dst = n
 	}
 	return cfg, nil
 }

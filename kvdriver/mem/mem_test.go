@@ -205,3 +205,27 @@ func ExampleOpen() {
 	fmt.Println(resp.Events[0].Type, resp.Events[0].Key, string(resp.Events[0].Value))
 	// Output: put /Index/1 {"id":1}
 }
+
+// No error shows a token= (or password=) value, user info password or
+// unknown parameter's value, whichever check refuses the URL.
+func TestParseURLHidesSecrets(t *testing.T) {
+	for _, raw := range []string{
+		"mem://x?token=tok-s3cret",
+		"mem://x?history=5&token=tok-s3cret",
+		"mem://x?api_token=tok-s3cret",
+		"mem://x:1?token=tok-s3cret",
+		"mem://x/sub?password=tok-s3cret",
+		"mem://u:tok-s3cret@x",
+		"mem://x?token=tok-s3cret#frag",
+		"mem://x?bogus=tok-s3cret",
+	} {
+		_, err := kvdriver.Open(context.Background(), raw)
+		if !errors.Is(err, kvdriver.ErrInvalidURL) {
+			t.Errorf("Open(%q) = %v, want ErrInvalidURL", raw, err)
+			continue
+		}
+		if strings.Contains(err.Error(), "tok-s3cret") {
+			t.Errorf("Open(%q): the error shows the secret: %v", raw, err)
+		}
+	}
+}

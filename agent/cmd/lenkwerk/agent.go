@@ -2,25 +2,20 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
-	"net/http"
 	"os"
 	"regexp"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/bagger/lenkwerk/agent"
 	"github.com/bagger/lenkwerk/agent/keymap"
 	"github.com/bagger/lenkwerk/kvdriver"
-	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
@@ -40,7 +35,7 @@ type agentFlags struct {
 
 func (f *agentFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.databaseURL, "database-url", envOr("LENKWERK_DATABASE_URL", ""), "Lenkwerk database `URL` (env LENKWERK_DATABASE_URL)")
-	fs.Func("kv", "key-value store `URL`: etcd://host:port, postgres://…, mem://name (env LENKWERK_KV_URL; default: from storage.config kvstore_type/kvstore_config). Repeat to fan out: each further store, NAME=URL or named by its position (2, 3, …), streams its own slot <slot>_NAME, created on first start", func(v string) error {
+	fs.Func("kv", "key-value store `URL`: etcd://host:port, postgres://…, mem://name (env LENKWERK_KV_URL; default: etcd://host:port from storage.config kvstore_type/kvstore_config, host and port only). Repeat to fan out: each further store, NAME=URL or named by its position (2, 3, …), streams its own slot <slot>_NAME, created on first start", func(v string) error {
 		f.kvURLs = append(f.kvURLs, v)
 		return nil
 	})
@@ -123,12 +118,22 @@ func (f *agentFlags) configs(ctx context.Context, fs *flag.FlagSet) ([]agent.Con
 		fs.Usage()
 		return nil, nil, fmt.Errorf("%w: --database-url is required", errUsage)
 	}
+	// Permanent configuration errors end the command here, before any
+	// connection; the agent would retry them for ever.
+	tmpl, err := keymap.ParseTemplates(f.templates)
+	if err != nil {
+		return nil, nil, err
+	}
+	m, err := keymap.New(f.prefix, tmpl)
+	if err != nil {
+		return nil, nil, fmt.Errorf("--prefix or --key-template: %w", err)
+	}
 	if len(f.kvURLs) == 0 {
 		if u := envOr("LENKWERK_KV_URL", ""); u != "" {
 			f.kvURLs = []string{u}
 		} else {
 			// Bagger keeps its store settings in Lenkwerk itself.
-			u, err := kvURLFromDatabase(ctx, f.databaseURL)
+			u, err := kvURLFromDatabase(ctx, f.databaseURL, sourceSettings)
 			if err != nil {
 				return nil, nil, fmt.Errorf("no --kv given and %w", err)
 			}
@@ -140,8 +145,7 @@ func (f *agentFlags) configs(ctx context.Context, fs *flag.FlagSet) ([]agent.Con
 	if err != nil {
 		return nil, nil, err
 	}
-	tmpl, err := keymap.ParseTemplates(f.templates)
-	if err != nil {
+	if err := checkTemplates(ctx, f.databaseURL, f.publication, m, tmpl); err != nil {
 		return nil, nil, err
 	}
 	cfgs := make([]agent.Config, len(specs))
@@ -159,57 +163,6 @@ func (f *agentFlags) configs(ctx context.Context, fs *flag.FlagSet) ([]agent.Con
 	return cfgs, specs, nil
 }
 
-// kvURLFromDatabase builds the store URL from Bagger's storage.config rows
-// kvstore_type (e.g. "etcd") and kvstore_config (e.g. {"host": …, "port": …}).
-func kvURLFromDatabase(ctx context.Context, databaseURL string) (string, error) {
-	conn, err := pgx.Connect(ctx, databaseURL)
-	if err != nil {
-		return "", fmt.Errorf("cannot read storage.config: %w", err)
-	}
-	defer conn.Close(context.Background())
-	var typ, cfg []byte
-	err = conn.QueryRow(ctx, `SELECT (SELECT value::text FROM storage.config WHERE key = 'kvstore_type'), (SELECT value::text FROM storage.config WHERE key = 'kvstore_config')`).Scan(&typ, &cfg)
-	if err != nil {
-		return "", fmt.Errorf("cannot read storage.config: %w", err)
-	}
-	return kvURLFromSettings(typ, cfg)
-}
-
-// kvURLFromSettings turns the kvstore_type and kvstore_config values (JSON)
-// into a store URL.
-func kvURLFromSettings(typ, cfg []byte) (string, error) {
-	if typ == nil {
-		return "", errors.New("storage.config has no kvstore_type row")
-	}
-	var t string
-	if err := json.Unmarshal(typ, &t); err != nil {
-		return "", fmt.Errorf("storage.config kvstore_type is not a JSON string: %w", err)
-	}
-	if t != "etcd" {
-		return "", fmt.Errorf("storage.config kvstore_type %q: only etcd can be derived; give --kv", t)
-	}
-	var c struct {
-		Host string          `json:"host"`
-		Port json.RawMessage `json:"port"`
-	}
-	if cfg != nil {
-		if err := json.Unmarshal(cfg, &c); err != nil {
-			return "", fmt.Errorf("storage.config kvstore_config: %w", err)
-		}
-	}
-	if c.Host == "" {
-		c.Host = "127.0.0.1"
-	}
-	port := strings.Trim(string(c.Port), `"`)
-	if port == "" {
-		port = "2379"
-	}
-	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
-		return "", fmt.Errorf("storage.config kvstore_config: bad port %s", c.Port)
-	}
-	return "etcd://" + net.JoinHostPort(c.Host, port), nil
-}
-
 // openStore opens the store; with retry, an unreachable store is retried
 // with capped backoff until ctx is done (then the error is ctx's), while a
 // bad URL fails at once.
@@ -221,19 +174,27 @@ func openStore(ctx context.Context, rawURL string, retry bool) (kvdriver.Store, 
 			return store, err
 		}
 		slog.Warn("cannot open the key-value store; retrying", "retry_in", wait, "err", err)
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !backoff(ctx, &wait) {
 			return nil, ctx.Err()
-		case <-t.C:
 		}
-		wait = min(2*wait, 30*time.Second)
 	}
 }
 
+// backoff waits *wait, then doubles it up to 30s; false if ctx ended first.
+func backoff(ctx context.Context, wait *time.Duration) bool {
+	t := time.NewTimer(*wait)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+	}
+	*wait = min(2**wait, 30*time.Second)
+	return true
+}
+
 func runAgent(ctx context.Context, args []string) error {
-	fs := newFlagSet("agent", "agent --database-url URL --kv URL [--kv NAME=URL ...] [--slot lw_agent] [--publication bagger_lw_storage] [--prefix \"\"] [--key-template schema.table=/Tmpl/{col},...] [--metrics-addr :9187]\n\n"+
+	fs := newFlagSet("agent", "agent --database-url URL --kv URL [--kv NAME=URL ...] [--slot lw_agent] [--publication bagger_lw_storage] [--prefix \"\"] [--key-template schema.table=/Tmpl/{col},...] [--metrics-addr 127.0.0.1:9187]\n\n"+
 		"High availability: run the same command on several machines; one agent per\n"+
 		"slot streams, the others wait as standbys and take over when it dies or\n"+
 		"loses its database connection (see the package agent documentation for the\n"+
@@ -245,7 +206,7 @@ func runAgent(ctx context.Context, args []string) error {
 	f := agentFlags{}
 	f.register(fs)
 	statusInterval := fs.Duration("status-interval", agent.DefaultStatusInterval, "longest time between standby status updates (keep below wal_sender_timeout)")
-	metricsAddr := fs.String("metrics-addr", envOr("LENKWERK_METRICS_ADDR", ""), "serve /metrics, /healthz and /readyz on this `address` (env LENKWERK_METRICS_ADDR; empty: off)")
+	metricsAddr := fs.String("metrics-addr", envOr("LENKWERK_METRICS_ADDR", ""), "serve /metrics, /healthz and /readyz on this `address`, e.g. 127.0.0.1:9187 (:9187 listens on every interface) (env LENKWERK_METRICS_ADDR; empty: off)")
 	readyLag := fs.Duration("ready-lag", agent.DefaultReadyLag, "/readyz answers 503 when the lag reaches this bound")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -328,20 +289,4 @@ func runStream(ctx context.Context, cfg agent.Config, sp storeSpec, started func
 	started(a)
 	slog.Info("lenkwerk agent starting", "store", sp.name, "kv", kvdriver.Redact(sp.url), "slot", cfg.Slot, "publication", cfg.Publication, "prefix", cfg.Prefix)
 	return a.Run(ctx)
-}
-
-// serveMetrics serves h on addr until stop is called.
-func serveMetrics(addr string, h http.Handler) (stop func(), err error) {
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("--metrics-addr: %w", err)
-	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
-	go func() { _ = srv.Serve(ln) }()
-	slog.Info("serving /metrics, /healthz, /readyz", "addr", ln.Addr().String())
-	return func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(ctx)
-	}, nil
 }

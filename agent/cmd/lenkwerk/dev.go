@@ -102,7 +102,7 @@ func runDev(ctx context.Context, args []string, stdout io.Writer) (err error) {
 	}
 
 	fmt.Fprintf(os.Stderr, "lenkwerk dev: starting PostgreSQL in %s\n", root)
-	pg, err := pgtest.Start(ctx, pgtest.Options{Dir: filepath.Join(root, "postgres"), Port: *port})
+	pg, err := pgtest.Start(ctx, devServerOptions(filepath.Join(root, "postgres"), *port))
 	if err != nil {
 		return fmt.Errorf("start PostgreSQL: %w", err)
 	}
@@ -112,15 +112,25 @@ func runDev(ctx context.Context, args []string, stdout io.Writer) (err error) {
 		}
 		return pg.Destroy()
 	})
-	adminURL := pg.URL(devDatabase, "")
-	if err := createDatabase(ctx, pg.URL("postgres", ""), devDatabase); err != nil {
+	access, err := setSuperuserPassword(ctx, pg, root)
+	if err != nil {
+		return err
+	}
+	// URLs with the run's passwords are for this process; the printed ones
+	// have none (psql and lenkwerk read them from access.passFile).
+	adminURL := access.url(devDatabase, "postgres")
+	if err := createDatabase(ctx, access.url("postgres", "postgres"), devDatabase); err != nil {
 		return err
 	}
 	if err := migrations.Up(ctx, adminURL, migrations.Options{}); err != nil {
 		return fmt.Errorf("migrate: %w", err)
 	}
+	if err := access.setRoles(ctx); err != nil {
+		return err
+	}
+	access.warnIfTrusting(ctx)
 
-	var kvURL, kvNote string
+	var kvURL, kvShown, kvNote string
 	switch *kind {
 	case "etcd":
 		srv, err := etcdtest.Start(ctx, filepath.Join(root, "etcd"))
@@ -130,9 +140,12 @@ func runDev(ctx context.Context, args []string, stdout io.Writer) (err error) {
 		undo = append(undo, srv.Close)
 		kvURL = srv.URL()
 	case "postgres":
-		kvURL, kvNote = adminURL, " (pgkv, schema "+pgkv.DefaultSchema+")"
+		kvURL, kvShown, kvNote = adminURL, pg.URL(devDatabase, ""), " (pgkv, schema "+pgkv.DefaultSchema+")"
 	case "mem":
 		kvURL, kvNote = "mem://lenkwerk-dev", " (in this process only: the tree below is the way to see it)"
+	}
+	if kvShown == "" {
+		kvShown = kvURL
 	}
 	store, err := kvdriver.Open(ctx, kvURL)
 	if err != nil {
@@ -140,8 +153,7 @@ func runDev(ctx context.Context, args []string, stdout io.Writer) (err error) {
 	}
 	undo = append(undo, store.Close)
 
-	agentURL := pg.URL(devDatabase, "lenkwerk_agent")
-	a, err := agent.New(agent.Config{DatabaseURL: agentURL, Store: store, Logger: log})
+	a, err := agent.New(agent.Config{DatabaseURL: access.url(devDatabase, "lenkwerk_agent"), Store: store, Logger: log})
 	if err != nil {
 		return err
 	}
@@ -184,11 +196,12 @@ func runDev(ctx context.Context, args []string, stdout io.Writer) (err error) {
 		psql = filepath.Join(pg.BinDir(), "psql")
 	}
 	info := devInfo{
-		adminURL:  adminURL,
-		configURL: withOptions(adminURL, "-c role=lenkwerk_config"),
-		agentURL:  agentURL,
-		kvURL:     kvURL,
+		adminURL:  pg.URL(devDatabase, ""),
+		configURL: withOptions(pg.URL(devDatabase, devConfigLogin), "-c role=lenkwerk_config"),
+		agentURL:  pg.URL(devDatabase, "lenkwerk_agent"),
+		kvURL:     kvShown,
 		kvNote:    kvNote,
+		passFile:  access.passFile,
 		dir:       root,
 		keep:      keep,
 		psql:      psql,
@@ -207,6 +220,7 @@ func runDev(ctx context.Context, args []string, stdout io.Writer) (err error) {
 type devInfo struct {
 	adminURL, configURL, agentURL string
 	kvURL, kvNote                 string // kvNote: "" or " (…)"
+	passFile                      string // the run's passwords
 	dir                           string
 	keep                          bool   // dir stays after exit
 	psql                          string // the psql command
@@ -226,11 +240,15 @@ func (d devInfo) print(stdout io.Writer) error {
   lenkwerk_agent:  %s
   kv:              %s%s
   data:            %s (%s)
+  passwords:       %s (new each run)
 
-lenkwerk_config cannot log in (NOLOGIN); its URL logs in as the superuser
-and takes the role (options=-c role=lenkwerk_config). In another terminal:
+lenkwerk_config cannot log in (NOLOGIN); its URL logs in as
+%s, a member of it and nothing else, and takes the role
+(options=-c role=lenkwerk_config). The server wants the passwords over TCP
+and keeps its socket to its own OS user. In another terminal:
 
-`, d.adminURL, d.configURL, d.agentURL, d.kvURL, d.kvNote, d.dir, removed)
+  export PGPASSFILE=%s
+`, d.adminURL, d.configURL, d.agentURL, d.kvURL, d.kvNote, d.dir, removed, d.passFile, devConfigLogin, d.passFile)
 	for _, sql := range []string{
 		"select storage.register_pg_instance('db1', 5432, 'bagger')",
 		"select storage.set_pg_instance_status(1, 3)",
@@ -259,7 +277,7 @@ func showTree(ctx context.Context, store kvdriver.Store, stdout io.Writer, stop 
 	fmt.Fprintf(w, "\nKey tree at revision %d (without %s…):\n", rev, hidden)
 	for _, kv := range kvs {
 		if !strings.HasPrefix(kv.Key, hidden) {
-			fmt.Fprintf(w, "%s\t%s\n", kv.Key, oneLine(kv.Value))
+			fmt.Fprintf(w, "%s\t%s\n", oneKey(kv.Key), oneLine(kv.Value))
 		}
 	}
 	fmt.Fprintf(w, "\nWatching / for changes: REVISION put|delete KEY [VALUE] (%s)\n", stop)
@@ -272,9 +290,9 @@ func showTree(ctx context.Context, store kvdriver.Store, stdout io.Writer, stop 
 				continue
 			}
 			if ev.Type == kvdriver.OpPut {
-				fmt.Fprintf(w, "%d\tput\t%s\t%s\n", ev.Revision, ev.Key, oneLine(ev.Value))
+				fmt.Fprintf(w, "%d\tput\t%s\t%s\n", ev.Revision, oneKey(ev.Key), oneLine(ev.Value))
 			} else {
-				fmt.Fprintf(w, "%d\t%s\t%s\n", ev.Revision, ev.Type, ev.Key)
+				fmt.Fprintf(w, "%d\t%s\t%s\n", ev.Revision, ev.Type, oneKey(ev.Key))
 			}
 		}
 		if err := w.Flush(); err != nil {

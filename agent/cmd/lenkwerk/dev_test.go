@@ -5,6 +5,7 @@ import (
 	"context"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bagger/lenkwerk/integration/pgtest"
 	"github.com/jackc/pgx/v5"
 )
 
@@ -30,6 +32,7 @@ func TestBinary(t *testing.T) {
 		t.Run("dev-"+kv, func(t *testing.T) { testDev(t, bin, kv) })
 	}
 	t.Run("dev-dir", func(t *testing.T) { testDevDir(t, bin) })
+	t.Run("dev-access", func(t *testing.T) { testDevAccess(t, bin) })
 }
 
 // devProcess is a running `lenkwerk dev`, its output lines and what it
@@ -40,7 +43,9 @@ type devProcess struct {
 	seen      []string
 	stderr    strings.Builder
 	exited    chan error
+	adminURL  string
 	configURL string
+	passFile  string
 	dataDir   string
 	pgPID     int
 }
@@ -88,8 +93,12 @@ func startDev(t *testing.T, bin string, args ...string) *devProcess {
 		}
 	})
 
-	p.configURL = p.waitLine(t, regexp.MustCompile(`^\s*lenkwerk_config:\s+(\S+)$`), 50*time.Second)[1]
+	p.adminURL = p.waitLine(t, regexp.MustCompile(`^\s*admin:\s+(\S+)$`), 50*time.Second)[1]
+	p.configURL = p.waitLine(t, regexp.MustCompile(`^\s*lenkwerk_config:\s+(\S+)$`), 5*time.Second)[1]
 	p.dataDir = p.waitLine(t, regexp.MustCompile(`^\s*data:\s+(\S+) \((deleted on exit|kept)\)$`), 5*time.Second)[1]
+	p.passFile = p.waitLine(t, regexp.MustCompile(`^\s*export PGPASSFILE=(\S+)$`), 5*time.Second)[1]
+	// The printed URLs hold no password: psql and lenkwerk find it there.
+	t.Setenv("PGPASSFILE", p.passFile)
 	pidFile, err := os.ReadFile(filepath.Join(p.dataDir, "postgres", "data", "postmaster.pid"))
 	if err != nil {
 		t.Fatal(err)
@@ -229,4 +238,99 @@ func processAlive(pid int) bool {
 	s := string(stat)
 	i := strings.LastIndexByte(s, ')')
 	return i < 0 || i+2 >= len(s) || s[i+2] != 'Z'
+}
+
+// dev's server answers only its user: its lenkwerk_config URL is a real
+// login role that cannot become the superuser, a TCP connection without
+// the run's password is refused (trust let any local user run COPY … TO
+// PROGRAM as the server's OS user), and another OS user cannot use its
+// socket.
+func testDevAccess(t *testing.T, bin string) {
+	p := startDev(t, bin, "--kv", "mem")
+	p.waitLine(t, watchingLine, 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	if fi, err := os.Stat(p.passFile); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("password file %s: %v, mode %v; want 0600", p.passFile, err, fi.Mode())
+	}
+	for _, u := range []string{p.adminURL, p.configURL} {
+		if regexp.MustCompile(`//[^/@]*:[^/@]*@`).MatchString(u) {
+			t.Errorf("printed URL %s holds a password", u)
+		}
+	}
+
+	conn, err := pgx.Connect(ctx, p.configURL)
+	if err != nil {
+		t.Fatalf("lenkwerk_config URL: %v", err)
+	}
+	defer conn.Close(context.Background())
+	var session, current string
+	var super bool
+	if err := conn.QueryRow(ctx, `SELECT session_user, current_user, rolsuper FROM pg_roles WHERE rolname = session_user`).Scan(&session, &current, &super); err != nil {
+		t.Fatal(err)
+	}
+	if session == "postgres" || super || current != "lenkwerk_config" {
+		t.Errorf("lenkwerk_config URL: session user %s (superuser %v), current user %s; want a non-superuser login acting as lenkwerk_config", session, super, current)
+	}
+	if _, err := conn.Exec(ctx, `SET ROLE postgres`); err == nil {
+		t.Error("the lenkwerk_config URL can SET ROLE postgres")
+	}
+	if _, err := conn.Exec(ctx, `RESET ROLE; SELECT storage.save_config('dev_access', '1')`); err != nil {
+		t.Errorf("lenkwerk_config URL cannot configure: %v", err)
+	}
+
+	// No password: every role is refused over TCP.
+	for _, u := range []string{p.adminURL, p.configURL} {
+		cfg, err := pgx.ParseConfig(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.Password = ""
+		if c, err := pgx.ConnectConfig(ctx, cfg); err == nil {
+			c.Close(context.Background())
+			t.Errorf("%s: connected without a password", u)
+		}
+	}
+
+	// Another OS user, through the socket and over TCP, even as the
+	// superuser: refused before any SQL runs.
+	bindir, err := pgtest.BinDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	nobody, err := user.Lookup("nobody")
+	if err != nil {
+		t.Fatalf("no user nobody to try as: %v", err)
+	}
+	uid, _ := strconv.Atoi(nobody.Uid)
+	gid, _ := strconv.Atoi(nobody.Gid)
+	// A directory the server's OS user can write to (t.TempDir's parent
+	// is private to this user).
+	markerDir, err := os.MkdirTemp("", "lenkwerk-dev-access-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(markerDir)
+	if err := os.Chmod(markerDir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	marker := filepath.Join(markerDir, "copied")
+	socketDir := filepath.Join(p.dataDir, "postgres")
+	port := regexp.MustCompile(`:(\d+)/`).FindStringSubmatch(p.adminURL)[1]
+	for _, host := range []string{socketDir, "127.0.0.1"} {
+		cmd := exec.CommandContext(ctx, filepath.Join(bindir, "psql"), "-w", "-X", "-h", host, "-p", port, "-U", "postgres", "-d", "lenkwerk",
+			"-c", "COPY (SELECT 1) TO PROGRAM 'touch "+marker+"'")
+		cmd.Env = []string{"PATH=/usr/bin:/bin", "PGPASSFILE=/nonexistent/pgpass", "HOME=/nonexistent"}
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}}
+		out, err := cmd.CombinedOutput()
+		if err == nil || !regexp.MustCompile(`Permission denied|no password supplied|password authentication failed`).Match(out) {
+			t.Errorf("user nobody through %s: %v, want refused before any SQL; psql said:\n%s", host, err, out)
+		}
+		if _, err := os.Stat(marker); err == nil {
+			t.Errorf("user nobody ran a program as the server's OS user through %s", host)
+			os.Remove(marker)
+		}
+	}
+	p.interrupt(t)
 }

@@ -18,7 +18,7 @@ func init() {
 func runFollow(ctx context.Context, args []string) error {
 	fs := newFlagSet("follow", "follow --database-url LOCAL_URL --kv URL [--prefix \"\"] [--key-template schema.table=/Tmpl/{col},...] [--migrate=true]")
 	databaseURL := fs.String("database-url", envOr("LENKWERK_FOLLOW_DATABASE_URL", ""), "local copy's database `URL` (env LENKWERK_FOLLOW_DATABASE_URL); never the Lenkwerk database of record")
-	kvURL := fs.String("kv", envOr("LENKWERK_KV_URL", ""), "key-value store `URL`: etcd://host:port, postgres://…, mem://name (env LENKWERK_KV_URL; default: from the local copy's storage.config kvstore_type/kvstore_config)")
+	kvURL := fs.String("kv", envOr("LENKWERK_KV_URL", ""), "key-value store `URL`: etcd://host:port, postgres://…, mem://name (env LENKWERK_KV_URL; default: etcd://host:port from the local copy's storage.config kvstore_type/kvstore_config, host and port only: credentials and files come only from --kv)")
 	prefix := fs.String("prefix", envOr("LENKWERK_PREFIX", ""), "key `prefix` the agent writes under, e.g. /bagger (env LENKWERK_PREFIX)")
 	templates := fs.String("key-template", envOr("LENKWERK_KEY_TEMPLATES", ""), "the agent's key templates: `schema.table=/Key/{col},...` (env LENKWERK_KEY_TEMPLATES)")
 	migrate := fs.Bool("migrate", true, "provision or upgrade the local copy at start (lenkwerk migrations as a copy: no publication, no slot; needs a superuser)")
@@ -42,7 +42,7 @@ func runFollow(ctx context.Context, args []string) error {
 	}
 	if *kvURL == "" {
 		// Once loaded, the copy holds Bagger's store settings too.
-		u, err := kvURLFromDatabase(ctx, *databaseURL)
+		u, err := kvURLFromDatabase(ctx, *databaseURL, copySettings)
 		if err != nil {
 			return fmt.Errorf("no --kv given and %w", err)
 		}

@@ -12,6 +12,9 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"unicode"
+	"unicode/utf16"
+	"unicode/utf8"
 
 	"github.com/bagger/lenkwerk/kvdriver"
 )
@@ -32,6 +35,10 @@ etcd://host:port, postgres://…, mem://name).
                    history; without it, from now
 
 Values in ls and watch lines are compact JSON, so a line is one record.
+A key holding a tab, newline or other non-printing character is printed
+quoted ("/a\tb", Go syntax; keys never start with a quote), and such
+characters in values are \u-escaped: nothing stored reaches the terminal
+as an escape sequence.
 Flags may come before or after the arguments; "--" ends the flags (for a
 JSON value like -1).`
 
@@ -145,7 +152,7 @@ func (k *kvCommand) ls(ctx context.Context, prefix string) error {
 	}
 	w := bufio.NewWriter(k.out)
 	for _, kv := range kvs {
-		fmt.Fprintf(w, "%s\t%s\n", kv.Key, oneLine(kv.Value))
+		fmt.Fprintf(w, "%s\t%s\n", oneKey(kv.Key), oneLine(kv.Value))
 	}
 	return w.Flush()
 }
@@ -161,9 +168,9 @@ func (k *kvCommand) watch(ctx context.Context, prefix string, from int64) error 
 	for resp := range k.store.Watch(ctx, prefix, after) {
 		for _, ev := range resp.Events {
 			if ev.Type == kvdriver.OpPut {
-				fmt.Fprintf(w, "%d\tput\t%s\t%s\n", ev.Revision, ev.Key, oneLine(ev.Value))
+				fmt.Fprintf(w, "%d\tput\t%s\t%s\n", ev.Revision, oneKey(ev.Key), oneLine(ev.Value))
 			} else {
-				fmt.Fprintf(w, "%d\t%s\t%s\n", ev.Revision, ev.Type, ev.Key)
+				fmt.Fprintf(w, "%d\t%s\t%s\n", ev.Revision, ev.Type, oneKey(ev.Key))
 			}
 		}
 		if err := w.Flush(); err != nil {
@@ -185,15 +192,58 @@ func (k *kvCommand) watch(ctx context.Context, prefix string, from int64) error 
 	return nil
 }
 
-// oneLine returns value as compact JSON, so it fits one output line.
+// oneLine returns value as compact JSON, so it fits one output line, with
+// every character a terminal would not print as text (control characters,
+// bidirectional overrides, line separators) \u-escaped: stored data never
+// reaches the terminal as escape sequences.
 func oneLine(value []byte) []byte {
 	var b bytes.Buffer
-	if err := json.Compact(&b, value); err != nil {
+	if err := json.Compact(&b, value); err != nil || !utf8.Valid(b.Bytes()) {
 		// Not JSON (a store written by someone else): quote it rather
 		// than let a newline break the line format.
 		return []byte(strconv.Quote(string(value)))
 	}
-	return b.Bytes()
+	out := b.Bytes()
+	if printable(string(out)) {
+		return out
+	}
+	// Compact JSON holds no raw ASCII control character, and any other
+	// character is inside a string, where \u escapes mean the same.
+	var e bytes.Buffer
+	for _, r := range string(out) {
+		if r < utf8.RuneSelf || unicode.IsPrint(r) {
+			e.WriteRune(r)
+			continue
+		}
+		if r1, r2 := utf16.EncodeRune(r); r1 != unicode.ReplacementChar {
+			fmt.Fprintf(&e, `\u%04x\u%04x`, r1, r2)
+		} else {
+			fmt.Fprintf(&e, `\u%04x`, r)
+		}
+	}
+	return e.Bytes()
+}
+
+// oneKey returns key for a one-line record: as it is when it starts with
+// '/' and holds only printable characters (spaces included), else quoted
+// with strconv.Quote (a key never starts with '"', so the two cannot be
+// confused), so a tab, newline or terminal escape in a key can neither
+// break the line format nor reach the terminal.
+func oneKey(key string) string {
+	if strings.HasPrefix(key, "/") && printable(key) {
+		return key
+	}
+	return strconv.Quote(key)
+}
+
+// printable reports valid UTF-8 of printable characters and spaces only.
+func printable(s string) bool {
+	for _, r := range s {
+		if r == utf8.RuneError || !unicode.IsPrint(r) {
+			return false
+		}
+	}
+	return true
 }
 
 // kvValue returns the JSON document of a put: the argument, or stdin for

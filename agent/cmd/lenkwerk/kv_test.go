@@ -7,9 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sort"
 	"strings"
 	"testing"
 	"time"
+	"unicode"
 
 	"github.com/bagger/lenkwerk/kvdriver"
 )
@@ -206,4 +208,124 @@ func TestKVWatchCompacted(t *testing.T) {
 	if out != "" {
 		t.Errorf("watch from a compacted revision printed %q", out)
 	}
+}
+
+// hostileKeys are keys and values that would break the one-line format or
+// drive the terminal if printed raw, with the lines ls prints for them.
+var hostileKeys = []struct{ key, value, line string }{
+	{"/esc/\x1b[2J\x1b]0;owned\x07", `1`, `"/esc/\x1b[2J\x1b]0;owned\a"` + "\t1"},
+	{"/tab/a\tb", `2`, `"/tab/a\tb"` + "\t2"},
+	{"/nl/a\nb", `3`, `"/nl/a\nb"` + "\t3"},
+	{"/c1/a\u009bb", `4`, `"/c1/a\u009bb"` + "\t4"},
+	{"/bidi/\u202egpj.exe", `5`, `"/bidi/\u202egpj.exe"` + "\t5"},
+	{"/plain/ä b", "\"v\u009b[31m\u202e\U000e0001\"", "/plain/ä b\t\"v\\u009b[31m\\u202e\\udb40\\udc01\""},
+	{"/value/esc", `"\u001b[2J\n\t"`, "/value/esc\t\"\\u001b[2J\\n\\t\""},
+}
+
+// ls and watch print keys with control characters quoted and values with
+// such characters escaped: one record per line, nothing raw for the
+// terminal.
+func TestKVControlCharacters(t *testing.T) {
+	u := memURL(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	store, err := kvdriver.Open(ctx, u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	var lsWant, watchWant []string
+	for i, h := range hostileKeys {
+		if _, err := store.Put(ctx, h.key, []byte(h.value)); err != nil {
+			t.Fatalf("put %q: %v", h.key, err)
+		}
+		lsWant = append(lsWant, h.line)
+		watchWant = append(watchWant, fmt.Sprintf("%d\tput\t%s", i+2, h.line))
+	}
+	last := len(hostileKeys) + 2
+	if _, err := store.Delete(ctx, hostileKeys[0].key); err != nil {
+		t.Fatal(err)
+	}
+	watchWant = append(watchWant, fmt.Sprintf("%d\tdelete\t%s", last, strings.Split(hostileKeys[0].line, "\t")[0]))
+
+	out := mustKV(t, "--kv", u, "ls", "/")
+	checkLines(t, "ls", out, lsWant[1:], true) // the first key is deleted
+
+	wctx, stop := context.WithCancel(ctx)
+	defer stop()
+	var buf lockedBuffer
+	done := make(chan error, 1)
+	go func() {
+		done <- runKV(wctx, []string{"--kv", u, "watch", "/", "--from", "2"}, strings.NewReader(""), &buf)
+	}()
+	waitUntil(t, "every watch line", 20*time.Second, func() bool { return strings.Count(buf.String(), "\n") >= len(watchWant) })
+	stop()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	checkLines(t, "watch", buf.String(), watchWant, false)
+}
+
+// checkLines compares output lines with want (sorted first if sorted)
+// and checks that no line holds a raw control character.
+func checkLines(t *testing.T, what, out string, want []string, sorted bool) {
+	t.Helper()
+	got := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
+	if sorted {
+		sort.Strings(got)
+		sort.Strings(want)
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("%s printed\n%q\nwant\n%q", what, got, want)
+	}
+	for _, l := range got {
+		for _, r := range l {
+			if r != '\t' && !unicode.IsPrint(r) {
+				t.Errorf("%s line %q holds %U raw", what, l, r)
+			}
+		}
+	}
+}
+
+// lenkwerk dev's tree prints keys and values like ls and watch.
+func TestShowTreeControlCharacters(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	store, err := kvdriver.Open(ctx, memURL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	half := len(hostileKeys) / 2
+	var want []string
+	for _, h := range hostileKeys[:half] {
+		if _, err := store.Put(ctx, h.key, []byte(h.value)); err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, h.line)
+	}
+	sctx, stop := context.WithCancel(ctx)
+	defer stop()
+	var buf lockedBuffer
+	done := make(chan error, 1)
+	go func() { done <- showTree(sctx, store, &buf, "stop") }()
+	waitUntil(t, "the tree", 20*time.Second, func() bool { return strings.Contains(buf.String(), "Watching / for changes") })
+	for i, h := range hostileKeys[half:] {
+		if _, err := store.Put(ctx, h.key, []byte(h.value)); err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, fmt.Sprintf("%d\tput\t%s", half+2+i, h.line))
+	}
+	waitUntil(t, "every change", 20*time.Second, func() bool { return strings.Count(buf.String(), "\tput\t") == len(hostileKeys)-half })
+	stop()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, l := range strings.Split(buf.String(), "\n") {
+		if strings.Contains(l, "\t") {
+			got = append(got, l)
+		}
+	}
+	checkLines(t, "dev tree", strings.Join(got, "\n"), want, true)
 }

@@ -70,7 +70,7 @@ func runStatus(ctx context.Context, args []string, stdout io.Writer) (ok bool, e
 		return false, fmt.Errorf("%w: --database-url is required", errUsage)
 	}
 	if *kvURL == "" {
-		u, err := kvURLFromDatabase(ctx, *databaseURL)
+		u, err := kvURLFromDatabase(ctx, *databaseURL, sourceSettings)
 		if err != nil {
 			return false, fmt.Errorf("no --kv given and %w", err)
 		}
