@@ -27,6 +27,10 @@
 // and removes temporary clusters whose process is gone (a test binary
 // killed before its cleanup leaves its server running).
 //
+// ArmSlotPoison and SlotPoison.Spring make a logical slot created meanwhile
+// undecodable through a PostgreSQL bug (could not map filenode), so tests
+// can check what a consumer does with such a slot.
+//
 // Outside tests (lenkwerk dev), Start starts a cluster and the caller
 // stops it with Stop (keeping its files) or Destroy:
 //
