@@ -123,7 +123,11 @@ var wantCaught = map[string]map[string]string{
 		"WatchReplay":       "split across",
 	},
 	"nonatomic-apply": {
-		"BatchAtomicity":    "half-applied",
+		// The watcher's check is deterministic: every op got its own
+		// revision. The concurrent lister's "half-applied" catches it too,
+		// but only when it is scheduled inside an Apply, which a busy
+		// machine does not promise.
+		"BatchAtomicity":    "delivered 1 events, want",
 		"BatchAllOrNothing": "want ErrNotFound",
 		"InvalidBatches":    "want ErrNotFound",
 	},
