@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"regexp"
+	"strings"
 	"sync"
 	"time"
 
@@ -209,11 +210,18 @@ type Agent struct {
 	// walWarned is when the retained-WAL warning was last logged. Only the
 	// session goroutine uses it (one session at a time).
 	walWarned time.Time
+	// undecodable is set when streaming failed on a slot PostgreSQL can
+	// no longer decode: the next session replaces the slot (session
+	// goroutine only, like walWarned).
+	undecodable bool
 
 	// testNoConfirm makes status updates repeat the start position, as if
 	// the agent crashed after each store write before confirming: the
 	// restart then replays, and must skip, what the store has.
 	testNoConfirm bool
+	// testNoHeal leaves out initialSync's catalog change, so a slot
+	// poisoned while it is created stays undecodable.
+	testNoHeal bool
 }
 
 // stats is internal instrumentation, read by the tests.
@@ -223,6 +231,8 @@ type stats struct {
 	copies      int64 // table copies (initial sync or added table)
 	// standbyRounds counts lock waits that ended by lock_timeout.
 	standbyRounds int64
+	// undecodable counts sessions that ended on an undecodable slot.
+	undecodable int64
 }
 
 // New checks cfg and returns an agent; it connects to nothing.
@@ -430,6 +440,10 @@ func (a *Agent) session(ctx context.Context, syncOnly bool) (err error) {
 		return &storeError{err}
 	}
 	s.fence = fence
+	if ok && a.undecodable {
+		a.log.Warn("replication slot cannot be decoded (could not map filenode): replacing it and copying every table again", "checkpoint", ck.LSN)
+		ok = false
+	}
 	if ok {
 		ok, err = s.checkSlot(ctx, ck)
 		if err != nil {
@@ -440,11 +454,29 @@ func (a *Agent) session(ctx context.Context, syncOnly bool) (err error) {
 		if err := s.initialSync(ctx); err != nil {
 			return err
 		}
+		a.undecodable = false
 	} else {
 		s.setCheckpoint(ck)
 	}
 	s.refreshLag(ctx)
-	return s.stream(ctx)
+	err = s.stream(ctx)
+	if isUndecodable(err) {
+		a.undecodable = true
+		a.mu.Lock()
+		a.stats.undecodable++
+		a.mu.Unlock()
+	}
+	return err
+}
+
+// isUndecodable reports the error of a slot whose catalog snapshot misses
+// a relation's file node: PostgreSQL 15 gives it on every decoding of the
+// same transaction, across restarts, so only a new slot (and a copy)
+// gets past it. A TRUNCATE committed while the slot was being created
+// causes it (see initialSync).
+func isUndecodable(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "XX000" && strings.HasPrefix(pgErr.Message, "could not map filenode")
 }
 
 // isSlotActive reports PostgreSQL's "replication slot … is active for PID …"

@@ -82,12 +82,21 @@
 // # Initial sync, resync, new tables, schema changes
 //
 // Without a checkpoint (new or wiped store) or with Resync, the agent drops
-// the slot (created by the migrations with SQL, which exports no snapshot),
-// recreates it with CREATE_REPLICATION_SLOT … EXPORT_SNAPSHOT, copies every
-// published table as to_jsonb in a REPEATABLE READ transaction on that
-// snapshot, deletes store keys of its key space (the templates' shapes,
-// never the reserved .lenkwerk keys) that match no row, writes the
-// checkpoint (the consistent point) in the last batch and streams from it.
+// the slot (created by the migrations with SQL, which exports no snapshot)
+// and recreates it with CREATE_REPLICATION_SLOT, commits a catalog change
+// (a temporary table created and dropped), creates a temporary slot with
+// EXPORT_SNAPSHOT, copies every published table as to_jsonb in a
+// REPEATABLE READ transaction on that snapshot, deletes store keys of its
+// key space (the templates' shapes, never the reserved .lenkwerk keys) that
+// match no row, writes the checkpoint (the temporary slot's consistent
+// point) in the last batch and streams the slot from it. The detour works
+// around a PostgreSQL 15 bug: a TRUNCATE committed while a slot is being
+// created can leave the slot unable to decode later writes into that table
+// ("could not map filenode", XX000, for good); the catalog change repairs
+// the slot for transactions that start after it, and the temporary slot's
+// consistent point lies after every transaction that started before. A
+// slot that fails so anyway (the role without TEMPORARY, a slot created
+// elsewhere) is replaced by the next session, with a copy.
 // A table added to the publication while running, or whose columns changed
 // (ADD/DROP COLUMN, type change: to_jsonb of every row changes, but pgoutput
 // carries no DDL), is copied from the snapshot of a temporary slot with

@@ -71,22 +71,36 @@ func (s *session) initialSync(ctx context.Context) error {
 			return fmt.Errorf("drop replication slot %s: %w", slot, err)
 		}
 	}
-	res, err := pglogrepl.CreateReplicationSlot(ctx, s.repl, slot, "pgoutput", pglogrepl.CreateReplicationSlotOptions{
+	if _, err := pglogrepl.CreateReplicationSlot(ctx, s.repl, slot, "pgoutput", pglogrepl.CreateReplicationSlotOptions{
 		Mode:           pglogrepl.LogicalReplication,
-		SnapshotAction: "EXPORT_SNAPSHOT",
-	})
-	if err != nil {
+		SnapshotAction: "NOEXPORT_SNAPSHOT",
+	}); err != nil {
 		return fmt.Errorf("create replication slot %s: %w", slot, err)
 	}
-	point, err := pglogrepl.ParseLSN(res.ConsistentPoint)
-	if err != nil {
-		return fmt.Errorf("create replication slot %s: consistent point %q: %w", slot, res.ConsistentPoint, err)
-	}
+	// The copy comes from a temporary slot's snapshot created after a
+	// catalog change, not from the new slot's own: PostgreSQL 15's
+	// snapshot builder ignores commits while a slot is in
+	// BUILDING_SNAPSHOT, so a TRUNCATE committed then leaves the slot
+	// unable to decode, for good, what transactions begun before its
+	// consistent point write into that table ("could not map filenode",
+	// XX000; integration/pgtest.SlotPoison). A catalog change committed
+	// after the consistent point gives the slot a catalog snapshot that
+	// sees the TRUNCATE for what starts later, and the temporary slot
+	// waits for every transaction begun before it: streaming from its
+	// consistent point decodes none of the transactions the slot cannot.
+	s.healSlot(ctx)
 	start := time.Now()
-	tables, ops, rows, err := s.copyTables(ctx, res.SnapshotName, nil, old.Tables)
+	exp, err := s.exportSnapshot(ctx, fmt.Sprintf("%.40s_sync_%d", slot, s.repl.PID()), nil)
 	if err != nil {
 		return fmt.Errorf("initial sync: %w", err)
 	}
+	defer exp.close()
+	point := exp.point
+	tables, ops, rows, err := s.copyTables(ctx, exp.snapshot, nil, old.Tables)
+	if err != nil {
+		return fmt.Errorf("initial sync: %w", err)
+	}
+	exp.close()
 	ck := Checkpoint{LSN: point, Time: time.Now().UTC(), Tables: tables}
 	if err := s.applyAll(ctx, append(ops, kvdriver.Put(s.a.ckptKey, ck.value())), true); err != nil {
 		return fmt.Errorf("initial sync: %w", err)
@@ -101,42 +115,15 @@ func (s *session) initialSync(ctx context.Context) error {
 // changes in transactions committed before C are in the copy and are
 // skipped in the stream, later ones are applied.
 func (s *session) copyTable(ctx context.Context, t tableInfo) error {
-	r2, err := pgconn.ConnectConfig(ctx, s.rcfg)
-	if err != nil {
-		return fmt.Errorf("copy table %s: open replication connection: %w", t.qualified(), err)
-	}
-	defer r2.Close(context.Background())
-	name := fmt.Sprintf("%.40s_copy_%d", s.a.cfg.Slot, r2.PID())
 	// Creating a slot waits for running transactions to end: keep the
 	// main stream's status updates going meanwhile.
-	type created struct {
-		res pglogrepl.CreateReplicationSlotResult
-		err error
-	}
-	done := make(chan created, 1)
-	go func() {
-		res, err := pglogrepl.CreateReplicationSlot(ctx, r2, name, "pgoutput", pglogrepl.CreateReplicationSlotOptions{
-			Temporary: true, Mode: pglogrepl.LogicalReplication, SnapshotAction: "EXPORT_SNAPSHOT",
-		})
-		done <- created{res, err}
-	}()
-	var c created
-	for waiting := true; waiting; {
-		select {
-		case c = <-done:
-			waiting = false
-		case <-time.After(s.a.cfg.StatusInterval):
-			s.keepalive()
-		}
-	}
-	if c.err != nil {
-		return fmt.Errorf("copy table %s: create temporary slot: %w", t.qualified(), c.err)
-	}
-	point, err := pglogrepl.ParseLSN(c.res.ConsistentPoint)
+	exp, err := s.exportSnapshot(ctx, fmt.Sprintf("%.40s_copy_%d", s.a.cfg.Slot, s.repl.PID()), s.keepalive)
 	if err != nil {
-		return fmt.Errorf("copy table %s: consistent point %q: %w", t.qualified(), c.res.ConsistentPoint, err)
+		return fmt.Errorf("copy table %s: %w", t.qualified(), err)
 	}
-	_, ops, rows, err := s.copyTables(ctx, c.res.SnapshotName, []tableInfo{t}, nil)
+	defer exp.close()
+	point := exp.point
+	_, ops, rows, err := s.copyTables(ctx, exp.snapshot, []tableInfo{t}, nil)
 	if err != nil {
 		return err
 	}
@@ -150,6 +137,78 @@ func (s *session) copyTable(ctx context.Context, t tableInfo) error {
 	s.copiedAt[t.qualified()] = point
 	s.a.log.Info("table added to the publication: copied", "table", t.qualified(), "rows", rows, "consistent_point", point)
 	return nil
+}
+
+// exported is a snapshot a temporary slot exports; it lives until close
+// (which drops the slot with its connection).
+type exported struct {
+	conn     *pgconn.PgConn
+	snapshot string
+	point    pglogrepl.LSN
+}
+
+func (e *exported) close() {
+	if e.conn != nil {
+		e.conn.Close(context.Background())
+		e.conn = nil
+	}
+}
+
+// exportSnapshot creates a temporary slot named name on a replication
+// connection of its own and returns its exported snapshot and consistent
+// point. Creating a slot waits for every running transaction to end;
+// meanwhile tick (if set) is called every status interval.
+func (s *session) exportSnapshot(ctx context.Context, name string, tick func()) (*exported, error) {
+	conn, err := pgconn.ConnectConfig(ctx, s.rcfg)
+	if err != nil {
+		return nil, fmt.Errorf("open replication connection: %w", err)
+	}
+	type created struct {
+		res pglogrepl.CreateReplicationSlotResult
+		err error
+	}
+	done := make(chan created, 1)
+	go func() {
+		res, err := pglogrepl.CreateReplicationSlot(ctx, conn, name, "pgoutput", pglogrepl.CreateReplicationSlotOptions{
+			Temporary: true, Mode: pglogrepl.LogicalReplication, SnapshotAction: "EXPORT_SNAPSHOT",
+		})
+		done <- created{res, err}
+	}()
+	var c created
+	for waiting := true; waiting; {
+		select {
+		case c = <-done:
+			waiting = false
+		case <-time.After(s.a.cfg.StatusInterval):
+			if tick != nil {
+				tick()
+			}
+		}
+	}
+	if c.err != nil {
+		conn.Close(context.Background())
+		return nil, fmt.Errorf("create temporary slot: %w", c.err)
+	}
+	point, err := pglogrepl.ParseLSN(c.res.ConsistentPoint)
+	if err != nil {
+		conn.Close(context.Background())
+		return nil, fmt.Errorf("temporary slot: consistent point %q: %w", c.res.ConsistentPoint, err)
+	}
+	return &exported{conn: conn, snapshot: c.res.SnapshotName, point: point}, nil
+}
+
+// healSlot commits a catalog change (a temporary table created and
+// dropped), which makes the snapshot builder of every slot build a new
+// catalog snapshot (see initialSync). Without the TEMPORARY privilege
+// the sync goes on: a slot left undecodable is then replaced when
+// streaming fails on it (undecodable).
+func (s *session) healSlot(ctx context.Context) {
+	if s.a.testNoHeal {
+		return
+	}
+	if _, err := s.conn.Exec(ctx, `CREATE TEMPORARY TABLE lenkwerk_catalog_change (); DROP TABLE lenkwerk_catalog_change`); err != nil {
+		s.a.log.Warn("initial sync: could not commit a catalog change (grant TEMPORARY on the database to the agent's role); a slot made undecodable by a concurrent TRUNCATE is replaced when streaming fails", "err", err)
+	}
 }
 
 // copyTables copies tables (nil: every published table in the snapshot)
