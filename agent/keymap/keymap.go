@@ -121,6 +121,9 @@ func compile(table, prefix, src string) (*Template, error) {
 			if strings.ContainsAny(p, "{}") || !utf8.ValidString(p) || strings.ContainsRune(p, 0) || p == "." || p == ".." {
 				return nil, fmt.Errorf("keymap: template of %s has a bad literal segment %q", table, p)
 			}
+			if p == reservedSegment {
+				return nil, fmt.Errorf("keymap: template of %s: segment %s is reserved for the agents' own keys", table, reservedSegment)
+			}
 			t.segs = append(t.segs, segment{lit: p})
 		}
 	}
@@ -288,19 +291,27 @@ func (t *Template) Match(key string) bool {
 		if parts[i] == "" || (!s.isC && parts[i] != s.lit) {
 			return false
 		}
+		if s.isC && parts[i] == reservedSegment {
+			return false // a column's .lenkwerk is escaped: no row's key
+		}
 	}
 	return true
 }
 
 // EscapeSegment escapes '%' and '/' so a key always splits back into its
 // parts, and a whole segment "." or ".." (as %2E and %2E%2E: kvdriver
-// refuses dot segments, which path-like consumers would resolve).
+// refuses dot segments, which path-like consumers would resolve) or
+// .lenkwerk (as %2Elenkwerk: a row whose key column is ".lenkwerk", under
+// a template starting with that column, must not write among the agents'
+// own keys).
 func EscapeSegment(s string) string {
 	switch s {
 	case ".":
 		return "%2E"
 	case "..":
 		return "%2E%2E"
+	case reservedSegment:
+		return "%2E" + reservedSegment[1:]
 	}
 	if !strings.ContainsAny(s, "%/") {
 		return s
@@ -310,13 +321,15 @@ func EscapeSegment(s string) string {
 
 // UnescapeSegment reverses EscapeSegment. It accepts only what
 // EscapeSegment produces: %25 and %2F anywhere, %2E only as the whole
-// segment %2E or %2E%2E.
+// segment %2E, %2E%2E or %2Elenkwerk.
 func UnescapeSegment(s string) (string, error) {
 	switch s {
 	case "%2E":
 		return ".", nil
 	case "%2E%2E":
 		return "..", nil
+	case "%2E" + reservedSegment[1:]:
+		return reservedSegment, nil
 	}
 	if !strings.Contains(s, "%") {
 		return s, nil

@@ -36,7 +36,7 @@ func TestDefaultsAndKeys(t *testing.T) {
 }
 
 func TestEscapeRoundTrip(t *testing.T) {
-	for _, s := range []string{"", "a", "a/b", "%", "%2F", "ünï cödé", "/%/", ".", "..", "...", "%2E", "%2E%2E", "a.", ".a", "./", "/.."} {
+	for _, s := range []string{"", "a", "a/b", "%", "%2F", "ünï cödé", "/%/", ".", "..", "...", "%2E", "%2E%2E", "a.", ".a", "./", "/..", ".lenkwerk", "%2Elenkwerk", ".lenkwerkx"} {
 		esc := EscapeSegment(s)
 		got, err := UnescapeSegment(esc)
 		if err != nil || got != s {
@@ -46,7 +46,7 @@ func TestEscapeRoundTrip(t *testing.T) {
 			t.Errorf("EscapeSegment(%q) = %q: not a valid key segment: %v", s, esc, err)
 		}
 	}
-	for s, want := range map[string]string{".": "%2E", "..": "%2E%2E", "...": "...", "a.b": "a.b"} {
+	for s, want := range map[string]string{".": "%2E", "..": "%2E%2E", "...": "...", "a.b": "a.b", ".lenkwerk": "%2Elenkwerk", ".lenkwerk2": ".lenkwerk2"} {
 		if got := EscapeSegment(s); got != want {
 			t.Errorf("EscapeSegment(%q) = %q, want %q", s, got, want)
 		}
@@ -77,9 +77,31 @@ func TestDotSegments(t *testing.T) {
 			t.Errorf("key of %s: %v", v, err)
 		}
 	}
-	for _, src := range []string{"/./{a}", "/x/../{a}"} {
+	for _, src := range []string{"/./{a}", "/x/../{a}", "/.lenkwerk/{a}", "/x/.lenkwerk"} {
 		if _, err := New("", map[string]string{"s.t": src}); err == nil {
-			t.Errorf("template %q accepted, want an error (dot segment)", src)
+			t.Errorf("template %q accepted, want an error (dot or reserved segment)", src)
+		}
+	}
+}
+
+// A row cannot write among the agents' own keys through a template whose
+// first segment is a column: its value .lenkwerk is escaped.
+func TestReservedSegmentEscaped(t *testing.T) {
+	for _, prefix := range []string{"", "/p"} {
+		m, err := New(prefix, map[string]string{"storage.config": "/{key}"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tm, err := m.Table("storage", "config", []string{"key"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		key, err := tm.Key(map[string]json.RawMessage{"key": json.RawMessage(`".lenkwerk"`)})
+		if want := prefix + "/%2Elenkwerk"; err != nil || key != want {
+			t.Errorf("prefix %q: key of .lenkwerk: %q, %v; want %q", prefix, key, err, want)
+		}
+		if tm.Match(prefix + "/.lenkwerk") {
+			t.Errorf("prefix %q: the template matches the reserved key %s/.lenkwerk (an initial sync would delete the agents' keys)", prefix, prefix)
 		}
 	}
 }
