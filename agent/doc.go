@@ -12,13 +12,39 @@
 // name a key once; only its last change matters) and applied at its commit
 // as one store batch together with the checkpoint. An update that changes
 // key columns deletes the old key and puts the new one in the same batch; a
-// truncate deletes every store key of the table's template shape; a table
-// whose template has no columns (/Servermap) holds its newest row (greatest
-// primary key), read from the database at the commit of every transaction
-// touching it, so it shows a newer state early but never an older one. A
+// truncate deletes every store key of the table's template shape. A
 // transaction larger than a batch (the store's Limits, capped by
 // Config.MaxBatchOps/MaxBatchBytes) is applied in chunks while it streams,
 // so memory holds one batch; only the last chunk carries the checkpoint.
+//
+// # Single-key tables
+//
+// A table whose key template has no columns (/Servermap by default; a
+// Config.Templates entry, lenkwerk agent --key-template, makes any table
+// with a primary key single-key) has one key, which holds the table's
+// newest row: the one with the greatest primary key (among the rows the
+// publication's row filter publishes), as to_jsonb text, or no key when
+// there is no such row. The stream cannot say which row that is after a
+// delete, so at the commit of every transaction touching the table the
+// agent reads the newest row from the database, in a snapshot that sees
+// that transaction: PostgreSQL sends a commit to the agent once its WAL is
+// flushed, before other sessions see it (a synchronous standby delays
+// that further), and the agent waits until it is visible. Guaranteed:
+//   - when the store has applied a transaction that touched the table, the
+//     key holds the newest row as of that transaction's commit, or of a
+//     later moment: a newer state early, never an older one;
+//   - so once the store has every transaction that touched the table (for
+//     example, it has a transaction whose commit comes after the last of
+//     them in the WAL: the store applies in commit order), the key
+//     equals the table's newest row, and stays so until the table changes
+//     again; crashes, restarts, replays and a table added to the
+//     publication late included (TestSingleKeyNewest).
+//
+// Exceptions: a newest row that cannot be mirrored blocks the agent
+// until it is fixed or skipped (lenkwerk skip leaves the key as it was);
+// and the agent must not be a synchronous standby (its application_name in
+// synchronous_standby_names): commits would wait for the agent while the
+// agent waits for them to become visible, so after 2 s it fails saying so.
 //
 // # Pipeline and group commit
 //
