@@ -183,6 +183,10 @@ type Status struct {
 	// otherwise. BlockedSince is when that began.
 	Blocked      *ValueError
 	BlockedSince time.Time
+	// SystemID and Timeline are the database's, as the last session
+	// found them (IDENTIFY_SYSTEM).
+	SystemID string
+	Timeline int32
 }
 
 // Agent mirrors the published tables of a Lenkwerk database into a store.
@@ -440,17 +444,18 @@ func (a *Agent) session(ctx context.Context, syncOnly bool) (err error) {
 		return &storeError{err}
 	}
 	s.fence = fence
+	cause := resyncNoCheckpoint
 	if ok && a.undecodable {
-		a.log.Warn("replication slot cannot be decoded (could not map filenode): replacing it and copying every table again", "checkpoint", ck.LSN)
-		ok = false
+		a.log.Warn("replication slot cannot be decoded (could not map filenode): replacing it and copying every table again", "cause", resyncUndecodable, "checkpoint", ck.LSN)
+		ok, cause = false, resyncUndecodable
 	}
 	if ok {
-		ok, err = s.checkSlot(ctx, ck)
-		if err != nil {
+		if cause, err = s.checkResume(ctx, ck); err != nil {
 			return err
 		}
 	}
-	if !ok {
+	if cause != "" {
+		a.met.resyncs.WithLabelValues(cause).Inc()
 		if err := s.initialSync(ctx); err != nil {
 			return err
 		}

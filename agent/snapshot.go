@@ -101,7 +101,7 @@ func (s *session) initialSync(ctx context.Context) error {
 		return fmt.Errorf("initial sync: %w", err)
 	}
 	exp.close()
-	ck := Checkpoint{LSN: point, Time: time.Now().UTC(), Tables: tables}
+	ck := Checkpoint{LSN: point, Time: time.Now().UTC(), Tables: tables, SystemID: s.hist.SystemID, Timeline: s.hist.Timeline}
 	if err := s.applyAll(ctx, append(ops, kvdriver.Put(s.a.ckptKey, ck.value())), true); err != nil {
 		return fmt.Errorf("initial sync: %w", err)
 	}
@@ -128,6 +128,7 @@ func (s *session) copyTable(ctx context.Context, t tableInfo) error {
 		return err
 	}
 	ck := s.ckpt
+	ck.SystemID, ck.Timeline = s.hist.SystemID, s.hist.Timeline
 	ck.Tables = maps.Clone(s.tables)
 	ck.Tables[t.qualified()] = t.shape
 	if err := s.applyAll(ctx, append(ops, kvdriver.Put(s.a.ckptKey, ck.value())), true); err != nil {
