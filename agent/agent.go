@@ -218,6 +218,10 @@ type Agent struct {
 	// no longer decode: the next session replaces the slot (session
 	// goroutine only, like walWarned).
 	undecodable bool
+	// slotWALGone is set when the server could not stream the slot because
+	// the WAL it needs is gone (a slot copied to a promoted standby that
+	// did not keep that WAL): the next session copies again.
+	slotWALGone bool
 
 	// testNoConfirm makes status updates repeat the start position, as if
 	// the agent crashed after each store write before confirming: the
@@ -471,6 +475,9 @@ func (a *Agent) session(ctx context.Context, syncOnly bool) (err error) {
 		a.stats.undecodable++
 		a.mu.Unlock()
 	}
+	if isWALRemoved(err) {
+		a.slotWALGone = true
+	}
 	return err
 }
 
@@ -482,6 +489,13 @@ func (a *Agent) session(ctx context.Context, syncOnly bool) (err error) {
 func isUndecodable(err error) bool {
 	var pgErr *pgconn.PgError
 	return errors.As(err, &pgErr) && pgErr.Code == "XX000" && strings.HasPrefix(pgErr.Message, "could not map filenode")
+}
+
+// isWALRemoved reports the server's "requested WAL segment … has already
+// been removed" (undefined_file): the slot cannot be streamed, ever.
+func isWALRemoved(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "58P01" && strings.Contains(pgErr.Message, "requested WAL segment")
 }
 
 // isSlotActive reports PostgreSQL's "replication slot … is active for PID …"

@@ -23,6 +23,9 @@ const (
 	// resyncUndecodable: streaming failed on a slot PostgreSQL cannot
 	// decode (could not map filenode); it is replaced.
 	resyncUndecodable = "slot_undecodable"
+	// resyncSlotWALGone: the server could not stream the slot, the WAL it
+	// needs being gone (a slot copied to a standby that did not keep it).
+	resyncSlotWALGone = "slot_wal_removed"
 	// resyncSlotAhead: the slot was confirmed past the checkpoint, so the
 	// store lost changes (store restored or replaced).
 	resyncSlotAhead = "slot_ahead"
@@ -35,7 +38,7 @@ const (
 )
 
 // resyncCauses are every cause, so the metric shows zeros before the first.
-var resyncCauses = []string{resyncNoCheckpoint, resyncSlotMissing, resyncUndecodable, resyncSlotAhead, resyncOtherSystem, resyncHistoryDiverged}
+var resyncCauses = []string{resyncNoCheckpoint, resyncSlotMissing, resyncUndecodable, resyncSlotWALGone, resyncSlotAhead, resyncOtherSystem, resyncHistoryDiverged}
 
 // serverHistory is what IDENTIFY_SYSTEM and TIMELINE_HISTORY say about the
 // server's history: its cluster, its timeline, its WAL end and, for a

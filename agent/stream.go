@@ -345,6 +345,11 @@ func (s *session) checkResume(ctx context.Context, ck Checkpoint) (string, error
 		s.a.log.Info("the database changed timeline; the checkpoint is on its history: streaming on", "checkpoint", ck.LSN,
 			"checkpoint_timeline", ck.Timeline, "timeline", s.hist.Timeline, "timeline_switch", end)
 	}
+	if s.a.slotWALGone {
+		s.a.slotWALGone = false
+		s.a.log.Warn("the replication slot cannot be streamed, the WAL it needs is gone: copying every table again", "cause", resyncSlotWALGone, "checkpoint", ck.LSN)
+		return resyncSlotWALGone, nil
+	}
 	var plugin string
 	var confirmed pglogrepl.LSN
 	err := s.conn.QueryRow(ctx, `SELECT plugin::text, coalesce(confirmed_flush_lsn, '0/0')::text FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()`, s.a.cfg.Slot).Scan(&plugin, &confirmed)

@@ -1,0 +1,336 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/bagger/lenkwerk/integration/converge"
+	"github.com/bagger/lenkwerk/integration/pgtest"
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+)
+
+// The database's history changes under the agent: a standby is promoted
+// (with or without a copy of the agent's slot), a planned switchover, a
+// point-in-time restore. Each ends with the store equal to the new
+// primary, by the path the log names; the time from the primary's death to
+// the store being equal is logged ("failover figure").
+
+// lockedBuffer collects the agent's log for assertions.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// foEnv is an env on a private primary, with the agent's log kept.
+type foEnv struct {
+	*env
+	primary *pgtest.Cluster
+	log     *lockedBuffer
+	round   int
+}
+
+// newFailoverEnv starts a primary. Its wal_keep_size keeps, on a standby,
+// the WAL a slot copied into it needs (a standby keeps WAL for the slots
+// it has, not for one copied in at the cut).
+func newFailoverEnv(t *testing.T, opts pgtest.Options) *foEnv {
+	t.Helper()
+	if opts.Settings == nil {
+		opts.Settings = map[string]string{}
+	}
+	opts.Settings["wal_keep_size"] = "'256MB'"
+	primary := pgtest.StartCluster(t, opts)
+	e := &foEnv{env: newEnv(t, primary.NewDatabase(t)), primary: primary, log: &lockedBuffer{}}
+	e.seed()
+	return e
+}
+
+func (e *foEnv) config() Config {
+	cfg := e.env.config()
+	cfg.Logger = slog.New(slog.NewTextHandler(io.MultiWriter(testWriter{e.t}, e.log), &slog.HandlerOptions{Level: slog.LevelInfo}))
+	return cfg
+}
+
+// reconnect replaces the test's connection (its server died) by one to
+// url.
+func (e *foEnv) reconnect(url string) {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	e.db.Close(ctx)
+	db, err := pgx.Connect(ctx, url)
+	if err != nil {
+		e.t.Fatalf("reconnect: %v", err)
+	}
+	e.t.Cleanup(func() { db.Close(context.Background()) })
+	e.db = db
+}
+
+// workload runs n transactions of Bagger's functions and plain DML, each
+// touching keys earlier rounds wrote (updates, deletes) and new ones.
+func (e *foEnv) workload(n int) {
+	e.t.Helper()
+	e.round++
+	r := e.round
+	for i := 0; i < n; i++ {
+		id := 1000*r + i
+		e.exec(`SELECT storage.save_config($1, $2::json)`, fmt.Sprintf("k%d", i%7), fmt.Sprintf(`{"round": %d, "i": %d}`, r, i))
+		e.exec(`SELECT storage.save_servermap($1::json)`, fmt.Sprintf(`{"gen": %d}`, id))
+		e.exec(`INSERT INTO storage.index (id, indexname, access_method) VALUES ($1, $2, 'btree')`, id, fmt.Sprintf("idx_%d", id))
+		if r > 1 { // rows of the previous round
+			e.exec(`UPDATE storage.index SET indexname = indexname || '_u' WHERE id = $1`, 1000*(r-1)+i)
+			e.exec(`DELETE FROM storage.index WHERE id = $1`, 1000*(r-1)+i+1)
+		}
+	}
+}
+
+// standbyCaughtUp waits until the standby replayed all of the primary's WAL.
+func (e *foEnv) standbyCaughtUp() {
+	e.t.Helper()
+	waitFor(e.t, "the standby to catch up", 60*time.Second, func() bool {
+		var ok bool
+		err := e.db.QueryRow(context.Background(), `SELECT coalesce(bool_and(replay_lsn >= pg_current_wal_lsn()), false) FROM pg_stat_replication WHERE application_name = 'walreceiver'`).Scan(&ok)
+		return err == nil && ok
+	})
+}
+
+// equalAfter waits until the store equals the database and returns the
+// time since t0.
+func (e *foEnv) equalAfter(t0 time.Time, what string) time.Duration {
+	e.t.Helper()
+	if d, err := converge.Wait(context.Background(), converge.URL(e.url), e.store, converge.Options{Publication: DefaultPublication}, 90*time.Second); err != nil {
+		st := e.agent.Status()
+		e.t.Fatalf("%s: %v\n(agent: checkpoint %s, streaming %v, err %v)\n%s", what, err, st.Checkpoint, st.Streaming, st.Err, d)
+	}
+	took := time.Since(t0)
+	e.t.Logf("failover figure: %s: primary death to store equal: %v", what, took.Round(time.Millisecond))
+	return took
+}
+
+func (e *foEnv) wantResyncs(a *Agent, want map[string]float64) {
+	e.t.Helper()
+	for _, c := range resyncCauses {
+		if got := resyncCount(e.t, a, c); got != want[c] {
+			e.t.Errorf("resyncs{cause=%s} = %v, want %v", c, got, want[c])
+		}
+	}
+}
+
+func (e *foEnv) wantLog(s string) {
+	e.t.Helper()
+	if !strings.Contains(e.log.String(), s) {
+		e.t.Errorf("agent log lacks %q", s)
+	}
+}
+
+// promote runs scenarios (a) and (b): the standby stops receiving, the
+// store gets changes it never sees, the primary dies and the standby takes
+// its place (with a copy of the slot taken before the cut when copySlot).
+// The store holds changes the database lost: the agent must copy again
+// (history_diverged), not stream from its checkpoint, which lies past the
+// fork and ahead of the new primary's first changes.
+func testPromote(t *testing.T, copySlot bool) {
+	e := newFailoverEnv(t, pgtest.Options{})
+	// The standby first: its WAL begins with the base backup, and the slot
+	// copied into it needs WAL from the slot's restart point on.
+	standby := e.primary.StartStandby(t)
+	a := e.run(e.config())
+	e.workload(20)
+	e.converged(converge.Options{})
+	e.standbyCaughtUp()
+	if err := standby.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if copySlot {
+		e.exec(`CHECKPOINT`) // the slot's state on disk
+		if err := standby.CopySlot(e.primary, e.slot); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.workload(20) // lost with the primary
+	e.converged(converge.Options{})
+	lostCk := e.checkpoint()
+	t0 := time.Now()
+	if err := e.primary.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := standby.TakeOver(ctx, e.primary.Port()); err != nil {
+		t.Fatal(err)
+	}
+	e.reconnect(e.url)
+	// New changes on the new timeline: LSNs below the lost checkpoint.
+	e.workload(5)
+	name := "(a) promotion without slot copy"
+	if copySlot {
+		name = "(b) promotion with slot copy"
+	}
+	e.equalAfter(t0, name)
+	e.wantResyncs(a, map[string]float64{resyncNoCheckpoint: 1, resyncHistoryDiverged: 1})
+	e.wantLog("the database's history changed under the store")
+	ck := e.checkpoint()
+	if ck.Timeline != 2 || ck.SystemID != lostCk.SystemID {
+		t.Fatalf("checkpoint after promotion: timeline %d system %s, want 2 and %s", ck.Timeline, ck.SystemID, lostCk.SystemID)
+	}
+	e.workload(5)
+	e.converged(converge.Options{})
+}
+
+func TestFailoverPromotionWithoutSlotCopy(t *testing.T) { testPromote(t, false) }
+
+func TestFailoverPromotionWithSlotCopy(t *testing.T) { testPromote(t, true) }
+
+// (c) A planned switchover: the standby received everything, and carries
+// the slot. The agent streams on from its checkpoint on the new timeline,
+// without a copy.
+func TestFailoverPlannedSwitchover(t *testing.T) {
+	e := newFailoverEnv(t, pgtest.Options{})
+	// The standby first: its WAL begins with the base backup, and the slot
+	// copied into it needs WAL from the slot's restart point on.
+	standby := e.primary.StartStandby(t)
+	a := e.run(e.config())
+	e.workload(20)
+	e.converged(converge.Options{})
+	a.mu.Lock()
+	copies := a.stats.copies
+	a.mu.Unlock()
+	t0 := time.Now()
+	// A clean stop sends the standby (and the agent) everything.
+	if err := e.primary.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if err := standby.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if err := standby.CopySlot(e.primary, e.slot); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := standby.TakeOver(ctx, e.primary.Port()); err != nil {
+		t.Fatal(err)
+	}
+	e.reconnect(e.url)
+	e.workload(10)
+	e.equalAfter(t0, "(c) planned switchover")
+	e.wantResyncs(a, map[string]float64{resyncNoCheckpoint: 1})
+	a.mu.Lock()
+	copied := a.stats.copies - copies
+	a.mu.Unlock()
+	if copied != 0 {
+		t.Fatalf("switchover: %d tables copied, want none", copied)
+	}
+	e.wantLog("the checkpoint is on its history: streaming on")
+	waitFor(t, "a checkpoint on timeline 2", 30*time.Second, func() bool { return e.checkpoint().Timeline == 2 })
+}
+
+// (d) The database is restored to a point before the last changes (base
+// backup, archived WAL, recovery_target_lsn): a new timeline forks before
+// the store's checkpoint, and the agent copies again.
+func TestFailoverPointInTimeRestore(t *testing.T) {
+	archive := pgtest.MakeArchiveDir(t)
+	e := newFailoverEnv(t, pgtest.Options{Settings: pgtest.ArchiveSettings(archive)})
+	a := e.run(e.config())
+	backup := e.primary.BaseBackup(t)
+	e.workload(10)
+	e.converged(converge.Options{})
+	var target string
+	if err := e.db.QueryRow(context.Background(), `SELECT pg_current_wal_lsn()::text`).Scan(&target); err != nil {
+		t.Fatal(err)
+	}
+	e.workload(10) // lost by the restore
+	e.converged(converge.Options{})
+	var seg string
+	if err := e.db.QueryRow(context.Background(), `SELECT pg_walfile_name(pg_switch_wal())`).Scan(&seg); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "WAL archived", 60*time.Second, func() bool {
+		var last *string
+		err := e.db.QueryRow(context.Background(), `SELECT last_archived_wal FROM pg_stat_archiver`).Scan(&last)
+		return err == nil && last != nil && *last >= seg
+	})
+	t0 := time.Now()
+	if err := e.primary.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := backup.RestoreBackup(ctx, archive, target, e.primary.Port()); err != nil {
+		t.Fatal(err)
+	}
+	e.reconnect(e.url)
+	e.workload(5)
+	e.equalAfter(t0, "(d) point-in-time restore")
+	e.wantResyncs(a, map[string]float64{resyncNoCheckpoint: 1, resyncHistoryDiverged: 1})
+	e.wantLog("past where timeline 1 ends")
+}
+
+// An agent whose URL names both servers (target_session_attrs=read-write)
+// follows the promotion without its URL changing; an agent whose URL
+// names only the standby says it is a standby and retries.
+func TestFailoverMultiHostURL(t *testing.T) {
+	e := newFailoverEnv(t, pgtest.Options{})
+	standby := e.primary.StartStandby(t)
+	dbname := e.url[strings.LastIndex(e.url, "/")+1 : strings.Index(e.url, "?")]
+	multi := fmt.Sprintf("postgres://postgres@127.0.0.1:%d,127.0.0.1:%d/%s?sslmode=disable&target_session_attrs=read-write&connect_timeout=5", e.primary.Port(), standby.Port(), dbname)
+	cfg := e.config()
+	cfg.DatabaseURL = multi
+	a := e.run(cfg)
+	e.workload(10)
+	e.converged(converge.Options{})
+	e.standbyCaughtUp()
+
+	// Only the standby: refused, retried.
+	onStandby := e.env.config()
+	onStandby.DatabaseURL = strings.Replace(e.url, fmt.Sprint(e.primary.Port()), fmt.Sprint(standby.Port()), 1)
+	onStandby.Slot = e.slot + "_s"
+	sa, err := New(onStandby)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sctx, scancel := context.WithCancel(context.Background())
+	sdone := make(chan error, 1)
+	go func() { sdone <- sa.Run(sctx) }()
+	waitFor(t, "the standby-only agent to say so", 30*time.Second, func() bool { return errors.Is(sa.Status().Err, errStandby) })
+	scancel()
+	<-sdone
+
+	t0 := time.Now()
+	if err := e.primary.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := standby.Promote(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e.url = strings.Replace(e.url, fmt.Sprint(e.primary.Port()), fmt.Sprint(standby.Port()), 1)
+	e.reconnect(e.url)
+	e.workload(5)
+	e.equalAfter(t0, "multi-host URL, promotion in place")
+	waitFor(t, "the agent on timeline 2", 30*time.Second, func() bool { return a.Status().Timeline == 2 })
+	if ck := e.checkpoint(); ck.Timeline != 2 || ck.LSN == pglogrepl.LSN(0) {
+		t.Fatalf("checkpoint %+v, want timeline 2", ck)
+	}
+}
