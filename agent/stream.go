@@ -340,11 +340,6 @@ func (s *session) checkResume(ctx context.Context, ck Checkpoint) (string, error
 			"system_id", s.hist.SystemID, "timeline", s.hist.Timeline)
 		return cause, nil
 	}
-	if ck.Timeline != 0 && ck.Timeline != s.hist.Timeline {
-		end, _ := s.hist.end(ck.Timeline)
-		s.a.log.Info("the database changed timeline; the checkpoint is on its history: streaming on", "checkpoint", ck.LSN,
-			"checkpoint_timeline", ck.Timeline, "timeline", s.hist.Timeline, "timeline_switch", end)
-	}
 	if s.a.slotWALGone {
 		s.a.slotWALGone = false
 		s.a.log.Warn("the replication slot cannot be streamed, the WAL it needs is gone: copying every table again", "cause", resyncSlotWALGone, "checkpoint", ck.LSN)
@@ -366,6 +361,11 @@ func (s *session) checkResume(ctx context.Context, ck Checkpoint) (string, error
 	if confirmed > ck.LSN {
 		s.a.log.Warn("store checkpoint is behind the replication slot (store restored or replaced?): copying every table again", "cause", resyncSlotAhead, "checkpoint", ck.LSN, "slot_confirmed", confirmed)
 		return resyncSlotAhead, nil
+	}
+	if ck.Timeline != 0 && ck.Timeline != s.hist.Timeline {
+		end, _ := s.hist.end(ck.Timeline)
+		s.a.log.Info("the database changed timeline; the checkpoint is on its history: streaming on", "checkpoint", ck.LSN,
+			"checkpoint_timeline", ck.Timeline, "timeline", s.hist.Timeline, "timeline_switch", end)
 	}
 	return "", nil
 }
