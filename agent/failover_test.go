@@ -334,3 +334,44 @@ func TestFailoverMultiHostURL(t *testing.T) {
 		t.Fatalf("checkpoint %+v, want timeline 2", ck)
 	}
 }
+
+// A slot copied to the standby long before the cut, whose WAL the standby
+// never had (its base backup began later): the promoted server cannot
+// stream it ("requested WAL segment … has already been removed"), and the
+// agent copies again instead of retrying for ever.
+func TestFailoverSlotCopyWithoutWAL(t *testing.T) {
+	e := newFailoverEnv(t, pgtest.Options{})
+	a := e.run(e.config())
+	e.workload(5)
+	e.converged(converge.Options{})
+	e.exec(`CHECKPOINT`)
+	early := e.primary.SaveSlot(t, e.slot)
+	// The slot's restart point falls in a segment the standby will not
+	// have.
+	e.exec(`SELECT pg_switch_wal()`)
+	e.exec(`SELECT storage.save_config('between', '1')`)
+	e.exec(`SELECT pg_switch_wal()`)
+	standby := e.primary.StartStandby(t)
+	e.workload(5)
+	e.converged(converge.Options{})
+	t0 := time.Now()
+	if err := e.primary.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if err := standby.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if err := standby.InstallSlot(early, e.slot); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := standby.TakeOver(ctx, e.primary.Port()); err != nil {
+		t.Fatal(err)
+	}
+	e.reconnect(e.url)
+	e.workload(5)
+	e.equalAfter(t0, "slot copy without its WAL")
+	e.wantResyncs(a, map[string]float64{resyncNoCheckpoint: 1, resyncSlotWALGone: 1})
+	e.wantLog("the WAL it needs is gone")
+}

@@ -235,29 +235,40 @@ func (c *Cluster) waitPrimary(ctx context.Context) error {
 // checkpointed cluster from into the stopped cluster c (pg_replslot/name,
 // as Patroni's permanent slots do), where it is loaded at the next start.
 func (c *Cluster) CopySlot(from *Cluster, name string) error {
-	if strings.ContainsAny(name, "/.") || name == "" {
-		return fmt.Errorf("invalid slot name %q", name)
+	if err := checkSlotName(name); err != nil {
+		return err
 	}
-	src := filepath.Join(from.dataDir(), "pg_replslot", name)
-	dst := filepath.Join(c.dataDir(), "pg_replslot", name)
-	if err := os.MkdirAll(dst, 0o700); err != nil {
-		return fmt.Errorf("copy slot %s: %w", name, err)
+	return c.InstallSlot(filepath.Join(from.dataDir(), "pg_replslot", name), name)
+}
+
+// SaveSlot copies the state of replication slot name of the stopped or
+// checkpointed cluster c into a new directory, removed when the test ends,
+// for InstallSlot: a slot copy taken earlier.
+func (c *Cluster) SaveSlot(tb testing.TB, name string) string {
+	tb.Helper()
+	if err := checkSlotName(name); err != nil {
+		tb.Fatal(err)
 	}
-	entries, err := os.ReadDir(src)
+	dir, err := os.MkdirTemp("", tempPrefix+"slot-")
 	if err != nil {
-		return fmt.Errorf("copy slot %s: %w", name, err)
+		tb.Fatalf("pgtest: save slot: %v", err)
 	}
-	for _, e := range entries {
-		if !e.Type().IsRegular() {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join(src, e.Name()))
-		if err != nil {
-			return fmt.Errorf("copy slot %s: %w", name, err)
-		}
-		if err := os.WriteFile(filepath.Join(dst, e.Name()), b, 0o600); err != nil {
-			return fmt.Errorf("copy slot %s: %w", name, err)
-		}
+	tb.Cleanup(func() { os.RemoveAll(dir) })
+	if err := copyFiles(filepath.Join(c.dataDir(), "pg_replslot", name), dir); err != nil {
+		tb.Fatalf("pgtest: save slot %s: %v", name, err)
+	}
+	return dir
+}
+
+// InstallSlot puts the slot state in dir (SaveSlot's, or a slot directory)
+// into the stopped cluster c as slot name.
+func (c *Cluster) InstallSlot(dir, name string) error {
+	if err := checkSlotName(name); err != nil {
+		return err
+	}
+	dst := filepath.Join(c.dataDir(), "pg_replslot", name)
+	if err := copyFiles(dir, dst); err != nil {
+		return fmt.Errorf("install slot %s: %w", name, err)
 	}
 	if c.owner != nil {
 		return filepath.Walk(dst, func(p string, _ os.FileInfo, err error) error {
@@ -266,6 +277,37 @@ func (c *Cluster) CopySlot(from *Cluster, name string) error {
 			}
 			return os.Chown(p, int(c.owner.Uid), int(c.owner.Gid))
 		})
+	}
+	return nil
+}
+
+func checkSlotName(name string) error {
+	if strings.ContainsAny(name, "/.") || name == "" {
+		return fmt.Errorf("invalid slot name %q", name)
+	}
+	return nil
+}
+
+// copyFiles copies the regular files of src into dst (created).
+func copyFiles(src, dst string) error {
+	if err := os.MkdirAll(dst, 0o700); err != nil {
+		return err
+	}
+	entries, err := os.ReadDir(src)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if !e.Type().IsRegular() {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(src, e.Name()))
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(dst, e.Name()), b, 0o600); err != nil {
+			return err
+		}
 	}
 	return nil
 }
