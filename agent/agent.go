@@ -96,6 +96,12 @@ type Config struct {
 	// MaxBatchOps and MaxBatchBytes cap one store batch below the store's
 	// Limits (0: DefaultMaxBatchOps, DefaultMaxBatchBytes).
 	MaxBatchOps, MaxBatchBytes int
+	// SyncStandbys are standbys (application_name in pg_stat_replication)
+	// that must have flushed a transaction's commit before the agent
+	// applies it to the store: then a failover to one of them never takes
+	// back a value storage nodes saw. Empty: changes go to the store as
+	// soon as the primary commits them.
+	SyncStandbys []string
 }
 
 // Names as migrations allows them; the publication name is spliced into
@@ -187,6 +193,9 @@ type Status struct {
 	// found them (IDENTIFY_SYSTEM).
 	SystemID string
 	Timeline int32
+	// WaitingForStandbys is the commit the agent waits for the standbys
+	// of Config.SyncStandbys to flush before applying it (0: none).
+	WaitingForStandbys pglogrepl.LSN
 }
 
 // Agent mirrors the published tables of a Lenkwerk database into a store.
@@ -260,6 +269,11 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if _, err := pgconn.ParseConfig(cfg.DatabaseURL); err != nil {
 		return nil, fmt.Errorf("agent: invalid database URL: %w", err)
+	}
+	for _, n := range cfg.SyncStandbys {
+		if !standbyName.MatchString(n) {
+			return nil, fmt.Errorf("agent: invalid standby name %q (want an application_name: 1-63 printable ASCII characters, no space)", n)
+		}
 	}
 	m, err := keymap.New(cfg.Prefix, cfg.Templates)
 	if err != nil {

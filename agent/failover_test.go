@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bytes"
+	"encoding/json"
 	"context"
 	"errors"
 	"fmt"
@@ -374,4 +375,127 @@ func TestFailoverSlotCopyWithoutWAL(t *testing.T) {
 	e.equalAfter(t0, "slot copy without its WAL")
 	e.wantResyncs(a, map[string]float64{resyncNoCheckpoint: 1, resyncSlotWALGone: 1})
 	e.wantLog("the WAL it needs is gone")
+}
+
+// (e) With SyncStandbys the store gets a transaction only once the named
+// standby flushed it: the standby stops receiving, a change committed on
+// the primary is held back, the primary dies and the standby (carrying the
+// slot) takes over. The agent streams on; a watcher of the store sees no
+// value ever taken back, and never the lost change.
+func TestFailoverSyncStandbys(t *testing.T) {
+	e := newFailoverEnv(t, pgtest.Options{})
+	standby := e.primary.StartStandby(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var mu sync.Mutex
+	var events []kvdriverEvent
+	watch := e.store.Watch(ctx, "/", 0)
+	go func() {
+		for resp := range watch {
+			mu.Lock()
+			for _, ev := range resp.Events {
+				events = append(events, kvdriverEvent{ev.Key, string(ev.Value)})
+			}
+			mu.Unlock()
+		}
+	}()
+	cfg := e.config()
+	cfg.SyncStandbys = []string{"walreceiver"}
+	a := e.run(cfg)
+	e.workload(20)
+	e.converged(converge.Options{})
+	if err := standby.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	e.exec(`CHECKPOINT`)
+	if err := standby.CopySlot(e.primary, e.slot); err != nil {
+		t.Fatal(err)
+	}
+	e.exec(`SELECT storage.save_config('held', '"lost"')`)
+	waitFor(t, "the agent to hold the change back", 30*time.Second, func() bool { return a.Status().WaitingForStandbys != 0 })
+	if v, ok := e.get("/Config/held"); ok {
+		t.Fatalf("/Config/held = %s in the store before the standby flushed it", v)
+	}
+	t0 := time.Now()
+	if err := e.primary.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	tctx, tcancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer tcancel()
+	if err := standby.TakeOver(tctx, e.primary.Port()); err != nil {
+		t.Fatal(err)
+	}
+	e.reconnect(e.url)
+	// The new primary's standby, under the name the agent waits for (as
+	// Patroni rebuilds a replica); until it streams the agent holds back.
+	standby.StartStandby(t)
+	e.workload(10)
+	e.equalAfter(t0, "(e) --sync-standbys, promotion with slot copy, new standby")
+	e.wantResyncs(a, map[string]float64{resyncNoCheckpoint: 1})
+	e.wantLog("the checkpoint is on its history: streaming on")
+	mu.Lock()
+	defer mu.Unlock()
+	if len(events) == 0 {
+		t.Fatal("the watcher saw nothing")
+	}
+	if msg := takenBack(events); msg != "" {
+		t.Fatal(msg)
+	}
+}
+
+type kvdriverEvent struct{ key, value string }
+
+// takenBack finds a value taken back in the store's history: the lost
+// change seen at all, a /Servermap generation going down, a /Config/k*
+// value of the workload going back to an earlier (round, i), an index row
+// deleted coming back.
+func takenBack(events []kvdriverEvent) string {
+	type ri struct{ round, i int }
+	cfg := map[string]ri{}
+	gen := -1
+	deleted := map[string]bool{}
+	for n, ev := range events {
+		switch {
+		case ev.key == "/Config/held":
+			return fmt.Sprintf("event %d: the lost change reached the store: %s", n, ev.value)
+		case ev.key == "/Servermap" && ev.value != "":
+			var v struct {
+				ServerMap struct {
+					Gen int `json:"gen"`
+				} `json:"server_map"`
+			}
+			if err := json.Unmarshal([]byte(ev.value), &v); err != nil {
+				return fmt.Sprintf("event %d: %s: %v", n, ev.value, err)
+			}
+			if v.ServerMap.Gen < gen {
+				return fmt.Sprintf("event %d: /Servermap generation %d after %d", n, v.ServerMap.Gen, gen)
+			}
+			gen = v.ServerMap.Gen
+		case strings.HasPrefix(ev.key, "/Config/k") && ev.value != "":
+			var v struct {
+				Value ri `json:"value"`
+			}
+			var raw struct {
+				Value struct {
+					Round int `json:"round"`
+					I     int `json:"i"`
+				} `json:"value"`
+			}
+			if err := json.Unmarshal([]byte(ev.value), &raw); err != nil {
+				return fmt.Sprintf("event %d: %s: %v", n, ev.value, err)
+			}
+			v.Value = ri{raw.Value.Round, raw.Value.I}
+			if old, ok := cfg[ev.key]; ok && (v.Value.round < old.round || (v.Value.round == old.round && v.Value.i < old.i)) {
+				return fmt.Sprintf("event %d: %s went back from %v to %v", n, ev.key, old, v.Value)
+			}
+			cfg[ev.key] = v.Value
+		case strings.HasPrefix(ev.key, "/Index/"):
+			if ev.value == "" {
+				deleted[ev.key] = true
+			} else if deleted[ev.key] {
+				return fmt.Sprintf("event %d: %s deleted, then back", n, ev.key)
+			}
+		}
+	}
+	return ""
 }

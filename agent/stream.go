@@ -47,10 +47,13 @@ type session struct {
 	ckpt       Checkpoint // last checkpoint the store acknowledged
 	// hist is the server's history as the session found it; every
 	// checkpoint it writes records its system id and timeline.
-	hist     serverHistory
-	tables   map[string]string        // copied tables → shape; stored with the next checkpoint
-	pub      map[string]tableInfo     // the publication's tables at the last poll
-	copiedAt map[string]pglogrepl.LSN // tables copied while streaming → consistent point
+	hist serverHistory
+	// standbyFlushed is how far the standbys of Config.SyncStandbys have
+	// flushed, as last read.
+	standbyFlushed pglogrepl.LSN
+	tables         map[string]string        // copied tables → shape; stored with the next checkpoint
+	pub            map[string]tableInfo     // the publication's tables at the last poll
+	copiedAt       map[string]pglogrepl.LSN // tables copied while streaming → consistent point
 
 	// fence is the checkpoint key's ModRevision as this session last read
 	// or wrote it (0: absent). Every batch requires it, so a batch of an
@@ -601,6 +604,24 @@ func (s *session) advanceIdle(ctx context.Context, lsn pglogrepl.LSN, urgent boo
 	if err := s.sync(ctx); err != nil {
 		return err
 	}
+	if len(s.a.cfg.SyncStandbys) > 0 {
+		// Nor past what the standbys have: after a failover to one of
+		// them the checkpoint must still be on the history.
+		flushed, _, err := s.standbysFlushed(ctx, s.a.cfg.SyncStandbys)
+		if err != nil {
+			return err
+		}
+		s.standbyFlushed = flushed
+		if flushed < lsn {
+			if urgent {
+				return fmt.Errorf("the server asks to confirm %s (stopping?) and the standbys of --sync-standbys have flushed only %s; releasing the slot", lsn, flushed)
+			}
+			lsn = flushed
+		}
+		if lsn <= s.ckpt.LSN {
+			return nil
+		}
+	}
 	ck := Checkpoint{LSN: lsn, Time: time.Now().UTC(), Tables: maps.Clone(s.tables), SystemID: s.hist.SystemID, Timeline: s.hist.Timeline}
 	actx, cancel := context.WithTimeout(ctx, min(s.a.cfg.ApplyTimeout, 2*time.Second))
 	t := time.Now()
@@ -916,6 +937,9 @@ func (s *session) commit(ctx context.Context, m *pglogrepl.CommitMessage) error 
 		if err := s.resolveNewest(ctx, r); err != nil {
 			return err
 		}
+	}
+	if err := s.waitStandbys(ctx, m.TransactionEndLSN); err != nil {
+		return err
 	}
 	ck := &Checkpoint{LSN: m.TransactionEndLSN, CommitLSN: m.CommitLSN, Time: m.CommitTime.UTC(), Tables: maps.Clone(s.tables), SystemID: s.hist.SystemID, Timeline: s.hist.Timeline}
 	txn := &commitInfo{xid: s.xid, commitLSN: m.CommitLSN, endLSN: m.TransactionEndLSN, time: m.CommitTime, rows: s.rows}
