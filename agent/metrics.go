@@ -97,7 +97,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		}, []string{"store"}),
 		resyncs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: metricsNamespace, Name: "resyncs_total",
-			Help: "Full copies of every published table, by cause: no_checkpoint, slot_missing, slot_wal_removed (the WAL the slot needs is gone), slot_ahead (the store lost changes), other_system (another database cluster), history_diverged (a failover or restore cut the checkpoint off the database's history).",
+			Help: "Full copies of every published table, by cause: no_checkpoint, slot_missing, slot_undecodable (could not map filenode), slot_wal_removed (the WAL the slot needs is gone), slot_ahead (the store lost changes), other_system (another database cluster), history_diverged (a failover or restore cut the checkpoint off the database's history).",
 		}, []string{"store", "cause"}),
 		live: &liveCollector{},
 	}
