@@ -270,10 +270,8 @@ func New(cfg Config) (*Agent, error) {
 	if _, err := pgconn.ParseConfig(cfg.DatabaseURL); err != nil {
 		return nil, fmt.Errorf("agent: invalid database URL: %w", err)
 	}
-	for _, n := range cfg.SyncStandbys {
-		if !standbyName.MatchString(n) {
-			return nil, fmt.Errorf("agent: invalid standby name %q (want an application_name: 1-63 printable ASCII characters, no space)", n)
-		}
+	if err := CheckSyncStandbys(cfg.SyncStandbys); err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
 	}
 	m, err := keymap.New(cfg.Prefix, cfg.Templates)
 	if err != nil {

@@ -15,6 +15,16 @@ import (
 // Config.SyncStandbys (PostgreSQL keeps 63 bytes; printable ASCII).
 var standbyName = regexp.MustCompile(`^[\x21-\x7e]{1,63}$`)
 
+// CheckSyncStandbys checks the names of Config.SyncStandbys.
+func CheckSyncStandbys(names []string) error {
+	for _, n := range names {
+		if !standbyName.MatchString(n) {
+			return fmt.Errorf("invalid standby name %q (want an application_name: 1-63 printable ASCII characters, no space)", n)
+		}
+	}
+	return nil
+}
+
 // syncStandbyWarn is how long the agent waits for the named standbys
 // before it says so (once per wait, then every minute).
 const syncStandbyWarn = 10 * time.Second

@@ -223,6 +223,9 @@ func runAgent(ctx context.Context, args []string) error {
 			standbys = append(standbys, n)
 		}
 	}
+	if err := agent.CheckSyncStandbys(standbys); err != nil {
+		return fmt.Errorf("--sync-standbys: %w", err)
+	}
 	gcPercent, memLimit := tuneGC()
 	slog.Debug("garbage collector", "gogc", gcPercent, "memory_limit_bytes", memLimit)
 	reg := prometheus.NewRegistry()
