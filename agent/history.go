@@ -50,6 +50,9 @@ type serverHistory struct {
 	// Ends maps each ancestor timeline to the LSN where the server's
 	// history left it (the switch point); the current timeline has none.
 	Ends map[int32]pglogrepl.LSN
+	// HistoryErr is why the timeline history could not be read (Ends is
+	// then empty).
+	HistoryErr error
 }
 
 // identify runs IDENTIFY_SYSTEM, and TIMELINE_HISTORY when the timeline is
@@ -62,11 +65,17 @@ func identify(ctx context.Context, repl *pgconn.PgConn) (serverHistory, error) {
 	h := serverHistory{SystemID: id.SystemID, Timeline: id.Timeline, XLogPos: id.XLogPos, Ends: map[int32]pglogrepl.LSN{}}
 	if id.Timeline > 1 {
 		res, err := pglogrepl.TimelineHistory(ctx, repl, id.Timeline)
-		if err != nil {
-			return serverHistory{}, fmt.Errorf("timeline history of timeline %d: %w", id.Timeline, err)
+		if err == nil {
+			h.Ends, err = parseTimelineHistory(res.Content)
 		}
-		if h.Ends, err = parseTimelineHistory(res.Content); err != nil {
-			return serverHistory{}, fmt.Errorf("timeline history of timeline %d: %w", id.Timeline, err)
+		if err != nil {
+			if ctx.Err() != nil || repl.IsClosed() {
+				return serverHistory{}, fmt.Errorf("timeline history of timeline %d: %w", id.Timeline, err)
+			}
+			// Without the history no earlier timeline is known to be on
+			// it: a checkpoint of another timeline leads to a copy, which
+			// is safe, where failing would retry for ever.
+			h.Ends, h.HistoryErr = map[int32]pglogrepl.LSN{}, err
 		}
 	}
 	return h, nil
@@ -130,6 +139,8 @@ func (h serverHistory) verdict(ck Checkpoint) (cause, why string) {
 	}
 	end, ok := h.end(ck.Timeline)
 	switch {
+	case !ok && h.HistoryErr != nil:
+		return resyncHistoryDiverged, fmt.Sprintf("the checkpoint's timeline %d is not the server's (%d), whose timeline history cannot be read: %v", ck.Timeline, h.Timeline, h.HistoryErr)
 	case !ok:
 		return resyncHistoryDiverged, fmt.Sprintf("the checkpoint's timeline %d is not on the server's history (timeline %d)", ck.Timeline, h.Timeline)
 	case ck.LSN > end:

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"testing"
 	"time"
 
@@ -46,6 +47,14 @@ func TestHistoryVerdict(t *testing.T) {
 		if got, why := h.verdict(c.ck); got != c.want {
 			t.Errorf("%s: verdict %q (%s), want %q", c.name, got, why, c.want)
 		}
+	}
+	// Without a readable history only the current timeline resumes.
+	h.Ends, h.HistoryErr = map[int32]pglogrepl.LSN{}, errors.New("no history file")
+	if got, _ := h.verdict(Checkpoint{LSN: 0x1000000, SystemID: "7", Timeline: 1}); got != resyncHistoryDiverged {
+		t.Errorf("unreadable history, older timeline: verdict %q, want %q", got, resyncHistoryDiverged)
+	}
+	if got, why := h.verdict(Checkpoint{LSN: 0x1000000, SystemID: "7", Timeline: 3}); got != "" {
+		t.Errorf("unreadable history, current timeline: verdict %q (%s), want resume", got, why)
 	}
 }
 
