@@ -248,8 +248,15 @@ func TestFailoverPlannedSwitchover(t *testing.T) {
 
 // (d) The database is restored to a point before the last changes (base
 // backup, archived WAL, recovery_target_lsn): a new timeline forks before
-// the store's checkpoint, and the agent copies again.
-func TestFailoverPointInTimeRestore(t *testing.T) {
+// the store's checkpoint, and the agent copies again. With the slot in the
+// backup (a file-system snapshot has pg_replslot; pg_basebackup leaves it
+// out), the slot exists after the restore, behind the store: only the
+// timeline history tells the store is ahead of the database.
+func TestFailoverPointInTimeRestore(t *testing.T) { testPITR(t, false) }
+
+func TestFailoverPointInTimeRestoreWithSlot(t *testing.T) { testPITR(t, true) }
+
+func testPITR(t *testing.T, withSlot bool) {
 	archive := pgtest.MakeArchiveDir(t)
 	e := newFailoverEnv(t, pgtest.Options{Settings: pgtest.ArchiveSettings(archive)})
 	a := e.run(e.config())
@@ -259,6 +266,12 @@ func TestFailoverPointInTimeRestore(t *testing.T) {
 	var target string
 	if err := e.db.QueryRow(context.Background(), `SELECT pg_current_wal_lsn()::text`).Scan(&target); err != nil {
 		t.Fatal(err)
+	}
+	if withSlot {
+		e.exec(`CHECKPOINT`)
+		if err := backup.InstallSlot(e.primary.SaveSlot(t, e.slot), e.slot); err != nil {
+			t.Fatal(err)
+		}
 	}
 	e.workload(10) // lost by the restore
 	e.converged(converge.Options{})
@@ -282,7 +295,11 @@ func TestFailoverPointInTimeRestore(t *testing.T) {
 	}
 	e.reconnect(e.url)
 	e.workload(5)
-	e.equalAfter(t0, "(d) point-in-time restore")
+	name := "(d) point-in-time restore"
+	if withSlot {
+		name += ", slot in the backup"
+	}
+	e.equalAfter(t0, name)
 	e.wantResyncs(a, map[string]float64{resyncNoCheckpoint: 1, resyncHistoryDiverged: 1})
 	e.wantLog("past where timeline 1 ends")
 }
