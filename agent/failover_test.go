@@ -15,6 +15,8 @@ import (
 
 	"github.com/bagger/lenkwerk/integration/converge"
 	"github.com/bagger/lenkwerk/integration/pgtest"
+	"github.com/bagger/lenkwerk/kvdriver"
+	"github.com/bagger/lenkwerk/kvdriver/mem"
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 )
@@ -128,6 +130,29 @@ func (e *foEnv) equalAfter(t0 time.Time, what string) time.Duration {
 	return took
 }
 
+// fanout runs a second agent into a store of its own, with the slot
+// <slot>_<name>, as `lenkwerk agent --kv NAME=URL` does, until the test ends.
+func (e *foEnv) fanout(name string) (*Agent, kvdriver.Store) {
+	e.t.Helper()
+	store, err := mem.Open(context.Background(), mem.Config{})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { store.Close() })
+	cfg := e.config()
+	cfg.Store, cfg.Slot, cfg.Name = store, StoreSlot(e.slot, name), name
+	a, err := New(cfg)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = a.Run(ctx) }()
+	e.t.Cleanup(func() { cancel(); <-done })
+	waitFor(e.t, "the fan-out agent streaming", 30*time.Second, func() bool { return a.Status().Streaming })
+	return a, store
+}
+
 func (e *foEnv) wantResyncs(a *Agent, want map[string]float64) {
 	e.t.Helper()
 	for _, c := range resyncCauses {
@@ -211,6 +236,8 @@ func TestFailoverPlannedSwitchover(t *testing.T) {
 	// copied into it needs WAL from the slot's restart point on.
 	standby := e.primary.StartStandby(t)
 	a := e.run(e.config())
+	// A fan-out store: its own slot and checkpoint, the same checks.
+	two, twoStore := e.fanout("two")
 	e.workload(20)
 	e.converged(converge.Options{})
 	a.mu.Lock()
@@ -224,8 +251,10 @@ func TestFailoverPlannedSwitchover(t *testing.T) {
 	if err := standby.Stop(); err != nil {
 		t.Fatal(err)
 	}
-	if err := standby.CopySlot(e.primary, e.slot); err != nil {
-		t.Fatal(err)
+	for _, slot := range []string{e.slot, two.cfg.Slot} {
+		if err := standby.CopySlot(e.primary, slot); err != nil {
+			t.Fatal(err)
+		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -235,7 +264,11 @@ func TestFailoverPlannedSwitchover(t *testing.T) {
 	e.reconnect(e.url)
 	e.workload(10)
 	e.equalAfter(t0, "(c) planned switchover")
+	if d, err := converge.Wait(context.Background(), converge.URL(e.url), twoStore, converge.Options{Publication: DefaultPublication}, 60*time.Second); err != nil {
+		t.Fatalf("fan-out store: %v\n%s", err, d)
+	}
 	e.wantResyncs(a, map[string]float64{resyncNoCheckpoint: 1})
+	e.wantResyncs(two, map[string]float64{resyncNoCheckpoint: 1})
 	a.mu.Lock()
 	copied := a.stats.copies - copies
 	a.mu.Unlock()
