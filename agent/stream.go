@@ -160,6 +160,16 @@ func (a *Agent) openSession(ctx context.Context, wait bool) (*session, error) {
 		a.update(func(st *Status) { st.Active = false })
 		return nil, err
 	}
+	// With a multi-host URL the two connections are made apart: both must
+	// have reached the same database system (best effort: the role may
+	// not read pg_control_system()).
+	var sysID string
+	if err := conn.QueryRow(ctx, `SELECT system_identifier::text FROM pg_control_system()`).Scan(&sysID); err == nil && sysID != hist.SystemID {
+		conn.Close(context.Background())
+		repl.Close(context.Background())
+		a.update(func(st *Status) { st.Active = false })
+		return nil, fmt.Errorf("the query connection reached database system %s, the replication connection %s (%s): retrying", sysID, hist.SystemID, repl.Conn().RemoteAddr())
+	}
 	a.update(func(st *Status) { st.SystemID, st.Timeline = hist.SystemID, hist.Timeline })
 	s := &session{
 		hist:       hist,
