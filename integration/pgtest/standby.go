@@ -298,10 +298,14 @@ func copyFiles(src, dst string) error {
 		return err
 	}
 	for _, e := range entries {
-		if !e.Type().IsRegular() {
+		// A running server writes state.tmp and renames it to state.
+		if !e.Type().IsRegular() || strings.HasSuffix(e.Name(), ".tmp") {
 			continue
 		}
 		b, err := os.ReadFile(filepath.Join(src, e.Name()))
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
 		if err != nil {
 			return err
 		}
