@@ -96,6 +96,12 @@ type Config struct {
 	// MaxBatchOps and MaxBatchBytes cap one store batch below the store's
 	// Limits (0: DefaultMaxBatchOps, DefaultMaxBatchBytes).
 	MaxBatchOps, MaxBatchBytes int
+	// SyncStandbys are standbys (application_name in pg_stat_replication)
+	// that must have flushed a transaction's commit before the agent
+	// applies it to the store: then a failover to one of them never takes
+	// back a value storage nodes saw. Empty: changes go to the store as
+	// soon as the primary commits them.
+	SyncStandbys []string
 }
 
 // Names as migrations allows them; the publication name is spliced into
@@ -183,6 +189,13 @@ type Status struct {
 	// otherwise. BlockedSince is when that began.
 	Blocked      *ValueError
 	BlockedSince time.Time
+	// SystemID and Timeline are the database's, as the last session
+	// found them (IDENTIFY_SYSTEM).
+	SystemID string
+	Timeline int32
+	// WaitingForStandbys is the commit the agent waits for the standbys
+	// of Config.SyncStandbys to flush before applying it (0: none).
+	WaitingForStandbys pglogrepl.LSN
 }
 
 // Agent mirrors the published tables of a Lenkwerk database into a store.
@@ -214,6 +227,10 @@ type Agent struct {
 	// no longer decode: the next session replaces the slot (session
 	// goroutine only, like walWarned).
 	undecodable bool
+	// slotWALGone is set when the server could not stream the slot because
+	// the WAL it needs is gone (a slot copied to a promoted standby that
+	// did not keep that WAL): the next session copies again.
+	slotWALGone bool
 
 	// testNoConfirm makes status updates repeat the start position, as if
 	// the agent crashed after each store write before confirming: the
@@ -252,6 +269,9 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if _, err := pgconn.ParseConfig(cfg.DatabaseURL); err != nil {
 		return nil, fmt.Errorf("agent: invalid database URL: %w", err)
+	}
+	if err := CheckSyncStandbys(cfg.SyncStandbys); err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
 	}
 	m, err := keymap.New(cfg.Prefix, cfg.Templates)
 	if err != nil {
@@ -440,17 +460,18 @@ func (a *Agent) session(ctx context.Context, syncOnly bool) (err error) {
 		return &storeError{err}
 	}
 	s.fence = fence
+	cause := resyncNoCheckpoint
 	if ok && a.undecodable {
-		a.log.Warn("replication slot cannot be decoded (could not map filenode): replacing it and copying every table again", "checkpoint", ck.LSN)
-		ok = false
+		a.log.Warn("replication slot cannot be decoded (could not map filenode): replacing it and copying every table again", "cause", resyncUndecodable, "checkpoint", ck.LSN)
+		ok, cause = false, resyncUndecodable
 	}
 	if ok {
-		ok, err = s.checkSlot(ctx, ck)
-		if err != nil {
+		if cause, err = s.checkResume(ctx, ck); err != nil {
 			return err
 		}
 	}
-	if !ok {
+	if cause != "" {
+		a.met.resyncs.WithLabelValues(cause).Inc()
 		if err := s.initialSync(ctx); err != nil {
 			return err
 		}
@@ -466,6 +487,9 @@ func (a *Agent) session(ctx context.Context, syncOnly bool) (err error) {
 		a.stats.undecodable++
 		a.mu.Unlock()
 	}
+	if isWALRemoved(err) {
+		a.slotWALGone = true
+	}
 	return err
 }
 
@@ -477,6 +501,13 @@ func (a *Agent) session(ctx context.Context, syncOnly bool) (err error) {
 func isUndecodable(err error) bool {
 	var pgErr *pgconn.PgError
 	return errors.As(err, &pgErr) && pgErr.Code == "XX000" && strings.HasPrefix(pgErr.Message, "could not map filenode")
+}
+
+// isWALRemoved reports the server's "requested WAL segment … has already
+// been removed" (undefined_file): the slot cannot be streamed, ever.
+func isWALRemoved(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "58P01" && strings.Contains(pgErr.Message, "requested WAL segment")
 }
 
 // isSlotActive reports PostgreSQL's "replication slot … is active for PID …"

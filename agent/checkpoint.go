@@ -44,6 +44,12 @@ type Checkpoint struct {
 	// removed from the publication stays with shape "" until the next
 	// initial sync deletes its keys.
 	Tables map[string]string
+	// SystemID and Timeline are the database's system identifier and
+	// timeline (IDENTIFY_SYSTEM) of the session that wrote the checkpoint:
+	// an LSN means something only on one history. A checkpoint written
+	// before they were recorded has "" and 0.
+	SystemID string
+	Timeline int32
 }
 
 type checkpointJSON struct {
@@ -51,11 +57,14 @@ type checkpointJSON struct {
 	CommitLSN string            `json:"commit_lsn,omitempty"`
 	Time      string            `json:"time"`
 	Tables    map[string]string `json:"tables"`
+	SystemID  string            `json:"system_id,omitempty"`
+	Timeline  int32             `json:"timeline,omitempty"`
 }
 
-// MarshalJSON encodes {"lsn":"0/16B3748","commit_lsn":"0/16B3720","time":"…","tables":[…]}.
+// MarshalJSON encodes {"lsn":"0/16B3748","commit_lsn":"0/16B3720","time":"…","tables":{…},
+// "system_id":"7312…","timeline":2}.
 func (c Checkpoint) MarshalJSON() ([]byte, error) {
-	j := checkpointJSON{LSN: c.LSN.String(), Time: c.Time.UTC().Format(time.RFC3339Nano), Tables: c.Tables}
+	j := checkpointJSON{LSN: c.LSN.String(), Time: c.Time.UTC().Format(time.RFC3339Nano), Tables: c.Tables, SystemID: c.SystemID, Timeline: c.Timeline}
 	if c.CommitLSN != 0 {
 		j.CommitLSN = c.CommitLSN.String()
 	}
@@ -87,7 +96,10 @@ func (c *Checkpoint) UnmarshalJSON(b []byte) error {
 			return fmt.Errorf("checkpoint time %q: %w", j.Time, err)
 		}
 	}
-	*c = Checkpoint{LSN: lsn, CommitLSN: commit, Time: t, Tables: j.Tables}
+	if j.Timeline < 0 {
+		return fmt.Errorf("checkpoint timeline %d: negative", j.Timeline)
+	}
+	*c = Checkpoint{LSN: lsn, CommitLSN: commit, Time: t, Tables: j.Tables, SystemID: j.SystemID, Timeline: j.Timeline}
 	return nil
 }
 

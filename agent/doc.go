@@ -72,7 +72,8 @@
 //
 // The checkpoint, under <prefix>/.lenkwerk/checkpoint/<slot>, is
 //
-//	{"lsn":"0/16B3748","commit_lsn":"0/16B3720","time":"…","tables":{"storage.config":"<shape>",…}}
+//	{"lsn":"0/16B3748","commit_lsn":"0/16B3720","time":"…","tables":{"storage.config":"<shape>",…},
+//	 "system_id":"7312…","timeline":1}
 //
 // where lsn is the commit END LSN of the last applied transaction (or the
 // slot's consistent point after a copy, or an idle keepalive position) and
@@ -104,6 +105,23 @@
 //   - after that copy, before the stream passed its consistent point: the
 //     restart replays the table's older changes over the copy; its keys show
 //     older values during the catch-up and end equal (last write wins).
+//
+// # The database's history (failover, restore)
+//
+// system_id and timeline are the server's IDENTIFY_SYSTEM answer when the
+// checkpoint was written. Before streaming, each session (every fan-out
+// slot has its own) checks the checkpoint against the server (history.go):
+// another system id, a timeline that is not on the server's history
+// (TIMELINE_HISTORY), or an LSN past where its timeline ends there (a
+// promoted standby that lacked changes, a point-in-time restore) or past
+// the server's WAL end lead to a full copy, as does a slot whose WAL the
+// server no longer has. Otherwise (a switchover where the standby had
+// everything and carries the slot) it streams on. A checkpoint without
+// the fields (written by an older agent) resumes as before. The causes are
+// counted in lenkwerk_agent_resyncs_total{cause}. A server in recovery is
+// never a source: the session fails ("read-only standby") and retries.
+// With Config.SyncStandbys, transactions, copies and idle checkpoints reach
+// the store only once the named standbys flushed them (syncstandby.go).
 //
 // # Initial sync, resync, new tables, schema changes
 //

@@ -26,6 +26,8 @@ import (
 //	lenkwerk_agent_changes_skipped_total{store}            counter: changes left out by `lenkwerk skip`
 //	lenkwerk_agent_role{store,role}                        gauge: 1 for the current role (active, standby, blocked, down)
 //	lenkwerk_agent_retained_wal_bytes{store}               gauge
+//	lenkwerk_agent_resyncs_total{store,cause}              counter: full copies, by cause (no_checkpoint,
+//	                                                       slot_missing, slot_ahead, other_system, history_diverged)
 //
 // cause and kind are one of slot_in_use, database, store, value, data,
 // fenced, other.
@@ -55,6 +57,7 @@ type Metrics struct {
 	reconnects   *prometheus.CounterVec
 	errs         *prometheus.CounterVec
 	skipped      *prometheus.CounterVec
+	resyncs      *prometheus.CounterVec
 	live         *liveCollector
 }
 
@@ -92,13 +95,17 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Namespace: metricsNamespace, Name: "changes_skipped_total",
 			Help: "Changes the agent could not mirror and left out as `lenkwerk skip` instructed.",
 		}, []string{"store"}),
+		resyncs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: metricsNamespace, Name: "resyncs_total",
+			Help: "Full copies of every published table, by cause: no_checkpoint, slot_missing, slot_undecodable (could not map filenode), slot_wal_removed (the WAL the slot needs is gone), slot_ahead (the store lost changes), other_system (another database cluster), history_diverged (a failover or restore cut the checkpoint off the database's history).",
+		}, []string{"store", "cause"}),
 		live: &liveCollector{},
 	}
 	m.live.lagBytes = prometheus.NewDesc(metricsNamespace+"_replication_lag_bytes", "WAL the server has that the store does not have yet (server WAL end minus the applied position).", []string{"store"}, nil)
 	m.live.lagSeconds = prometheus.NewDesc(metricsNamespace+"_replication_lag_seconds", "Age of the oldest change not yet in the store (0 when caught up).", []string{"store"}, nil)
 	m.live.role = prometheus.NewDesc(metricsNamespace+"_role", "1 for the agent's current role for its slot: active (holds the slot, streams), standby (waits while another agent holds it), blocked (retries a change it cannot mirror) or down (connecting or retrying after a failure).", []string{"store", "role"}, nil)
 	m.live.retained = prometheus.NewDesc(metricsNamespace+"_retained_wal_bytes", "WAL the slot holds back on the server, as of the last publication poll.", []string{"store"}, nil)
-	for _, c := range []prometheus.Collector{m.txns, m.rows, m.applyLatency, m.storeWrite, m.reconnects, m.errs, m.skipped, m.live} {
+	for _, c := range []prometheus.Collector{m.txns, m.rows, m.applyLatency, m.storeWrite, m.reconnects, m.errs, m.skipped, m.resyncs, m.live} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -114,10 +121,14 @@ type agentMetrics struct {
 	reconnects   *prometheus.CounterVec // cause
 	errs         *prometheus.CounterVec // kind
 	skipped      prometheus.Counter
+	resyncs      *prometheus.CounterVec // cause
 }
 
 func (m *Metrics) forStore(name string) agentMetrics {
 	l := prometheus.Labels{"store": name}
+	for _, c := range resyncCauses {
+		m.resyncs.WithLabelValues(name, c)
+	}
 	return agentMetrics{
 		txns:         m.txns.With(l),
 		rows:         m.rows.With(l),
@@ -126,6 +137,7 @@ func (m *Metrics) forStore(name string) agentMetrics {
 		reconnects:   m.reconnects.MustCurryWith(l),
 		errs:         m.errs.MustCurryWith(l),
 		skipped:      m.skipped.With(l),
+		resyncs:      m.resyncs.MustCurryWith(l),
 	}
 }
 
@@ -199,7 +211,7 @@ func errorKind(err error) string {
 		return kindData
 	case errors.As(err, &se):
 		return kindStore
-	case errors.As(err, &pgErr), errors.As(err, &netErr), pgconn.Timeout(err), isConnErr(err):
+	case errors.As(err, &pgErr), errors.As(err, &netErr), pgconn.Timeout(err), isConnErr(err), errors.Is(err, errStandby):
 		return kindDatabase
 	}
 	return kindOther

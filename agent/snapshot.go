@@ -101,7 +101,11 @@ func (s *session) initialSync(ctx context.Context) error {
 		return fmt.Errorf("initial sync: %w", err)
 	}
 	exp.close()
-	ck := Checkpoint{LSN: point, Time: time.Now().UTC(), Tables: tables}
+	// The snapshot holds what was committed at the consistent point.
+	if err := s.waitStandbys(ctx, point); err != nil {
+		return fmt.Errorf("initial sync: %w", err)
+	}
+	ck := Checkpoint{LSN: point, Time: time.Now().UTC(), Tables: tables, SystemID: s.hist.SystemID, Timeline: s.hist.Timeline}
 	if err := s.applyAll(ctx, append(ops, kvdriver.Put(s.a.ckptKey, ck.value())), true); err != nil {
 		return fmt.Errorf("initial sync: %w", err)
 	}
@@ -127,7 +131,11 @@ func (s *session) copyTable(ctx context.Context, t tableInfo) error {
 	if err != nil {
 		return err
 	}
+	if err := s.waitStandbys(ctx, point); err != nil {
+		return fmt.Errorf("copy table %s: %w", t.qualified(), err)
+	}
 	ck := s.ckpt
+	ck.SystemID, ck.Timeline = s.hist.SystemID, s.hist.Timeline
 	ck.Tables = maps.Clone(s.tables)
 	ck.Tables[t.qualified()] = t.shape
 	if err := s.applyAll(ctx, append(ops, kvdriver.Put(s.a.ckptKey, ck.value())), true); err != nil {

@@ -44,10 +44,16 @@ type session struct {
 	// unmirrored are tables no longer published whose old changes were
 	// seen (logged once).
 	unmirrored map[string]bool
-	ckpt       Checkpoint               // last checkpoint the store acknowledged
-	tables     map[string]string        // copied tables → shape; stored with the next checkpoint
-	pub        map[string]tableInfo     // the publication's tables at the last poll
-	copiedAt   map[string]pglogrepl.LSN // tables copied while streaming → consistent point
+	ckpt       Checkpoint // last checkpoint the store acknowledged
+	// hist is the server's history as the session found it; every
+	// checkpoint it writes records its system id and timeline.
+	hist serverHistory
+	// standbyFlushed is how far the standbys of Config.SyncStandbys have
+	// flushed, as last read.
+	standbyFlushed pglogrepl.LSN
+	tables         map[string]string        // copied tables → shape; stored with the next checkpoint
+	pub            map[string]tableInfo     // the publication's tables at the last poll
+	copiedAt       map[string]pglogrepl.LSN // tables copied while streaming → consistent point
 
 	// fence is the checkpoint key's ModRevision as this session last read
 	// or wrote it (0: absent). Every batch requires it, so a batch of an
@@ -115,6 +121,15 @@ func (a *Agent) openSession(ctx context.Context, wait bool) (*session, error) {
 		conn.Close(context.Background())
 		return nil, fmt.Errorf("open replication connection: %w", err)
 	}
+	// A standby is never the source: with a multi-host URL pgx skips it
+	// (target_session_attrs=read-write); a URL naming it alone lands here,
+	// and the agent retries until it is promoted or the URL points
+	// elsewhere.
+	if err := checkPrimary(ctx, conn); err != nil {
+		conn.Close(context.Background())
+		repl.Close(context.Background())
+		return nil, err
+	}
 	// One agent per slot at a time, from the initial copy on: PostgreSQL
 	// releases a slot between CREATE_REPLICATION_SLOT and
 	// START_REPLICATION, so two agents could otherwise drop and recreate
@@ -138,7 +153,26 @@ func (a *Agent) openSession(ctx context.Context, wait bool) (*session, error) {
 			return nil, err
 		}
 	}
+	hist, err := identify(ctx, repl)
+	if err != nil {
+		conn.Close(context.Background())
+		repl.Close(context.Background())
+		a.update(func(st *Status) { st.Active = false })
+		return nil, err
+	}
+	// With a multi-host URL the two connections are made apart: both must
+	// have reached the same database system (best effort: the role may
+	// not read pg_control_system()).
+	var sysID string
+	if err := conn.QueryRow(ctx, `SELECT system_identifier::text FROM pg_control_system()`).Scan(&sysID); err == nil && sysID != hist.SystemID {
+		conn.Close(context.Background())
+		repl.Close(context.Background())
+		a.update(func(st *Status) { st.Active = false })
+		return nil, fmt.Errorf("the query connection reached database system %s, the replication connection %s (%s): retrying", sysID, hist.SystemID, repl.Conn().RemoteAddr())
+	}
+	a.update(func(st *Status) { st.SystemID, st.Timeline = hist.SystemID, hist.Timeline })
 	s := &session{
+		hist:       hist,
 		a:          a,
 		conn:       conn,
 		repl:       repl,
@@ -156,6 +190,21 @@ func (a *Agent) openSession(ctx context.Context, wait bool) (*session, error) {
 	s.pipe = newPipeline(s)
 	s.ckReserve = checkpointReserve(a.ckptKey, nil)
 	return s, nil
+}
+
+// errStandby: the server is a standby (in recovery, read-only).
+var errStandby = errors.New("the database server is a read-only standby (in recovery), not the primary: retrying (name every server in a multi-host URL with target_session_attrs=read-write to find the primary)")
+
+// checkPrimary fails with errStandby on a server in recovery.
+func checkPrimary(ctx context.Context, conn *pgx.Conn) error {
+	var recovery bool
+	if err := conn.QueryRow(ctx, `SELECT pg_is_in_recovery()`).Scan(&recovery); err != nil {
+		return fmt.Errorf("check the server is the primary: %w", err)
+	}
+	if recovery {
+		return fmt.Errorf("%s: %w", conn.PgConn().Conn().RemoteAddr(), errStandby)
+	}
+	return nil
 }
 
 // checkpointReserve is an upper bound of a checkpoint write's bytes.
@@ -287,30 +336,51 @@ func (s *session) waitSlotFree(ctx context.Context) error {
 	}
 }
 
-// checkSlot reports whether streaming can resume from ck: the slot must
-// exist and must not have been confirmed past ck (the agent confirms only
-// what the store has, so a slot ahead of the store means the store lost
-// changes, e.g. it was restored from a backup). Otherwise the store is
-// copied again.
-func (s *session) checkSlot(ctx context.Context, ck Checkpoint) (bool, error) {
+// checkResume reports whether streaming can resume from ck, "", or else
+// why the store must be copied again (a resync cause). The checkpoint must
+// be on the server's current history: of the same database system, and
+// not past where its timeline ends on the server's timeline history (a
+// promoted standby or a point-in-time restore forks the history; an LSN
+// of the lost branch may lie ahead of changes committed after the fork,
+// which streaming from it would skip). Then the slot must exist and must
+// not have been confirmed past ck (the agent confirms only what the store
+// has, so a slot ahead of the store means the store lost changes, e.g. it
+// was restored from a backup).
+func (s *session) checkResume(ctx context.Context, ck Checkpoint) (string, error) {
+	if cause, why := s.hist.verdict(ck); cause != "" {
+		s.a.log.Warn("the database's history changed under the store: copying every table again", "cause", cause, "reason", why,
+			"checkpoint", ck.LSN, "checkpoint_system_id", ck.SystemID, "checkpoint_timeline", ck.Timeline,
+			"system_id", s.hist.SystemID, "timeline", s.hist.Timeline)
+		return cause, nil
+	}
+	if s.a.slotWALGone {
+		s.a.slotWALGone = false
+		s.a.log.Warn("the replication slot cannot be streamed, the WAL it needs is gone: copying every table again", "cause", resyncSlotWALGone, "checkpoint", ck.LSN)
+		return resyncSlotWALGone, nil
+	}
 	var plugin string
 	var confirmed pglogrepl.LSN
 	err := s.conn.QueryRow(ctx, `SELECT plugin::text, coalesce(confirmed_flush_lsn, '0/0')::text FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()`, s.a.cfg.Slot).Scan(&plugin, &confirmed)
 	if errors.Is(err, pgx.ErrNoRows) {
-		s.a.log.Warn("replication slot is missing: copying every table again", "checkpoint", ck.LSN)
-		return false, nil
+		s.a.log.Warn("replication slot is missing: copying every table again", "cause", resyncSlotMissing, "checkpoint", ck.LSN)
+		return resyncSlotMissing, nil
 	}
 	if err != nil {
-		return false, fmt.Errorf("look up replication slot %s: %w", s.a.cfg.Slot, err)
+		return "", fmt.Errorf("look up replication slot %s: %w", s.a.cfg.Slot, err)
 	}
 	if plugin != "pgoutput" {
-		return false, fmt.Errorf("replication slot %s uses plugin %s, not pgoutput", s.a.cfg.Slot, plugin)
+		return "", fmt.Errorf("replication slot %s uses plugin %s, not pgoutput", s.a.cfg.Slot, plugin)
 	}
 	if confirmed > ck.LSN {
-		s.a.log.Warn("store checkpoint is behind the replication slot (store restored or replaced?): copying every table again", "checkpoint", ck.LSN, "slot_confirmed", confirmed)
-		return false, nil
+		s.a.log.Warn("store checkpoint is behind the replication slot (store restored or replaced?): copying every table again", "cause", resyncSlotAhead, "checkpoint", ck.LSN, "slot_confirmed", confirmed)
+		return resyncSlotAhead, nil
 	}
-	return true, nil
+	if ck.Timeline != 0 && ck.Timeline != s.hist.Timeline {
+		end, _ := s.hist.end(ck.Timeline)
+		s.a.log.Info("the database changed timeline; the checkpoint is on its history: streaming on", "checkpoint", ck.LSN,
+			"checkpoint_timeline", ck.Timeline, "timeline", s.hist.Timeline, "timeline_switch", end)
+	}
+	return "", nil
 }
 
 // setCheckpoint makes ck, which the store holds, the session's position.
@@ -544,7 +614,25 @@ func (s *session) advanceIdle(ctx context.Context, lsn pglogrepl.LSN, urgent boo
 	if err := s.sync(ctx); err != nil {
 		return err
 	}
-	ck := Checkpoint{LSN: lsn, Time: time.Now().UTC(), Tables: maps.Clone(s.tables)}
+	if len(s.a.cfg.SyncStandbys) > 0 {
+		// Nor past what the standbys have: after a failover to one of
+		// them the checkpoint must still be on the history.
+		flushed, _, err := s.standbysFlushed(ctx, s.a.cfg.SyncStandbys)
+		if err != nil {
+			return err
+		}
+		s.standbyFlushed = flushed
+		if flushed < lsn {
+			if urgent {
+				return fmt.Errorf("the server asks to confirm %s (stopping?) and the standbys of --sync-standbys have flushed only %s; releasing the slot", lsn, flushed)
+			}
+			lsn = flushed
+		}
+		if lsn <= s.ckpt.LSN {
+			return nil
+		}
+	}
+	ck := Checkpoint{LSN: lsn, Time: time.Now().UTC(), Tables: maps.Clone(s.tables), SystemID: s.hist.SystemID, Timeline: s.hist.Timeline}
 	actx, cancel := context.WithTimeout(ctx, min(s.a.cfg.ApplyTimeout, 2*time.Second))
 	t := time.Now()
 	rev, err := s.a.cfg.Store.Apply(actx, []kvdriver.Op{kvdriver.Require(s.a.ckptKey, s.fence), kvdriver.Put(s.a.ckptKey, ck.value())})
@@ -860,7 +948,10 @@ func (s *session) commit(ctx context.Context, m *pglogrepl.CommitMessage) error 
 			return err
 		}
 	}
-	ck := &Checkpoint{LSN: m.TransactionEndLSN, CommitLSN: m.CommitLSN, Time: m.CommitTime.UTC(), Tables: maps.Clone(s.tables)}
+	if err := s.waitStandbys(ctx, m.TransactionEndLSN); err != nil {
+		return err
+	}
+	ck := &Checkpoint{LSN: m.TransactionEndLSN, CommitLSN: m.CommitLSN, Time: m.CommitTime.UTC(), Tables: maps.Clone(s.tables), SystemID: s.hist.SystemID, Timeline: s.hist.Timeline}
 	txn := &commitInfo{xid: s.xid, commitLSN: m.CommitLSN, endLSN: m.TransactionEndLSN, time: m.CommitTime, rows: s.rows}
 	s.outstanding = append(s.outstanding, m.CommitTime)
 	if err := s.submit(ctx, s.buf.take(), nil, ck, ck, txn); err != nil {

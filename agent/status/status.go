@@ -61,6 +61,11 @@ type Report struct {
 	RestartLSN        string `json:"restart_lsn,omitempty"`
 	ConfirmedFlushLSN string `json:"confirmed_flush_lsn,omitempty"`
 	CurrentWALLSN     string `json:"current_wal_lsn"`
+	// SystemID and Timeline are the database's system identifier and
+	// current timeline ("" and 0 when the role may not read them:
+	// pg_control_system()).
+	SystemID string `json:"system_id,omitempty"`
+	Timeline int32  `json:"timeline,omitempty"`
 	// RetainedWALBytes is pg_current_wal_lsn() - restart_lsn: WAL the
 	// server keeps for the slot.
 	RetainedWALBytes int64 `json:"retained_wal_bytes"`
@@ -95,6 +100,10 @@ type Checkpoint struct {
 	LSN       string    `json:"lsn"`
 	CommitLSN string    `json:"commit_lsn,omitempty"`
 	Time      time.Time `json:"time"`
+	// SystemID and Timeline are those of the database the checkpoint was
+	// taken on; empty for a checkpoint written before they were recorded.
+	SystemID string `json:"system_id,omitempty"`
+	Timeline int32  `json:"timeline,omitempty"`
 }
 
 // OK reports whether the Report has no warnings.
@@ -128,7 +137,7 @@ func Read(ctx context.Context, opts Options) (*Report, error) {
 		return nil, fmt.Errorf("status: %w", err)
 	}
 	if ok {
-		r.Checkpoint = &Checkpoint{LSN: ckpt.LSN.String(), Time: ckpt.Time.UTC()}
+		r.Checkpoint = &Checkpoint{LSN: ckpt.LSN.String(), Time: ckpt.Time.UTC(), SystemID: ckpt.SystemID, Timeline: ckpt.Timeline}
 		if ckpt.CommitLSN != 0 {
 			r.Checkpoint.CommitLSN = ckpt.CommitLSN.String()
 		}
@@ -158,6 +167,11 @@ func (r *Report) warn(opts Options) {
 	if r.Checkpoint == nil {
 		r.Warnings = append(r.Warnings, fmt.Sprintf("the store has no checkpoint for slot %q under prefix %q: the agent has not synced it yet (or --prefix/--kv name another store)", r.Slot, opts.Prefix))
 	}
+	if c := r.Checkpoint; c != nil && c.SystemID != "" && r.SystemID != "" && c.SystemID != r.SystemID {
+		r.Warnings = append(r.Warnings, fmt.Sprintf("the store's checkpoint is of database system %s, the database is %s: the store mirrors another database; the agent copies everything again at its next start", c.SystemID, r.SystemID))
+	} else if c != nil && c.Timeline != 0 && r.Timeline != 0 && c.Timeline != r.Timeline {
+		r.Warnings = append(r.Warnings, fmt.Sprintf("the store's checkpoint is of timeline %d, the database is on timeline %d (failover or restore): the agent checks the timeline history at its next start and copies everything again if the checkpoint is not on it", c.Timeline, r.Timeline))
+	}
 	if r.Checkpoint != nil && r.LagSeconds > opts.WarnLag.Seconds() {
 		r.Warnings = append(r.Warnings, fmt.Sprintf("the store is %s behind the database (more than %s): the agent is stalled or slow; its /readyz and log say why "+
 			"(a change it cannot mirror holds back everything after it until 'lenkwerk skip' leaves it out)",
@@ -181,6 +195,13 @@ func readSlot(ctx context.Context, databaseURL string, r *Report) (pglogrepl.LSN
 		return 0, fmt.Errorf("status: current WAL LSN %q: %w", current, err)
 	}
 	r.CurrentWALLSN = current
+	// Best effort: pg_control_system() may be closed to the role. The
+	// timeline is the current WAL file's.
+	var sysID *string
+	var tli *int32
+	if err := conn.QueryRow(ctx, `SELECT system_identifier::text, ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int FROM pg_control_system()`).Scan(&sysID, &tli); err == nil && tli != nil {
+		r.SystemID, r.Timeline = deref(sysID), *tli
+	}
 	var (
 		database, plugin, walStatus, restart, confirmed *string
 		pid                                             *int32

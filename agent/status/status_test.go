@@ -126,6 +126,11 @@ func TestRunningAgent(t *testing.T) {
 	if r.ActivePID == 0 || !r.OK() {
 		t.Fatalf("report = %+v, want an active pid and no warnings", r)
 	}
+	// The database's history and the checkpoint's (readable by the
+	// agent's role).
+	if r.SystemID == "" || r.Timeline != 1 || r.Checkpoint.SystemID != r.SystemID || r.Checkpoint.Timeline != 1 {
+		t.Fatalf("database system %q timeline %d, checkpoint system %q timeline %d; want the same, timeline 1", r.SystemID, r.Timeline, r.Checkpoint.SystemID, r.Checkpoint.Timeline)
+	}
 	ckpt, _ := pglogrepl.ParseLSN(r.Checkpoint.LSN)
 	current, _ := pglogrepl.ParseLSN(r.CurrentWALLSN)
 	if want := max(0, int64(current)-int64(ckpt)); r.LagBytes != want {

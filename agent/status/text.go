@@ -30,6 +30,9 @@ func (r *Report) WriteText(w io.Writer) error {
 		line("confirmed_flush_lsn", "%s", orNone(r.ConfirmedFlushLSN))
 	}
 	line("current_wal_lsn", "%s", r.CurrentWALLSN)
+	if r.SystemID != "" {
+		line("database", "system %s, timeline %d", r.SystemID, r.Timeline)
+	}
 	if r.SlotExists {
 		line("retained_wal", "%s (%d bytes; warning above %s)", Bytes(r.RetainedWALBytes), r.RetainedWALBytes, Bytes(r.WarnRetainedBytes))
 		line("wal_status", "%s", orNone(r.WALStatus))
@@ -47,6 +50,11 @@ func (r *Report) WriteText(w io.Writer) error {
 			commit = " commit " + c.CommitLSN
 		}
 		line("checkpoint", "%s%s at %s", c.LSN, commit, c.Time.Format(time.RFC3339))
+		if c.SystemID != "" {
+			line("checkpoint_of", "system %s, timeline %d", c.SystemID, c.Timeline)
+		} else {
+			line("checkpoint_of", "unknown (written before system and timeline were recorded)")
+		}
 		line("lag_bytes", "%d (%s)", r.LagBytes, Bytes(r.LagBytes))
 		line("lag_seconds", "%.1f (warning above %s)", r.LagSeconds, time.Duration(r.WarnLagSeconds*float64(time.Second)))
 	}

@@ -31,6 +31,13 @@
 // undecodable through a PostgreSQL bug (could not map filenode), so tests
 // can check what a consumer does with such a slot.
 //
+// For failover and restore tests: StartStandby (pg_basebackup -R), Kill (a
+// crash), TakeOver (a stopped standby promoted at the dead primary's
+// port), Promote, CopySlot/SaveSlot/InstallSlot (a logical slot's state
+// copied into another cluster, as Patroni's permanent slots do), and
+// ArchiveSettings, BaseBackup and RestoreBackup (point-in-time restore
+// with recovery_target_lsn).
+//
 // Outside tests (lenkwerk dev), Start starts a cluster and the caller
 // stops it with Stop (keeping its files) or Destroy:
 //

@@ -10,6 +10,7 @@ import (
 	"os"
 	"regexp"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -208,12 +209,22 @@ func runAgent(ctx context.Context, args []string) error {
 	statusInterval := fs.Duration("status-interval", agent.DefaultStatusInterval, "longest time between standby status updates (keep below wal_sender_timeout)")
 	metricsAddr := fs.String("metrics-addr", envOr("LENKWERK_METRICS_ADDR", ""), "serve /metrics, /healthz and /readyz on this `address`, e.g. 127.0.0.1:9187 (:9187 listens on every interface) (env LENKWERK_METRICS_ADDR; empty: off)")
 	readyLag := fs.Duration("ready-lag", agent.DefaultReadyLag, "/readyz answers 503 when the lag reaches this bound")
+	syncStandbys := fs.String("sync-standbys", envOr("LENKWERK_SYNC_STANDBYS", ""), "apply a transaction to the store only once these standbys (`application_name,...` in pg_stat_replication) flushed its commit, so a failover to one of them never takes back a value the store showed (env LENKWERK_SYNC_STANDBYS; empty: off)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	cfgs, specs, err := f.configs(ctx, fs)
 	if err != nil {
 		return err
+	}
+	var standbys []string
+	for _, n := range strings.Split(*syncStandbys, ",") {
+		if n = strings.TrimSpace(n); n != "" {
+			standbys = append(standbys, n)
+		}
+	}
+	if err := agent.CheckSyncStandbys(standbys); err != nil {
+		return fmt.Errorf("--sync-standbys: %w", err)
 	}
 	gcPercent, memLimit := tuneGC()
 	slog.Debug("garbage collector", "gogc", gcPercent, "memory_limit_bytes", memLimit)
@@ -254,6 +265,7 @@ func runAgent(ctx context.Context, args []string) error {
 		cfg, sp := cfgs[i], specs[i]
 		cfg.StatusInterval = *statusInterval
 		cfg.Metrics = metrics
+		cfg.SyncStandbys = standbys
 		wg.Go(func() {
 			errs[i] = runStream(ctx, cfg, sp, func(a *agent.Agent) {
 				mu.Lock()

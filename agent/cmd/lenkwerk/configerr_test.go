@@ -41,6 +41,7 @@ func TestConfigErrorsExitAtStart(t *testing.T) {
 		{"template of a view", []string{"--key-template", "pg_catalog.pg_roles=/Roles/{rolname}"}, "not a table"},
 		{"template column not published", []string{"--key-template", "public.partial=/Partial/{name}"}, `column "name" is not in publication bagger_lw_storage's column list`},
 		{"template missing column, unpublished table", []string{"--key-template", "public.extra=/Extra/{nope}"}, `no column "nope"`},
+		{"sync standby name with a space", []string{"--sync-standbys", "sb1,bad name"}, `--sync-standbys: invalid standby name "bad name"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			rctx, cancel := context.WithTimeout(ctx, 20*time.Second)

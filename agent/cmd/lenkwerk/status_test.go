@@ -83,7 +83,7 @@ func TestStatusCommand(t *testing.T) {
 		}
 		col = len(name) + 1 + i
 	}
-	for _, want := range []string{"slot:", "exists:", "active:", "plugin:", "restart_lsn:", "confirmed_flush_lsn:", "retained_wal:", "wal_status:", "safe_wal_size:", "checkpoint:", "lag_bytes:", "lag_seconds:"} {
+	for _, want := range []string{"slot:", "exists:", "active:", "plugin:", "restart_lsn:", "confirmed_flush_lsn:", "retained_wal:", "wal_status:", "safe_wal_size:", "checkpoint:", "lag_bytes:", "lag_seconds:", "database:", "checkpoint_of:"} {
 		if !strings.Contains(out, "\n"+want) && !strings.HasPrefix(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}
@@ -94,7 +94,7 @@ func TestStatusCommand(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &m); err != nil {
 		t.Fatalf("--json: %v\n%s", err, out)
 	}
-	for _, k := range []string{"slot", "slot_exists", "active", "plugin", "restart_lsn", "confirmed_flush_lsn", "current_wal_lsn", "retained_wal_bytes", "wal_status", "safe_wal_size", "checkpoint", "lag_bytes", "lag_seconds", "warn_retained_wal_bytes", "warn_lag_seconds", "warnings"} {
+	for _, k := range []string{"slot", "slot_exists", "active", "plugin", "restart_lsn", "confirmed_flush_lsn", "current_wal_lsn", "retained_wal_bytes", "wal_status", "safe_wal_size", "checkpoint", "lag_bytes", "lag_seconds", "warn_retained_wal_bytes", "warn_lag_seconds", "warnings", "system_id", "timeline"} {
 		if _, has := m[k]; !has {
 			t.Errorf("--json lacks %q: %s", k, out)
 		}
