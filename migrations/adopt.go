@@ -32,10 +32,10 @@ var (
 	ErrNoBaggerExtension = errors.New("no Bagger extension " + BaggerExtension + " to adopt")
 	// ErrBaggerMismatch: the extension's objects are not those of
 	// bagger_lw_storage 0.0.1; nothing was changed.
-	ErrBaggerMismatch = errors.New("Bagger's extension is not the one Lenkwerk adopts")
+	ErrBaggerMismatch = errors.New("the Bagger extension found is not the one Lenkwerk adopts")
 	// ErrBaggerInstalled: Up or Goto on a database holding Bagger's
 	// extension, which Adopt takes over; nothing was changed.
-	ErrBaggerInstalled = errors.New("Bagger's extension " + BaggerExtension + " is installed")
+	ErrBaggerInstalled = errors.New("the Bagger extension " + BaggerExtension + " is installed")
 	// ErrSlotInUse: Bagger's agent streams its slot, which Lenkwerk's
 	// replaces; stop it and run Adopt (or Up) again.
 	ErrSlotInUse = errors.New("replication slot in use")

@@ -9,9 +9,6 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// firstNormalObjectID is FirstNormalObjectId: OIDs below it are built in.
-const firstNormalObjectID = 16384
-
 // Querier reads the catalog; *pgx.Conn, *pgxpool.Pool and pgx.Tx satisfy it.
 type Querier interface {
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)

@@ -99,7 +99,7 @@ func (p *SlotPoison) Spring(ctx context.Context, slot, truncate, write string) (
 	if err != nil {
 		return nil, fmt.Errorf("slot poison: %s: %w", write, err)
 	}
-	if _, err := o.Exec(ctx, "COMMIT"); err == nil {
+	if _, err = o.Exec(ctx, "COMMIT"); err == nil {
 		err = waitConsistent(ctx, admin, slot)
 	}
 	if err != nil {

@@ -109,7 +109,10 @@ func recommendedHBA(t *testing.T) []string {
 		t.Fatal(err)
 	}
 	_, block, ok := strings.Cut(string(doc), "```\n# pg_hba.conf for Lenkwerk")
-	if block, _, ok = strings.Cut(block, "```"); !ok {
+	if ok {
+		block, _, ok = strings.Cut(block, "```")
+	}
+	if !ok {
 		t.Fatal("README.md has no pg_hba.conf block starting \"# pg_hba.conf for Lenkwerk\"")
 	}
 	_, block, _ = strings.Cut(block, "\n") // the rest of the marker line

@@ -158,20 +158,6 @@ func (w *watcher) end(within time.Duration) error {
 	return w.err
 }
 
-// quiet checks that no event arrives for d (a negative check, so it has to
-// wait; keep d short).
-func (w *watcher) quiet(d time.Duration, why string) {
-	w.t.Helper()
-	n := len(w.events)
-	timeout := time.NewTimer(d)
-	defer timeout.Stop()
-	for !w.closed && w.err == nil && w.recv(timeout) {
-	}
-	if len(w.events) > n {
-		w.t.Errorf("%s: %s, but got %s", w.name, why, fmtEvents(w.events[n:]))
-	}
-}
-
 func (w *watcher) summary() string {
 	return fmt.Sprintf("%d events in %d responses, up to revision %d; last events: %s",
 		len(w.events), w.nresp, w.progress, fmtEvents(tail(w.events, 5)))
