@@ -14,7 +14,7 @@ LENKWERK_ETCD_IMAGE  ?= lenkwerk/etcd:dev
 LENKWERK_PG_IMAGE    ?= lenkwerk/postgres:15
 export LENKWERK_AGENT_IMAGE LENKWERK_ETCD_IMAGE LENKWERK_PG_IMAGE
 
-.PHONY: all build test lint bench bench-go fuzz images clean
+.PHONY: all build test check lint staticcheck race bench bench-go fuzz images clean
 
 all: build
 
@@ -27,14 +27,31 @@ build:
 # with a spurious "context deadline exceeded" when a duration ends on a busy
 # machine (golang/go#75804, fixed in Go 1.27).
 TEST_FUZZTIME ?= 10000x
+# The packages whose goroutines share state (the agent's session and its
+# applier, the drivers' watchers and listeners) run under the race detector,
+# the others without it (it slows them several times).
+RACE_PKGS   := ./agent ./kvdriver/...
+ALL_LIST     = $(shell $(GO) list $(PKGS))
+RACE_LIST    = $(shell $(GO) list $(RACE_PKGS))
 test: build lint
-	LENKWERK_BIN=$(abspath $(BIN)) $(GO) test $(TESTFLAGS) $(PKGS)
+	LENKWERK_BIN=$(abspath $(BIN)) $(GO) test $(TESTFLAGS) $(filter-out $(RACE_LIST),$(ALL_LIST))
+	$(MAKE) --no-print-directory race
 	$(MAKE) --no-print-directory fuzz FUZZTIME=$(TEST_FUZZTIME)
 
-lint:
+# The fast loop: vet, gofmt, staticcheck and the race-detector tests.
+check: lint race
+
+race: build
+	LENKWERK_BIN=$(abspath $(BIN)) $(GO) test -race $(TESTFLAGS) $(RACE_PKGS)
+
+STATICCHECK ?= $(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2
+lint: staticcheck
 	$(GO) vet $(PKGS)
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+staticcheck:
+	$(STATICCHECK) $(PKGS)
 
 # The benchmark suite against real PostgreSQL, etcd and pgkv: every figure
 # next to a raw baseline measured in the same run, printed as the table of
