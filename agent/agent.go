@@ -12,6 +12,7 @@ import (
 
 	"github.com/bagger/lenkwerk/agent/keymap"
 	"github.com/bagger/lenkwerk/kvdriver"
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/prometheus/client_golang/prometheus"
@@ -500,19 +501,24 @@ func (a *Agent) session(ctx context.Context, syncOnly bool) (err error) {
 // causes it (see initialSync).
 func isUndecodable(err error) bool {
 	var pgErr *pgconn.PgError
-	return errors.As(err, &pgErr) && pgErr.Code == "XX000" && strings.HasPrefix(pgErr.Message, "could not map filenode")
+	return errors.As(err, &pgErr) && pgErr.Code == pgerrcode.InternalError && strings.HasPrefix(pgErr.Message, "could not map filenode")
 }
 
 // isWALRemoved reports the server's "requested WAL segment … has already
 // been removed" (undefined_file): the slot cannot be streamed, ever.
 func isWALRemoved(err error) bool {
 	var pgErr *pgconn.PgError
-	return errors.As(err, &pgErr) && pgErr.Code == "58P01" && strings.Contains(pgErr.Message, "requested WAL segment")
+	return errors.As(err, &pgErr) && pgErr.Code == pgerrcode.UndefinedFile && strings.Contains(pgErr.Message, "requested WAL segment")
 }
 
-// isSlotActive reports PostgreSQL's "replication slot … is active for PID …"
-// (object_in_use), which another consumer of the slot causes.
+// ErrSlotInUse: another consumer streams the slot, or another agent holds
+// its lock (the agent is then a standby).
+var ErrSlotInUse = errors.New("replication slot in use")
+
+// isSlotActive reports ErrSlotInUse or PostgreSQL's "replication slot … is
+// active for PID …" (object_in_use), which another consumer of the slot
+// causes.
 func isSlotActive(err error) bool {
 	var pgErr *pgconn.PgError
-	return errors.As(err, &pgErr) && pgErr.Code == "55006"
+	return errors.Is(err, ErrSlotInUse) || (errors.As(err, &pgErr) && pgErr.Code == pgerrcode.ObjectInUse)
 }

@@ -48,7 +48,7 @@ func (s *session) initialSync(ctx context.Context) error {
 		if pid != nil {
 			p = *pid
 		}
-		return &pgconn.PgError{Severity: "ERROR", Code: "55006", Message: fmt.Sprintf("replication slot %q is active for PID %d", slot, p)}
+		return fmt.Errorf("%w: replication slot %q is active for PID %d", ErrSlotInUse, slot, p)
 	}
 	s.a.log.Info("initial sync: copying every published table from a new snapshot")
 	// Tables the old checkpoint names: those no longer published have

@@ -12,6 +12,7 @@ import (
 
 	"github.com/bagger/lenkwerk/agent/pgjson"
 	"github.com/bagger/lenkwerk/kvdriver"
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -239,7 +240,7 @@ func (a *Agent) lock(ctx context.Context, conn *pgx.Conn, repl *pgconn.PgConn, w
 	locked, err := simpleBool(ctx, repl, "SELECT pg_try_advisory_lock("+key+")")
 	if err != nil {
 		var pgErr *pgconn.PgError
-		if errors.As(err, &pgErr) && pgErr.Code == "42501" { // insufficient_privilege
+		if errors.As(err, &pgErr) && pgErr.Code == pgerrcode.InsufficientPrivilege {
 			// Migration 8 leaves the agents' lock to lenkwerk_agent.
 			return fmt.Errorf("take the agent lock of slot %s: %w (only lenkwerk_agent, its members and superusers may take it: run the agent as lenkwerk_agent)", a.cfg.Slot, err)
 		}
@@ -248,7 +249,7 @@ func (a *Agent) lock(ctx context.Context, conn *pgx.Conn, repl *pgconn.PgConn, w
 	if locked {
 		return nil
 	}
-	inUse := &pgconn.PgError{Severity: "ERROR", Code: "55006", Message: fmt.Sprintf("replication slot %q is used by another Lenkwerk agent (it holds the agent's advisory lock)", a.cfg.Slot)}
+	inUse := fmt.Errorf("%w: replication slot %q is used by another Lenkwerk agent (it holds the agent's advisory lock)", ErrSlotInUse, a.cfg.Slot)
 	if !wait {
 		return inUse
 	}
@@ -270,7 +271,7 @@ func (a *Agent) lock(ctx context.Context, conn *pgx.Conn, repl *pgconn.PgConn, w
 		_, err := repl.Exec(rctx, "SELECT pg_advisory_lock("+key+")").ReadAll()
 		cancel()
 		var pgErr *pgconn.PgError
-		if errors.As(err, &pgErr) && pgErr.Code == "55P03" { // lock_not_available: another round
+		if errors.As(err, &pgErr) && pgErr.Code == pgerrcode.LockNotAvailable { // another round
 			a.mu.Lock()
 			a.stats.standbyRounds++
 			a.mu.Unlock()
