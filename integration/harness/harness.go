@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/bagger/lenkwerk/agent"
+	"github.com/bagger/lenkwerk/integration/containers"
 	"github.com/bagger/lenkwerk/kvdriver"
 	_ "github.com/bagger/lenkwerk/kvdriver/etcd" // etcd:// store URLs
 	_ "github.com/bagger/lenkwerk/kvdriver/pgkv" // postgres:// store URLs
@@ -31,8 +32,8 @@ var ErrUnsupported = fmt.Errorf("harness: %w", errors.ErrUnsupported)
 // test shows.
 const logTail = 64 << 10
 
-// startTimeout bounds Start: images, servers, migrations and the agent's
-// initial sync.
+// startTimeout bounds Start: servers, migrations and the agent's initial
+// sync. Building the images comes before it and is not counted.
 const startTimeout = 3 * time.Minute
 
 // backend is what a Backend runs. Its methods other than newProc's
@@ -104,24 +105,31 @@ func Start(tb testing.TB, opts ...Option) *Stack {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
-	defer cancel()
 	if cfg.backend == "" {
 		cfg.backend = Local
-		if dockerAnswers(ctx) {
+		if dockerAnswers(context.Background()) {
 			cfg.backend = Containers
 		}
 	}
 	if err := cfg.validate(); err != nil {
 		tb.Fatal(err)
 	}
+	var img containers.Images
+	if cfg.backend == Containers {
+		// Before the clock starts: building cold images takes minutes on a
+		// busy machine (and parallel tests wait for the one build), and
+		// startTimeout is for bringing up the stack, not for the build.
+		img = containers.EnsureImages(tb)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
 	began := time.Now()
 	s := &Stack{tb: tb, cfg: cfg, backend: cfg.backend}
 	switch cfg.backend {
 	case Local:
 		s.b, err = startLocal(ctx, tb, cfg)
 	case Containers:
-		s.b, err = startContainers(ctx, tb, cfg)
+		s.b, err = startContainers(ctx, tb, cfg, img)
 	}
 	if err != nil {
 		tb.Fatalf("harness (%s backend): %v", cfg.backend, err)
