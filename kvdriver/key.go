@@ -40,7 +40,7 @@ func CleanPrefix(prefix string) (string, error) {
 	clean := prefix
 	if len(clean) > 1 && clean[len(clean)-1] == '/' {
 		clean = clean[:len(clean)-1]
-		if clean == "/" {
+		if clean[len(clean)-1] == '/' {
 			return "", fmt.Errorf("%w: prefix %q has an empty segment", ErrInvalidKey, prefix)
 		}
 	}

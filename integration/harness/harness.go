@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/bagger/lenkwerk/agent"
+	"github.com/bagger/lenkwerk/agent/keymap"
 	"github.com/bagger/lenkwerk/integration/containers"
 	"github.com/bagger/lenkwerk/kvdriver"
 	_ "github.com/bagger/lenkwerk/kvdriver/etcd" // etcd:// store URLs
@@ -319,8 +320,15 @@ func (s *Stack) Backend() Backend { return s.backend }
 // KVKind reports the kind of store the Stack runs.
 func (s *Stack) KVKind() KV { return s.cfg.kv }
 
-// Prefix is the agent's key prefix ("" unless WithPrefix).
-func (s *Stack) Prefix() string { return s.cfg.prefix }
+// Prefix is the agent's key prefix ("" unless WithPrefix), without the
+// trailing '/' WithPrefix may have been given (the agent drops it too), so
+// that Prefix()+"/Config/x" is a key.
+func (s *Stack) Prefix() string {
+	if p, err := keymap.CleanPrefix(s.cfg.prefix); err == nil {
+		return p
+	}
+	return s.cfg.prefix
+}
 
 // DatabaseURL is the Lenkwerk database's URL as a superuser, as the host
 // (the test) reaches it. On the containers backend it changes when
