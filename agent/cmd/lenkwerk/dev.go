@@ -244,8 +244,14 @@ func (d devInfo) print(stdout io.Writer) error {
 
 lenkwerk_config cannot log in (NOLOGIN); its URL logs in as
 %s, a member of it and nothing else, and takes the role
-(options=-c role=lenkwerk_config). The server wants the passwords over TCP
-and keeps its socket to its own OS user. In another terminal:
+with options=-c role=lenkwerk_config: libpq passes "-c role=…" as a
+startup setting, so the session runs as lenkwerk_config from its first
+statement, as if it had run SET ROLE lenkwerk_config (current_user is
+lenkwerk_config, session_user the login). Give your application's login
+the same: GRANT lenkwerk_config TO app_login, and
+options=-c%%20role%%3Dlenkwerk_config in its URL (or PGOPTIONS). The server
+wants the passwords over TCP and keeps its socket to its own OS user. In
+another terminal:
 
   export PGPASSFILE=%s
 `, d.adminURL, d.configURL, d.agentURL, d.kvURL, d.kvNote, d.dir, removed, d.passFile, devConfigLogin, d.passFile)
