@@ -10,8 +10,10 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/bagger/lenkwerk/agent"
@@ -45,6 +47,17 @@ func init() {
 }
 
 func runDev(ctx context.Context, args []string, stdout io.Writer) (err error) {
+	// A reader of stdout that went away (`lenkwerk dev | tee log`, Ctrl-C
+	// ends tee first) must not kill dev at its next write with SIGPIPE,
+	// before it stopped its server: the write fails instead, dev cleans up.
+	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
+	defer func() {
+		// Output that cannot be written once dev is shutting down is no
+		// failure: the cleanup is what counts.
+		if err != nil && ctx.Err() != nil && isWriteError(err) {
+			err = nil
+		}
+	}()
 	fs := newFlagSet("dev", devSynopsis)
 	kind := fs.String("kv", "etcd", "key-value store: etcd (embedded), postgres (pgkv in the same PostgreSQL) or mem (in this process)")
 	dir := fs.String("dir", "", "keep the data in `DIR` (and reuse it next time) instead of a temporary directory deleted on exit")
@@ -100,6 +113,19 @@ func runDev(ctx context.Context, args []string, stdout io.Writer) (err error) {
 			return err
 		}
 	}
+
+	// Before the server starts, so that no way of ending dev leaves it
+	// running (devwatch.go).
+	removeDir := root
+	if keep {
+		removeDir = ""
+	}
+	watch, err := startWatchdog(filepath.Join(root, "postgres"), removeDir)
+	if err != nil {
+		return err
+	}
+	// Last, after the server stopped: the watchdog then finds nothing to do.
+	undo = append([]func() error{watch.Close}, undo...)
 
 	fmt.Fprintf(os.Stderr, "lenkwerk dev: starting PostgreSQL in %s\n", root)
 	pg, err := pgtest.Start(ctx, devServerOptions(filepath.Join(root, "postgres"), *port))
@@ -214,6 +240,12 @@ func runDev(ctx context.Context, args []string, stdout io.Writer) (err error) {
 		stop = "Ctrl-C stops everything; the data stays in " + root
 	}
 	return showTree(showCtx, store, stdout, stop)
+}
+
+// isWriteError reports whether err is a failed write to a closed pipe or
+// terminal (EPIPE, EIO).
+func isWriteError(err error) bool {
+	return errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.EIO) || errors.Is(err, os.ErrClosed)
 }
 
 // devInfo is what lenkwerk dev tells its user.

@@ -53,6 +53,9 @@ func usage() {
 }
 
 func main() {
+	if dir := os.Getenv(watchdogEnv); dir != "" {
+		os.Exit(runWatchdog(dir))
+	}
 	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})))
 	if len(os.Args) == 3 && os.Args[1] == "help" {
 		// lenkwerk help CMD: the command's own help (flags, environment).
