@@ -1,9 +1,4 @@
-// Package prometheus_test checks the shipped alerting rules
-// (lenkwerk.rules.yaml) and Grafana dashboard
-// (../grafana/lenkwerk-dashboard.json) against a live agent: every metric,
-// label and label value they use exists in its real /metrics output, so a
-// renamed metric or label breaks the build, not the pager. promtool checks
-// and unit-tests the rules themselves (make rules).
+// The shipped rules and dashboard use only what a live agent exports.
 package prometheus_test
 
 import (
