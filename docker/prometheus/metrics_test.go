@@ -1,4 +1,5 @@
 // The shipped rules and dashboard use only what a live agent exports.
+
 package prometheus_test
 
 import (
