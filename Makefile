@@ -14,7 +14,7 @@ LENKWERK_ETCD_IMAGE  ?= lenkwerk/etcd:dev
 LENKWERK_PG_IMAGE    ?= lenkwerk/postgres:15
 export LENKWERK_AGENT_IMAGE LENKWERK_ETCD_IMAGE LENKWERK_PG_IMAGE
 
-.PHONY: all build test check lint staticcheck race rules bench bench-go fuzz images clean
+.PHONY: all build test check lint staticcheck race rules bench bench-go fuzz images images-monitoring clean
 
 all: build
 
@@ -94,6 +94,11 @@ fuzz:
 # whose inputs did not change is kept (FORCE=1 rebuilds).
 images:
 	bash docker/build-images.sh $(if $(FORCE),-f)
+
+# The images plus Prometheus for docker/compose.yaml's monitoring profile.
+LENKWERK_PROMETHEUS_IMAGE ?= lenkwerk/prometheus:dev
+images-monitoring:
+	LENKWERK_PROMETHEUS_IMAGE=$(LENKWERK_PROMETHEUS_IMAGE) bash docker/build-images.sh $(if $(FORCE),-f)
 
 clean:
 	rm -rf bin
