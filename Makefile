@@ -14,7 +14,7 @@ LENKWERK_ETCD_IMAGE  ?= lenkwerk/etcd:dev
 LENKWERK_PG_IMAGE    ?= lenkwerk/postgres:15
 export LENKWERK_AGENT_IMAGE LENKWERK_ETCD_IMAGE LENKWERK_PG_IMAGE
 
-.PHONY: all build test check lint staticcheck race bench bench-go fuzz images clean
+.PHONY: all build test check lint staticcheck race rules bench bench-go fuzz images images-monitoring clean
 
 all: build
 
@@ -33,7 +33,7 @@ TEST_FUZZTIME ?= 10000x
 RACE_PKGS   := ./agent ./kvdriver/...
 ALL_LIST     = $(shell $(GO) list $(PKGS))
 RACE_LIST    = $(shell $(GO) list $(RACE_PKGS))
-test: build lint
+test: build lint rules
 	LENKWERK_BIN=$(abspath $(BIN)) $(GO) test $(TESTFLAGS) $(filter-out $(RACE_LIST),$(ALL_LIST))
 	$(MAKE) --no-print-directory race
 	$(MAKE) --no-print-directory fuzz FUZZTIME=$(TEST_FUZZTIME)
@@ -43,6 +43,14 @@ check: lint race
 
 race: build
 	LENKWERK_BIN=$(abspath $(BIN)) $(GO) test -race $(TESTFLAGS) $(RACE_PKGS)
+
+# The shipped Prometheus alerting rules: valid, and each alert's unit tests
+# pass (promtool: Debian's prometheus package; .ci/run installs it). That
+# every metric and label they use exists is docker/prometheus's Go test.
+PROMTOOL ?= promtool
+rules:
+	$(PROMTOOL) check rules docker/prometheus/lenkwerk.rules.yaml
+	cd docker/prometheus && $(PROMTOOL) test rules lenkwerk.rules.test.yaml
 
 STATICCHECK ?= $(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2
 lint: staticcheck
@@ -86,6 +94,11 @@ fuzz:
 # whose inputs did not change is kept (FORCE=1 rebuilds).
 images:
 	bash docker/build-images.sh $(if $(FORCE),-f)
+
+# The images plus Prometheus for docker/compose.yaml's monitoring profile.
+LENKWERK_PROMETHEUS_IMAGE ?= lenkwerk/prometheus:dev
+images-monitoring:
+	LENKWERK_PROMETHEUS_IMAGE=$(LENKWERK_PROMETHEUS_IMAGE) bash docker/build-images.sh $(if $(FORCE),-f)
 
 clean:
 	rm -rf bin

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/bagger/lenkwerk/kvdriver"
@@ -17,9 +18,10 @@ import (
 const ReservedSegment = ".lenkwerk"
 
 // CheckpointKey is the store key holding the checkpoint of slot:
-// "<prefix>/.lenkwerk/checkpoint/<slot>".
+// "<prefix>/.lenkwerk/checkpoint/<slot>". A trailing '/' on prefix
+// changes nothing.
 func CheckpointKey(prefix, slot string) string {
-	return prefix + "/" + ReservedSegment + "/checkpoint/" + slot
+	return strings.TrimSuffix(prefix, "/") + "/" + ReservedSegment + "/checkpoint/" + slot
 }
 
 // Checkpoint is the agent's position in the replication stream, written in

@@ -47,6 +47,12 @@ const (
 	kindFenced = "fenced"
 )
 
+// kinds are every error kind: each series exists from the start, at 0, so
+// that an alert on its increase fires at the first error and the shipped
+// rules can be checked against a live agent's /metrics
+// (docker/prometheus).
+var kinds = []string{kindSlotInUse, kindDatabase, kindStore, kindValue, kindData, kindFenced, kindOther}
+
 // Metrics are the agents' Prometheus metrics. Create one per registry with
 // NewMetrics and share it between the agents of one process (Config.Metrics);
 // each agent reports under its own store label.
@@ -128,6 +134,10 @@ func (m *Metrics) forStore(name string) agentMetrics {
 	l := prometheus.Labels{"store": name}
 	for _, c := range resyncCauses {
 		m.resyncs.WithLabelValues(name, c)
+	}
+	for _, k := range kinds {
+		m.reconnects.With(prometheus.Labels{"store": name, "cause": k})
+		m.errs.With(prometheus.Labels{"store": name, "kind": k})
 	}
 	return agentMetrics{
 		txns:         m.txns.With(l),

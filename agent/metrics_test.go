@@ -117,6 +117,9 @@ func TestMetricsAndHealth(t *testing.T) {
 		{"lenkwerk_agent_replication_lag_bytes", nil, func(v float64) bool { return v >= 0 }, ">= 0"},
 		{"lenkwerk_agent_replication_lag_seconds", nil, func(v float64) bool { return v >= 0 && v < 10 }, "in [0, 10)"},
 		{"lenkwerk_agent_retained_wal_bytes", nil, func(v float64) bool { return v >= 0 }, ">= 0"},
+		// Every kind's series exists before its first error.
+		{"lenkwerk_agent_errors_total", []string{`kind="fenced"`}, func(v float64) bool { return v == 0 }, "0"},
+		{"lenkwerk_agent_reconnects_total", []string{`cause="store"`}, func(v float64) bool { return v == 0 }, "0"},
 	} {
 		v, ok := sample(text, c.name, append(c.labels, store)...)
 		if !ok || !c.check(v) {

@@ -107,9 +107,10 @@ func quoteKey(key string) string {
 }
 
 // SkipKey is the store key holding slot's skip instructions:
-// "<prefix>/.lenkwerk/skip/<slot>".
+// "<prefix>/.lenkwerk/skip/<slot>". A trailing '/' on prefix changes
+// nothing.
 func SkipKey(prefix, slot string) string {
-	return prefix + "/" + ReservedSegment + "/skip/" + slot
+	return strings.TrimSuffix(prefix, "/") + "/" + ReservedSegment + "/skip/" + slot
 }
 
 // Skip tells the agent to leave out one change it cannot mirror: the

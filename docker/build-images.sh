@@ -8,6 +8,7 @@
 #   LENKWERK_AGENT_IMAGE  (lenkwerk/agent:dev)    FROM scratch + static lenkwerk
 #   LENKWERK_ETCD_IMAGE   (lenkwerk/etcd:dev)     FROM scratch + docker/etcd
 #   LENKWERK_PG_IMAGE     (lenkwerk/postgres:15)  debootstrap'ed bookworm + postgresql-15
+#   LENKWERK_PROMETHEUS_IMAGE (unset: not built)  the same + Debian's prometheus
 #
 # An image is built only when its name contains "lenkwerk"; any other name
 # (postgres:16, quay.io/coreos/etcd:v3.5.17) is left to Docker to pull.
@@ -91,45 +92,68 @@ fi
 PG_PACKAGES=postgresql-15,postgresql-client-15
 # Bump when the pruning below changes, to make the cached root fs anew.
 PG_ROOTFS_VERSION=2
+# pg_base: the Debian bookworm root filesystem image (postgresql-15), made
+# with debootstrap once and cached; sets $base to its name.
+pg_base() {
+	rootfs_tag=$(echo "$PG_PACKAGES $PG_ROOTFS_VERSION" | sha256sum | cut -c1-12)
+	base=lenkwerk/pg-rootfs:bookworm-$rootfs_tag
+	tarball=$cache/pg-rootfs-bookworm-$rootfs_tag.tar
+	if ! docker image inspect "$base" >/dev/null 2>&1; then
+		if [ ! -s "$tarball" ]; then
+			if ! command -v debootstrap >/dev/null; then
+				log "installing debootstrap"
+				DEBIAN_FRONTEND=noninteractive apt-get update -qq
+				DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap >/dev/null
+			fi
+			log "debootstrap bookworm with $PG_PACKAGES (a few minutes, once)"
+			rfs=$cache/rootfs.tmp
+			rm -rf "$rfs"
+			debootstrap --variant=minbase --include="$PG_PACKAGES" bookworm "$rfs" http://deb.debian.org/debian >"$cache/debootstrap.log" 2>&1 ||
+				{ tail -20 "$cache/debootstrap.log" >&2; exit 1; }
+			# The package's own cluster and caches are dead weight, and
+			# so is JIT (LLVM and z3, 140 MB; the entrypoint sets
+			# jit=off, and without its provider PostgreSQL runs no JIT).
+			rm -rf "$rfs"/var/lib/postgresql/15 "$rfs"/etc/postgresql/15 \
+				"$rfs"/var/cache/apt/* "$rfs"/var/lib/apt/lists/* \
+				"$rfs"/usr/share/doc "$rfs"/usr/share/man "$rfs"/usr/share/info \
+				"$rfs"/usr/share/i18n \
+				"$rfs"/usr/lib/postgresql/15/lib/llvmjit* "$rfs"/usr/lib/postgresql/15/lib/bitcode \
+				"$rfs"/usr/lib/x86_64-linux-gnu/libLLVM-* "$rfs"/usr/lib/x86_64-linux-gnu/libz3.so*
+			find "$rfs"/usr/share/locale -mindepth 1 -maxdepth 1 ! -name 'locale.alias' -exec rm -rf {} + 2>/dev/null || true
+			tar -C "$rfs" -cf "$tarball.tmp" .
+			find "$cache" -maxdepth 1 -name 'pg-rootfs-*.tar' ! -name "${tarball##*/}" -delete
+			mv "$tarball.tmp" "$tarball"
+			rm -rf "$rfs"
+		fi
+		docker import "$tarball" "$base" >/dev/null
+	fi
+}
+
 if ours "$PG_IMAGE"; then
 	start=$SECONDS
 	h=$(sum docker/postgres/Dockerfile docker/postgres/entrypoint.sh <(echo "$PG_PACKAGES $PG_ROOTFS_VERSION"))
 	if current "$PG_IMAGE" "$h"; then
 		log "$PG_IMAGE is current"
 	else
-		rootfs_tag=$(echo "$PG_PACKAGES $PG_ROOTFS_VERSION" | sha256sum | cut -c1-12)
-		base=lenkwerk/pg-rootfs:bookworm-$rootfs_tag
-		tarball=$cache/pg-rootfs-bookworm-$rootfs_tag.tar
-		if ! docker image inspect "$base" >/dev/null 2>&1; then
-			if [ ! -s "$tarball" ]; then
-				if ! command -v debootstrap >/dev/null; then
-					log "installing debootstrap"
-					DEBIAN_FRONTEND=noninteractive apt-get update -qq
-					DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap >/dev/null
-				fi
-				log "debootstrap bookworm with $PG_PACKAGES (a few minutes, once)"
-				rfs=$cache/rootfs.tmp
-				rm -rf "$rfs"
-				debootstrap --variant=minbase --include="$PG_PACKAGES" bookworm "$rfs" http://deb.debian.org/debian >"$cache/debootstrap.log" 2>&1 ||
-					{ tail -20 "$cache/debootstrap.log" >&2; exit 1; }
-				# The package's own cluster and caches are dead weight, and
-				# so is JIT (LLVM and z3, 140 MB; the entrypoint sets
-				# jit=off, and without its provider PostgreSQL runs no JIT).
-				rm -rf "$rfs"/var/lib/postgresql/15 "$rfs"/etc/postgresql/15 \
-					"$rfs"/var/cache/apt/* "$rfs"/var/lib/apt/lists/* \
-					"$rfs"/usr/share/doc "$rfs"/usr/share/man "$rfs"/usr/share/info \
-					"$rfs"/usr/share/i18n \
-					"$rfs"/usr/lib/postgresql/15/lib/llvmjit* "$rfs"/usr/lib/postgresql/15/lib/bitcode \
-					"$rfs"/usr/lib/x86_64-linux-gnu/libLLVM-* "$rfs"/usr/lib/x86_64-linux-gnu/libz3.so*
-				find "$rfs"/usr/share/locale -mindepth 1 -maxdepth 1 ! -name 'locale.alias' -exec rm -rf {} + 2>/dev/null || true
-				tar -C "$rfs" -cf "$tarball.tmp" .
-				find "$cache" -maxdepth 1 -name 'pg-rootfs-*.tar' ! -name "${tarball##*/}" -delete
-				mv "$tarball.tmp" "$tarball"
-				rm -rf "$rfs"
-			fi
-			docker import "$tarball" "$base" >/dev/null
-		fi
+		pg_base
 		dbuild --build-arg "BASE=$base" --label "org.lenkwerk.inputs=$h" -t "$PG_IMAGE" docker/postgres
 		log "$PG_IMAGE built in $((SECONDS - start))s"
+	fi
+fi
+
+# Prometheus with the shipped rules (docker/compose.yaml, profile
+# monitoring): Debian's package on the same root filesystem. Only when
+# asked for (LENKWERK_PROMETHEUS_IMAGE set, as `make images-monitoring`
+# does): the tests do not need it.
+PROM_IMAGE=${LENKWERK_PROMETHEUS_IMAGE:-}
+if [ -n "$PROM_IMAGE" ] && ours "$PROM_IMAGE"; then
+	start=$SECONDS
+	h=$(sum docker/prometheus/Dockerfile <(echo "$PG_PACKAGES $PG_ROOTFS_VERSION"))
+	if current "$PROM_IMAGE" "$h"; then
+		log "$PROM_IMAGE is current"
+	else
+		pg_base
+		dbuild --build-arg "BASE=$base" --label "org.lenkwerk.inputs=$h" -t "$PROM_IMAGE" -f docker/prometheus/Dockerfile docker/prometheus
+		log "$PROM_IMAGE built in $((SECONDS - start))s"
 	fi
 fi

@@ -32,7 +32,9 @@
 // The root "/" is a prefix, not a key.
 //
 // Prefixes are path prefixes: "/Index" matches "/Index" and "/Index/7" but
-// not "/IndexField"; "/" matches every key.
+// not "/IndexField"; "/" matches every key. One trailing '/' on a prefix
+// changes nothing ("/Index/" is "/Index", as etcdctl users type it;
+// CleanPrefix): List and Watch of every driver accept it.
 //
 // A value is one JSON document in UTF-8 (ValidateValue); the empty value is
 // not one: delete the key instead. Drivers may normalise a document (jsonb

@@ -24,8 +24,34 @@ func ValidateKey(key string) error {
 	return nil
 }
 
-// ValidatePrefix is ValidateKey but also accepts the root "/".
-func ValidatePrefix(prefix string) error { return validatePath(prefix) }
+// ValidatePrefix reports whether prefix is a valid prefix: what CleanPrefix
+// accepts.
+func ValidatePrefix(prefix string) error {
+	_, err := CleanPrefix(prefix)
+	return err
+}
+
+// CleanPrefix returns prefix in its canonical form, the one the drivers
+// match with: the root "/" or a key (ValidateKey). One trailing '/' is
+// dropped, so "/Index/" means what "/Index" means, every key at or below
+// it, as etcdctl users type it; the error wraps ErrInvalidKey for anything
+// else that breaks the key rules ("/Index//", "//", "/a/../b").
+func CleanPrefix(prefix string) (string, error) {
+	clean := prefix
+	if len(clean) > 1 && clean[len(clean)-1] == '/' {
+		clean = clean[:len(clean)-1]
+		if clean[len(clean)-1] == '/' {
+			return "", fmt.Errorf("%w: prefix %q has an empty segment", ErrInvalidKey, prefix)
+		}
+	}
+	if err := validatePath(clean); err != nil {
+		if clean != prefix {
+			return "", fmt.Errorf("prefix %q: %w", prefix, err)
+		}
+		return "", err
+	}
+	return clean, nil
+}
 
 func validatePath(key string) error {
 	switch {
@@ -89,7 +115,11 @@ func ValidateValue(value []byte) error {
 
 // InPrefix reports whether key is at or below prefix ("/Index" holds
 // "/Index" and "/Index/1" but not "/IndexField"; "/" holds every key).
+// A trailing '/' on prefix changes nothing, as in CleanPrefix.
 func InPrefix(key, prefix string) bool {
+	if len(prefix) > 1 && prefix[len(prefix)-1] == '/' {
+		prefix = prefix[:len(prefix)-1]
+	}
 	if prefix == "/" {
 		return strings.HasPrefix(key, "/")
 	}

@@ -64,14 +64,50 @@ func TestValidateKey(t *testing.T) {
 }
 
 func TestValidatePrefix(t *testing.T) {
-	for _, p := range []string{"/", "/a", "/Index/1"} {
+	for _, p := range []string{"/", "/a", "/Index/1", "/a/", "/Index/1/"} {
 		if err := kvdriver.ValidatePrefix(p); err != nil {
 			t.Errorf("ValidatePrefix(%q) = %v, want nil", p, err)
 		}
 	}
-	for _, p := range []string{"", "a", "/a/", "//", "/a//b", "/a/..", "/\x00", "/\xff"} {
+	for _, p := range []string{"", "a", "a/", "//", "/a//", "/a//b", "/a/..", "/a/../", "/\x00", "/\xff", "/\xff/"} {
 		if err := kvdriver.ValidatePrefix(p); !errors.Is(err, kvdriver.ErrInvalidKey) {
 			t.Errorf("ValidatePrefix(%q) = %v, want ErrInvalidKey", p, err)
+		}
+	}
+}
+
+// A trailing '/' on a prefix means the same as without it: CleanPrefix
+// drops one, and InPrefix matches as if it were dropped.
+func TestCleanPrefix(t *testing.T) {
+	for in, want := range map[string]string{
+		"/":         "/",
+		"/Index":    "/Index",
+		"/Index/":   "/Index",
+		"/Index/1/": "/Index/1",
+		"/a.b/":     "/a.b",
+		"/%2F/":     "/%2F",
+		"/ü/日本/":    "/ü/日本",
+	} {
+		if got, err := kvdriver.CleanPrefix(in); err != nil || got != want {
+			t.Errorf("CleanPrefix(%q) = %q, %v; want %q", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "//", "/Index//", "Index/", "/a/./", "/..", "/a\x00/"} {
+		if got, err := kvdriver.CleanPrefix(in); !errors.Is(err, kvdriver.ErrInvalidKey) {
+			t.Errorf("CleanPrefix(%q) = %q, %v; want ErrInvalidKey", in, got, err)
+		}
+	}
+	for _, c := range []struct {
+		key, prefix string
+		in          bool
+	}{
+		{"/Index", "/Index/", true},
+		{"/Index/1", "/Index/", true},
+		{"/IndexField", "/Index/", false},
+		{"/a", "/", true},
+	} {
+		if got := kvdriver.InPrefix(c.key, c.prefix); got != c.in {
+			t.Errorf("InPrefix(%q, %q) = %v, want %v", c.key, c.prefix, got, c.in)
 		}
 	}
 }

@@ -18,8 +18,10 @@ import (
 
 // The whole loop: Lenkwerk database → agent → store → follow → local copy,
 // which ends equal to the database (the servermap: its newest generation).
+// The prefix is given with a trailing '/', as operators type it: agent,
+// follow and converge take it for "/bagger".
 func TestEndToEnd(t *testing.T) {
-	e := newEnv(t, "mem://follow-e2e-"+fmt.Sprint(time.Now().UnixNano()), follow.Config{Prefix: "/bagger"})
+	e := newEnv(t, "mem://follow-e2e-"+fmt.Sprint(time.Now().UnixNano()), follow.Config{Prefix: "/bagger/"})
 	ctx := e.ctx
 	src := pgtest.NewDatabase(t)
 	if err := migrations.Up(ctx, src, migrations.Options{}); err != nil {
@@ -40,7 +42,7 @@ func TestEndToEnd(t *testing.T) {
 		SELECT storage.save_config('kvstore_type', '"etcd"'); SELECT storage.save_servermap('{"nodes": [1]}');
 		SELECT storage.append_dimension('day', NULL, NULL, NULL)`)
 
-	a, err := agent.New(agent.Config{DatabaseURL: src, Store: e.store, Prefix: "/bagger", Logger: e.cfg.Logger.With("who", "agent"),
+	a, err := agent.New(agent.Config{DatabaseURL: src, Store: e.store, Prefix: "/bagger/", Logger: e.cfg.Logger.With("who", "agent"),
 		MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
@@ -58,7 +60,7 @@ func TestEndToEnd(t *testing.T) {
 
 	check := func(step string) {
 		t.Helper()
-		if diff, err := converge.Wait(ctx, converge.URL(src), e.store, converge.Options{Prefix: "/bagger"}, 30*time.Second); err != nil {
+		if diff, err := converge.Wait(ctx, converge.URL(src), e.store, converge.Options{Prefix: "/bagger/"}, 30*time.Second); err != nil {
 			t.Fatalf("%s: agent did not converge: %v\n%s", step, err, diff)
 		}
 		e.caughtUp()

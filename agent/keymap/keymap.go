@@ -48,7 +48,8 @@ type segment struct {
 // extend the defaults (keyed "schema.table"). Templates whose shapes could
 // produce the same key are rejected.
 func New(prefix string, templates map[string]string) (*Mapper, error) {
-	if err := CheckPrefix(prefix); err != nil {
+	prefix, err := CleanPrefix(prefix)
+	if err != nil {
 		return nil, err
 	}
 	all := DefaultTemplates()
@@ -76,24 +77,34 @@ func New(prefix string, templates map[string]string) (*Mapper, error) {
 // agent's own keys (checkpoints).
 const reservedSegment = ".lenkwerk"
 
-// CheckPrefix reports whether prefix can stand before every key: "" or a
-// valid store key (kvdriver.ValidateKey: no empty, "." or ".." segment,
-// valid UTF-8, no NUL) without a .lenkwerk segment, since a prefix there
-// would write rows among the agent's own keys (of this prefix's agents or
-// of those of a shorter one).
+// CheckPrefix reports whether prefix can stand before every key: what
+// CleanPrefix accepts.
 func CheckPrefix(prefix string) error {
-	if prefix == "" {
-		return nil
+	_, err := CleanPrefix(prefix)
+	return err
+}
+
+// CleanPrefix returns the agent's key prefix in the form keys are built
+// from: "" or a valid store key (kvdriver.ValidateKey: no empty, "." or
+// ".." segment, valid UTF-8, no NUL) without a .lenkwerk segment, since a
+// prefix there would write rows among the agent's own keys (of this
+// prefix's agents or of those of a shorter one). One trailing '/' is
+// dropped, as for every prefix (kvdriver.CleanPrefix): "/bagger/" is
+// "/bagger", and "/" is the root, the same as "".
+func CleanPrefix(prefix string) (string, error) {
+	if prefix == "" || prefix == "/" {
+		return "", nil
 	}
-	if err := kvdriver.ValidateKey(prefix); err != nil {
-		return fmt.Errorf("keymap: invalid prefix: %w", err)
+	clean, err := kvdriver.CleanPrefix(prefix)
+	if err != nil {
+		return "", fmt.Errorf("keymap: invalid prefix: %w", err)
 	}
-	for _, seg := range strings.Split(prefix[1:], "/") {
+	for _, seg := range strings.Split(clean[1:], "/") {
 		if seg == reservedSegment {
-			return fmt.Errorf("keymap: invalid prefix %q: segment %s is reserved for the agent's own keys", prefix, reservedSegment)
+			return "", fmt.Errorf("keymap: invalid prefix %q: segment %s is reserved for the agent's own keys", prefix, reservedSegment)
 		}
 	}
-	return nil
+	return clean, nil
 }
 
 func compile(table, prefix, src string) (*Template, error) {

@@ -184,10 +184,42 @@ func TestKeyStringFastPath(t *testing.T) {
 	}
 }
 
+// A trailing '/' on the prefix means the same as without it: "/bagger/"
+// builds the keys "/bagger" builds, and "/" those of no prefix.
+func TestCleanPrefix(t *testing.T) {
+	for in, want := range map[string]string{"": "", "/": "", "/bagger": "/bagger", "/bagger/": "/bagger", "/a/b/": "/a/b"} {
+		if got, err := CleanPrefix(in); err != nil || got != want {
+			t.Errorf("CleanPrefix(%q) = %q, %v; want %q", in, got, err, want)
+		}
+		m, err := New(in, nil)
+		if err != nil {
+			t.Fatalf("New(%q): %v", in, err)
+		}
+		if m.Prefix() != want {
+			t.Errorf("New(%q).Prefix() = %q, want %q", in, m.Prefix(), want)
+		}
+		tm, err := m.Table("storage", "config", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		k, err := tm.Key(map[string]json.RawMessage{"key": json.RawMessage(`"a"`)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if k != want+"/Config/a" {
+			t.Errorf("New(%q): key %q, want %q", in, k, want+"/Config/a")
+		}
+	}
+	if _, err := CleanPrefix("/a/.lenkwerk/"); err == nil {
+		t.Error(`CleanPrefix("/a/.lenkwerk/") succeeded, want the reserved segment refused`)
+	}
+}
+
 func TestCheckPrefix(t *testing.T) {
 	for prefix, ok := range map[string]bool{
 		"": true, "/a": true, "/bagger/prod": true, "/a.b/.c/..d/lenkwerk": true,
-		"/": false, "a": false, "/a/": false, "//a": false, "/a//b": false, "/.": false, "/a/..": false,
+		"/": true, "/a/": true, "/bagger/prod/": true,
+		"a": false, "a/": false, "//": false, "/a//": false, "//a": false, "/a//b": false, "/.": false, "/a/..": false,
 		"/a\xff": false, "/a\x00": false, "/" + strings.Repeat("a", 1024): false,
 		"/.lenkwerk": false, "/.lenkwerk/x": false, "/a/.lenkwerk": false, "/a/.lenkwerk/b": false,
 	} {

@@ -3,6 +3,7 @@ package containers
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	cerrdefs "github.com/containerd/errdefs"
 	"github.com/moby/moby/api/types/container"
 	"github.com/moby/moby/api/types/network"
 	"github.com/moby/moby/client"
@@ -114,11 +116,11 @@ func (c *Container) ID() string { return c.ctr.GetContainerID() }
 // (e.g. "5432/tcp") at. It is read afresh: a restarted container has new
 // host ports.
 func (c *Container) Endpoint(ctx context.Context, port string) (string, error) {
-	host, err := c.ctr.Host(ctx)
+	host, err := retryDocker(ctx, c.ctr.Host)
 	if err != nil {
 		return "", fmt.Errorf("%s: host: %w", c.Name, err)
 	}
-	p, err := c.ctr.MappedPort(ctx, port)
+	p, err := retryDocker(ctx, func(ctx context.Context) (network.Port, error) { return c.ctr.MappedPort(ctx, port) })
 	if err != nil {
 		return "", fmt.Errorf("%s: mapped port %s: %w", c.Name, port, err)
 	}
@@ -160,7 +162,7 @@ func (c *Container) Start(ctx context.Context) error {
 // Running reports whether the container runs (ExitCode tells how a
 // stopped one ended).
 func (c *Container) Running(ctx context.Context) (bool, error) {
-	st, err := c.ctr.State(ctx)
+	st, err := retryDocker(ctx, c.ctr.State)
 	if err != nil {
 		return false, fmt.Errorf("state of %s: %w", c.Name, err)
 	}
@@ -171,7 +173,7 @@ func (c *Container) Running(ctx context.Context) (bool, error) {
 func (c *Container) ExitCode(ctx context.Context) (int, error) {
 	code := -1
 	err := waitFor(ctx, 5*time.Minute, c.Name+" exited", func(ctx context.Context) (bool, error) {
-		st, err := c.ctr.State(ctx)
+		st, err := retryDocker(ctx, c.ctr.State)
 		if err != nil {
 			return false, err
 		}
@@ -236,7 +238,7 @@ func (c *Container) Exec(ctx context.Context, cmd ...string) (int, string, error
 // Inspect returns what Docker knows of the container (its configuration,
 // host configuration, state).
 func (c *Container) Inspect(ctx context.Context) (*container.InspectResponse, error) {
-	r, err := c.ctr.Inspect(ctx)
+	r, err := retryDocker(ctx, c.ctr.Inspect)
 	if err != nil {
 		return nil, fmt.Errorf("inspect %s: %w", c.Name, err)
 	}
@@ -313,6 +315,54 @@ func dockerClient(ctx context.Context) (*testcontainers.DockerClient, error) {
 		return nil, fmt.Errorf("docker client: %w", cliErr)
 	}
 	return cli, nil
+}
+
+// dockerCallTimeout is how long one attempt of a Docker API call that
+// only reads (inspect, state, a mapped port) may take. A daemon busy
+// building images and starting other tests' containers on a loaded machine
+// has been seen to take longer than a caller's whole deadline for one
+// inspect; an attempt that hangs is abandoned and made again rather than
+// eating the caller's time.
+var dockerCallTimeout = 20 * time.Second
+
+// dockerAttempts is how many times retryDocker tries.
+const dockerAttempts = 4
+
+// retryDocker runs a read-only Docker API call, trying again (up to
+// dockerAttempts times, while ctx lasts) when an attempt times out or the
+// daemon does not answer. A container that does not exist is an answer,
+// not a fault, and is returned at once.
+func retryDocker[T any](ctx context.Context, call func(context.Context) (T, error)) (T, error) {
+	var (
+		v   T
+		err error
+	)
+	pause := 100 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		actx, cancel := context.WithTimeout(ctx, dockerCallTimeout)
+		v, err = call(actx)
+		cancel()
+		if err == nil || !retriableDocker(ctx, err) || attempt == dockerAttempts {
+			return v, err
+		}
+		select {
+		case <-ctx.Done():
+			return v, err
+		case <-time.After(pause):
+		}
+		pause *= 2
+	}
+}
+
+// retriableDocker reports whether err from a Docker call made under ctx
+// is worth another attempt: the attempt's own deadline ran out (not ctx's)
+// or the daemon could not be reached or failed.
+func retriableDocker(ctx context.Context, err error) bool {
+	if ctx.Err() != nil || cerrdefs.IsNotFound(err) || cerrdefs.IsInvalidArgument(err) {
+		return false
+	}
+	return errors.Is(err, context.DeadlineExceeded) || client.IsErrConnectionFailed(err) ||
+		cerrdefs.IsUnavailable(err) || cerrdefs.IsInternal(err) || cerrdefs.IsDeadlineExceeded(err)
 }
 
 // waitFor polls cond until it is true, it fails for good (ctx), or timeout

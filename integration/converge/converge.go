@@ -41,6 +41,11 @@ type Options struct {
 // (connection, query, or a row that yields no valid key); differences are in
 // the Diff.
 func Check(ctx context.Context, db DB, store kvdriver.Store, opts Options) (Diff, error) {
+	prefix, err := keymap.CleanPrefix(opts.Prefix)
+	if err != nil {
+		return Diff{}, err
+	}
+	opts.Prefix = prefix
 	mapper, err := keymap.New(opts.Prefix, opts.Templates)
 	if err != nil {
 		return Diff{}, fmt.Errorf("converge: key templates: %w", err)

@@ -36,8 +36,9 @@ type ctrs struct {
 	etcd  *containers.Etcd // nil with PGKV
 }
 
-func startContainers(ctx context.Context, tb testing.TB, cfg config) (*ctrs, error) {
-	c := &ctrs{tb: tb, cfg: cfg, img: containers.EnsureImages(tb)}
+// startContainers starts the servers from img, which EnsureImages built.
+func startContainers(ctx context.Context, tb testing.TB, cfg config, img containers.Images) (*ctrs, error) {
+	c := &ctrs{tb: tb, cfg: cfg, img: img}
 	c.dbNet = containers.NewNetwork(tb)
 	c.pg = containers.StartPostgres(tb, c.dbNet, c.img)
 	server, err := c.pg.URL(ctx, "postgres", "")

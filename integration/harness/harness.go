@@ -13,6 +13,8 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/bagger/lenkwerk/agent"
+	"github.com/bagger/lenkwerk/agent/keymap"
+	"github.com/bagger/lenkwerk/integration/containers"
 	"github.com/bagger/lenkwerk/kvdriver"
 	_ "github.com/bagger/lenkwerk/kvdriver/etcd" // etcd:// store URLs
 	_ "github.com/bagger/lenkwerk/kvdriver/pgkv" // postgres:// store URLs
@@ -31,8 +33,8 @@ var ErrUnsupported = fmt.Errorf("harness: %w", errors.ErrUnsupported)
 // test shows.
 const logTail = 64 << 10
 
-// startTimeout bounds Start: images, servers, migrations and the agent's
-// initial sync.
+// startTimeout bounds Start: servers, migrations and the agent's initial
+// sync. Building the images comes before it and is not counted.
 const startTimeout = 3 * time.Minute
 
 // backend is what a Backend runs. Its methods other than newProc's
@@ -104,24 +106,31 @@ func Start(tb testing.TB, opts ...Option) *Stack {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
-	defer cancel()
 	if cfg.backend == "" {
 		cfg.backend = Local
-		if dockerAnswers(ctx) {
+		if dockerAnswers(context.Background()) {
 			cfg.backend = Containers
 		}
 	}
 	if err := cfg.validate(); err != nil {
 		tb.Fatal(err)
 	}
+	var img containers.Images
+	if cfg.backend == Containers {
+		// Before the clock starts: building cold images takes minutes on a
+		// busy machine (and parallel tests wait for the one build), and
+		// startTimeout is for bringing up the stack, not for the build.
+		img = containers.EnsureImages(tb)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
 	began := time.Now()
 	s := &Stack{tb: tb, cfg: cfg, backend: cfg.backend}
 	switch cfg.backend {
 	case Local:
 		s.b, err = startLocal(ctx, tb, cfg)
 	case Containers:
-		s.b, err = startContainers(ctx, tb, cfg)
+		s.b, err = startContainers(ctx, tb, cfg, img)
 	}
 	if err != nil {
 		tb.Fatalf("harness (%s backend): %v", cfg.backend, err)
@@ -311,8 +320,15 @@ func (s *Stack) Backend() Backend { return s.backend }
 // KVKind reports the kind of store the Stack runs.
 func (s *Stack) KVKind() KV { return s.cfg.kv }
 
-// Prefix is the agent's key prefix ("" unless WithPrefix).
-func (s *Stack) Prefix() string { return s.cfg.prefix }
+// Prefix is the agent's key prefix ("" unless WithPrefix), without the
+// trailing '/' WithPrefix may have been given (the agent drops it too), so
+// that Prefix()+"/Config/x" is a key.
+func (s *Stack) Prefix() string {
+	if p, err := keymap.CleanPrefix(s.cfg.prefix); err == nil {
+		return p
+	}
+	return s.cfg.prefix
+}
 
 // DatabaseURL is the Lenkwerk database's URL as a superuser, as the host
 // (the test) reaches it. On the containers backend it changes when

@@ -102,6 +102,18 @@ func reapStale(bindir string) {
 	}
 }
 
+// StopStale stops, with an immediate shutdown, the server of the cluster
+// directory dir (the Options.Dir it was started with) if one runs there:
+// for a process that outlived the one that started it (lenkwerk dev's
+// watchdog). It returns once postmaster.pid is gone.
+func StopStale(dir string) error {
+	bindir, err := BinDir()
+	if err != nil {
+		return err
+	}
+	return stopStale(bindir, dir)
+}
+
 // stopStale stops the server of a stale cluster directory, if one runs.
 func stopStale(bindir, dir string) error {
 	c := &Cluster{bindir: bindir, dir: dir}

@@ -239,7 +239,8 @@ func (s *Store) Delete(ctx context.Context, key string) (int64, error) {
 // listing reflects. The key itself and its subtree are read in one
 // read-only transaction, so both come from the same revision.
 func (s *Store) List(ctx context.Context, prefix string) ([]kvdriver.KV, int64, error) {
-	if err := kvdriver.ValidatePrefix(prefix); err != nil {
+	prefix, err := kvdriver.CleanPrefix(prefix)
+	if err != nil {
 		return nil, 0, fmt.Errorf("etcd list: %w", err)
 	}
 	ctx, cancel, err := s.request(ctx)

@@ -32,7 +32,8 @@ func (s *Store) Watch(ctx context.Context, prefix string, afterRev int64) <-chan
 		close(out)
 		return out
 	}
-	if err := kvdriver.ValidatePrefix(prefix); err != nil {
+	prefix, err := kvdriver.CleanPrefix(prefix)
+	if err != nil {
 		return fail(err)
 	}
 	if afterRev < 0 {

@@ -159,6 +159,60 @@ func testPrefixIsolation(e *env) {
 	}
 }
 
+// testTrailingSlashPrefix: a prefix with one trailing '/' means what it
+// means without it (every key at or below it), for List and Watch, as
+// etcdctl users type it; "/Index/" holds "/Index" itself. Two trailing
+// slashes are an empty segment and are refused.
+func testTrailingSlashPrefix(e *env) {
+	t := e.t
+	s := e.store()
+	names := []string{"Index", "Index/1", "Index/1/2", "Index1", "IndexField/1"}
+	_, start := e.list(s, e.prefix)
+	var written []kvdriver.Event
+	for i, n := range names {
+		written = append(written, putEv(e.key(n), val(i), e.put(s, e.key(n), val(i))))
+	}
+	for _, p := range []string{"Index", "Index/1", "IndexField", "Nothing"} {
+		plain, slash := e.key(p), e.key(p)+"/"
+		want, _ := e.list(s, plain)
+		got, rev := e.list(s, slash)
+		if !slices.Equal(keysOf(got), keysOf(want)) {
+			t.Errorf("List(%q) = %q, want %q as List(%q)", slash, keysOf(got), keysOf(want), plain)
+		}
+		if rev < 1 {
+			t.Errorf("List(%q) revision %d, want at least 1", slash, rev)
+		}
+
+		ctx, cancel := e.watchCtx()
+		w := e.watch(ctx, s, slash, start)
+		mark := e.key(p, "zz-mark")
+		rm := e.put(s, mark, val(-1))
+		written = append(written, putEv(mark, val(-1), rm))
+		w.mustUntil(rm)
+		var wantEv []kvdriver.Event
+		for _, ev := range written {
+			if kvdriver.InPrefix(ev.Key, plain) {
+				wantEv = append(wantEv, ev)
+			}
+		}
+		wantEvents(t, w.name, w.events, wantEv)
+		cancel()
+	}
+	// The root stays the root.
+	all, _ := e.list(s, "/")
+	if len(all) < len(names) {
+		t.Errorf("List(\"/\") has %d keys, want at least %d", len(all), len(names))
+	}
+	bad := e.key("Index") + "//"
+	_, _, err := s.List(e.ctx(), bad)
+	e.wantErr(err, kvdriver.ErrInvalidKey, fmt.Sprintf("List(%q)", bad))
+	ctx, cancel := e.watchCtx()
+	defer cancel()
+	if err := e.watch(ctx, s, bad, 0).end(waitTimeout); !errors.Is(err, kvdriver.ErrInvalidKey) {
+		t.Errorf("Watch(%q) ended with %v, want an error wrapping ErrInvalidKey", bad, err)
+	}
+}
+
 // testListRevision: a watch from List's revision continues exactly where
 // the listing ends, including writes made between List and Watch.
 func testListRevision(e *env) {

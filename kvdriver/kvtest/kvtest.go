@@ -39,6 +39,7 @@ var checks = []check{
 	{"FirstListRevision", testFirstListRevision},
 	{"CRUD", testCRUD},
 	{"PrefixIsolation", testPrefixIsolation},
+	{"TrailingSlashPrefix", testTrailingSlashPrefix},
 	{"ListRevision", testListRevision},
 	{"WatchReplay", testWatchReplay},
 	{"WatchFromZero", testWatchFromZero},

@@ -96,7 +96,8 @@ func (s *Store) List(ctx context.Context, prefix string) ([]kvdriver.KV, int64, 
 	if err := s.check(ctx); err != nil {
 		return nil, 0, fmt.Errorf("mem: list %q: %w", prefix, err)
 	}
-	if err := kvdriver.ValidatePrefix(prefix); err != nil {
+	prefix, err := kvdriver.CleanPrefix(prefix)
+	if err != nil {
 		return nil, 0, fmt.Errorf("mem: list: %w", err)
 	}
 	kvs, rev := s.db.list(prefix)

@@ -132,7 +132,8 @@ func (s *Store) Get(ctx context.Context, key string) (kvdriver.KV, error) {
 // List returns every key at or below prefix, sorted by key (byte order), and
 // the revision the listing reflects; both come from one snapshot.
 func (s *Store) List(ctx context.Context, prefix string) ([]kvdriver.KV, int64, error) {
-	if err := kvdriver.ValidatePrefix(prefix); err != nil {
+	prefix, err := kvdriver.CleanPrefix(prefix)
+	if err != nil {
 		return nil, 0, err
 	}
 	if s.closed.Load() {
@@ -142,7 +143,7 @@ func (s *Store) List(ctx context.Context, prefix string) ([]kvdriver.KV, int64, 
 		kvs []kvdriver.KV
 		rev int64
 	)
-	err := s.read(ctx, func() (err error) {
+	err = s.read(ctx, func() (err error) {
 		kvs, rev, err = s.list(ctx, prefix)
 		return err
 	})

@@ -27,7 +27,8 @@ func (s *Store) Watch(ctx context.Context, prefix string, afterRev int64) <-chan
 		close(ch)
 		return ch
 	}
-	if err := kvdriver.ValidatePrefix(prefix); err != nil {
+	prefix, err := kvdriver.CleanPrefix(prefix)
+	if err != nil {
 		return fail(err)
 	}
 	if s.closed.Load() {

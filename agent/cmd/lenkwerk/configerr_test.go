@@ -32,7 +32,7 @@ func TestConfigErrorsExitAtStart(t *testing.T) {
 		{"prefix dot-dot", []string{"--prefix", "/a/.."}, `".." segment`},
 		{"prefix dot", []string{"--prefix", "/."}, `".." segment`},
 		{"prefix invalid UTF-8", []string{"--prefix", "/a\xff"}, "UTF-8"},
-		{"prefix trailing slash", []string{"--prefix", "/a/"}, "ends with '/'"},
+		{"prefix empty last segment", []string{"--prefix", "/a//"}, "empty segment"},
 		{"prefix reserved", []string{"--prefix", "/.lenkwerk"}, "reserved"},
 		{"prefix inside reserved", []string{"--prefix", "/.lenkwerk/x"}, "reserved"},
 		{"prefix reserved below", []string{"--prefix", "/bagger/.lenkwerk"}, "reserved"},

@@ -10,8 +10,10 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/bagger/lenkwerk/agent"
@@ -45,6 +47,17 @@ func init() {
 }
 
 func runDev(ctx context.Context, args []string, stdout io.Writer) (err error) {
+	// A reader of stdout that went away (`lenkwerk dev | tee log`, Ctrl-C
+	// ends tee first) must not kill dev at its next write with SIGPIPE,
+	// before it stopped its server: the write fails instead, dev cleans up.
+	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
+	defer func() {
+		// Output that cannot be written once dev is shutting down is no
+		// failure: the cleanup is what counts.
+		if err != nil && ctx.Err() != nil && isWriteError(err) {
+			err = nil
+		}
+	}()
 	fs := newFlagSet("dev", devSynopsis)
 	kind := fs.String("kv", "etcd", "key-value store: etcd (embedded), postgres (pgkv in the same PostgreSQL) or mem (in this process)")
 	dir := fs.String("dir", "", "keep the data in `DIR` (and reuse it next time) instead of a temporary directory deleted on exit")
@@ -100,6 +113,19 @@ func runDev(ctx context.Context, args []string, stdout io.Writer) (err error) {
 			return err
 		}
 	}
+
+	// Before the server starts, so that no way of ending dev leaves it
+	// running (devwatch.go).
+	removeDir := root
+	if keep {
+		removeDir = ""
+	}
+	watch, err := startWatchdog(filepath.Join(root, "postgres"), removeDir)
+	if err != nil {
+		return err
+	}
+	// Last, after the server stopped: the watchdog then finds nothing to do.
+	undo = append([]func() error{watch.Close}, undo...)
 
 	fmt.Fprintf(os.Stderr, "lenkwerk dev: starting PostgreSQL in %s\n", root)
 	pg, err := pgtest.Start(ctx, devServerOptions(filepath.Join(root, "postgres"), *port))
@@ -216,6 +242,12 @@ func runDev(ctx context.Context, args []string, stdout io.Writer) (err error) {
 	return showTree(showCtx, store, stdout, stop)
 }
 
+// isWriteError reports whether err is a failed write to a closed pipe or
+// terminal (EPIPE, EIO).
+func isWriteError(err error) bool {
+	return errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.EIO) || errors.Is(err, os.ErrClosed)
+}
+
 // devInfo is what lenkwerk dev tells its user.
 type devInfo struct {
 	adminURL, configURL, agentURL string
@@ -244,8 +276,14 @@ func (d devInfo) print(stdout io.Writer) error {
 
 lenkwerk_config cannot log in (NOLOGIN); its URL logs in as
 %s, a member of it and nothing else, and takes the role
-(options=-c role=lenkwerk_config). The server wants the passwords over TCP
-and keeps its socket to its own OS user. In another terminal:
+with options=-c role=lenkwerk_config: libpq passes "-c role=…" as a
+startup setting, so the session runs as lenkwerk_config from its first
+statement, as if it had run SET ROLE lenkwerk_config (current_user is
+lenkwerk_config, session_user the login). Give your application's login
+the same: GRANT lenkwerk_config TO app_login, and
+options=-c%%20role%%3Dlenkwerk_config in its URL (or PGOPTIONS). The server
+wants the passwords over TCP and keeps its socket to its own OS user. In
+another terminal:
 
   export PGPASSFILE=%s
 `, d.adminURL, d.configURL, d.agentURL, d.kvURL, d.kvNote, d.dir, removed, d.passFile, devConfigLogin, d.passFile)

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"io"
 	"os"
 	"os/exec"
 	"os/user"
@@ -33,12 +34,15 @@ func TestBinary(t *testing.T) {
 	}
 	t.Run("dev-dir", func(t *testing.T) { testDevDir(t, bin) })
 	t.Run("dev-access", func(t *testing.T) { testDevAccess(t, bin) })
+	t.Run("dev-stdout-closed", func(t *testing.T) { testDevStdoutClosed(t, bin) })
+	t.Run("dev-killed", func(t *testing.T) { testDevKilled(t, bin) })
 }
 
 // devProcess is a running `lenkwerk dev`, its output lines and what it
 // printed about itself.
 type devProcess struct {
 	cmd       *exec.Cmd
+	stdout    io.ReadCloser
 	lines     chan string
 	seen      []string
 	stderr    strings.Builder
@@ -60,6 +64,7 @@ func startDev(t *testing.T, bin string, args ...string) *devProcess {
 	if err != nil {
 		t.Fatal(err)
 	}
+	p.stdout = stdout
 	p.cmd.Stderr = &p.stderr
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -226,6 +231,77 @@ func testDevDir(t *testing.T, bin string) {
 	configExec(t, p.configURL, "SELECT storage.set_pg_instance_status(1, 3)")
 	p.waitLine(t, onlineLine, 10*time.Second)
 	p.interrupt(t)
+}
+
+// waitGone waits until dev's PostgreSQL has exited and its temporary data
+// directory is gone, at most within.
+func (p *devProcess) waitGone(t *testing.T, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for processAlive(p.pgPID) || exists(p.dataDir) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%v after lenkwerk dev ended: postgres (pid %d) running %v, data directory %s left %v\nstderr:\n%s",
+				within, p.pgPID, processAlive(p.pgPID), p.dataDir, exists(p.dataDir), p.stderr.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func exists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
+}
+
+// `lenkwerk dev | tee log`, then Ctrl-C: the reader of stdout is gone
+// first. dev is not killed by SIGPIPE at its next write, before it stopped
+// its server: it cleans up itself, and no server and no data directory
+// are left. Both orders: a change of the tree to print (the write fails,
+// dev ends), and a SIGINT with nothing to print.
+func testDevStdoutClosed(t *testing.T, bin string) {
+	for _, how := range []string{"write", "sigint"} {
+		t.Run(how, func(t *testing.T) {
+			p := startDev(t, bin, "--kv", "mem")
+			p.waitLine(t, watchingLine, 10*time.Second)
+			p.stdout.Close()
+			if how == "write" {
+				configExec(t, p.configURL, "SELECT storage.register_pg_instance('db1', 5432, 'bagger')")
+			} else if err := p.cmd.Process.Signal(os.Interrupt); err != nil {
+				t.Fatal(err)
+			}
+			go p.drainAndWait()
+			select {
+			case <-p.exited:
+			case <-time.After(30 * time.Second):
+				t.Fatalf("lenkwerk dev still running 30s after its stdout closed (%s)", how)
+			}
+			if ws := p.cmd.ProcessState.Sys().(syscall.WaitStatus); ws.Signaled() {
+				t.Fatalf("lenkwerk dev was killed by %v (stdout closed), want it to clean up and exit\nstderr:\n%s", ws.Signal(), p.stderr.String())
+			}
+			if how == "sigint" && !p.cmd.ProcessState.Success() {
+				t.Errorf("lenkwerk dev after SIGINT: %v, want exit status 0 (unwritable output during shutdown is no failure)\nstderr:\n%s", p.cmd.ProcessState, p.stderr.String())
+			}
+			p.waitGone(t, 20*time.Second)
+			// dev cleaned up itself, not its watchdog.
+			if want := "lenkwerk dev: removed " + p.dataDir; !strings.Contains(p.stderr.String(), want) {
+				t.Errorf("stderr does not say %q:\n%s", want, p.stderr.String())
+			}
+		})
+	}
+}
+
+// A dev killed outright (SIGKILL) leaves no server running: its watchdog
+// stops it and removes the temporary data directory.
+func testDevKilled(t *testing.T, bin string) {
+	p := startDev(t, bin, "--kv", "mem")
+	p.waitLine(t, watchingLine, 10*time.Second)
+	if err := p.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	go p.drainAndWait()
+	p.waitGone(t, 30*time.Second)
+	if !strings.Contains(p.stderr.String(), "watchdog: dev (pid") {
+		t.Errorf("stderr does not show the watchdog at work:\n%s", p.stderr.String())
+	}
 }
 
 // processAlive reports whether process pid exists and is not a zombie.

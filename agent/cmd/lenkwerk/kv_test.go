@@ -77,6 +77,61 @@ func TestKVGetPutDelLs(t *testing.T) {
 	}
 }
 
+// A prefix with a trailing '/' (as etcdctl users type it) lists and
+// watches what the prefix without it does; a key keeps its rules.
+func TestKVTrailingSlashPrefix(t *testing.T) {
+	u := memURL(t)
+	mustKV(t, "--kv", u, "put", "/Index", `0`)      // rev 2
+	mustKV(t, "--kv", u, "put", "/Index/1", `1`)    // rev 3
+	mustKV(t, "--kv", u, "put", "/IndexField", `2`) // rev 4
+	want := "/Index\t0\n/Index/1\t1\n"
+	for _, p := range []string{"/Index", "/Index/"} {
+		if got := mustKV(t, "--kv", u, "ls", p); got != want {
+			t.Errorf("ls %s = %q, want %q", p, got, want)
+		}
+	}
+	if got, want := mustKV(t, "--kv", u, "ls", "/"), want+"/IndexField\t2\n"; got != want {
+		t.Errorf("ls / = %q, want %q", got, want)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		done <- runKV(ctx, []string{"--kv", u, "watch", "/Index/", "--from", "2"}, strings.NewReader(""), pw)
+		pw.Close()
+	}()
+	lines := make(chan string, 16)
+	go func() {
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	mustKV(t, "--kv", u, "put", "/IndexX", `8`)  // rev 5: outside
+	mustKV(t, "--kv", u, "put", "/Index/2", `9`) // rev 6
+	for _, want := range []string{"2\tput\t/Index\t0", "3\tput\t/Index/1\t1", "6\tput\t/Index/2\t9"} {
+		select {
+		case got := <-lines:
+			if got != want {
+				t.Errorf("watch /Index/ line = %q, want %q", got, want)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("watch /Index/: no line %q within 10s", want)
+		}
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("watch /Index/ after interrupt: %v, want nil", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("watch did not end within 10s of its context")
+	}
+}
+
 func TestKVEnvURL(t *testing.T) {
 	t.Setenv("LENKWERK_KV_URL", memURL(t))
 	mustKV(t, "put", "/a", "1")

@@ -12,9 +12,12 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"regexp"
 	"sort"
 	"strings"
 	"syscall"
+
+	"github.com/bagger/lenkwerk/kvdriver/etcd"
 )
 
 // command is one lenkwerk subcommand.
@@ -46,11 +49,27 @@ func usage() {
 	for _, n := range names {
 		fmt.Fprintf(os.Stderr, "  %-10s %s\n", n, commands[n].summary)
 	}
-	fmt.Fprintf(os.Stderr, "\nRun 'lenkwerk <command> -h' for a command's flags.\n")
+	fmt.Fprintf(os.Stderr, "\nRun 'lenkwerk help <command>' (or 'lenkwerk <command> -h') for a command's flags and environment.\n")
 }
 
 func main() {
+	if dir := os.Getenv(watchdogEnv); dir != "" {
+		os.Exit(runWatchdog(dir))
+	}
 	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})))
+	if len(os.Args) == 3 && os.Args[1] == "help" {
+		// lenkwerk help CMD: the command's own help (flags, environment).
+		if cmd, ok := commands[os.Args[2]]; ok {
+			if err := cmd.run(context.Background(), []string{"-h"}); err != nil && !errors.Is(err, flag.ErrHelp) {
+				fmt.Fprintf(os.Stderr, "lenkwerk %s: %v\n", cmd.name, err)
+				os.Exit(1)
+			}
+			return
+		}
+		fmt.Fprintf(os.Stderr, "lenkwerk: unknown command %q\n\n", os.Args[2])
+		usage()
+		os.Exit(2)
+	}
 	if len(os.Args) < 2 || os.Args[1] == "-h" || os.Args[1] == "--help" || os.Args[1] == "help" {
 		usage()
 		if len(os.Args) < 2 {
@@ -121,6 +140,52 @@ func newFlagSet(name, synopsis string) *flag.FlagSet {
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: lenkwerk %s\n\nFlags:\n", synopsis)
 		fs.PrintDefaults()
+		fmt.Fprintf(fs.Output(), "\nEnvironment:\n")
+		env := commandEnv(name, fs)
+		for _, e := range env {
+			fmt.Fprintf(fs.Output(), "  %-28s %s\n", e.name, e.what)
+		}
+		if len(env) == 0 {
+			fmt.Fprintf(fs.Output(), "  none read\n")
+		}
 	}
 	return fs
+}
+
+// envVar is an environment variable a command reads, for its help.
+type envVar struct{ name, what string }
+
+// flagEnv finds "(env NAME" in a flag's usage text.
+var flagEnv = regexp.MustCompile(`\(env ([A-Z][A-Z0-9_]*)`)
+
+// commandEnv lists the environment variables command name reads: the
+// defaults of its flags (named in their usage, "(env NAME)", so that the
+// list cannot drift from the flags), the passwords of the URLs it takes
+// and what else it reads.
+func commandEnv(name string, fs *flag.FlagSet) []envVar {
+	var env []envVar
+	seen := map[string]bool{}
+	add := func(n, what string) {
+		if !seen[n] {
+			seen[n] = true
+			env = append(env, envVar{n, what})
+		}
+	}
+	fs.VisitAll(func(f *flag.Flag) {
+		for _, m := range flagEnv.FindAllStringSubmatch(f.Usage, -1) {
+			add(m[1], "default of --"+f.Name)
+		}
+	})
+	if fs.Lookup("database-url") != nil {
+		add("PGPASSFILE", "password file for PostgreSQL URLs without a password (libpq's format)")
+		add("PGPASSWORD", "password for PostgreSQL URLs without one (PGPASSFILE is safer)")
+	}
+	if f := fs.Lookup("kv"); f != nil && strings.Contains(f.Usage, "URL") {
+		add(etcd.PasswordEnv, "password for an etcd:// store URL with a user and no password-file=")
+	}
+	if name == "agent" {
+		add("GOGC", fmt.Sprintf("Go collector target, percent (default for the agent: %d)", agentGCPercent))
+		add("GOMEMLIMIT", fmt.Sprintf("Go soft memory limit (default for the agent: %dMiB)", agentMemoryLimit>>20))
+	}
+	return env
 }
