@@ -248,13 +248,21 @@ func FuzzValidateKey(f *testing.F) {
 			if !errors.Is(err, kvdriver.ErrInvalidKey) {
 				t.Fatalf("ValidateKey(%q) = %v, not wrapping ErrInvalidKey", key, err)
 			}
+			// A prefix may end with one '/', meaning the same without
+			// it; nothing else a key refuses passes as a prefix.
 			if pe := kvdriver.ValidatePrefix(key); key != "/" && pe == nil {
-				t.Fatalf("ValidatePrefix(%q) = nil but ValidateKey refused it: %v", key, err)
+				clean, cerr := kvdriver.CleanPrefix(key)
+				if cerr != nil || clean == key || kvdriver.ValidateKey(clean) != nil {
+					t.Fatalf("ValidatePrefix(%q) = nil but ValidateKey refused it (%v) and it is no key with a trailing '/' (clean %q, %v)", key, err, clean, cerr)
+				}
 			}
 			return
 		}
 		if perr := kvdriver.ValidatePrefix(key); perr != nil {
 			t.Fatalf("ValidatePrefix(%q) = %v for a valid key", key, perr)
+		}
+		if clean, cerr := kvdriver.CleanPrefix(key + "/"); cerr != nil || clean != key {
+			t.Fatalf("CleanPrefix(%q) = %q, %v; want %q", key+"/", clean, cerr, key)
 		}
 		// Every ancestor path holds the key; a sibling with a longer last
 		// segment is never held by it.
