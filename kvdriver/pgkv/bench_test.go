@@ -233,3 +233,91 @@ func reportLatency(b *testing.B, lat []time.Duration) {
 	b.ReportMetric(q(0.50), "p50-ms")
 	b.ReportMetric(q(0.99), "p99-ms")
 }
+
+// BenchmarkPrefixCatchUp: a watch of a small prefix from revision 1, in a
+// change log of catchUpOther single-event revisions under other keys with
+// catchUpSmall revisions of the prefix spread among them. The baseline is
+// the same events read with one indexed query from a plain table holding
+// the same rows (raw-pgx): the floor of "read the prefix's history".
+const (
+	catchUpOther = 20_000
+	catchUpSmall = 20
+)
+
+func BenchmarkPrefixCatchUp(b *testing.B) {
+	ctx := context.Background()
+	b.Run("pgkv", func(b *testing.B) {
+		u := pgtest.NewDatabase(b)
+		s := openStore(b, u)
+		conn := connect(b, u)
+		// Every revision through kv_apply, each its own transaction (one
+		// transaction updating kv_meta 20k times slows down quadratically).
+		every := catchUpOther / catchUpSmall
+		if _, err := conn.Exec(ctx, fmt.Sprintf(`DO $$ BEGIN
+			FOR g IN 1..%[2]d LOOP
+				PERFORM lenkwerk_kv.kv_apply(
+					ARRAY[CASE WHEN g %% %[1]d = 0 THEN '/small/' || (g / %[1]d) ELSE '/other/' || (g %% 500) || '/x' END],
+					ARRAY[convert_to(g::text, 'UTF8')], NULL);
+				COMMIT;
+			END LOOP; END $$`, every, catchUpOther+catchUpSmall)); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := conn.Exec(ctx, `ANALYZE lenkwerk_kv.kv_log`); err != nil {
+			b.Fatal(err)
+		}
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			wctx, cancel := context.WithCancel(ctx)
+			ch := s.Watch(wctx, "/small", 1)
+			n := 0
+			for r := range ch {
+				if r.Err != nil {
+					b.Fatal(r.Err)
+				}
+				n += len(r.Events)
+				if n >= catchUpSmall {
+					break
+				}
+			}
+			cancel()
+			for range ch {
+			}
+			if n != catchUpSmall {
+				b.Fatalf("caught up %d events, want %d", n, catchUpSmall)
+			}
+		}
+	})
+	b.Run("raw-pgx", func(b *testing.B) {
+		conn, _ := rawPgx(b)
+		every := catchUpOther / catchUpSmall
+		for _, sql := range []string{
+			`CREATE TABLE raw_log (rev bigint PRIMARY KEY, key text COLLATE "C" NOT NULL, value bytea)`,
+			`CREATE INDEX ON raw_log (key, rev)`,
+			fmt.Sprintf(`INSERT INTO raw_log SELECT g + 1,
+				CASE WHEN g %% %[1]d = 0 THEN '/small/' || (g / %[1]d) ELSE '/other/' || (g %% 500) || '/x' END,
+				convert_to(g::text, 'UTF8') FROM generate_series(1, %[2]d) g`, every, catchUpOther+catchUpSmall),
+			`ANALYZE raw_log`,
+		} {
+			if _, err := conn.Exec(ctx, sql); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			rows, err := conn.Query(ctx, `SELECT rev, key, value FROM raw_log WHERE key >= '/small/' AND key < '/small0' ORDER BY rev`)
+			if err != nil {
+				b.Fatal(err)
+			}
+			n := 0
+			for rows.Next() {
+				n++
+			}
+			if err := rows.Err(); err != nil {
+				b.Fatal(err)
+			}
+			if n != catchUpSmall {
+				b.Fatalf("read %d events, want %d", n, catchUpSmall)
+			}
+		}
+	})
+}
