@@ -74,11 +74,24 @@
 //
 // # Watch
 //
-// A store keeps one dedicated connection (application_name
-// lenkwerk-pgkv-listen, not from the pool) that LISTENs on the channel
-// once a watch exists. A notification only wakes the watches: each reads
-// kv_log after the last revision it delivered, up to kv_meta.rev, in one
-// statement (one snapshot), and delivers whole revisions in order. Since
+// A store that only reads and watches holds one PostgreSQL connection:
+// Get, List, the watches' reads, compaction and the listener share it
+// (a pool of one). Once a watch exists the listener LISTENs on it (its
+// application_name then gets the suffix -listen: lenkwerk-pgkv-listen by
+// default) and waits for notifications whenever nobody else uses it; any
+// other use interrupts the wait, and notifications that arrive meanwhile
+// are handled by whichever read is on the connection. Writes open their
+// own pool (pool_max_conns) on the first write. A server with
+// max_connections 100 and its superuser_reserved_connections of 3 thus
+// serves about 95 read-only consumers (minus the agent's connections);
+// beyond that, raise max_connections, or use etcd, whose watches share
+// one gRPC stream per process.
+//
+// A notification only wakes the watches: each reads, in one statement
+// (one snapshot), kv_log's events for its prefix after the last revision
+// it delivered, up to kv_meta.rev, through the index kv_log_key_rev
+// (key, rev), so a watch far behind reads its prefix's history only, not
+// the other keys' revisions; it delivers whole revisions in order. Since
 // the data comes from the log, a lost notification only delays a watch:
 // when the listener's connection drops or the server restarts, it
 // reconnects with capped backoff (50 ms to 5 s) and wakes every watch to

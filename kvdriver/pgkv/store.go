@@ -32,10 +32,12 @@ func init() {
 
 // Store is a kvdriver.Store on a PostgreSQL database.
 type Store struct {
-	cfg     Config
-	pool    *pgxpool.Pool
-	connCfg *pgx.ConnConfig // for the listener's dedicated connection
-	q       queries
+	cfg Config
+	// pool is the one connection a store that only reads and watches
+	// holds; wpool opens connections on the first write.
+	pool  *sharedPool
+	wpool *pgxpool.Pool
+	q     queries
 
 	ctx    context.Context // ends with Close
 	cancel context.CancelFunc
@@ -67,17 +69,27 @@ func Open(ctx context.Context, c Config) (*Store, error) {
 			return nil, err
 		}
 	}
-	pool, err := pgxpool.NewWithConfig(ctx, pc)
+	s := &Store{cfg: c, q: newQueries(c.Schema)}
+	s.listener = newListener(s, pc.ConnConfig.RuntimeParams["application_name"])
+	rc := pc.Copy()
+	rc.MaxConns, rc.MinConns = 1, 0
+	rc.ConnConfig.OnNotification = func(_ *pgconn.PgConn, n *pgconn.Notification) { s.listener.notified(n) }
+	rpool, err := pgxpool.NewWithConfig(ctx, rc)
 	if err != nil {
 		return nil, fmt.Errorf("pgkv: connect: %w", err)
 	}
-	s := &Store{cfg: c, pool: pool, connCfg: pc.ConnConfig.Copy(), q: newQueries(c.Schema)}
+	s.pool = &sharedPool{pool: rpool, l: s.listener}
+	// No connection until the first write.
+	if s.wpool, err = pgxpool.NewWithConfig(ctx, pc); err != nil {
+		rpool.Close()
+		return nil, fmt.Errorf("pgkv: connect: %w", err)
+	}
 	if err := s.checkSchema(ctx); err != nil {
-		pool.Close()
+		rpool.Close()
+		s.wpool.Close()
 		return nil, err
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	s.listener = newListener(s)
 	if c.CompactInterval > 0 && (c.HistoryRevisions > 0 || c.HistoryAge > 0) {
 		s.wg.Add(1)
 		go s.autoCompact()
@@ -191,7 +203,7 @@ func (s *Store) read(ctx context.Context, f func() error) error {
 	if err == nil || ctx.Err() != nil || !deadConn(err) {
 		return err
 	}
-	s.pool.Reset()
+	s.pool.pool.Reset()
 	return f()
 }
 
@@ -273,7 +285,7 @@ func (s *Store) apply(ctx context.Context, keys []string, values [][]byte, reqKe
 	}
 	var rev int64
 	for attempt := 1; ; attempt++ {
-		err := s.pool.QueryRow(ctx, s.q.apply, keys, values, s.cfg.channel(), reqKeys, reqRevs).Scan(&rev)
+		err := s.wpool.QueryRow(ctx, s.q.apply, keys, values, s.cfg.channel(), reqKeys, reqRevs).Scan(&rev)
 		if err == nil {
 			return rev, nil
 		}
@@ -309,7 +321,8 @@ func (s *Store) Close() error {
 	}
 	s.cancel()
 	s.wg.Wait()
-	s.pool.Close()
+	s.pool.pool.Close()
+	s.wpool.Close()
 	return nil
 }
 
