@@ -321,3 +321,53 @@ func BenchmarkPrefixCatchUp(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkConcurrentPut: puts/s from 1 and 8 goroutines sharing one
+// store, each putting its own keys; raw-pgx is the same upserts on a plain
+// table from as many connections.
+func BenchmarkConcurrentPut(b *testing.B) {
+	value := []byte(`{"id":1,"host":"db1","port":5432,"status":3}`)
+	for _, writers := range []int{1, 8} {
+		b.Run(fmt.Sprintf("pgkv/%d", writers), func(b *testing.B) {
+			s := openStore(b, pgtest.NewDatabase(b))
+			concurrentPuts(b, writers, func(ctx context.Context, w, i int) error {
+				_, err := s.Put(ctx, fmt.Sprintf("/bench/cput/%d/%d", w, i%100), value)
+				return err
+			})
+		})
+		b.Run(fmt.Sprintf("raw-pgx/%d", writers), func(b *testing.B) {
+			_, u := rawPgx(b)
+			conns := make([]*pgx.Conn, writers)
+			for i := range conns {
+				conns[i] = connect(b, u)
+			}
+			concurrentPuts(b, writers, func(ctx context.Context, w, i int) error {
+				_, err := conns[w].Exec(ctx, `INSERT INTO raw VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value`, fmt.Sprintf("/bench/cput/%d/%d", w, i%100), value)
+				return err
+			})
+		})
+	}
+}
+
+func concurrentPuts(b *testing.B, writers int, put func(ctx context.Context, w, i int) error) {
+	ctx := context.Background()
+	errs := make(chan error, writers)
+	b.ResetTimer()
+	for w := 0; w < writers; w++ {
+		go func() {
+			for i := w; i < b.N; i += writers {
+				if err := put(ctx, w, i); err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for w := 0; w < writers; w++ {
+		if err := <-errs; err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "puts/s")
+}

@@ -45,16 +45,21 @@
 //
 // # Revisions and ordering
 //
-// Each Put, Delete and Apply is one call of kv_apply, one implicit
-// transaction. kv_apply first locks the kv_meta row (SELECT ... FOR NO KEY
+// Each Put, Delete and Apply is one call of kv_apply. A store writes
+// through one goroutine (group commit): a lone batch is one statement, one
+// implicit transaction; batches of concurrent callers that wait meanwhile
+// (up to 64) are committed together in one transaction, one kv_apply each,
+// so each still gets its own revision and a batch whose Requires fail is
+// dropped from the group alone. kv_apply first locks the kv_meta row (SELECT ... FOR NO KEY
 // UPDATE) and takes rev+1; the lock is held until commit, so a second
 // writer cannot even obtain its revision before the first has committed.
 // Revisions therefore commit strictly in order and every revision up to
 // kv_meta.rev is committed, without holes (an empty store is at revision
 // 1, as etcd is; the first write is 2): the out-of-order commit that makes
 // sequence-based designs (kine) lose events cannot happen. The price is
-// that writes are serialized; a batch is one round trip and one revision
-// (tens of thousands of keys per second). Deleting absent keys changes
+// that writes are serialized; group commit makes concurrent writers of one
+// store share commits instead of queueing for the lock one commit at a
+// time. Deleting absent keys changes
 // nothing and takes no revision. A batch's Requires (kvdriver.Require) are
 // checked after the lock is taken, so no writer can slip in between check
 // and commit; a mismatch raises SQLSTATE LWK01, which the driver returns as

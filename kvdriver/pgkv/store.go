@@ -7,7 +7,6 @@ import (
 	"net/url"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -48,6 +47,9 @@ type Store struct {
 	closed atomic.Bool
 
 	listener *listener
+
+	writes     chan *writeReq
+	writerDone chan struct{} // closed when writeLoop has ended
 }
 
 // Open connects to the database, applies the migrations (unless
@@ -90,6 +92,9 @@ func Open(ctx context.Context, c Config) (*Store, error) {
 		return nil, err
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.writes, s.writerDone = make(chan *writeReq, maxGroupBatches), make(chan struct{})
+	s.wg.Add(1)
+	go s.writeLoop()
 	if c.CompactInterval > 0 && (c.HistoryRevisions > 0 || c.HistoryAge > 0) {
 		s.wg.Add(1)
 		go s.autoCompact()
@@ -271,43 +276,6 @@ func (s *Store) Apply(ctx context.Context, ops []kvdriver.Op) (int64, error) {
 		return 0, fmt.Errorf("pgkv: apply %d operations: %w", len(ops), err)
 	}
 	return rev, nil
-}
-
-// conflictCode is the SQLSTATE kv_apply raises when a Require does not
-// hold (migration 000002).
-const conflictCode = "LWK01"
-
-// apply runs kv_apply: one statement, one implicit transaction, one
-// revision, the NOTIFY sent at its commit. A nil value deletes.
-func (s *Store) apply(ctx context.Context, keys []string, values [][]byte, reqKeys []string, reqRevs []int64) (int64, error) {
-	if s.closed.Load() {
-		return 0, kvdriver.ErrClosed
-	}
-	var rev int64
-	for attempt := 1; ; attempt++ {
-		err := s.wpool.QueryRow(ctx, s.q.apply, keys, values, s.cfg.channel(), reqKeys, reqRevs).Scan(&rev)
-		if err == nil {
-			return rev, nil
-		}
-		// Under REPEATABLE READ or SERIALIZABLE (a server or role default)
-		// a writer that waited for the revision lock fails with a
-		// serialization error instead of reading the new revision. The
-		// statement is its own transaction and nothing committed: retry.
-		var pgErr *pgconn.PgError
-		if errors.As(err, &pgErr) && pgErr.Code == conflictCode {
-			return 0, fmt.Errorf("%w: %s", kvdriver.ErrConflict, pgErr.Message)
-		}
-		if !errors.As(err, &pgErr) || (pgErr.Code != "40001" && pgErr.Code != "40P01") || attempt == maxApplyAttempts {
-			return 0, s.translate(err)
-		}
-		t := time.NewTimer(time.Duration(min(attempt, 20)) * time.Millisecond)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return 0, ctx.Err()
-		case <-t.C:
-		}
-	}
 }
 
 // Close ends the store's watches and background work and closes its
