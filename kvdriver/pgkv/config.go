@@ -37,6 +37,7 @@ const (
 	maxReconnectBackoff      = 5 * time.Second
 	initialReconnectBackoff  = 50 * time.Millisecond
 	watchEventsPerResponse   = 10_000
+	watchReadTimeout         = time.Minute
 	maxApplyAttempts         = 100
 )
 

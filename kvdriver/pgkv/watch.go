@@ -227,9 +227,17 @@ func (w *watcher) catchUp(ctx context.Context) error {
 // revision *upto, at most *limit events; nil: no bound), the head and the
 // compaction point, all from one snapshot.
 func (w *watcher) read(ctx context.Context, after int64, upto, limit *int64) (events []kvdriver.Event, head, compacted int64, err error) {
+	// A read interrupted by its context costs its connection (pgx closes
+	// it), and here that is the store's shared connection: the listener
+	// would reconnect and wake every watch. So a cancelled watch lets its
+	// read finish (it is one bounded statement); Close still interrupts it.
+	qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), watchReadTimeout)
+	defer cancel()
+	stop := context.AfterFunc(w.s.ctx, cancel)
+	defer stop()
 	// QueryExecModeExec: an unnamed statement, planned for these
 	// parameters (see queries.watch).
-	rows, err := w.s.pool.Query(ctx, w.s.q.watch, pgx.QueryExecModeExec, after, limit, w.eq, w.lo, w.hi, upto)
+	rows, err := w.s.pool.Query(qctx, w.s.q.watch, pgx.QueryExecModeExec, after, limit, w.eq, w.lo, w.hi, upto)
 	if err != nil {
 		return nil, 0, 0, w.s.translate(err)
 	}
