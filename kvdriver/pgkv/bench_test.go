@@ -290,8 +290,9 @@ func BenchmarkPrefixCatchUp(b *testing.B) {
 }
 
 // BenchmarkConcurrentPut: puts/s from 1 and 8 goroutines sharing one
-// store, each putting its own keys; raw-pgx is the same upserts on a plain
-// table from as many connections.
+// store (pgkv), or each with its own store (pgkv-stores), each putting its
+// own keys; raw-pgx is the same upserts on a plain table from as many
+// connections.
 func BenchmarkConcurrentPut(b *testing.B) {
 	value := []byte(`{"id":1,"host":"db1","port":5432,"status":3}`)
 	for _, writers := range []int{1, 8} {
@@ -302,6 +303,20 @@ func BenchmarkConcurrentPut(b *testing.B) {
 				return err
 			})
 		})
+		if writers > 1 {
+			// As many stores, one writer each: separate processes.
+			b.Run(fmt.Sprintf("pgkv-stores/%d", writers), func(b *testing.B) {
+				u := pgtest.NewDatabase(b)
+				stores := make([]kvdriver.Store, writers)
+				for i := range stores {
+					stores[i] = openStore(b, u)
+				}
+				concurrentPuts(b, writers, func(ctx context.Context, w, i int) error {
+					_, err := stores[w].Put(ctx, fmt.Sprintf("/bench/cput/%d/%d", w, i%100), value)
+					return err
+				})
+			})
+		}
 		b.Run(fmt.Sprintf("raw-pgx/%d", writers), func(b *testing.B) {
 			_, u := rawPgx(b)
 			conns := make([]*pgx.Conn, writers)
