@@ -233,3 +233,168 @@ func reportLatency(b *testing.B, lat []time.Duration) {
 	b.ReportMetric(q(0.50), "p50-ms")
 	b.ReportMetric(q(0.99), "p99-ms")
 }
+
+// BenchmarkPrefixCatchUp: a watch of a small prefix from revision 1, in a
+// change log of catchUpOther single-event revisions under other keys with
+// catchUpSmall revisions of the prefix spread among them. The baseline is
+// the same events read with one indexed query from a plain table holding
+// the same rows (raw-pgx): the floor of "read the prefix's history".
+const (
+	catchUpOther = 20_000
+	catchUpSmall = 20
+)
+
+func BenchmarkPrefixCatchUp(b *testing.B) {
+	ctx := context.Background()
+	// pgkv is the small prefix; pgkv-all watches "/", the whole log: the
+	// case where the key index must not be used.
+	for _, tc := range []struct {
+		name, prefix string
+		want         int
+	}{{"pgkv", "/small", catchUpSmall}, {"pgkv-all", "/", catchUpOther + catchUpSmall}} {
+		b.Run(tc.name, func(b *testing.B) { benchCatchUp(b, tc.prefix, tc.want) })
+	}
+	b.Run("raw-pgx", func(b *testing.B) {
+		conn, _ := rawPgx(b)
+		every := catchUpOther / catchUpSmall
+		for _, sql := range []string{
+			`CREATE TABLE raw_log (rev bigint PRIMARY KEY, key text COLLATE "C" NOT NULL, value bytea)`,
+			`CREATE INDEX ON raw_log (key, rev)`,
+			fmt.Sprintf(`INSERT INTO raw_log SELECT g + 1,
+				CASE WHEN g %% %[1]d = 0 THEN '/small/' || (g / %[1]d) ELSE '/other/' || (g %% 500) || '/x' END,
+				convert_to(g::text, 'UTF8') FROM generate_series(1, %[2]d) g`, every, catchUpOther+catchUpSmall),
+			`ANALYZE raw_log`,
+		} {
+			if _, err := conn.Exec(ctx, sql); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			rows, err := conn.Query(ctx, `SELECT rev, key, value FROM raw_log WHERE key >= '/small/' AND key < '/small0' ORDER BY rev`)
+			if err != nil {
+				b.Fatal(err)
+			}
+			n := 0
+			for rows.Next() {
+				n++
+			}
+			if err := rows.Err(); err != nil {
+				b.Fatal(err)
+			}
+			if n != catchUpSmall {
+				b.Fatalf("read %d events, want %d", n, catchUpSmall)
+			}
+		}
+	})
+}
+
+// BenchmarkConcurrentPut: puts/s from 1 and 8 goroutines sharing one
+// store (pgkv), or each with its own store (pgkv-stores), each putting its
+// own keys; raw-pgx is the same upserts on a plain table from as many
+// connections.
+func BenchmarkConcurrentPut(b *testing.B) {
+	value := []byte(`{"id":1,"host":"db1","port":5432,"status":3}`)
+	for _, writers := range []int{1, 8} {
+		b.Run(fmt.Sprintf("pgkv/%d", writers), func(b *testing.B) {
+			s := openStore(b, pgtest.NewDatabase(b))
+			concurrentPuts(b, writers, func(ctx context.Context, w, i int) error {
+				_, err := s.Put(ctx, fmt.Sprintf("/bench/cput/%d/%d", w, i%100), value)
+				return err
+			})
+		})
+		if writers > 1 {
+			// As many stores, one writer each: separate processes.
+			b.Run(fmt.Sprintf("pgkv-stores/%d", writers), func(b *testing.B) {
+				u := pgtest.NewDatabase(b)
+				stores := make([]kvdriver.Store, writers)
+				for i := range stores {
+					stores[i] = openStore(b, u)
+				}
+				concurrentPuts(b, writers, func(ctx context.Context, w, i int) error {
+					_, err := stores[w].Put(ctx, fmt.Sprintf("/bench/cput/%d/%d", w, i%100), value)
+					return err
+				})
+			})
+		}
+		b.Run(fmt.Sprintf("raw-pgx/%d", writers), func(b *testing.B) {
+			_, u := rawPgx(b)
+			conns := make([]*pgx.Conn, writers)
+			for i := range conns {
+				conns[i] = connect(b, u)
+			}
+			concurrentPuts(b, writers, func(ctx context.Context, w, i int) error {
+				_, err := conns[w].Exec(ctx, `INSERT INTO raw VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value`, fmt.Sprintf("/bench/cput/%d/%d", w, i%100), value)
+				return err
+			})
+		})
+	}
+}
+
+func concurrentPuts(b *testing.B, writers int, put func(ctx context.Context, w, i int) error) {
+	ctx := context.Background()
+	errs := make(chan error, writers)
+	b.ResetTimer()
+	for w := 0; w < writers; w++ {
+		go func() {
+			for i := w; i < b.N; i += writers {
+				if err := put(ctx, w, i); err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for w := 0; w < writers; w++ {
+		if err := <-errs; err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "puts/s")
+}
+
+// benchCatchUp times a watch of prefix from revision 1 until it has
+// delivered want events, on the log described at BenchmarkPrefixCatchUp.
+func benchCatchUp(b *testing.B, prefix string, want int) {
+	ctx := context.Background()
+	u := pgtest.NewDatabase(b)
+	s := openStore(b, u)
+	conn := connect(b, u)
+	// Every revision through kv_apply, each its own transaction (one
+	// transaction updating kv_meta 20k times slows down quadratically).
+	every := catchUpOther / catchUpSmall
+	if _, err := conn.Exec(ctx, fmt.Sprintf(`DO $$ BEGIN
+		FOR g IN 1..%[2]d LOOP
+			PERFORM lenkwerk_kv.kv_apply(
+				ARRAY[CASE WHEN g %% %[1]d = 0 THEN '/small/' || (g / %[1]d) ELSE '/other/' || (g %% 500) || '/x' END],
+				ARRAY[convert_to(g::text, 'UTF8')], NULL);
+			COMMIT;
+		END LOOP; END $$`, every, catchUpOther+catchUpSmall)); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, `ANALYZE lenkwerk_kv.kv_log`); err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		wctx, cancel := context.WithCancel(ctx)
+		ch := s.Watch(wctx, prefix, 1)
+		n := 0
+		for r := range ch {
+			if r.Err != nil {
+				b.Fatal(r.Err)
+			}
+			n += len(r.Events)
+			if n >= want {
+				break
+			}
+		}
+		cancel()
+		for range ch {
+		}
+		if n != want {
+			b.Fatalf("caught up %d events, want %d", n, want)
+		}
+	}
+}

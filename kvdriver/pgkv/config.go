@@ -26,19 +26,19 @@ const (
 )
 
 const (
-	maxSchemaLen              = 48 // leaves room for the "_changes" channel suffix within NAMEDATALEN
-	readerRole                = "lenkwerk_kv_reader"
-	listenerApplicationName   = "lenkwerk-pgkv-listen"
-	defaultApplicationName    = "lenkwerk-pgkv"
-	migrationsTable           = "pgkv_schema_migrations"
-	channelSuffix             = "_changes"
-	reservedParamPrefixDash   = "lenkwerk-"
-	reservedParamPrefixUnder  = "lenkwerk_"
-	maxReconnectBackoff       = 5 * time.Second
-	initialReconnectBackoff   = 50 * time.Millisecond
-	watchRevisionsPerResponse = 1000
-	watchEventsPerResponse    = 10_000
-	maxApplyAttempts          = 100
+	maxSchemaLen             = 48 // leaves room for the "_changes" channel suffix within NAMEDATALEN
+	readerRole               = "lenkwerk_kv_reader"
+	listenerApplicationName  = "lenkwerk-pgkv-listen"
+	defaultApplicationName   = "lenkwerk-pgkv"
+	migrationsTable          = "pgkv_schema_migrations"
+	channelSuffix            = "_changes"
+	reservedParamPrefixDash  = "lenkwerk-"
+	reservedParamPrefixUnder = "lenkwerk_"
+	maxReconnectBackoff      = 5 * time.Second
+	initialReconnectBackoff  = 50 * time.Millisecond
+	watchEventsPerResponse   = 10_000
+	watchReadTimeout         = time.Minute
+	maxApplyAttempts         = 100
 )
 
 // Config is what a postgres:// store URL parses into. Library users start

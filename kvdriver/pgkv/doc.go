@@ -45,16 +45,21 @@
 //
 // # Revisions and ordering
 //
-// Each Put, Delete and Apply is one call of kv_apply, one implicit
-// transaction. kv_apply first locks the kv_meta row (SELECT ... FOR NO KEY
+// Each Put, Delete and Apply is one call of kv_apply. A store writes
+// through one goroutine (group commit): a lone batch is one statement, one
+// implicit transaction; batches of concurrent callers that wait meanwhile
+// (up to 64) are committed together in one transaction, one kv_apply each,
+// so each still gets its own revision and a batch whose Requires fail is
+// dropped from the group alone. kv_apply first locks the kv_meta row (SELECT ... FOR NO KEY
 // UPDATE) and takes rev+1; the lock is held until commit, so a second
 // writer cannot even obtain its revision before the first has committed.
 // Revisions therefore commit strictly in order and every revision up to
 // kv_meta.rev is committed, without holes (an empty store is at revision
 // 1, as etcd is; the first write is 2): the out-of-order commit that makes
 // sequence-based designs (kine) lose events cannot happen. The price is
-// that writes are serialized; a batch is one round trip and one revision
-// (tens of thousands of keys per second). Deleting absent keys changes
+// that writes are serialized; group commit makes concurrent writers of one
+// store share commits instead of queueing for the lock one commit at a
+// time. Deleting absent keys changes
 // nothing and takes no revision. A batch's Requires (kvdriver.Require) are
 // checked after the lock is taken, so no writer can slip in between check
 // and commit; a mismatch raises SQLSTATE LWK01, which the driver returns as
@@ -74,11 +79,24 @@
 //
 // # Watch
 //
-// A store keeps one dedicated connection (application_name
-// lenkwerk-pgkv-listen, not from the pool) that LISTENs on the channel
-// once a watch exists. A notification only wakes the watches: each reads
-// kv_log after the last revision it delivered, up to kv_meta.rev, in one
-// statement (one snapshot), and delivers whole revisions in order. Since
+// A store that only reads and watches holds one PostgreSQL connection:
+// Get, List, the watches' reads, compaction and the listener share it
+// (a pool of one). Once a watch exists the listener LISTENs on it (its
+// application_name then gets the suffix -listen: lenkwerk-pgkv-listen by
+// default) and waits for notifications whenever nobody else uses it; any
+// other use interrupts the wait, and notifications that arrive meanwhile
+// are handled by whichever read is on the connection. Writes open their
+// own pool (pool_max_conns) on the first write. A server with
+// max_connections 100 and its superuser_reserved_connections of 3 thus
+// serves about 95 read-only consumers (minus the agent's connections);
+// beyond that, raise max_connections, or use etcd, whose watches share
+// one gRPC stream per process.
+//
+// A notification only wakes the watches: each reads, in one statement
+// (one snapshot), kv_log's events for its prefix after the last revision
+// it delivered, up to kv_meta.rev, through the index kv_log_key_rev
+// (key, rev), so a watch far behind reads its prefix's history only, not
+// the other keys' revisions; it delivers whole revisions in order. Since
 // the data comes from the log, a lost notification only delays a watch:
 // when the listener's connection drops or the server restarts, it
 // reconnects with capped backoff (50 ms to 5 s) and wakes every watch to

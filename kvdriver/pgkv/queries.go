@@ -27,20 +27,27 @@ func newQueries(schema string) queries {
 
 		head: r.Replace(`SELECT rev, compact_rev FROM $schema.kv_meta`),
 
-		// One snapshot gives the head, the compaction point and the events
-		// after $1 up to the head (at most $2 revisions, at most $6 events;
-		// NULL: all). The head is a safe horizon: writers are serialized,
-		// so every revision up to it is committed and visible in this
-		// snapshot. If the compaction point is past $1 no rows are read:
-		// the watch has lost history.
+		// One snapshot gives the head, the compaction point and the
+		// prefix's events after $1 up to the head (and up to $6 unless
+		// NULL), in revision order (at most $2 events; NULL: all). The head is a safe horizon: writers
+		// are serialized, so every revision up to it is committed and
+		// visible in this snapshot. If the compaction point is past $1 no
+		// rows are read: the watch has lost history.
+		//
+		// A prefix with little history is read through kv_log_key_rev
+		// (migration 3): only its own rows, however many revisions other
+		// keys took meanwhile. For a prefix that covers most of the log
+		// the planner walks the primary key and stops at the limit. The
+		// choice depends on the prefix, so the watcher runs this with a
+		// plan made for its parameters (never a cached generic plan).
 		watch: r.Replace(`SELECT m.rev, m.compact_rev, l.rev, l.key, l.value
 			FROM $schema.kv_meta m
 			LEFT JOIN LATERAL (
 				SELECT rev, idx, key, value FROM $schema.kv_log
-				WHERE rev > $1 AND rev <= least(m.rev, $1 + $2)
+				WHERE rev > $1 AND rev <= m.rev AND ($6::bigint IS NULL OR rev <= $6)
 				  AND (key = $3 OR (key >= $4 AND key < $5))
 				ORDER BY rev, idx
-				LIMIT $6
+				LIMIT $2
 			) l ON m.compact_rev <= $1
 			ORDER BY l.rev, l.idx`),
 

@@ -7,7 +7,6 @@ import (
 	"net/url"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -32,10 +31,12 @@ func init() {
 
 // Store is a kvdriver.Store on a PostgreSQL database.
 type Store struct {
-	cfg     Config
-	pool    *pgxpool.Pool
-	connCfg *pgx.ConnConfig // for the listener's dedicated connection
-	q       queries
+	cfg Config
+	// pool is the one connection a store that only reads and watches
+	// holds; wpool opens connections on the first write.
+	pool  *sharedPool
+	wpool *pgxpool.Pool
+	q     queries
 
 	ctx    context.Context // ends with Close
 	cancel context.CancelFunc
@@ -46,6 +47,9 @@ type Store struct {
 	closed atomic.Bool
 
 	listener *listener
+
+	writes     chan *writeReq
+	writerDone chan struct{} // closed when writeLoop has ended
 }
 
 // Open connects to the database, applies the migrations (unless
@@ -67,17 +71,30 @@ func Open(ctx context.Context, c Config) (*Store, error) {
 			return nil, err
 		}
 	}
-	pool, err := pgxpool.NewWithConfig(ctx, pc)
+	s := &Store{cfg: c, q: newQueries(c.Schema)}
+	s.listener = newListener(s, pc.ConnConfig.RuntimeParams["application_name"])
+	rc := pc.Copy()
+	rc.MaxConns, rc.MinConns = 1, 0
+	rc.ConnConfig.OnNotification = func(_ *pgconn.PgConn, n *pgconn.Notification) { s.listener.notified(n) }
+	rpool, err := pgxpool.NewWithConfig(ctx, rc)
 	if err != nil {
 		return nil, fmt.Errorf("pgkv: connect: %w", err)
 	}
-	s := &Store{cfg: c, pool: pool, connCfg: pc.ConnConfig.Copy(), q: newQueries(c.Schema)}
+	s.pool = &sharedPool{pool: rpool, l: s.listener}
+	// No connection until the first write.
+	if s.wpool, err = pgxpool.NewWithConfig(ctx, pc); err != nil {
+		rpool.Close()
+		return nil, fmt.Errorf("pgkv: connect: %w", err)
+	}
 	if err := s.checkSchema(ctx); err != nil {
-		pool.Close()
+		rpool.Close()
+		s.wpool.Close()
 		return nil, err
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	s.listener = newListener(s)
+	s.writes, s.writerDone = make(chan *writeReq, maxGroupBatches), make(chan struct{})
+	s.wg.Add(1)
+	go s.writeLoop()
 	if c.CompactInterval > 0 && (c.HistoryRevisions > 0 || c.HistoryAge > 0) {
 		s.wg.Add(1)
 		go s.autoCompact()
@@ -191,7 +208,7 @@ func (s *Store) read(ctx context.Context, f func() error) error {
 	if err == nil || ctx.Err() != nil || !deadConn(err) {
 		return err
 	}
-	s.pool.Reset()
+	s.pool.pool.Reset()
 	return f()
 }
 
@@ -261,43 +278,6 @@ func (s *Store) Apply(ctx context.Context, ops []kvdriver.Op) (int64, error) {
 	return rev, nil
 }
 
-// conflictCode is the SQLSTATE kv_apply raises when a Require does not
-// hold (migration 000002).
-const conflictCode = "LWK01"
-
-// apply runs kv_apply: one statement, one implicit transaction, one
-// revision, the NOTIFY sent at its commit. A nil value deletes.
-func (s *Store) apply(ctx context.Context, keys []string, values [][]byte, reqKeys []string, reqRevs []int64) (int64, error) {
-	if s.closed.Load() {
-		return 0, kvdriver.ErrClosed
-	}
-	var rev int64
-	for attempt := 1; ; attempt++ {
-		err := s.pool.QueryRow(ctx, s.q.apply, keys, values, s.cfg.channel(), reqKeys, reqRevs).Scan(&rev)
-		if err == nil {
-			return rev, nil
-		}
-		// Under REPEATABLE READ or SERIALIZABLE (a server or role default)
-		// a writer that waited for the revision lock fails with a
-		// serialization error instead of reading the new revision. The
-		// statement is its own transaction and nothing committed: retry.
-		var pgErr *pgconn.PgError
-		if errors.As(err, &pgErr) && pgErr.Code == conflictCode {
-			return 0, fmt.Errorf("%w: %s", kvdriver.ErrConflict, pgErr.Message)
-		}
-		if !errors.As(err, &pgErr) || (pgErr.Code != "40001" && pgErr.Code != "40P01") || attempt == maxApplyAttempts {
-			return 0, s.translate(err)
-		}
-		t := time.NewTimer(time.Duration(min(attempt, 20)) * time.Millisecond)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return 0, ctx.Err()
-		case <-t.C:
-		}
-	}
-}
-
 // Close ends the store's watches and background work and closes its
 // connections. It is idempotent.
 func (s *Store) Close() error {
@@ -309,7 +289,8 @@ func (s *Store) Close() error {
 	}
 	s.cancel()
 	s.wg.Wait()
-	s.pool.Close()
+	s.pool.pool.Close()
+	s.wpool.Close()
 	return nil
 }
 

@@ -13,7 +13,8 @@ import (
 
 // TestUpgradeFromVersion1: a schema made by the first driver version (no
 // Requires) is migrated on Open; its data stays, the old three-argument
-// kv_apply call still works, and Requires are enforced.
+// kv_apply call still works, Requires are enforced, and the change log
+// gets its key index (version 3).
 func TestUpgradeFromVersion1(t *testing.T) {
 	dbURL := pgtest.NewDatabase(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -69,5 +70,37 @@ func TestUpgradeFromVersion1(t *testing.T) {
 	}
 	if _, err := s.Apply(ctx, []kvdriver.Op{kvdriver.Require("/old", rev+100), kvdriver.Put("/old", []byte("6"))}); !errors.Is(err, kvdriver.ErrConflict) {
 		t.Fatalf("Apply with a stale Require after down and up = %v, want ErrConflict", err)
+	}
+
+	// Version 3: the change log's key index is there, and down and up work.
+	hasIndex := func() bool {
+		var ok bool
+		if err := conn.QueryRow(ctx, `SELECT to_regclass('old_kv.kv_log_key_rev') IS NOT NULL`).Scan(&ok); err != nil {
+			t.Fatal(err)
+		}
+		return ok
+	}
+	if !hasIndex() {
+		t.Fatal("no kv_log_key_rev index after upgrade")
+	}
+	for i, f := range []string{"migrations/000003_log_key_index.down.sql", "migrations/000003_log_key_index.up.sql"} {
+		sql, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := conn.Exec(ctx, string(sql)); err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		if hasIndex() != (i == 1) {
+			t.Fatalf("after %s: index present %t", f, !(i == 1))
+		}
+	}
+	// A watch from the start reads the upgraded log.
+	wctx, wcancel := context.WithCancel(ctx)
+	defer wcancel()
+	w := collect(s.Watch(wctx, "/old", 1))
+	evs := w.until(t, rev, 10*time.Second)
+	if len(evs) == 0 || evs[len(evs)-1].Revision != rev {
+		t.Fatalf("watch of /old after upgrade: %v, want events up to %d", evs, rev)
 	}
 }

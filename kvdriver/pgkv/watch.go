@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/bagger/lenkwerk/kvdriver"
@@ -157,13 +158,14 @@ func (e rewoundError) Error() string {
 func (e rewoundError) Unwrap() error { return kvdriver.ErrCompacted }
 
 // catchUp delivers everything committed after w.last, in responses of whole
-// revisions, until it reaches the store revision. A response carries at
-// most watchRevisionsPerResponse revisions and, unless one revision alone
-// is bigger, watchEventsPerResponse events.
+// revisions, until it reaches the store revision. Each read takes the
+// prefix's own events after w.last, so revisions of other keys cost
+// nothing. A response carries, unless one revision alone is bigger, at
+// most watchEventsPerResponse events.
 func (w *watcher) catchUp(ctx context.Context) error {
 	for {
 		limit := int64(watchEventsPerResponse)
-		events, head, compacted, err := w.read(ctx, w.last, watchRevisionsPerResponse, &limit)
+		events, head, compacted, err := w.read(ctx, w.last, nil, &limit)
 		if err != nil {
 			return err
 		}
@@ -177,10 +179,12 @@ func (w *watcher) catchUp(ctx context.Context) error {
 			return rewoundError{seen: w.maxHead, head: head}
 		}
 		w.maxHead = head
-		upto := min(head, w.last+watchRevisionsPerResponse)
-		if upto <= w.last {
+		if head <= w.last {
 			return nil
 		}
+		// Fewer events than the limit: they are all of the prefix's
+		// events up to the head, read in one snapshot.
+		upto := head
 		if len(events) >= watchEventsPerResponse {
 			// The page may end inside its last revision: hold that
 			// revision back, or read it alone and whole if it is the only one.
@@ -195,7 +199,7 @@ func (w *watcher) catchUp(ctx context.Context) error {
 				// Reading "after lastRev-1" keeps the compaction check
 				// sound: if the point is still at or below lastRev-1,
 				// revision lastRev is intact.
-				events, _, compacted, err = w.read(ctx, lastRev-1, 1, nil)
+				events, _, compacted, err = w.read(ctx, lastRev-1, &lastRev, nil)
 				if err != nil {
 					return err
 				}
@@ -219,11 +223,21 @@ func (w *watcher) catchUp(ctx context.Context) error {
 	}
 }
 
-// read runs the watch query: events after `after` (at most revs
-// revisions, at most *limit events; nil: no limit), the head and the
+// read runs the watch query: the prefix's events after `after` (up to
+// revision *upto, at most *limit events; nil: no bound), the head and the
 // compaction point, all from one snapshot.
-func (w *watcher) read(ctx context.Context, after, revs int64, limit *int64) (events []kvdriver.Event, head, compacted int64, err error) {
-	rows, err := w.s.pool.Query(ctx, w.s.q.watch, after, revs, w.eq, w.lo, w.hi, limit)
+func (w *watcher) read(ctx context.Context, after int64, upto, limit *int64) (events []kvdriver.Event, head, compacted int64, err error) {
+	// A read interrupted by its context costs its connection (pgx closes
+	// it), and here that is the store's shared connection: the listener
+	// would reconnect and wake every watch. So a cancelled watch lets its
+	// read finish (it is one bounded statement); Close still interrupts it.
+	qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), watchReadTimeout)
+	defer cancel()
+	stop := context.AfterFunc(w.s.ctx, cancel)
+	defer stop()
+	// QueryExecModeExec: an unnamed statement, planned for these
+	// parameters (see queries.watch).
+	rows, err := w.s.pool.Query(qctx, w.s.q.watch, pgx.QueryExecModeExec, after, limit, w.eq, w.lo, w.hi, upto)
 	if err != nil {
 		return nil, 0, 0, w.s.translate(err)
 	}

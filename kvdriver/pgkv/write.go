@@ -1,0 +1,222 @@
+package pgkv
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/bagger/lenkwerk/kvdriver"
+)
+
+// Writes go through one goroutine per store (group commit): it takes the
+// batches that are waiting and commits them in one transaction, one
+// kv_apply each, so each gets its own consecutive revision. Revisions are
+// still assigned under kv_meta's lock, which serializes writers of other
+// stores too; within a store, concurrent callers no longer queue for that
+// lock one commit at a time but share commits. A lone batch is one
+// statement in an implicit transaction, as before.
+const (
+	maxGroupBatches = 64
+	maxGroupOps     = DefaultMaxBatchOps
+)
+
+// writeReq is one batch waiting for the store's writer.
+type writeReq struct {
+	ctx     context.Context
+	keys    []string
+	values  [][]byte
+	reqKeys []string
+	reqRevs []int64
+	done    chan writeRes // buffered: the writer never blocks
+}
+
+type writeRes struct {
+	rev int64
+	err error
+}
+
+// conflictCode is the SQLSTATE kv_apply raises when a Require does not
+// hold (migration 000002).
+const conflictCode = "LWK01"
+
+// apply runs kv_apply through the store's writer: one revision, the
+// NOTIFY sent at its commit. A nil value deletes. If ctx ends while the
+// batch is being committed, apply returns ctx's error and the batch may
+// still commit, as with any write whose reply is lost.
+func (s *Store) apply(ctx context.Context, keys []string, values [][]byte, reqKeys []string, reqRevs []int64) (int64, error) {
+	if s.closed.Load() {
+		return 0, kvdriver.ErrClosed
+	}
+	r := &writeReq{ctx: ctx, keys: keys, values: values, reqKeys: reqKeys, reqRevs: reqRevs, done: make(chan writeRes, 1)}
+	select {
+	case s.writes <- r:
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	case <-s.writerDone:
+		return 0, kvdriver.ErrClosed
+	}
+	select {
+	case res := <-r.done:
+		return res.rev, res.err
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	case <-s.writerDone:
+		select {
+		case res := <-r.done:
+			return res.rev, res.err
+		default:
+			return 0, kvdriver.ErrClosed
+		}
+	}
+}
+
+// writeLoop is the store's writer.
+func (s *Store) writeLoop() {
+	defer s.wg.Done()
+	defer close(s.writerDone)
+	defer func() {
+		for {
+			select {
+			case r := <-s.writes:
+				r.done <- writeRes{err: kvdriver.ErrClosed}
+			default:
+				return
+			}
+		}
+	}()
+	for {
+		var first *writeReq
+		select {
+		case <-s.ctx.Done():
+			return
+		case first = <-s.writes:
+		}
+		group, ops := []*writeReq{first}, len(first.keys)
+	collect:
+		for len(group) < maxGroupBatches && ops < maxGroupOps {
+			select {
+			case r := <-s.writes:
+				group, ops = append(group, r), ops+len(r.keys)
+			default:
+				break collect
+			}
+		}
+		s.commitGroup(group)
+	}
+}
+
+// commitGroup commits the group's batches, each with its own revision. A
+// batch that fails on its own (a Require that does not hold, a value the
+// server refuses) gets its error and the others are committed without it:
+// the outcome is that of applying them one after another.
+func (s *Store) commitGroup(group []*writeReq) {
+	for {
+		live := group[:0]
+		for _, r := range group {
+			if err := r.ctx.Err(); err != nil {
+				r.done <- writeRes{err: err}
+				continue
+			}
+			live = append(live, r)
+		}
+		group = live
+		if len(group) == 0 {
+			return
+		}
+		revs, failed, err := s.runGroup(group)
+		switch {
+		case err == nil:
+			for i, r := range group {
+				r.done <- writeRes{rev: revs[i]}
+			}
+			return
+		case failed < 0:
+			for _, r := range group {
+				r.done <- writeRes{err: err}
+			}
+			return
+		}
+		group[failed].done <- writeRes{err: err}
+		group = append(group[:failed:failed], group[failed+1:]...)
+	}
+}
+
+// runGroup commits the group, retrying serialization failures. failed is
+// the index of the batch an error belongs to, or -1 if it is the group's.
+func (s *Store) runGroup(group []*writeReq) (revs []int64, failed int, err error) {
+	for attempt := 1; ; attempt++ {
+		revs, failed, err = s.tryGroup(group)
+		if err == nil {
+			return revs, -1, nil
+		}
+		// Under REPEATABLE READ or SERIALIZABLE (a server or role default)
+		// a writer that waited for the revision lock fails with a
+		// serialization error instead of reading the new revision.
+		// Nothing committed: retry.
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) {
+			return nil, -1, s.translate(err)
+		}
+		if (pgErr.Code == "40001" || pgErr.Code == "40P01") && attempt < maxApplyAttempts {
+			t := time.NewTimer(time.Duration(min(attempt, 20)) * time.Millisecond)
+			select {
+			case <-s.ctx.Done():
+				t.Stop()
+				return nil, -1, kvdriver.ErrClosed
+			case <-t.C:
+			}
+			continue
+		}
+		if failed >= 0 && pgErr.Code == conflictCode {
+			return nil, failed, fmt.Errorf("%w: %s", kvdriver.ErrConflict, pgErr.Message)
+		}
+		return nil, failed, s.translate(err)
+	}
+}
+
+// tryGroup is one attempt of runGroup.
+func (s *Store) tryGroup(group []*writeReq) (revs []int64, failed int, err error) {
+	ctx := s.ctx
+	channel := s.cfg.channel()
+	revs = make([]int64, len(group))
+	if len(group) == 1 {
+		r := group[0]
+		if err := s.wpool.QueryRow(ctx, s.q.apply, r.keys, r.values, channel, r.reqKeys, r.reqRevs).Scan(&revs[0]); err != nil {
+			return nil, 0, err
+		}
+		return revs, -1, nil
+	}
+	tx, err := s.wpool.Begin(ctx)
+	if err != nil {
+		return nil, -1, err
+	}
+	defer func() {
+		if err != nil {
+			rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = tx.Rollback(rctx)
+		}
+	}()
+	b := &pgx.Batch{}
+	for _, r := range group {
+		b.Queue(s.q.apply, r.keys, r.values, channel, r.reqKeys, r.reqRevs)
+	}
+	br := tx.SendBatch(ctx, b)
+	for i := range group {
+		if err = br.QueryRow().Scan(&revs[i]); err != nil {
+			_ = br.Close()
+			return nil, i, err
+		}
+	}
+	if err = br.Close(); err != nil {
+		return nil, -1, err
+	}
+	if err = tx.Commit(ctx); err != nil {
+		return nil, -1, err
+	}
+	return revs, -1, nil
+}
