@@ -1,0 +1,159 @@
+package containers_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/bagger/lenkwerk/agent"
+	"github.com/bagger/lenkwerk/integration/harness"
+)
+
+// Agent log lines that name the path an agent took after the database's
+// primary moved.
+const (
+	logInitialSync   = "initial sync: copying every published table"
+	logStreamingOn   = "the checkpoint is on its history: streaming on"
+	logHistoryResync = "the database's history changed under the store: copying every table again"
+	logSlotMissing   = "replication slot is missing: copying every table again"
+)
+
+// newPatroniStack is newStack on a two-member Patroni cluster (Patroni and
+// the store sharing one etcd), the agent started and caught up.
+func newPatroniStack(t *testing.T, ctx context.Context, opts ...harness.Option) *stack {
+	t.Helper()
+	s := newStack(t, 1, append([]harness.Option{harness.WithPatroni()}, opts...)...)
+	s.startAgent()
+	s.converge(ctx, 90*time.Second)
+	s.logSlots(ctx, "after the initial sync")
+	return s
+}
+
+// logSlots logs the agent's slot as each running Patroni member sees it.
+func (s *stack) logSlots(ctx context.Context, when string) {
+	s.t.Helper()
+	p := s.Patroni()
+	var states []string
+	for i, m := range p.Members {
+		if running, err := m.Running(ctx); err != nil || !running {
+			states = append(states, m.Name+": down")
+			continue
+		}
+		st, err := p.Slot(ctx, i, agent.DefaultSlot)
+		if err != nil {
+			states = append(states, fmt.Sprintf("%s: %v", m.Name, err))
+			continue
+		}
+		states = append(states, st.String())
+	}
+	s.t.Logf("slot %s %s: %s", agent.DefaultSlot, when, strings.Join(states, "; "))
+}
+
+// markerReaches commits a marker through Bagger's function and returns how
+// long after since it reached the store.
+func (s *stack) markerReaches(ctx context.Context, name string, since time.Time, timeout time.Duration) time.Duration {
+	s.t.Helper()
+	value := fmt.Sprintf(`{"%s": %d}`, name, since.UnixNano())
+	s.exec(ctx, `SELECT storage.save_config('`+name+`', '`+value+`')`)
+	store := s.Store()
+	err := waitUntil(ctx, timeout, func() bool {
+		kv, err := store.Get(ctx, "/Config/"+name)
+		return err == nil && strings.Contains(string(kv.Value), fmt.Sprint(since.UnixNano()))
+	})
+	if err != nil {
+		s.t.Fatalf("the %s marker did not reach the store within %v: %v", name, timeout, err)
+	}
+	return time.Since(since)
+}
+
+// Scenario: a planned Patroni switchover under load. The agent follows the
+// primary through its multi-host URL and streams on from Patroni's copy of
+// the slot, without a full copy.
+func TestPatroniSwitchover(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := newPatroniStack(t, ctx)
+	l := startLoad(t, s, 15)
+	pause(3 * time.Second)
+
+	began := time.Now()
+	s.must(s.SwitchoverPostgres(ctx))
+	switched := time.Since(began)
+	caught := s.markerReaches(ctx, "switchover", began, 60*time.Second)
+	t.Logf("switchover: new primary took writes after %v; a change committed then reached the store %v after the switchover began",
+		switched.Round(time.Millisecond), caught.Round(time.Millisecond))
+	s.logSlots(ctx, "after the switchover")
+
+	pause(3 * time.Second)
+	l.stop()
+	t.Logf("load: %v", l)
+	if l.committed.Load() == 0 {
+		t.Fatal("the writer committed nothing: the scenario tested nothing")
+	}
+	s.converge(ctx, 60*time.Second)
+	s.agentRunning(ctx)
+	if n := s.agentLogCount(ctx, logInitialSync); n != 1 {
+		t.Errorf("the agent copied the tables %d times; want 1 (the first start only)", n)
+	}
+	if n := s.agentLogCount(ctx, logStreamingOn); n == 0 {
+		t.Errorf("the agent's log does not say it streamed on across the new timeline (%q)", logStreamingOn)
+	}
+	s.checkNoReplay(ctx)
+}
+
+// Scenario: the primary's container is killed under load. Patroni promotes
+// the replica, which has a copy of the slot; the agent reconnects to it and
+// either streams on (its checkpoint is on the new timeline's history) or,
+// when it had applied a change the replica never received, copies again.
+// Either way the store ends equal to the database and the log names the
+// path.
+func TestPatroniFailover(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := newPatroniStack(t, ctx)
+	l := startLoad(t, s, 16)
+	pause(3 * time.Second)
+
+	killed := time.Now()
+	s.must(s.FailoverPostgres(ctx))
+	promoted := time.Since(killed)
+	caught := s.markerReaches(ctx, "failover", killed, 90*time.Second)
+	t.Logf("failover: the replica took writes %v after the primary was killed; a change committed then reached the store %v after the kill",
+		promoted.Round(time.Millisecond), caught.Round(time.Millisecond))
+	s.logSlots(ctx, "after the failover")
+
+	pause(3 * time.Second)
+	l.stop()
+	t.Logf("load: %v", l)
+	if l.committed.Load() == 0 {
+		t.Fatal("the writer committed nothing: the scenario tested nothing")
+	}
+	stopped := time.Now()
+	s.converge(ctx, 60*time.Second)
+	t.Logf("failover: store equal %v after the load stopped", time.Since(stopped).Round(time.Millisecond))
+	s.agentRunning(ctx)
+	path := s.failoverPath(ctx)
+	t.Logf("failover: the agent's path: %s", path)
+	s.checkNoReplay(ctx)
+}
+
+// failoverPath reads from the agent's log which way it went after a
+// promotion, failing the test when the log names none.
+func (s *stack) failoverPath(ctx context.Context) string {
+	s.t.Helper()
+	switch {
+	case s.agentLogCount(ctx, logHistoryResync) > 0:
+		return "copied again (its checkpoint was past the new timeline's fork)"
+	case s.agentLogCount(ctx, logSlotMissing) > 0:
+		return "copied again (no slot on the new primary)"
+	case s.agentLogCount(ctx, logStreamingOn) > 0:
+		if n := s.agentLogCount(ctx, logInitialSync); n != 1 {
+			s.t.Errorf("the agent streamed on yet copied the tables %d times", n)
+		}
+		return "streamed on from Patroni's copy of the slot, no copy"
+	}
+	s.t.Fatalf("the agent's log names no path across the failover")
+	return ""
+}
