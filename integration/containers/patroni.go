@@ -328,3 +328,26 @@ func (p *Patroni) runs(ctx context.Context, i int) bool {
 	running, err := m.Running(ctx)
 	return err == nil && running
 }
+
+// SlotSafeLines counts the lines of member i's log in which Patroni calls
+// its copy of slot safe to use after a failover: the physical slot of the
+// replica on the primary holds back catalog rows (hot_standby_feedback)
+// at least as far as the logical slot needs. A copy not yet safe may be
+// unusable after a promotion (Patroni then warns "Logical replication
+// slots that might be unsafe to use after promote").
+func (p *Patroni) SlotSafeLines(ctx context.Context, i int, slot string) (int, error) {
+	b, err := p.Members[i].Logs(ctx)
+	if err != nil {
+		return 0, err
+	}
+	return bytes.Count(b, []byte("Logical slot "+slot+" is safe to be used after a failover")), nil
+}
+
+// WaitSlotSafe waits up to timeout until member i's log has more than
+// before SlotSafeLines.
+func (p *Patroni) WaitSlotSafe(ctx context.Context, i int, slot string, before int, timeout time.Duration) error {
+	return waitFor(ctx, timeout, "Patroni on "+p.Members[i].Name+" to call its copy of slot "+slot+" safe", func(ctx context.Context) (bool, error) {
+		n, err := p.SlotSafeLines(ctx, i, slot)
+		return n > before, err
+	})
+}

@@ -94,6 +94,7 @@ func TestPatroniSwitchover(t *testing.T) {
 	}
 	s.converge(ctx, 60*time.Second)
 	s.agentRunning(ctx)
+	s.logPatroniSlotLines(ctx)
 	if n := s.agentLogCount(ctx, logInitialSync); n != 1 {
 		t.Errorf("the agent copied the tables %d times; want 1 (the first start only)", n)
 	}
@@ -136,6 +137,7 @@ func TestPatroniFailover(t *testing.T) {
 	s.agentRunning(ctx)
 	path := s.failoverPath(ctx)
 	t.Logf("failover: the agent's path: %s", path)
+	s.logPatroniSlotLines(ctx)
 	s.checkNoReplay(ctx)
 }
 
@@ -156,4 +158,102 @@ func (s *stack) failoverPath(ctx context.Context) string {
 	}
 	s.t.Fatalf("the agent's log names no path across the failover")
 	return ""
+}
+
+// Scenario: two agents (one streams, one waits for the lock) on a Patroni
+// cluster under load. The primary is killed; Patroni promotes the replica
+// and the agents converge on it. The old primary rejoins as a replica
+// (Patroni rewinds it with pg_rewind) and gets a copy of the slot; then the
+// new primary is killed too, and the cluster fails back to the old one:
+// the agents converge again.
+func TestPatroniFailback(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := newPatroniStack(t, ctx)
+	b, err := s.AddAgent("agent-b")
+	s.must(err)
+	s.must(b.Start(ctx))
+	s.waitRoles(ctx, b.Name(), 30*time.Second)
+	l := startLoad(t, s, 17)
+	pause(3 * time.Second)
+
+	for round, what := range []string{"failover", "failback"} {
+		killed := time.Now()
+		s.must(s.FailoverPostgres(ctx))
+		promoted := time.Since(killed)
+		caught := s.markerReaches(ctx, what, killed, 90*time.Second)
+		t.Logf("%s: the replica took writes %v after the primary was killed; a change committed then reached the store %v after the kill",
+			what, promoted.Round(time.Millisecond), caught.Round(time.Millisecond))
+		s.logSlots(ctx, "after the "+what)
+		if round == 0 {
+			began := time.Now()
+			s.must(s.RejoinPostgres(ctx))
+			t.Logf("the old primary streams as a replica, its copy of the slot safe, %v after its start", time.Since(began).Round(time.Millisecond))
+			s.logSlots(ctx, "after the rejoin")
+		}
+	}
+
+	pause(3 * time.Second)
+	l.stop()
+	t.Logf("load: %v", l)
+	if l.committed.Load() == 0 {
+		t.Fatal("the writer committed nothing: the scenario tested nothing")
+	}
+	s.converge(ctx, 60*time.Second)
+	active, _ := s.waitRoles(ctx, "", 30*time.Second)
+	t.Logf("at the end %s streams; the agents' paths: %s; %s", active, s.failoverPath(ctx), pathOf(ctx, t, b))
+	for _, a := range []*harness.Process{s.Agent(), b} {
+		if running, err := a.Running(ctx); err != nil || !running {
+			t.Errorf("agent container %s: running %v, %v", a.Name(), running, err)
+		}
+	}
+	s.logPatroniSlotLines(ctx)
+	s.checkNoReplay(ctx)
+}
+
+// logPatroniSlotLines logs what each Patroni member's log says about
+// replication slots: what Patroni did to the agent's slot.
+func (s *stack) logPatroniSlotLines(ctx context.Context) {
+	s.t.Helper()
+	for _, m := range s.Patroni().Members {
+		b, err := m.Logs(ctx)
+		if err != nil {
+			s.t.Logf("%s: %v", m.Name, err)
+			continue
+		}
+		// Patroni's own lines ("2026-… 12:00:00,123 INFO: …"), not
+		// PostgreSQL's, each kind once.
+		var lines []string
+		seen := map[string]bool{}
+		for _, line := range strings.Split(string(b), "\n") {
+			_, msg, ok := strings.Cut(line, ",")
+			if !ok || len(msg) < 4 || !strings.Contains(msg[:4], " ") {
+				continue
+			}
+			msg = msg[4:]
+			low := strings.ToLower(msg)
+			if !strings.Contains(low, "slot") && !strings.Contains(low, "rewind") && !strings.Contains(low, "promot") {
+				continue
+			}
+			if !seen[msg] {
+				seen[msg] = true
+				lines = append(lines, line)
+			}
+		}
+		if len(lines) > 30 {
+			lines = append(lines[:30], "…")
+		}
+		s.t.Logf("Patroni %s on slots:\n%s", m.Name, strings.Join(lines, "\n"))
+	}
+}
+
+// pathOf is failoverPath for another agent of the stack.
+func pathOf(ctx context.Context, t *testing.T, a *harness.Process) string {
+	b, err := a.Log(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := string(b)
+	return fmt.Sprintf("%s: %d initial syncs, %d times streamed on across a new timeline, %d copies after a history change",
+		a.Name(), strings.Count(log, logInitialSync), strings.Count(log, logStreamingOn), strings.Count(log, logHistoryResync))
 }

@@ -74,7 +74,7 @@ func startPatroni(ctx context.Context, tb testing.TB, cfg config, img containers
 	if err := p.pat.SetPermanentSlot(ctx, 0, agent.DefaultSlot, Database); err != nil {
 		return nil, err
 	}
-	if err := p.pat.WaitSlot(ctx, 1, agent.DefaultSlot, time.Minute); err != nil {
+	if err := p.pat.WaitSlotSafe(ctx, 1, agent.DefaultSlot, 0, time.Minute); err != nil {
 		return nil, fmt.Errorf("patroni's copy of the slot on the replica: %w", err)
 	}
 	return p, nil
@@ -171,8 +171,10 @@ func (s *Stack) FailoverPostgres(ctx context.Context) error {
 
 // RejoinPostgres starts the Patroni members FailoverPostgres killed and
 // returns once each streams from the primary as its replica (Patroni
-// rewinds a diverged old primary with pg_rewind). ErrUnsupported without
-// WithPatroni.
+// rewinds a diverged old primary with pg_rewind) and Patroni calls its
+// copy of the agent's slot safe to use after a failover: a failover before
+// that may promote a member whose slot lacks catalog rows the agent needs.
+// ErrUnsupported without WithPatroni.
 func (s *Stack) RejoinPostgres(ctx context.Context) error {
 	p, err := s.patroni("RejoinPostgres")
 	if err != nil {
@@ -187,10 +189,17 @@ func (s *Stack) RejoinPostgres(ctx context.Context) error {
 			if running {
 				continue
 			}
+			safe, err := p.pat.SlotSafeLines(ctx, i, agent.DefaultSlot)
+			if err != nil {
+				return err
+			}
 			if err := m.Start(ctx); err != nil {
 				return err
 			}
 			if err := p.pat.WaitReplica(ctx, i, 3*time.Minute); err != nil {
+				return err
+			}
+			if err := p.pat.WaitSlotSafe(ctx, i, agent.DefaultSlot, safe, 2*time.Minute); err != nil {
 				return err
 			}
 		}
