@@ -19,7 +19,35 @@
 #
 # Patroni reads PATRONI_* variables itself as well; those named above mean
 # what Patroni's documentation says.
+#
+# "permanent-slot": a one-shot job for after "lenkwerk migrate up": declares
+# LENKWERK_SLOT (in LENKWERK_DATABASE, plugin pgoutput) one of Patroni's
+# permanent slots (PATCH /config) through the first member of
+# LENKWERK_PATRONI_API ("pg0:8008,pg1:8008") that answers, retrying for a
+# minute.
 set -eu
+if [ "${1:-}" = permanent-slot ]; then
+	exec python3 - <<'PY'
+import json, os, sys, time, urllib.request
+slot = os.environ.get("LENKWERK_SLOT", "lw_agent")
+body = json.dumps({"slots": {slot: {"type": "logical", "plugin": "pgoutput",
+                                    "database": os.environ.get("LENKWERK_DATABASE", "lenkwerk")}}}).encode()
+apis = os.environ.get("LENKWERK_PATRONI_API", "pg0:8008,pg1:8008").split(",")
+deadline = time.time() + 60
+while True:
+    for api in apis:
+        try:
+            req = urllib.request.Request("http://%s/config" % api.strip(), data=body, method="PATCH")
+            with urllib.request.urlopen(req, timeout=5) as r:
+                print("permanent slot %s declared through %s (%d)" % (slot, api, r.status))
+                sys.exit(0)
+        except Exception as e:
+            err = "%s: %s" % (api, e)
+    if time.time() > deadline:
+        sys.exit("permanent slot %s: no Patroni member answered: %s" % (slot, err))
+    time.sleep(2)
+PY
+fi
 if [ $# -gt 0 ] && [ "$1" != patroni ]; then
 	exec "$@"
 fi
