@@ -75,6 +75,11 @@ func TestPatroniSwitchover(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	s := newPatroniStack(t, ctx)
+	// What Patroni does to a slot it does not know: created on the
+	// primary, watched across the switchover.
+	s.exec(ctx, `SELECT pg_create_logical_replication_slot('`+probeSlot+`', 'pgoutput')`)
+	pause(5 * time.Second) // two Patroni loops (loop_wait 2 s)
+	s.logProbeSlot(ctx, "5 s after its creation")
 	l := startLoad(t, s, 15)
 	pause(3 * time.Second)
 
@@ -85,6 +90,7 @@ func TestPatroniSwitchover(t *testing.T) {
 	t.Logf("switchover: new primary took writes after %v; a change committed then reached the store %v after the switchover began",
 		switched.Round(time.Millisecond), caught.Round(time.Millisecond))
 	s.logSlots(ctx, "after the switchover")
+	s.logProbeSlot(ctx, "after the switchover")
 
 	pause(3 * time.Second)
 	l.stop()
@@ -94,6 +100,7 @@ func TestPatroniSwitchover(t *testing.T) {
 	}
 	s.converge(ctx, 60*time.Second)
 	s.agentRunning(ctx)
+	s.logProbeSlot(ctx, "at the end")
 	s.logPatroniSlotLines(ctx)
 	if n := s.agentLogCount(ctx, logInitialSync); n != 1 {
 		t.Errorf("the agent copied the tables %d times; want 1 (the first start only)", n)
@@ -256,4 +263,28 @@ func pathOf(ctx context.Context, t *testing.T, a *harness.Process) string {
 	log := string(b)
 	return fmt.Sprintf("%s: %d initial syncs, %d times streamed on across a new timeline, %d copies after a history change",
 		a.Name(), strings.Count(log, logInitialSync), strings.Count(log, logStreamingOn), strings.Count(log, logHistoryResync))
+}
+
+// probeSlot is a logical slot Patroni neither knows (slots:) nor ignores
+// (ignore_slots:).
+const probeSlot = "lw_probe_unknown"
+
+// logProbeSlot logs whether each running member has probeSlot.
+func (s *stack) logProbeSlot(ctx context.Context, when string) map[string]bool {
+	s.t.Helper()
+	p := s.Patroni()
+	has := map[string]bool{}
+	for i, m := range p.Members {
+		if running, err := m.Running(ctx); err != nil || !running {
+			continue
+		}
+		st, err := p.Slot(ctx, i, probeSlot)
+		if err != nil {
+			s.t.Logf("%s: %v", m.Name, err)
+			continue
+		}
+		has[m.Name] = st.Exists
+	}
+	s.t.Logf("unknown slot %s %s: %v", probeSlot, when, has)
+	return has
 }
