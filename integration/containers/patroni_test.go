@@ -26,6 +26,9 @@ func newPatroniStack(t *testing.T, ctx context.Context, opts ...harness.Option) 
 	t.Helper()
 	s := newStack(t, 1, append([]harness.Option{harness.WithPatroni()}, opts...)...)
 	s.startAgent()
+	// An empty database converges before the agent's first session: wait
+	// until it streams from the slot.
+	s.waitRoles(ctx, "", 90*time.Second)
 	s.converge(ctx, 90*time.Second)
 	s.logSlots(ctx, "after the initial sync")
 	return s
