@@ -12,7 +12,8 @@ BENCHFLAGS  ?= -count=1 -timeout 60m -p 1
 LENKWERK_AGENT_IMAGE ?= lenkwerk/agent:dev
 LENKWERK_ETCD_IMAGE  ?= lenkwerk/etcd:dev
 LENKWERK_PG_IMAGE    ?= lenkwerk/postgres:15
-export LENKWERK_AGENT_IMAGE LENKWERK_ETCD_IMAGE LENKWERK_PG_IMAGE
+LENKWERK_PATRONI_IMAGE ?= lenkwerk/patroni:15
+export LENKWERK_AGENT_IMAGE LENKWERK_ETCD_IMAGE LENKWERK_PG_IMAGE LENKWERK_PATRONI_IMAGE
 
 .PHONY: all build test check lint staticcheck race rules bench bench-go fuzz images images-monitoring clean
 
@@ -90,7 +91,7 @@ fuzz:
 		$(GO) test -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) $$pkg; \
 	done
 
-# The agent, etcd and PostgreSQL images, built without a registry; an image
+# The agent, etcd, PostgreSQL and Patroni images, built without a registry; an image
 # whose inputs did not change is kept (FORCE=1 rebuilds).
 images:
 	bash docker/build-images.sh $(if $(FORCE),-f)

@@ -8,6 +8,7 @@
 #   LENKWERK_AGENT_IMAGE  (lenkwerk/agent:dev)    FROM scratch + static lenkwerk
 #   LENKWERK_ETCD_IMAGE   (lenkwerk/etcd:dev)     FROM scratch + docker/etcd
 #   LENKWERK_PG_IMAGE     (lenkwerk/postgres:15)  debootstrap'ed bookworm + postgresql-15
+#   LENKWERK_PATRONI_IMAGE (lenkwerk/patroni:15)  the same + Debian's patroni (3.0)
 #   LENKWERK_PROMETHEUS_IMAGE (unset: not built)  the same + Debian's prometheus
 #
 # An image is built only when its name contains "lenkwerk"; any other name
@@ -26,6 +27,7 @@ if [ "${1:-}" = -f ]; then force=1; fi
 AGENT_IMAGE=${LENKWERK_AGENT_IMAGE:-lenkwerk/agent:dev}
 ETCD_IMAGE=${LENKWERK_ETCD_IMAGE:-lenkwerk/etcd:dev}
 PG_IMAGE=${LENKWERK_PG_IMAGE:-lenkwerk/postgres:15}
+PATRONI_IMAGE=${LENKWERK_PATRONI_IMAGE:-lenkwerk/patroni:15}
 cache=${LENKWERK_IMAGE_CACHE:-$root/docker/.cache}
 GO=${GO:-go}
 command -v "$GO" >/dev/null || GO=/usr/local/go/bin/go
@@ -138,6 +140,20 @@ if ours "$PG_IMAGE"; then
 		pg_base
 		dbuild --build-arg "BASE=$base" --label "org.lenkwerk.inputs=$h" -t "$PG_IMAGE" docker/postgres
 		log "$PG_IMAGE built in $((SECONDS - start))s"
+	fi
+fi
+
+# Patroni: the same root filesystem plus Debian's patroni (3.0) and
+# python3-etcd, installed from Debian's mirror in the Dockerfile.
+if ours "$PATRONI_IMAGE"; then
+	start=$SECONDS
+	h=$(sum docker/patroni/Dockerfile docker/patroni/entrypoint.sh <(echo "$PG_PACKAGES $PG_ROOTFS_VERSION"))
+	if current "$PATRONI_IMAGE" "$h"; then
+		log "$PATRONI_IMAGE is current"
+	else
+		pg_base
+		dbuild --build-arg "BASE=$base" --label "org.lenkwerk.inputs=$h" -t "$PATRONI_IMAGE" docker/patroni
+		log "$PATRONI_IMAGE built in $((SECONDS - start))s"
 	fi
 fi
 

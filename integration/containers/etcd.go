@@ -24,16 +24,23 @@ type Etcd struct {
 // member reports itself healthy (it has a leader).
 func StartEtcd(tb testing.TB, nw *Network, img Images, n int) *Etcd {
 	tb.Helper()
+	return StartEtcdNamed(tb, nw, img, "etcd", n)
+}
+
+// StartEtcdNamed is StartEtcd with members named base0, base1, …, for a
+// second etcd on the same network.
+func StartEtcdNamed(tb testing.TB, nw *Network, img Images, base string, n int) *Etcd {
+	tb.Helper()
 	var peers []string
 	for i := range n {
-		peers = append(peers, fmt.Sprintf("etcd%d=http://etcd%d:2380", i, i))
+		peers = append(peers, fmt.Sprintf("%s%d=http://%s%d:2380", base, i, base, i))
 	}
 	e := &Etcd{Members: make([]*Container, n)}
 	// Members wait for each other's votes: start them together.
 	var wg sync.WaitGroup
 	errs := make([]error, n)
 	for i := range n {
-		name := fmt.Sprintf("etcd%d", i)
+		name := fmt.Sprintf("%s%d", base, i)
 		wg.Go(func() {
 			e.Members[i], errs[i] = start(context.Background(), tb, []*Network{nw}, name, img.Etcd,
 				testcontainers.WithEntrypoint(img.EtcdEntrypoint),
@@ -68,6 +75,16 @@ func StartEtcd(tb testing.TB, nw *Network, img Images, n int) *Etcd {
 
 // ErrNoMemberRuns is URL's error when every member is stopped.
 var ErrNoMemberRuns = errors.New("no etcd member runs")
+
+// Hosts is "member:2379,…", every member as containers on the network
+// reach it (Patroni's etcd3 hosts).
+func (e *Etcd) Hosts() string {
+	var eps []string
+	for _, m := range e.Members {
+		eps = append(eps, m.Name+":2379")
+	}
+	return strings.Join(eps, ",")
+}
 
 // InternalURL is the etcd:// store URL containers on the network use, with
 // every member.

@@ -141,6 +141,12 @@
 //	                                              store stays reachable, but
 //	                                              with PGKV it is PostgreSQL)
 //	PartitionAgent / Heal          no      yes   (the agent loses every network)
+//	SwitchoverPostgres             no      WithPatroni (Patroni's POST /switchover)
+//	FailoverPostgres               no      WithPatroni (the primary's container killed)
+//	RejoinPostgres                 no      WithPatroni (killed members back as replicas)
+//
+// WithPatroni runs the database on a two-member Patroni cluster; the
+// PostgreSQL levers above then answer ErrUnsupported.
 //
 // A lever the Stack cannot pull returns an error wrapping ErrUnsupported
 // (and errors.ErrUnsupported). The agent is meant to ride every fault out:

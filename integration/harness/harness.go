@@ -130,7 +130,11 @@ func Start(tb testing.TB, opts ...Option) *Stack {
 	case Local:
 		s.b, err = startLocal(ctx, tb, cfg)
 	case Containers:
-		s.b, err = startContainers(ctx, tb, cfg, img)
+		if cfg.patroni {
+			s.b, err = startPatroni(ctx, tb, cfg, img)
+		} else {
+			s.b, err = startContainers(ctx, tb, cfg, img)
+		}
 	}
 	if err != nil {
 		tb.Fatalf("harness (%s backend): %v", cfg.backend, err)

@@ -56,6 +56,7 @@ type config struct {
 	templates    map[string]string
 	migrateCmd   bool
 	readOnly     bool
+	patroni      bool
 }
 
 // WithBackend picks the backend, overriding LENKWERK_HARNESS_BACKEND.
@@ -138,6 +139,9 @@ func newConfig(opts []Option) (config, error) {
 func (c config) validate() error {
 	if c.readOnly && c.backend != Containers {
 		return fmt.Errorf("harness: WithReadOnlyAgent needs the containers backend, not %q", c.backend)
+	}
+	if c.patroni && c.backend != Containers {
+		return fmt.Errorf("%w: WithPatroni needs the containers backend, not %q", ErrUnsupported, c.backend)
 	}
 	return nil
 }
