@@ -408,6 +408,9 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.blocked(ve, d)
 		default:
 			d = bo.next()
+			if unreachable(err) {
+				d = min(d, max(a.cfg.MinBackoff, maxUnreachableWait))
+			}
 			a.log.Error("agent session failed; reconnecting", "retry_in", d, "err", err)
 		}
 		if a.pause(ctx, d, ve) {

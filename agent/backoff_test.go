@@ -1,0 +1,45 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgerrcode"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// unreachable decides whether a failed session waits at most
+// maxUnreachableWait (a failover in progress) or backs off further.
+func TestUnreachable(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	// A real refused connection: nothing listens on port 1.
+	_, refused := pgconn.Connect(ctx, "postgres://x@127.0.0.1:1/db?connect_timeout=5")
+	if refused == nil {
+		t.Fatal("connected to port 1")
+	}
+	login := fmt.Errorf("connect: %w", &pgconn.PgError{Severity: "FATAL", Code: pgerrcode.InvalidPassword, Message: "password authentication failed"})
+	for _, c := range []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{"connection refused", fmt.Errorf("open: %w", refused), true},
+		{"standby", fmt.Errorf("127.0.0.1:5432: %w", errStandby), true},
+		{"connection closed", fmt.Errorf("receive replication message: %w", io.ErrUnexpectedEOF), true},
+		{"shutting down", &pgconn.PgError{Severity: "FATAL", Code: pgerrcode.AdminShutdown}, true},
+		{"starting up", &pgconn.PgError{Severity: "FATAL", Code: pgerrcode.CannotConnectNow}, true},
+		{"failed login", login, false},
+		{"privilege", &pgconn.PgError{Severity: "ERROR", Code: pgerrcode.InsufficientPrivilege}, false},
+		{"value", &ValueError{Table: "storage.config", Err: errors.New("too large")}, false},
+		{"slot in use", fmt.Errorf("%w: slot x", ErrSlotInUse), false},
+	} {
+		if got := unreachable(c.err); got != c.want {
+			t.Errorf("%s: unreachable(%v) = %v, want %v", c.name, c.err, got, c.want)
+		}
+	}
+}
