@@ -64,7 +64,7 @@ func acquire(ctx context.Context, cfg Config, tlsCfg *tls.Config) (*sharedClient
 	k := keyOf(cfg)
 	pool.mu.Lock()
 	sc, ok := pool.clients[k]
-	if ok {
+	if ok && !cfg.PrivateClient {
 		sc.refs++
 		pool.mu.Unlock()
 		select {
@@ -80,7 +80,9 @@ func acquire(ctx context.Context, cfg Config, tlsCfg *tls.Config) (*sharedClient
 		return sc, nil
 	}
 	sc = &sharedClient{key: k, ready: make(chan struct{}), refs: 1}
-	pool.clients[k] = sc
+	if !cfg.PrivateClient {
+		pool.clients[k] = sc
+	}
 	pool.mu.Unlock()
 
 	sc.client, sc.err = clientv3.New(clientv3.Config{
