@@ -64,7 +64,7 @@ staticcheck:
 
 # The benchmark suite against real PostgreSQL, etcd and pgkv: every figure
 # next to a raw baseline measured in the same run, printed as the table of
-# integration/bench/BENCHMARKS.md (~6 min; LWBENCHFLAGS='-only bulk -rows
+# integration/bench/BENCHMARKS.md (~8 min with the ~2 min fan-out scenario; LWBENCHFLAGS='-only bulk -rows
 # 10000' for less, -json FILE keeps the raw results).
 LWBENCHFLAGS ?= -large -drivers
 bench:

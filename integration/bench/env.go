@@ -83,6 +83,9 @@ func NewEnv(ctx context.Context, opts Options) (_ *Env, err error) {
 			"synchronous_commit": "on",
 			// No checkpoints in the middle of a bulk load.
 			"max_wal_size": "'4GB'",
+			// The fan-out scenario's 300 pgkv consumers hold a
+			// connection each.
+			"max_connections": "500",
 		},
 	})
 	if err != nil {

@@ -36,6 +36,19 @@ func TestHarness(t *testing.T) {
 					t.Errorf("Latency %s: %+v, want 20 samples, 0 < p50 <= p99 <= max", name, l)
 				}
 			}
+			// 3 consumers with connections of their own; every one must
+			// receive every key of the stream and of the rotation.
+			f, err := e.Fanout(ctx, kind, 3, 20, 200, 10)
+			if err != nil {
+				t.Fatalf("Fanout: %v", err)
+			}
+			conns := f.EtcdConnections
+			if kind == bench.PGKV {
+				conns = f.PGConnections
+			}
+			if f.Steady.N != 3*20 || f.Burst.N != 3*10 || f.Steady.P50 <= 0 || f.Burst.Max < f.Burst.P50 || conns < 3 {
+				t.Errorf("Fanout: %+v, want 60 steady and 30 burst samples, positive times, a connection per consumer", f)
+			}
 			for _, txRows := range []int{rows, 10} {
 				r, err := e.Bulk(ctx, kind, rows, txRows)
 				if err != nil {

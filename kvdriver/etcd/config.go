@@ -52,6 +52,10 @@ type Config struct {
 	// RequestTimeout bounds each unary request (not watches); default
 	// DefaultRequestTimeout.
 	RequestTimeout time.Duration
+	// PrivateClient gives the Store a client of its own instead of the one
+	// shared by the process's Stores on the same cluster, as a separate
+	// process would have (benchmarks of many consumers).
+	PrivateClient bool
 }
 
 // String describes the config without its password.

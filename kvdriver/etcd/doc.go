@@ -46,4 +46,12 @@
 // the last one delivered, with capped backoff, so nothing is missed or
 // repeated; when that revision has been compacted the watch ends with an
 // error wrapping kvdriver.ErrCompacted.
+//
+// Stores of one process opened with the same endpoints and credentials
+// share one clientv3 client, closed with the last of them: one gRPC
+// connection and one watch stream carry all their watches, so a process
+// with hundreds of watchers costs etcd one connection. A member that loses
+// its leader (partitioned from the quorum) cancels the watches on it
+// (WithRequireLeader) and they are re-established, on another member when
+// the URL names several.
 package etcd

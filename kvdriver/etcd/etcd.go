@@ -10,7 +10,6 @@ import (
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -49,6 +48,8 @@ var limits = kvdriver.Limits{
 // Store is a kvdriver.Store on an etcd cluster.
 type Store struct {
 	client *clientv3.Client
+	// shared is the client's entry in the process-wide pool (see pool.go).
+	shared *sharedClient
 	cfg    Config
 
 	// ctx is cancelled by Close and ends every watch.
@@ -86,24 +87,17 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if cfg.Username != "" && cfg.Password == "" {
 		return nil, fmt.Errorf("%w: etcd user %q has no password (password-file= or $%s)", kvdriver.ErrInvalidURL, cfg.Username, PasswordEnv)
 	}
-	client, err := clientv3.New(clientv3.Config{
-		Endpoints:   cfg.Endpoints,
-		DialTimeout: cfg.DialTimeout,
-		TLS:         tlsCfg,
-		Username:    cfg.Username,
-		Password:    cfg.Password,
-		// Libraries don't log: errors are returned to the caller.
-		Logger:  zap.NewNop(),
-		Context: context.WithoutCancel(ctx),
-	})
+	shared, err := acquire(ctx, cfg, tlsCfg)
 	if err != nil {
 		return nil, fmt.Errorf("%s: connect: %w%s", cfg, err, handshakeReason(ctx, cfg, tlsCfg))
 	}
-	if err := ping(ctx, client, cfg); err != nil {
-		client.Close()
+	// A Store sharing a client still checks the cluster answers now, as
+	// Open promises.
+	if err := ping(ctx, shared.client, cfg); err != nil {
+		shared.release()
 		return nil, fmt.Errorf("%s: %w%s", cfg, err, handshakeReason(ctx, cfg, tlsCfg))
 	}
-	s := &Store{client: client, cfg: cfg}
+	s := &Store{client: shared.client, shared: shared, cfg: cfg}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	return s, nil
 }
@@ -135,7 +129,8 @@ func ping(ctx context.Context, c *clientv3.Client, cfg Config) error {
 }
 
 // Client returns the underlying etcd client, for tools that need etcd
-// features the Store does not offer.
+// features the Store does not offer. Other Stores of the process opened
+// with the same endpoints and credentials share it: do not close it.
 func (s *Store) Client() *clientv3.Client { return s.client }
 
 // request bounds a unary call by the request timeout.
@@ -335,7 +330,8 @@ func (s *Store) Compact(ctx context.Context, rev int64) error {
 // less the request's own encoding.
 func (s *Store) Limits() kvdriver.Limits { return limits }
 
-// Close ends the store's watches and closes the connection. It is
+// Close ends the store's watches and gives up its share of the client,
+// closing the connection when no other Store uses it. It is
 // idempotent; later calls return nil and other methods ErrClosed.
 func (s *Store) Close() error {
 	s.mu.Lock()
@@ -347,7 +343,7 @@ func (s *Store) Close() error {
 	s.mu.Unlock()
 	s.cancel()
 	s.watches.Wait()
-	if err := s.client.Close(); err != nil && !errors.Is(err, context.Canceled) {
+	if err := s.shared.release(); err != nil && !errors.Is(err, context.Canceled) {
 		return fmt.Errorf("etcd close: %w", err)
 	}
 	return nil

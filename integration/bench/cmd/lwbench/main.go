@@ -2,7 +2,11 @@
 // once each and prints them as a Markdown table, every figure next to its
 // raw baseline from the same run and the target it is held to:
 //
-//	go run ./integration/bench/cmd/lwbench [-rows 100000] [-repeat 1] [-large] [-drivers] [-json out.json]
+//	go run ./integration/bench/cmd/lwbench [-rows 100000] [-repeat 1] [-large] [-drivers] [-fanout 10,100,300] [-json out.json]
+//
+// -only fanout runs just the fan-out scenario (~2 min): 1 (the baseline)
+// and then -fanout consumers, each with a Store of its own, watching the
+// agent's tree under a steady stream and a rotation, etcd and pgkv.
 //
 // -drivers also runs the driver benchmarks (kvdriver/etcd, kvdriver/pgkv)
 // with `go test` and appends their output.
@@ -20,11 +24,19 @@ import (
 	"os/signal"
 	"runtime"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/bagger/lenkwerk/integration/bench"
+)
+
+// The fan-out scenario: 5 s of steady stream at 100 tx/s, then one
+// rotation transaction of 300 keys.
+const (
+	fanoutSteady = 500
+	fanoutBurst  = 300
 )
 
 func main() {
@@ -44,7 +56,8 @@ func run() error {
 	large := flag.Bool("large", false, "also the 10×rows transaction (1,000,000 rows by default)")
 	drivers := flag.Bool("drivers", false, "also run the driver benchmarks of kvdriver/etcd and kvdriver/pgkv")
 	inProcess := flag.Bool("inprocess", false, "run the agent in this process (no RSS figures)")
-	only := flag.String("only", "", "comma-separated scenarios: latency,bulk,sync,decode (default all)")
+	only := flag.String("only", "", "comma-separated scenarios: latency,bulk,sync,decode,fanout (default all)")
+	fanout := flag.String("fanout", "10,100,300", "consumer counts of the fan-out scenario (its baseline is 1 consumer)")
 	jsonOut := flag.String("json", "", "write the raw results as JSON to this file")
 	repeat := flag.Int("repeat", 1, "run the throughput and decode scenarios this many times; the row shows the run with the median ratio and the range")
 	flag.Parse()
@@ -182,6 +195,39 @@ func run() error {
 			})
 			if err != nil {
 				return fmt.Errorf("initial sync %s: %w", kind, err)
+			}
+		}
+	}
+	if want("fanout") {
+		var counts []int
+		for _, f := range strings.Split(*fanout, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil || n < 1 {
+				return fmt.Errorf("-fanout: bad count %q", f)
+			}
+			counts = append(counts, n)
+		}
+		lat := func(l bench.Latencies) string { return fmt.Sprintf("%s / %s / %s", ms(l.P50), ms(l.P99), ms(l.Max)) }
+		for _, kind := range stores {
+			var base bench.FanoutResult
+			for _, n := range append([]int{1}, counts...) {
+				r, err := env.Fanout(ctx, kind, n, fanoutSteady, 100, fanoutBurst)
+				if err != nil {
+					return fmt.Errorf("fanout %s %d: %w", kind, n, err)
+				}
+				if n == 1 {
+					base = r
+				}
+				secs := r.Elapsed.Seconds()
+				add(row{
+					What: fmt.Sprintf("fan-out %s, %d consumers: 100 tx/s, then 1 tx of %d keys (p50/p99/max ms)", kind, n, fanoutBurst),
+					Figure: fmt.Sprintf("steady %s; burst %s (all in %s ms); PostgreSQL connections %d, etcd connections %d; cores: agent %.2f, PostgreSQL %.2f, etcd+consumers %.2f",
+						lat(r.Steady), lat(r.Burst), ms(r.Burst.Elapsed), r.PGConnections, r.EtcdConnections,
+						r.CPU.Agent.Seconds()/secs, r.CPU.Postgres.Seconds()/secs, r.CPU.Bench.Seconds()/secs),
+					Baseline: fmt.Sprintf("1 consumer: steady %s; burst %s", lat(base.Steady), lat(base.Burst)),
+					Ratio:    fmt.Sprintf("p99 ×%.1f", float64(r.Steady.P99)/float64(max(base.Steady.P99, 1))),
+					Target:   "steady p99 ≤ 50", RSS: "–", Raw: r,
+				})
 			}
 		}
 	}
