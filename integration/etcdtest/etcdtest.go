@@ -1,21 +1,5 @@
-// Package etcdtest runs real etcd servers inside the current process with
-// go.etcd.io/etcd/server/v3/embed, for tests and for the dev mode.
-//
-// A Server is one etcd member on loopback ports with its own data
-// directory. It can be stopped and started again on the same directory and
-// the same client port: keys and revisions survive, and clients connected to
-// it reconnect by themselves. A Cluster is several members that form one
-// etcd cluster; each member can be stopped and started on its own.
-//
-// Outside tests:
-//
-//	srv, err := etcdtest.Start(ctx, dir)
-//	...
-//	defer srv.Close()
-//	store, err := kvdriver.Open(ctx, srv.URL())
-//
-// In tests, New and StartCluster start servers in t.TempDir() and stop
-// them in t.Cleanup:
+// Package etcdtest runs real etcd servers inside the test process (the
+// servers of agent/devstack), stopped when the test ends:
 //
 //	srv := etcdtest.New(t)
 //	c := etcdtest.StartCluster(t, 3)
@@ -25,3 +9,20 @@
 // in its data/ subdirectory), so test output stays clean and failures can
 // still be read.
 package etcdtest
+
+import "github.com/bagger/lenkwerk/agent/devstack"
+
+// The servers are devstack's.
+type (
+	Server  = devstack.EtcdServer
+	Cluster = devstack.EtcdCluster
+	Options = devstack.EtcdOptions
+)
+
+// Start, StartServer, NewCluster, FreePorts: see devstack.
+var (
+	Start       = devstack.StartEtcd
+	StartServer = devstack.StartEtcdServer
+	NewCluster  = devstack.NewEtcdCluster
+	FreePorts   = devstack.FreePorts
+)

@@ -17,8 +17,7 @@ import (
 	"time"
 
 	"github.com/bagger/lenkwerk/agent"
-	"github.com/bagger/lenkwerk/integration/etcdtest"
-	"github.com/bagger/lenkwerk/integration/pgtest"
+	"github.com/bagger/lenkwerk/agent/devstack"
 	"github.com/bagger/lenkwerk/kvdriver"
 	"github.com/bagger/lenkwerk/kvdriver/pgkv"
 	"github.com/bagger/lenkwerk/migrations"
@@ -128,7 +127,7 @@ func runDev(ctx context.Context, args []string, stdout io.Writer) (err error) {
 	undo = append([]func() error{watch.Close}, undo...)
 
 	fmt.Fprintf(os.Stderr, "lenkwerk dev: starting PostgreSQL in %s\n", root)
-	pg, err := pgtest.Start(ctx, devServerOptions(filepath.Join(root, "postgres"), *port))
+	pg, err := devstack.Start(ctx, devServerOptions(filepath.Join(root, "postgres"), *port))
 	if err != nil {
 		return fmt.Errorf("start PostgreSQL: %w", err)
 	}
@@ -159,7 +158,7 @@ func runDev(ctx context.Context, args []string, stdout io.Writer) (err error) {
 	var kvURL, kvShown, kvNote string
 	switch *kind {
 	case "etcd":
-		srv, err := etcdtest.Start(ctx, filepath.Join(root, "etcd"))
+		srv, err := devstack.StartEtcd(ctx, filepath.Join(root, "etcd"))
 		if err != nil {
 			return fmt.Errorf("start etcd: %w", err)
 		}

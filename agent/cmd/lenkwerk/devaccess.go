@@ -10,7 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/bagger/lenkwerk/integration/pgtest"
+	"github.com/bagger/lenkwerk/agent/devstack"
 	"github.com/jackc/pgx/v5"
 )
 
@@ -26,8 +26,8 @@ const devConfigLogin = "lenkwerk_config_login"
 // well). With trust, any local user could connect as the superuser and run
 // COPY … TO PROGRAM as the server's OS user. Settings apply when the
 // cluster is created (a kept --dir keeps its own; see warnIfTrusting).
-func devServerOptions(dir string, port int) pgtest.Options {
-	return pgtest.Options{
+func devServerOptions(dir string, port int) devstack.Options {
+	return devstack.Options{
 		Dir:  dir,
 		Port: port,
 		HBA: []string{
@@ -40,7 +40,7 @@ func devServerOptions(dir string, port int) pgtest.Options {
 
 // devAccess holds one dev run's passwords, new at every start.
 type devAccess struct {
-	pg        *pgtest.Cluster
+	pg        *devstack.Cluster
 	passwords map[string]string // role → password
 	passFile  string
 }
@@ -53,7 +53,7 @@ func newPassword() string {
 
 // setSuperuserPassword gives postgres a new password, through the socket
 // (open to the server's OS user only), and starts the run's devAccess.
-func setSuperuserPassword(ctx context.Context, pg *pgtest.Cluster, root string) (*devAccess, error) {
+func setSuperuserPassword(ctx context.Context, pg *devstack.Cluster, root string) (*devAccess, error) {
 	a := &devAccess{pg: pg, passwords: map[string]string{}, passFile: filepath.Join(root, "pgpass")}
 	socket := fmt.Sprintf("host=%s port=%d user=postgres dbname=postgres sslmode=disable", pg.SocketDir(), pg.Port())
 	if err := a.setPassword(ctx, socket, "postgres", ""); err != nil {

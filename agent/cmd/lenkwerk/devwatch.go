@@ -9,7 +9,7 @@ import (
 	"path/filepath"
 	"syscall"
 
-	"github.com/bagger/lenkwerk/integration/pgtest"
+	"github.com/bagger/lenkwerk/agent/devstack"
 )
 
 // A PostgreSQL server started with pg_ctl is a daemon: it outlives the dev
@@ -75,7 +75,7 @@ func runWatchdog(clusterDir string) int {
 	_, _ = io.Copy(io.Discard, os.Stdin)
 	status := 0
 	if _, err := os.Stat(filepath.Join(clusterDir, "data", "postmaster.pid")); err == nil {
-		if err := pgtest.StopStale(clusterDir); err != nil {
+		if err := devstack.StopStale(clusterDir); err != nil {
 			fmt.Fprintf(os.Stderr, "lenkwerk dev watchdog: dev (pid %s) is gone, and its PostgreSQL in %s would not stop: %v\n", os.Getenv(watchdogParentEnv), clusterDir, err)
 			return 1 // its files stay with it
 		}

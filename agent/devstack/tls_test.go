@@ -1,4 +1,4 @@
-package pgtest_test
+package devstack_test
 
 import (
 	"bufio"
@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bagger/lenkwerk/agent/devstack"
 	"github.com/bagger/lenkwerk/integration/certs"
 	"github.com/bagger/lenkwerk/integration/pgtest"
 	"github.com/jackc/pgx/v5"
@@ -140,7 +141,7 @@ func TestReapStale(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGQUIT); os.RemoveAll(dir) })
 
-	pgtest.ReapStale(own.BinDir())
+	devstack.ReapStale(own.BinDir())
 
 	if _, err := os.Stat(dir); !os.IsNotExist(err) {
 		t.Errorf("stale cluster dir %s still there: %v", dir, err)

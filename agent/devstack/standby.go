@@ -1,4 +1,4 @@
-package pgtest
+package devstack
 
 import (
 	"context"
@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -27,20 +26,20 @@ func ArchiveSettings(dir string) map[string]string {
 
 // MakeArchiveDir makes a WAL archive directory the server can write,
 // removed when the test ends.
-func MakeArchiveDir(tb testing.TB) string {
+func MakeArchiveDir(tb TB) string {
 	tb.Helper()
 	dir, err := os.MkdirTemp("", tempPrefix+"archive-")
 	if err != nil {
-		tb.Fatalf("pgtest: make archive dir: %v", err)
+		tb.Fatalf("devstack: postgres: make archive dir: %v", err)
 	}
 	tb.Cleanup(func() { os.RemoveAll(dir) })
 	if os.Geteuid() == 0 {
 		cred, err := postgresUser()
 		if err != nil {
-			tb.Fatalf("pgtest: %v", err)
+			tb.Fatalf("devstack: postgres: %v", err)
 		}
 		if err := os.Chown(dir, int(cred.Uid), int(cred.Gid)); err != nil {
-			tb.Fatalf("pgtest: chown archive dir: %v", err)
+			tb.Fatalf("devstack: postgres: chown archive dir: %v", err)
 		}
 	}
 	return dir
@@ -49,19 +48,19 @@ func MakeArchiveDir(tb testing.TB) string {
 // StartStandby makes a streaming standby of c (pg_basebackup -R, WAL
 // streamed along) in a new directory and starts it on a port of its own;
 // it is destroyed when the test ends. The standby keeps c's settings.
-func (c *Cluster) StartStandby(tb testing.TB) *Cluster {
+func (c *Cluster) StartStandby(tb TB) *Cluster {
 	tb.Helper()
 	s, err := c.baseBackup(context.Background(), true)
 	if err != nil {
-		tb.Fatalf("pgtest: standby: %v", err)
+		tb.Fatalf("devstack: postgres: standby: %v", err)
 	}
 	tb.Cleanup(func() {
 		if err := s.Destroy(); err != nil {
-			tb.Errorf("pgtest: destroy standby: %v", err)
+			tb.Errorf("devstack: postgres: destroy standby: %v", err)
 		}
 	})
 	if err := s.start(context.Background()); err != nil {
-		tb.Fatalf("pgtest: start standby: %v", err)
+		tb.Fatalf("devstack: postgres: start standby: %v", err)
 	}
 	return s
 }
@@ -69,15 +68,15 @@ func (c *Cluster) StartStandby(tb testing.TB) *Cluster {
 // BaseBackup takes a base backup of c (pg_basebackup, WAL streamed along)
 // into a new stopped cluster, destroyed when the test ends. Start it as a
 // copy of c at the backup's end, or hand it to RestoreBackup.
-func (c *Cluster) BaseBackup(tb testing.TB) *Cluster {
+func (c *Cluster) BaseBackup(tb TB) *Cluster {
 	tb.Helper()
 	b, err := c.baseBackup(context.Background(), false)
 	if err != nil {
-		tb.Fatalf("pgtest: base backup: %v", err)
+		tb.Fatalf("devstack: postgres: base backup: %v", err)
 	}
 	tb.Cleanup(func() {
 		if err := b.Destroy(); err != nil {
-			tb.Errorf("pgtest: destroy backup: %v", err)
+			tb.Errorf("devstack: postgres: destroy backup: %v", err)
 		}
 	})
 	return b
@@ -244,18 +243,18 @@ func (c *Cluster) CopySlot(from *Cluster, name string) error {
 // SaveSlot copies the state of replication slot name of the stopped or
 // checkpointed cluster c into a new directory, removed when the test ends,
 // for InstallSlot: a slot copy taken earlier.
-func (c *Cluster) SaveSlot(tb testing.TB, name string) string {
+func (c *Cluster) SaveSlot(tb TB, name string) string {
 	tb.Helper()
 	if err := checkSlotName(name); err != nil {
 		tb.Fatal(err)
 	}
 	dir, err := os.MkdirTemp("", tempPrefix+"slot-")
 	if err != nil {
-		tb.Fatalf("pgtest: save slot: %v", err)
+		tb.Fatalf("devstack: postgres: save slot: %v", err)
 	}
 	tb.Cleanup(func() { os.RemoveAll(dir) })
 	if err := copyFiles(filepath.Join(c.dataDir(), "pg_replslot", name), dir); err != nil {
-		tb.Fatalf("pgtest: save slot %s: %v", name, err)
+		tb.Fatalf("devstack: postgres: save slot %s: %v", name, err)
 	}
 	return dir
 }

@@ -1,4 +1,4 @@
-package pgtest
+package devstack
 
 import (
 	"context"
@@ -91,14 +91,14 @@ func reapStale(bindir string) {
 			continue
 		}
 		if err := stopStale(bindir, dir); err != nil {
-			fmt.Fprintf(os.Stderr, "pgtest: stale cluster %s (its owner is gone) kept: %v\n", dir, err)
+			fmt.Fprintf(os.Stderr, "devstack: postgres: stale cluster %s (its owner is gone) kept: %v\n", dir, err)
 			continue
 		}
 		if err := os.RemoveAll(dir); err != nil {
-			fmt.Fprintf(os.Stderr, "pgtest: remove stale cluster %s: %v\n", dir, err)
+			fmt.Fprintf(os.Stderr, "devstack: postgres: remove stale cluster %s: %v\n", dir, err)
 			continue
 		}
-		fmt.Fprintf(os.Stderr, "pgtest: stopped and removed stale cluster %s (its owner process is gone)\n", dir)
+		fmt.Fprintf(os.Stderr, "devstack: postgres: stopped and removed stale cluster %s (its owner process is gone)\n", dir)
 	}
 }
 

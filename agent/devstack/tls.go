@@ -1,4 +1,4 @@
-package pgtest
+package devstack
 
 import (
 	"fmt"
@@ -12,7 +12,7 @@ import (
 // nor, for the key, acceptable to PostgreSQL (it wants its own 0600 key).
 func (c *Cluster) installTLS(t TLS, settings map[string]string) error {
 	if t.CertFile == "" || t.KeyFile == "" {
-		return fmt.Errorf("pgtest: TLS needs CertFile and KeyFile")
+		return fmt.Errorf("devstack: postgres: TLS needs CertFile and KeyFile")
 	}
 	files := []struct{ src, name, setting string }{
 		{t.CertFile, "server.crt", "ssl_cert_file"},
@@ -25,15 +25,15 @@ func (c *Cluster) installTLS(t TLS, settings map[string]string) error {
 		}
 		b, err := os.ReadFile(f.src)
 		if err != nil {
-			return fmt.Errorf("pgtest: TLS %s: %w", f.setting, err)
+			return fmt.Errorf("devstack: postgres: TLS %s: %w", f.setting, err)
 		}
 		dst := filepath.Join(c.dir, "tls-"+f.name)
 		if err := os.WriteFile(dst, b, 0o600); err != nil {
-			return fmt.Errorf("pgtest: TLS %s: %w", f.setting, err)
+			return fmt.Errorf("devstack: postgres: TLS %s: %w", f.setting, err)
 		}
 		if c.owner != nil {
 			if err := os.Chown(dst, int(c.owner.Uid), int(c.owner.Gid)); err != nil {
-				return fmt.Errorf("pgtest: TLS %s: %w", f.setting, err)
+				return fmt.Errorf("devstack: postgres: TLS %s: %w", f.setting, err)
 			}
 		}
 		settings[f.setting] = "'" + dst + "'"

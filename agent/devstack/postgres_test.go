@@ -1,4 +1,4 @@
-package pgtest_test
+package devstack_test
 
 import (
 	"context"
@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/bagger/lenkwerk/agent/devstack"
 	"github.com/bagger/lenkwerk/integration/pgtest"
 	"github.com/jackc/pgx/v5"
 )
@@ -122,7 +123,7 @@ func TestStartMovesOffATakenPort(t *testing.T) {
 	defer l.Close()
 	taken := l.Addr().(*net.TCPAddr).Port
 	first := true
-	restore := pgtest.SetFreePort(func() (int, error) {
+	restore := devstack.SetFreePort(func() (int, error) {
 		if first {
 			first = false
 			return taken, nil

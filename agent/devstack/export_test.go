@@ -1,4 +1,4 @@
-package pgtest
+package devstack
 
 // ReapStale exposes reapStale to the tests.
 var ReapStale = reapStale

@@ -1,4 +1,4 @@
-package etcdtest
+package devstack
 
 import (
 	"context"
@@ -15,8 +15,8 @@ import (
 	"go.etcd.io/etcd/server/v3/embed"
 )
 
-// Options configure a Server started by StartServer.
-type Options struct {
+// EtcdOptions configure an EtcdServer started by StartEtcdServer.
+type EtcdOptions struct {
 	// Dir holds the member's data (Dir/data) and log (Dir/etcd.log). It is
 	// created if missing. Required.
 	Dir string
@@ -37,15 +37,15 @@ type Options struct {
 	// (--max-request-bytes, --max-txn-ops) when not zero.
 	MaxRequestBytes, MaxTxnOps uint
 
-	// initialCluster and clusterToken are set by NewCluster.
+	// initialCluster and clusterToken are set by NewEtcdCluster.
 	initialCluster string
 	clusterToken   string
 }
 
-// Server is one embedded etcd member. Its methods are safe for concurrent
+// EtcdServer is one embedded etcd member. Its methods are safe for concurrent
 // use.
-type Server struct {
-	opts Options
+type EtcdServer struct {
+	opts EtcdOptions
 
 	mu   sync.Mutex
 	etcd *embed.Etcd // nil while stopped
@@ -53,14 +53,14 @@ type Server struct {
 
 // Start starts a single-member etcd server with its data in dir, on free
 // loopback ports, and waits until it serves clients.
-func Start(ctx context.Context, dir string) (*Server, error) {
-	return StartServer(ctx, Options{Dir: dir})
+func StartEtcd(ctx context.Context, dir string) (*EtcdServer, error) {
+	return StartEtcdServer(ctx, EtcdOptions{Dir: dir})
 }
 
-// StartServer starts a single-member server (or, through NewCluster, one
+// StartEtcdServer starts a single-member server (or, through NewEtcdCluster, one
 // member of a cluster) and waits until it serves clients.
-func StartServer(ctx context.Context, opts Options) (*Server, error) {
-	s, err := newServer(opts)
+func StartEtcdServer(ctx context.Context, opts EtcdOptions) (*EtcdServer, error) {
+	s, err := newEtcdServer(opts)
 	if err != nil {
 		return nil, err
 	}
@@ -70,9 +70,9 @@ func StartServer(ctx context.Context, opts Options) (*Server, error) {
 	return s, nil
 }
 
-func newServer(opts Options) (*Server, error) {
+func newEtcdServer(opts EtcdOptions) (*EtcdServer, error) {
 	if opts.Dir == "" {
-		return nil, errors.New("etcdtest: Options.Dir is required")
+		return nil, errors.New("devstack: etcd: EtcdOptions.Dir is required")
 	}
 	if opts.Name == "" {
 		opts.Name = "default"
@@ -99,9 +99,9 @@ func newServer(opts Options) (*Server, error) {
 		opts.initialCluster = opts.Name + "=" + peerURL(opts.PeerPort)
 	}
 	if err := os.MkdirAll(opts.Dir, 0o700); err != nil {
-		return nil, fmt.Errorf("etcdtest: create data dir: %w", err)
+		return nil, fmt.Errorf("devstack: etcd: create data dir: %w", err)
 	}
-	return &Server{opts: opts}, nil
+	return &EtcdServer{opts: opts}, nil
 }
 
 func peerURL(port int) string   { return "http://127.0.0.1:" + strconv.Itoa(port) }
@@ -109,7 +109,7 @@ func clientURL(port int) string { return "http://127.0.0.1:" + strconv.Itoa(port
 
 // config builds a fresh embed.Config: embed mutates the one it is given, so
 // every start gets its own.
-func (s *Server) config() (*embed.Config, error) {
+func (s *EtcdServer) config() (*embed.Config, error) {
 	cfg := embed.NewConfig()
 	cfg.Name = s.opts.Name
 	cfg.Dir = filepath.Join(s.opts.Dir, "data")
@@ -146,7 +146,7 @@ func (s *Server) config() (*embed.Config, error) {
 // Start starts the server again after Stop, on the same data directory and
 // ports, and waits (bounded by ctx) until it serves clients. Starting a
 // running server does nothing.
-func (s *Server) Start(ctx context.Context) error {
+func (s *EtcdServer) Start(ctx context.Context) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.etcd != nil {
@@ -154,20 +154,20 @@ func (s *Server) Start(ctx context.Context) error {
 	}
 	cfg, err := s.config()
 	if err != nil {
-		return fmt.Errorf("etcdtest: config: %w", err)
+		return fmt.Errorf("devstack: etcd: config: %w", err)
 	}
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
-		return fmt.Errorf("etcdtest: start member %s: %w", s.opts.Name, err)
+		return fmt.Errorf("devstack: etcd: start member %s: %w", s.opts.Name, err)
 	}
 	select {
 	case <-e.Server.ReadyNotify():
 	case err := <-e.Err():
 		e.Close()
-		return fmt.Errorf("etcdtest: member %s failed while starting: %w", s.opts.Name, err)
+		return fmt.Errorf("devstack: etcd: member %s failed while starting: %w", s.opts.Name, err)
 	case <-ctx.Done():
 		e.Close()
-		return fmt.Errorf("etcdtest: member %s not ready: %w", s.opts.Name, ctx.Err())
+		return fmt.Errorf("devstack: etcd: member %s not ready: %w", s.opts.Name, ctx.Err())
 	}
 	s.etcd = e
 	return nil
@@ -176,14 +176,14 @@ func (s *Server) Start(ctx context.Context) error {
 // Stop stops the server and keeps its data. Open client connections are
 // closed; etcd waits up to its request timeout (about 7 s) for streams
 // such as watches to end. Stopping a stopped server does nothing.
-func (s *Server) Stop() error { return s.stop(false) }
+func (s *EtcdServer) Stop() error { return s.stop(false) }
 
 // Kill stops the server as a crash would look to the other members: raft
 // stops first, without handing leadership over, then the listeners close.
 // The data is kept, so Start brings the member back.
-func (s *Server) Kill() error { return s.stop(true) }
+func (s *EtcdServer) Kill() error { return s.stop(true) }
 
-func (s *Server) stop(hard bool) error {
+func (s *EtcdServer) stop(hard bool) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.etcd == nil {
@@ -199,7 +199,7 @@ func (s *Server) stop(hard bool) error {
 	// serving, not part of stopping.
 	for err := range e.Err() {
 		if err != nil && !isClosedErr(err) {
-			return fmt.Errorf("etcdtest: member %s: %w", s.opts.Name, err)
+			return fmt.Errorf("devstack: etcd: member %s: %w", s.opts.Name, err)
 		}
 	}
 	return nil
@@ -211,33 +211,33 @@ func isClosedErr(err error) bool {
 
 // Close stops the server; its data directory is left for the caller (tests
 // use a temporary one).
-func (s *Server) Close() error { return s.Stop() }
+func (s *EtcdServer) Close() error { return s.Stop() }
 
 // Running reports whether the server is started.
-func (s *Server) Running() bool {
+func (s *EtcdServer) Running() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.etcd != nil
 }
 
 // Name returns the member name.
-func (s *Server) Name() string { return s.opts.Name }
+func (s *EtcdServer) Name() string { return s.opts.Name }
 
 // Dir returns the server's directory (data and log).
-func (s *Server) Dir() string { return s.opts.Dir }
+func (s *EtcdServer) Dir() string { return s.opts.Dir }
 
 // Endpoint returns the client address, "127.0.0.1:port".
-func (s *Server) Endpoint() string { return "127.0.0.1:" + strconv.Itoa(s.opts.ClientPort) }
+func (s *EtcdServer) Endpoint() string { return "127.0.0.1:" + strconv.Itoa(s.opts.ClientPort) }
 
-// Endpoints returns the client address as a list, like Cluster.Endpoints.
-func (s *Server) Endpoints() []string { return []string{s.Endpoint()} }
+// Endpoints returns the client address as a list, like EtcdCluster.Endpoints.
+func (s *EtcdServer) Endpoints() []string { return []string{s.Endpoint()} }
 
 // URL returns the Lenkwerk store URL of this server, "etcd://127.0.0.1:port".
-func (s *Server) URL() string { return "etcd://" + s.Endpoint() }
+func (s *EtcdServer) URL() string { return "etcd://" + s.Endpoint() }
 
 // Etcd returns the running embedded server, or nil while stopped. It is
 // for tests that need etcd internals (e.g. the raft leader).
-func (s *Server) Etcd() *embed.Etcd {
+func (s *EtcdServer) Etcd() *embed.Etcd {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.etcd
@@ -250,7 +250,7 @@ func FreePorts(n int) ([]int, error) {
 	for range n {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
-			return nil, fmt.Errorf("etcdtest: find free port: %w", err)
+			return nil, fmt.Errorf("devstack: etcd: find free port: %w", err)
 		}
 		defer l.Close()
 		ports = append(ports, l.Addr().(*net.TCPAddr).Port)

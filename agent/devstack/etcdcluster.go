@@ -1,4 +1,4 @@
-package etcdtest
+package devstack
 
 import (
 	"context"
@@ -11,18 +11,18 @@ import (
 	"sync"
 )
 
-// Cluster is an etcd cluster of embedded members in this process.
-type Cluster struct {
+// EtcdCluster is an etcd cluster of embedded members in this process.
+type EtcdCluster struct {
 	// Members are the cluster's servers, member i named "m<i>" with its
 	// data in dir/m<i>. Stop and Start them to simulate member failures.
-	Members []*Server
+	Members []*EtcdServer
 }
 
-// NewCluster starts an n-member cluster with its data under dir, on free
+// NewEtcdCluster starts an n-member cluster with its data under dir, on free
 // loopback ports, and waits until every member serves clients.
-func NewCluster(ctx context.Context, dir string, n int, opts Options) (*Cluster, error) {
+func NewEtcdCluster(ctx context.Context, dir string, n int, opts EtcdOptions) (*EtcdCluster, error) {
 	if n < 1 {
-		return nil, fmt.Errorf("etcdtest: cluster of %d members", n)
+		return nil, fmt.Errorf("devstack: etcd: cluster of %d members", n)
 	}
 	ports, err := FreePorts(2 * n)
 	if err != nil {
@@ -36,7 +36,7 @@ func NewCluster(ctx context.Context, dir string, n int, opts Options) (*Cluster,
 	for i := range n {
 		initial = append(initial, fmt.Sprintf("m%d=%s", i, peerURL(ports[2*i+1])))
 	}
-	c := &Cluster{}
+	c := &EtcdCluster{}
 	for i := range n {
 		o := opts
 		o.Name = fmt.Sprintf("m%d", i)
@@ -45,7 +45,7 @@ func NewCluster(ctx context.Context, dir string, n int, opts Options) (*Cluster,
 		o.ClientPort, o.PeerPort = ports[2*i], ports[2*i+1]
 		o.initialCluster = strings.Join(initial, ",")
 		o.clusterToken = "etcdtest-" + hex.EncodeToString(token)
-		s, err := newServer(o)
+		s, err := newEtcdServer(o)
 		if err != nil {
 			return nil, err
 		}
@@ -67,7 +67,7 @@ func NewCluster(ctx context.Context, dir string, n int, opts Options) (*Cluster,
 }
 
 // Endpoints returns every member's client address.
-func (c *Cluster) Endpoints() []string {
+func (c *EtcdCluster) Endpoints() []string {
 	eps := make([]string, len(c.Members))
 	for i, m := range c.Members {
 		eps[i] = m.Endpoint()
@@ -77,11 +77,11 @@ func (c *Cluster) Endpoints() []string {
 
 // URL returns the Lenkwerk store URL naming every member,
 // "etcd://127.0.0.1:p1,127.0.0.1:p2,...".
-func (c *Cluster) URL() string { return "etcd://" + strings.Join(c.Endpoints(), ",") }
+func (c *EtcdCluster) URL() string { return "etcd://" + strings.Join(c.Endpoints(), ",") }
 
 // Leader returns the index of the member that is currently raft leader, or
 // -1 if no running member knows a leader.
-func (c *Cluster) Leader() int {
+func (c *EtcdCluster) Leader() int {
 	for _, m := range c.Members {
 		e := m.Etcd()
 		if e == nil {
@@ -101,7 +101,7 @@ func (c *Cluster) Leader() int {
 }
 
 // Close stops every member concurrently.
-func (c *Cluster) Close() error {
+func (c *EtcdCluster) Close() error {
 	errs := make([]error, len(c.Members))
 	var wg sync.WaitGroup
 	for i, m := range c.Members {
