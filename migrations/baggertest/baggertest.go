@@ -3,7 +3,7 @@
 // the tests of `lenkwerk migrate adopt`. The fixture (testdata/) was
 // written for Lenkwerk from Bagger's published schema.
 //
-//	c := baggertest.StartCluster(t, pgtest.Options{})
+//	c := baggertest.StartCluster(t, devstack.Options{})
 //	url := c.NewDatabase(t)
 //	baggertest.Install(t, ctx, url) // CREATE EXTENSION bagger_lw_storage, rows
 //
@@ -38,7 +38,7 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/bagger/lenkwerk/integration/pgtest"
+	"github.com/bagger/lenkwerk/agent/devstack"
 	"github.com/jackc/pgx/v5"
 )
 
@@ -51,12 +51,12 @@ const Extension = "bagger_lw_storage"
 // treePrefix names the private installations in the temporary directory.
 const treePrefix = "lenkwerk-baggertest-"
 
-// StartCluster starts a private cluster (pgtest.StartCluster) whose server
-// offers the fixture extension. It sets LENKWERK_PG_BINDIR for the test
-// (t.Setenv), so the test must not be parallel.
-func StartCluster(t *testing.T, opts pgtest.Options) *pgtest.Cluster {
+// StartCluster starts a private cluster (destroyed when the test ends)
+// whose server offers the fixture extension. It sets LENKWERK_PG_BINDIR for
+// the test (t.Setenv), so the test must not be parallel.
+func StartCluster(t *testing.T, opts devstack.Options) *devstack.Cluster {
 	t.Helper()
-	bindir, err := pgtest.BinDir()
+	bindir, err := devstack.BinDir()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -72,7 +72,16 @@ func StartCluster(t *testing.T, opts pgtest.Options) *pgtest.Cluster {
 		t.Fatalf("baggertest: private installation: %v", err)
 	}
 	t.Setenv("LENKWERK_PG_BINDIR", privBin)
-	return pgtest.StartCluster(t, opts)
+	c, err := devstack.Start(context.Background(), opts)
+	if err != nil {
+		t.Fatalf("baggertest: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := c.Destroy(); err != nil {
+			t.Errorf("baggertest: destroy cluster: %v", err)
+		}
+	})
+	return c
 }
 
 // buildTree builds the private installation under root and returns its
