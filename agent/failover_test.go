@@ -74,6 +74,18 @@ func (e *foEnv) config() Config {
 	return cfg
 }
 
+// takeOver starts the stopped standby promoted at the dead primary's port
+// and reconnects the test's connection to it.
+func (e *foEnv) takeOver(standby *pgtest.Cluster) {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := standby.TakeOver(ctx, e.primary.Port()); err != nil {
+		e.t.Fatal(err)
+	}
+	e.reconnect(e.url)
+}
+
 // reconnect replaces the test's connection (its server died) by one to
 // url.
 func (e *foEnv) reconnect(url string) {
@@ -200,12 +212,7 @@ func testPromote(t *testing.T, copySlot bool) {
 	if err := e.primary.Kill(); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	if err := standby.TakeOver(ctx, e.primary.Port()); err != nil {
-		t.Fatal(err)
-	}
-	e.reconnect(e.url)
+	e.takeOver(standby)
 	// New changes on the new timeline: LSNs below the lost checkpoint.
 	e.workload(5)
 	name := "(a) promotion without slot copy"
@@ -256,12 +263,7 @@ func TestFailoverPlannedSwitchover(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	if err := standby.TakeOver(ctx, e.primary.Port()); err != nil {
-		t.Fatal(err)
-	}
-	e.reconnect(e.url)
+	e.takeOver(standby)
 	e.workload(10)
 	e.equalAfter(t0, "(c) planned switchover")
 	if d, err := converge.Wait(context.Background(), converge.URL(e.url), twoStore, converge.Options{Publication: DefaultPublication}, 60*time.Second); err != nil {
@@ -415,12 +417,7 @@ func TestFailoverSlotCopyWithoutWAL(t *testing.T) {
 	if err := standby.InstallSlot(early, e.slot); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	if err := standby.TakeOver(ctx, e.primary.Port()); err != nil {
-		t.Fatal(err)
-	}
-	e.reconnect(e.url)
+	e.takeOver(standby)
 	e.workload(5)
 	e.equalAfter(t0, "slot copy without its WAL")
 	e.wantResyncs(a, map[string]float64{resyncNoCheckpoint: 1, resyncSlotWALGone: 1})
