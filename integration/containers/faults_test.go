@@ -15,12 +15,7 @@ func (s *stack) underLoad(ctx context.Context, seed uint64, converge time.Durati
 	l := startLoad(s.t, s, seed)
 	pause(3 * time.Second)
 	fault()
-	pause(3 * time.Second)
-	l.stop()
-	s.t.Logf("load: %v", l)
-	if l.committed.Load() == 0 {
-		s.t.Fatal("the writer committed nothing: the scenario tested nothing")
-	}
+	l.finish(s.t)
 	s.converge(ctx, converge)
 }
 

@@ -100,12 +100,7 @@ func TestPatroniSwitchover(t *testing.T) {
 	s.logSlots(ctx, "after the switchover")
 	s.logProbeSlot(ctx, "after the switchover")
 
-	pause(3 * time.Second)
-	l.stop()
-	t.Logf("load: %v", l)
-	if l.committed.Load() == 0 {
-		t.Fatal("the writer committed nothing: the scenario tested nothing")
-	}
+	l.finish(t)
 	s.converge(ctx, 60*time.Second)
 	s.agentRunning(ctx)
 	s.logProbeSlot(ctx, "at the end")
@@ -148,12 +143,7 @@ func TestPatroniFailover(t *testing.T) {
 		promoted.Round(time.Millisecond), caught.Round(time.Millisecond))
 	s.logSlots(ctx, "after the failover")
 
-	pause(3 * time.Second)
-	l.stop()
-	t.Logf("load: %v", l)
-	if l.committed.Load() == 0 {
-		t.Fatal("the writer committed nothing: the scenario tested nothing")
-	}
+	l.finish(t)
 	stopped := time.Now()
 	s.converge(ctx, 60*time.Second)
 	t.Logf("failover: store equal %v after the load stopped", time.Since(stopped).Round(time.Millisecond))
@@ -216,12 +206,7 @@ func TestPatroniFailback(t *testing.T) {
 		}
 	}
 
-	pause(3 * time.Second)
-	l.stop()
-	t.Logf("load: %v", l)
-	if l.committed.Load() == 0 {
-		t.Fatal("the writer committed nothing: the scenario tested nothing")
-	}
+	l.finish(t)
 	s.converge(ctx, 60*time.Second)
 	active, _ := s.waitRoles(ctx, "", 30*time.Second)
 	t.Logf("at the end %s streams", active)

@@ -206,6 +206,18 @@ func (l *load) note(ctx context.Context, what string, err error) {
 	}
 }
 
+// finish lets the writer run a moment longer (changes after the fault),
+// stops it and fails the test if it committed nothing.
+func (l *load) finish(t testing.TB) {
+	t.Helper()
+	pause(3 * time.Second)
+	l.stop()
+	t.Logf("load: %v", l)
+	if l.committed.Load() == 0 {
+		t.Fatal("the writer committed nothing: the scenario tested nothing")
+	}
+}
+
 // stop ends the writer and waits for it.
 func (l *load) stop() {
 	l.cancel()
