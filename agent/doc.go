@@ -154,7 +154,9 @@
 // standby … retrying") and retries. Given every server in a multi-host URL
 // (postgres://lenkwerk_agent@db1:5432,db2:5432/lenkwerk?target_session_attrs=read-write),
 // the agent's query and replication connections reach whichever server
-// takes writes and follow a promotion without a URL change. While no
+// takes writes and follow a promotion without a URL change (so do
+// lenkwerk migrate, status and resync, and pgkv stores: pgx reads such
+// URLs). While no
 // primary can be reached (connection refused or broken, a server shutting
 // down, starting up or in recovery) reconnects are at most 2 s apart, so a
 // promotion is followed quickly; errors of a server that answers (a failed
