@@ -322,8 +322,9 @@
 //	tcp_user_timeout = 5000        # ms: unacknowledged data (PostgreSQL 12+)
 //
 // and run the agent with --status-interval 1s (well below
-// wal_sender_timeout). A real network cut is not tested (SIGKILL, SIGSTOP
-// and terminated backends are).
+// wal_sender_timeout). A take-over after a real network cut is not tested
+// (SIGKILL, SIGSTOP and terminated backends are; integration/containers'
+// TestAgentPartitioned cuts a lone agent off and checks that it resumes).
 //
 // # Fan-out
 //
