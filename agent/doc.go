@@ -15,7 +15,19 @@
 // truncate deletes every store key of the table's template shape. A
 // transaction larger than a batch (the store's Limits, capped by
 // Config.MaxBatchOps/MaxBatchBytes) is applied in chunks while it streams,
-// so memory holds one batch; only the last chunk carries the checkpoint.
+// so it never takes more than one batch of memory; only the last chunk
+// carries the checkpoint.
+//
+// Keys follow agent/keymap's templates (DefaultTemplates: /Config/<key>,
+// /PostgresInstance/<host>/<port>, /Servermap, /Dimension/<id>,
+// /Index/<id>, /Index/<index_id>/<id>; any other table
+// /<schema>/<table>/<primary key values>), under Config.Prefix. Each value
+// segment is path-escaped (/ as %2F, % as %25, a whole . or .. segment as
+// %2E), so a key always splits back into its parts. Values are the whole
+// row as a JSON object, byte for byte what to_jsonb(row) gives with
+// TimeZone=UTC for every built-in type (pgjson, tested type by type
+// against the server), so a consumer loads one with
+// json_populate_record(NULL::storage.<table>, value).
 //
 // # Single-key tables
 //
@@ -58,10 +70,11 @@
 // transactions costs a few store writes, each carrying the last
 // transaction's checkpoint. A store revision may therefore hold several
 // source transactions, each whole (a watcher never sees part of a
-// transaction, except the chunks of one larger than a batch, as before);
-// a key written by two transactions is written twice, so a watcher sees
-// every committed value of every key, in order. The session moves its checkpoint, counts the
-// transactions and confirms the position only when it reaps the applier's
+// transaction, except the chunks of one larger than a batch); a key
+// written by two transactions is written twice, so a watcher sees every
+// committed value of every key, in order. The session moves its
+// checkpoint, counts the transactions and confirms the position only when
+// it reaps the applier's
 // acknowledgement. Whatever must see the store current waits for the
 // pipeline to drain first: listing the store (truncate, copies), the idle
 // keepalive checkpoint, a table copy. Memory: one batch in flight, one
@@ -108,20 +121,67 @@
 //
 // # The database's history (failover, restore)
 //
-// system_id and timeline are the server's IDENTIFY_SYSTEM answer when the
-// checkpoint was written. Before streaming, each session (every fan-out
-// slot has its own) checks the checkpoint against the server (history.go):
-// another system id, a timeline that is not on the server's history
-// (TIMELINE_HISTORY), or an LSN past where its timeline ends there (a
-// promoted standby that lacked changes, a point-in-time restore) or past
-// the server's WAL end lead to a full copy, as does a slot whose WAL the
-// server no longer has. Otherwise (a switchover where the standby had
-// everything and carries the slot) it streams on. A checkpoint without
-// the fields (written by an older agent) resumes as before. The causes are
-// counted in lenkwerk_agent_resyncs_total{cause}. A server in recovery is
-// never a source: the session fails ("read-only standby") and retries.
-// With Config.SyncStandbys, transactions, copies and idle checkpoints reach
-// the store only once the named standbys flushed them (syncstandby.go).
+// An LSN means something only on one history. system_id and timeline are
+// the server's IDENTIFY_SYSTEM answer when the checkpoint was written.
+// Before START_REPLICATION, each session (every fan-out slot has its own)
+// checks the checkpoint against the server:
+//
+//	case                                              what the agent does                 resyncs_total cause
+//	another system identifier (another cluster)       full copy, warning with both ids    other_system
+//	promoted standby that lacks changes the store     the checkpoint lies past where its  history_diverged
+//	  has (asynchronous replication), with or         timeline ends in TIMELINE_HISTORY:
+//	  without a copy of the slot                      full copy
+//	point-in-time restore to before the last changes  full copy                           history_diverged
+//	planned switchover: the standby had everything    streams on from the checkpoint,     -
+//	  and carries the slot (each fan-out slot too)    no copy
+//	promoted standby without the slot, nothing lost   full copy                           slot_missing
+//	slot copy whose WAL the standby does not have     full copy after the first failed    slot_wal_removed
+//	                                                  START_REPLICATION
+//
+// A checkpoint LSN past the server's WAL end on the same timeline (a
+// restore without a new timeline) is history_diverged too. A checkpoint
+// without system_id is not checked, one without timeline only for its
+// system id; the session writes both from then on. A full copy
+// removes keys that match no row, so values the database lost are taken
+// back from the store; the agent never streams from an LSN that is not on
+// the server's current history. Not detected: a restore of a base backup
+// that keeps the old timeline and has already written past the checkpoint
+// (use a recovery target, which starts a new timeline, or lenkwerk resync).
+// lenkwerk status shows the database's system id and timeline next to the
+// checkpoint's.
+//
+// A server in recovery is never a source: the session fails ("read-only
+// standby … retrying") and retries. Given every server in a multi-host URL
+// (postgres://lenkwerk_agent@db1:5432,db2:5432/lenkwerk?target_session_attrs=read-write),
+// the agent's query and replication connections reach whichever server
+// takes writes and follow a promotion without a URL change (so do
+// lenkwerk migrate, status and resync, and pgkv stores: pgx reads such
+// URLs). While no
+// primary can be reached (connection refused or broken, a server shutting
+// down, starting up or in recovery) reconnects are at most 2 s apart, so a
+// promotion is followed quickly; errors of a server that answers (a failed
+// login, privileges) keep the growing backoff.
+//
+// With Config.SyncStandbys (lenkwerk agent --sync-standbys NAME,…, the
+// application names in pg_stat_replication), a transaction, an initial
+// copy and an idle checkpoint reach the store only once those standbys
+// flushed their commit, as PostgreSQL 17's synchronized_standby_slots does
+// for logical walsenders: a failover to one of them then never takes back
+// a value that storage nodes saw (tested: a promotion after the standby
+// stopped receiving streams on, and a watcher sees no value go back). A
+// named standby that is down holds the store back (logged every minute);
+// after a failover the new primary's standbys must carry the names, or the
+// option must change. It costs commit → store latency
+// (integration/bench/BENCHMARKS.md, "Failover and HA"). Use it when storage
+// nodes act on what they read and asynchronous standbys can be promoted.
+// Not covered: single-key tables read their newest row from the primary,
+// and a transaction larger than a store batch is written in chunks before
+// its commit is checked. PostgreSQL 15's synchronous replication
+// (Patroni's synchronous_mode) makes commits wait for a standby but not the
+// logical walsender, so it does not replace this option.
+//
+// Patroni's permanent slots keep the slot on the replicas, so a switchover
+// costs no copy; how to set Patroni up for Lenkwerk: docker/README.md.
 //
 // # Initial sync, resync, new tables, schema changes
 //
@@ -214,11 +274,10 @@
 // session ends, in lock_timeout rounds of 5 StandbyRetry so a dead
 // connection of its own shows. It then waits, holding the lock, until the
 // previous walsender has released the slot (pg_replication_slots.active_pid
-// NULL), and streams from the store's checkpoint. Measured with real
-// processes under load (TestHAFailover in cmd/lenkwerk): a transaction
-// committed after SIGKILL of the active agent, or after
-// pg_terminate_backend of its connections, reaches the store 0.1-0.4 s
-// later; after SIGSTOP, wal_sender_timeout (3 s there) plus 0.1 s later.
+// NULL), and streams from the store's checkpoint. TestHAFailover (in
+// cmd/lenkwerk) checks the take-over with real processes after SIGKILL of
+// the active agent, pg_terminate_backend of its connections and SIGSTOP;
+// the times it measured are in integration/bench/BENCHMARKS.md.
 //
 // No change is lost or applied twice across a hand-over, because the new
 // agent starts from the checkpoint in the store, which is written in the
@@ -263,8 +322,9 @@
 //	tcp_user_timeout = 5000        # ms: unacknowledged data (PostgreSQL 12+)
 //
 // and run the agent with --status-interval 1s (well below
-// wal_sender_timeout). A real network cut is not tested (SIGKILL, SIGSTOP
-// and terminated backends are).
+// wal_sender_timeout). A take-over after a real network cut is not tested
+// (SIGKILL, SIGSTOP and terminated backends are; integration/containers'
+// TestAgentPartitioned cuts a lone agent off and checks that it resumes).
 //
 // # Fan-out
 //
@@ -285,9 +345,34 @@
 //
 // # Metrics, health and logs
 //
-// NewMetrics registers the metrics on a registry of the caller's (see
-// metrics.go for the list; every series has the label store), and Handler
-// serves /metrics, /healthz and /readyz. The agent logs through
-// Config.Logger: at info only sessions, syncs, take-overs and failures; at
-// debug one line per transaction ("transaction applied"); never one per row.
+// NewMetrics registers the metrics on a registry of the caller's; every
+// series has the label store (Config.Name), so one process fanning out
+// reports each stream apart:
+//
+//	lenkwerk_agent_transactions_applied_total     counter
+//	lenkwerk_agent_rows_applied_total             counter
+//	lenkwerk_agent_apply_latency_seconds          histogram: commit (server clock) → store acknowledged
+//	lenkwerk_agent_store_write_duration_seconds   histogram: one store batch write, every attempt
+//	lenkwerk_agent_replication_lag_bytes          gauge
+//	lenkwerk_agent_replication_lag_seconds        gauge: age of the oldest change not in the store
+//	lenkwerk_agent_retained_wal_bytes             gauge: WAL the slot holds back
+//	lenkwerk_agent_reconnects_total{cause}        counter
+//	lenkwerk_agent_errors_total{kind}             counter
+//	lenkwerk_agent_changes_skipped_total          counter: changes left out by lenkwerk skip
+//	lenkwerk_agent_role{role}                     gauge: 1 for active, standby, blocked or down
+//	lenkwerk_agent_resyncs_total{cause}           counter: full copies
+//
+// cause (reconnects) and kind are slot_in_use, database, store, value,
+// data, fenced or other; resync causes are no_checkpoint, slot_missing,
+// slot_undecodable, slot_wal_removed, slot_ahead, other_system and
+// history_diverged. Every series exists from the start at 0, so an alert
+// on its increase fires at the first event.
+//
+// Handler serves /metrics, /healthz (200 while the process runs) and
+// /readyz: 200 only when every agent is active, streaming, its store
+// healthy and its lag under the bound (DefaultReadyLag, lenkwerk agent
+// --ready-lag); otherwise 503 with the reasons (NotReady), for a blocked
+// agent the lenkwerk skip command. The agent logs through Config.Logger:
+// at info only sessions, syncs, take-overs and failures; at debug one line
+// per transaction ("transaction applied"); never one per row.
 package agent
