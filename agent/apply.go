@@ -151,11 +151,11 @@ func (s *session) applyAll(ctx context.Context, ops []kvdriver.Op, final bool) e
 // validatePut checks a row's key and value against the store's rules and
 // limits before anything of its transaction is written. Its error names
 // neither table nor key: rowError adds them.
-func (s *session) validatePut(key string, value []byte) error {
-	if err := kvdriver.ValidatePut(key, value, s.lim.store); err != nil {
+func (l batchLimits) validatePut(key string, value []byte) error {
+	if err := kvdriver.ValidatePut(key, value, l.store); err != nil {
 		return err
 	}
-	return s.checkRowSize(key, value)
+	return l.checkRowSize(key, value)
 }
 
 // validateEncoded is validatePut for values that are JSON by construction
@@ -163,23 +163,22 @@ func (s *session) validatePut(key string, value []byte) error {
 // key and the sizes are checked, the JSON is not parsed again here (a
 // quarter of the stream's CPU); the store driver checks every value of a
 // batch before writing it anyway.
-func (s *session) validateEncoded(key string, value []byte) error {
-	l := s.lim.store
+func (l batchLimits) validateEncoded(key string, value []byte) error {
 	if err := kvdriver.ValidateKey(key); err != nil {
 		return err
 	}
-	if l.MaxKeyBytes > 0 && len(key) > l.MaxKeyBytes {
-		return fmt.Errorf("%w: key is %d bytes, more than the store's %d", kvdriver.ErrTooLarge, len(key), l.MaxKeyBytes)
+	if l.store.MaxKeyBytes > 0 && len(key) > l.store.MaxKeyBytes {
+		return fmt.Errorf("%w: key is %d bytes, more than the store's %d", kvdriver.ErrTooLarge, len(key), l.store.MaxKeyBytes)
 	}
-	if l.MaxValueBytes > 0 && len(value) > l.MaxValueBytes {
-		return fmt.Errorf("%w: value is %d bytes, more than the store's %d", kvdriver.ErrTooLarge, len(value), l.MaxValueBytes)
+	if l.store.MaxValueBytes > 0 && len(value) > l.store.MaxValueBytes {
+		return fmt.Errorf("%w: value is %d bytes, more than the store's %d", kvdriver.ErrTooLarge, len(value), l.store.MaxValueBytes)
 	}
-	return s.checkRowSize(key, value)
+	return l.checkRowSize(key, value)
 }
 
-func (s *session) checkRowSize(key string, value []byte) error {
-	if n := len(key) + len(value); n > s.lim.bytes {
-		return fmt.Errorf("%w: row is %d bytes, more than a batch may carry (%d)", kvdriver.ErrTooLarge, n, s.lim.bytes)
+func (l batchLimits) checkRowSize(key string, value []byte) error {
+	if n := len(key) + len(value); n > l.bytes {
+		return fmt.Errorf("%w: row is %d bytes, more than a batch may carry (%d)", kvdriver.ErrTooLarge, n, l.bytes)
 	}
 	return nil
 }

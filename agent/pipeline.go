@@ -411,8 +411,8 @@ func (s *session) updatePending() {
 	switch {
 	case len(s.outstanding) > 0:
 		t = s.outstanding[0]
-	case s.inTxn && !s.skipTxn:
-		t = s.txnTime
+	case s.dec.inTxn && !s.dec.skipTxn:
+		t = s.dec.txnTime
 	}
 	s.a.mu.Lock()
 	s.a.pendingSince = t

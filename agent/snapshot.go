@@ -142,7 +142,7 @@ func (s *session) copyTable(ctx context.Context, t tableInfo) error {
 		return fmt.Errorf("copy table %s: %w", t.qualified(), err)
 	}
 	s.setCheckpoint(ck)
-	s.copiedAt[t.qualified()] = point
+	s.dec.copiedAt[t.qualified()] = point
 	s.a.log.Info("table added to the publication: copied", "table", t.qualified(), "rows", rows, "consistent_point", point)
 	return nil
 }
@@ -274,12 +274,12 @@ func (s *session) copyTables(ctx context.Context, snapshot string, tables []tabl
 			return nil, nil, 0, fmt.Errorf("table %s (key %s): a single-key table needs a primary key to find its newest row", info.qualified(), tmpl)
 		}
 		jobs = append(jobs, job{info, tmpl})
-		if s.inTxn {
+		if s.dec.inTxn {
 			// Copied while streaming a transaction: the transaction
 			// committed before the snapshot, so its buffered changes to
 			// the table are in the copy, and applying them after it
 			// would bring back older values.
-			s.buf.drop(tmpl.Match)
+			s.dec.buf.drop(tmpl.Match)
 		}
 		space = append(space, tmpl)
 		names[info.qualified()] = info.shape
@@ -329,7 +329,7 @@ func (s *session) copyTables(ctx context.Context, snapshot string, tables []tabl
 			key, err := j.tmpl.Key(keyRow)
 			v := bytes.Clone(raw[0])
 			if err == nil {
-				err = s.validateEncoded(key, v)
+				err = s.lim.validateEncoded(key, v)
 			}
 			if err != nil {
 				if err := s.rowError(ctx, j.info.qualified(), key, 0, err); err != nil {
