@@ -232,14 +232,6 @@ type Agent struct {
 	// the WAL it needs is gone (a slot copied to a promoted standby that
 	// did not keep that WAL): the next session copies again.
 	slotWALGone bool
-
-	// testNoConfirm makes status updates repeat the start position, as if
-	// the agent crashed after each store write before confirming: the
-	// restart then replays, and must skip, what the store has.
-	testNoConfirm bool
-	// testNoHeal leaves out initialSync's catalog change, so a slot
-	// poisoned while it is created stays undecodable.
-	testNoHeal bool
 }
 
 // stats is internal instrumentation, read by the tests.

@@ -29,7 +29,6 @@ func (s *session) stream(ctx context.Context) error {
 		return fmt.Errorf("start replication from %s: %w", s.ckpt.LSN, err)
 	}
 	s.streaming = true
-	s.startLSN = s.ckpt.LSN
 	s.a.update(func(st *Status) { st.Streaming = true; st.Err = nil })
 	lvl := slog.LevelInfo
 	if s.a.Status().Blocked != nil {
@@ -138,9 +137,6 @@ func (s *session) sendStatus() {
 		return
 	}
 	pos := s.confirmed
-	if s.a.testNoConfirm {
-		pos = s.startLSN
-	}
 	err := pglogrepl.SendStandbyStatusUpdate(context.Background(), s.repl, pglogrepl.StandbyStatusUpdate{
 		WALWritePosition: pos,
 		WALFlushPosition: pos,

@@ -51,7 +51,6 @@ type session struct {
 	lastStatus time.Time
 	lastIdle   time.Time     // last checkpoint written for an idle keepalive
 	sentEnd    pglogrepl.LSN // the WAL end of the last keepalive between transactions
-	startLSN   pglogrepl.LSN // where streaming started
 	nextPoll   time.Time
 
 	// pipe applies the store batches (see pipeline.go); outstanding are
