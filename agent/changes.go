@@ -94,33 +94,6 @@ func (s *session) onRelation(ctx context.Context, m *pglogrepl.RelationMessage) 
 	return nil
 }
 
-// admit reports whether the changes of table are left out: a table the
-// agent has not copied yet (added to the publication) is copied first; one
-// no longer published is not mirrored.
-func (s *session) admit(ctx context.Context, table string) (skip bool, err error) {
-	if s.tables[table] != "" {
-		return false, nil
-	}
-	// Added to the publication since the last poll? (A copy must follow
-	// the batches in flight.)
-	if err := s.sync(ctx); err != nil {
-		return false, err
-	}
-	if err := s.pollTables(ctx); err != nil {
-		return false, err
-	}
-	if s.tables[table] != "" {
-		return false, nil
-	}
-	// No longer published (removed or dropped since this transaction): not
-	// mirrored any more, like every table removed from the publication.
-	if !s.unmirrored[table] {
-		s.unmirrored[table] = true
-		s.a.log.Info("changes of a table no longer published are not mirrored", "table", table)
-	}
-	return true, nil
-}
-
 // truncateStored deletes the keys of a truncated table that the store has.
 // The listing must see the keys of every batch handed over.
 func (s *session) truncateStored(ctx context.Context, r *relation) error {
