@@ -24,9 +24,10 @@ const (
 	// DefaultMaxBatchOps and DefaultMaxBatchBytes cap a store batch when
 	// the store's own Limits are larger or unlimited, so a huge
 	// transaction is applied in chunks with bounded memory: up to three
-	// batches are held (decoded, pending, in flight). 2,000 operations
-	// write as fast into pgkv as its 10,000 (one round trip either way)
-	// at a third of the agent's memory.
+	// batches are held (decoded, pending, in flight). A batch is one round
+	// trip to the store whatever its size, so beyond a few thousand
+	// operations a larger cap costs memory and gains little (see
+	// integration/bench/BENCHMARKS.md).
 	DefaultMaxBatchOps   = 2000
 	DefaultMaxBatchBytes = 16 << 20
 )

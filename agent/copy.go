@@ -105,8 +105,8 @@ func (s *session) copyTables(ctx context.Context, snapshot string, tables []tabl
 			return nil, nil, 0, fmt.Errorf("copy table %s: %w", j.info.qualified(), err)
 		}
 		// The key's columns come as their own to_jsonb values, next to the
-		// row: parsing every row only to find them was most of the copy's
-		// CPU. One map serves every row (Key keeps nothing of it).
+		// row, so the copy never parses a row to find them. One map serves
+		// every row (Key keeps nothing of it).
 		keyRow := make(map[string]json.RawMessage, len(cols))
 		for rs.Next() {
 			// Raw values are valid until Next: the row's value is copied

@@ -12,9 +12,8 @@ import (
 
 // The pipeline applies store batches on a goroutine of its own, the
 // applier, while the session goroutine goes on receiving and decoding the
-// stream (or reading a table copy). Without it the store idled while the
-// agent decoded the next chunk, and the agent idled while the store wrote:
-// each waited for the other.
+// stream (or reading a table copy), so neither the store nor the decoding
+// waits for the other.
 //
 // Order is kept: the applier writes one batch at a time, in the order the
 // session handed them over. What the session hands over while a batch is
@@ -22,15 +21,15 @@ import (
 // merged (group commit) as long as the merged batch fits the store's limits
 // and they touch distinct keys: many small transactions become one store
 // write whose checkpoint is the last one's. A store revision may so hold
-// several source transactions, each whole, and, as before, a transaction
-// larger than a batch is still written in chunks. A key two transactions
+// several source transactions, each whole; a transaction larger than a
+// batch is written in chunks. A key two transactions
 // write goes into two batches, so a watcher sees every committed value of
 // every key, in order.
 //
 // The session learns what the store acknowledged by reaping the
 // applier's results: only then does it move its checkpoint, confirm the
 // position to PostgreSQL and count the transactions. So the slot is never
-// confirmed past what the store has, exactly as without the pipeline.
+// confirmed past what the store has.
 // Memory stays bounded: one batch in flight, one pending, and the
 // transaction being decoded.
 //
