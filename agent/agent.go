@@ -321,7 +321,7 @@ func (a *Agent) session(ctx context.Context, syncOnly bool) (err error) {
 	if err != nil {
 		return &storeError{err}
 	}
-	s.fence = fence
+	s.w.fence = fence
 	cause := resyncNoCheckpoint
 	if ok && a.undecodable {
 		a.log.Warn("replication slot cannot be decoded (could not map filenode): replacing it and copying every table again", "cause", resyncUndecodable, "checkpoint", ck.LSN)

@@ -126,7 +126,7 @@ func (s *session) maybeFlush(ctx context.Context) error {
 	if !s.dec.full() {
 		return nil
 	}
-	return s.applyAll(ctx, s.dec.buf.take(), false)
+	return s.submit(ctx, batch{ops: s.dec.buf.take()})
 }
 
 // commit resolves single-key tables, then hands the rest of the
@@ -149,7 +149,7 @@ func (s *session) commit(ctx context.Context, m *pglogrepl.CommitMessage, txn *c
 	}
 	ck := &Checkpoint{LSN: m.TransactionEndLSN, CommitLSN: m.CommitLSN, Time: m.CommitTime.UTC(), Tables: maps.Clone(s.tables), SystemID: s.hist.SystemID, Timeline: s.hist.Timeline}
 	s.outstanding = append(s.outstanding, m.CommitTime)
-	if err := s.submit(ctx, s.dec.buf.take(), nil, ck, ck, txn); err != nil {
+	if err := s.submit(ctx, batch{ops: s.dec.buf.take(), ck: ck, txn: txn}); err != nil {
 		return fmt.Errorf("apply transaction %d (commit %s): %w", s.dec.xid, m.CommitLSN, err)
 	}
 	return nil

@@ -96,7 +96,7 @@ func (s *session) copyTables(ctx context.Context, snapshot string, tables []tabl
 		if !force && len(buf.ops) < s.lim.ops && buf.bytes < s.lim.bytes {
 			return nil
 		}
-		return s.applyAll(ctx, buf.take(), false)
+		return s.submit(ctx, batch{ops: buf.take()})
 	}
 	for _, j := range jobs {
 		cols := j.tmpl.Columns()

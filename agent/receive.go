@@ -252,18 +252,11 @@ func (s *session) advanceIdle(ctx context.Context, lsn pglogrepl.LSN, urgent boo
 		}
 	}
 	ck := Checkpoint{LSN: lsn, Time: time.Now().UTC(), Tables: maps.Clone(s.tables), SystemID: s.hist.SystemID, Timeline: s.hist.Timeline}
-	actx, cancel := context.WithTimeout(ctx, min(s.a.cfg.ApplyTimeout, 2*time.Second))
-	t := time.Now()
-	rev, err := s.a.cfg.Store.Apply(actx, []kvdriver.Op{kvdriver.Require(s.a.ckptKey, s.fence), kvdriver.Put(s.a.ckptKey, ck.value())})
-	s.a.met.storeWrite.Observe(time.Since(t).Seconds())
-	cancel()
-	s.a.update(func(st *Status) { st.StoreErr = err })
+	// The pipeline is drained: the session goroutine writes.
+	err := s.w.try(ctx, []kvdriver.Op{kvdriver.Put(s.a.ckptKey, ck.value())}, min(s.a.cfg.ApplyTimeout, 2*time.Second))
 	s.lastIdle = time.Now()
 	if errors.Is(err, kvdriver.ErrConflict) {
-		return s.fenced(err)
-	}
-	if err == nil {
-		s.fence = rev
+		return s.w.fenced(err)
 	}
 	if err != nil {
 		if urgent && ctx.Err() == nil {

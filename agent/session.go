@@ -39,10 +39,8 @@ type session struct {
 	tables         map[string]string    // copied tables → shape; stored with the next checkpoint
 	pub            map[string]tableInfo // the publication's tables at the last poll
 
-	// fence is the checkpoint key's ModRevision as this session last read
-	// or wrote it (0: absent). Every batch requires it, so a batch of an
-	// agent that another agent overtook writes nothing.
-	fence int64
+	// w writes the store, fenced (see writer).
+	w *writer
 
 	streaming  bool
 	serverEnd  pglogrepl.LSN // the server's WAL end, as last reported
@@ -161,6 +159,7 @@ func (a *Agent) openSession(ctx context.Context, wait bool) (*session, error) {
 	s.dec = newDecoder(a.mapper, s.types, a.cfg.Prefix, s.lim)
 	s.dec.admit = s.admit
 	s.dec.skip = s.skipped
+	s.w = &writer{a: a}
 	s.pipe = newPipeline(s)
 	s.ckReserve = checkpointReserve(a.ckptKey, nil)
 	return s, nil

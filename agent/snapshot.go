@@ -54,11 +54,11 @@ func (s *session) initialSync(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	s.fence = fence
+	s.w.fence = fence
 	// Forget the old checkpoint before the slot: a crash from here on must
 	// lead to another copy, never to streaming from a stale position. The
 	// fence is 0 from here until the new checkpoint is written.
-	if err := s.apply(ctx, []kvdriver.Op{kvdriver.Delete(s.a.ckptKey)}); err != nil {
+	if err := s.write(ctx, batch{ops: []kvdriver.Op{kvdriver.Delete(s.a.ckptKey)}}); err != nil {
 		return fmt.Errorf("remove checkpoint: %w", err)
 	}
 	if exists {
@@ -101,7 +101,7 @@ func (s *session) initialSync(ctx context.Context) error {
 		return fmt.Errorf("initial sync: %w", err)
 	}
 	ck := Checkpoint{LSN: point, Time: time.Now().UTC(), Tables: tables, SystemID: s.hist.SystemID, Timeline: s.hist.Timeline}
-	if err := s.applyAll(ctx, append(ops, kvdriver.Put(s.a.ckptKey, ck.value())), true); err != nil {
+	if err := s.write(ctx, batch{ops: ops, ck: &ck}); err != nil {
 		return fmt.Errorf("initial sync: %w", err)
 	}
 	s.setCheckpoint(ck)
@@ -133,7 +133,7 @@ func (s *session) copyTable(ctx context.Context, t tableInfo) error {
 	ck.SystemID, ck.Timeline = s.hist.SystemID, s.hist.Timeline
 	ck.Tables = maps.Clone(s.tables)
 	ck.Tables[t.qualified()] = t.shape
-	if err := s.applyAll(ctx, append(ops, kvdriver.Put(s.a.ckptKey, ck.value())), true); err != nil {
+	if err := s.write(ctx, batch{ops: ops, ck: &ck}); err != nil {
 		return fmt.Errorf("copy table %s: %w", t.qualified(), err)
 	}
 	s.setCheckpoint(ck)
