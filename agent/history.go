@@ -125,8 +125,9 @@ func (h serverHistory) end(tli int32) (pglogrepl.LSN, bool) {
 
 // verdict decides whether streaming may resume from ck on this server. It
 // returns "" to resume, else the resync cause and why, in words. A
-// checkpoint without system id and timeline (written before they were
-// recorded) resumes as before; the session writes them from then on.
+// checkpoint without system id and timeline (written by an agent that did
+// not record them) has nothing to check and resumes; the session writes
+// them from then on.
 func (h serverHistory) verdict(ck Checkpoint) (cause, why string) {
 	if ck.SystemID == "" {
 		return "", ""

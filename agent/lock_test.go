@@ -3,7 +3,6 @@ package agent
 import (
 	"context"
 	"fmt"
-	"net/url"
 	"testing"
 	"time"
 
@@ -20,15 +19,7 @@ func TestAgentLockOnlyForAgentRole(t *testing.T) {
 	role := randomName("lw_intruder_")
 	e.exec(`CREATE ROLE ` + role + ` LOGIN`)
 	t.Cleanup(func() { _, _ = e.db.Exec(context.Background(), `DROP ROLE IF EXISTS `+role) })
-	as := func(user string) string {
-		u, err := url.Parse(e.url)
-		if err != nil {
-			t.Fatal(err)
-		}
-		u.User = url.User(user)
-		return u.String()
-	}
-	intruder, err := pgx.Connect(ctx, as(role))
+	intruder, err := pgx.Connect(ctx, asUser(t, e.url, role))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -40,7 +31,7 @@ func TestAgentLockOnlyForAgentRole(t *testing.T) {
 		}
 	}
 	cfg := e.config()
-	cfg.DatabaseURL = as("lenkwerk_agent")
+	cfg.DatabaseURL = asUser(t, e.url, "lenkwerk_agent")
 	a := e.start(cfg)
 	waitFor(t, "the agent to stream as the active agent", 30*time.Second, func() bool {
 		st := a.Status()

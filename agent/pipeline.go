@@ -12,25 +12,24 @@ import (
 
 // The pipeline applies store batches on a goroutine of its own, the
 // applier, while the session goroutine goes on receiving and decoding the
-// stream (or reading a table copy). Without it the store idled while the
-// agent decoded the next chunk, and the agent idled while the store wrote:
-// each waited for the other.
+// stream (or reading a table copy), so neither the store nor the decoding
+// waits for the other.
 //
 // Order is kept: the applier writes one batch at a time, in the order the
 // session handed them over. What the session hands over while a batch is
-// in flight waits in one pending batch, and consecutive hand-overs are
+// in flight waits in one pending write, and consecutive parts are
 // merged (group commit) as long as the merged batch fits the store's limits
 // and they touch distinct keys: many small transactions become one store
 // write whose checkpoint is the last one's. A store revision may so hold
-// several source transactions, each whole, and, as before, a transaction
-// larger than a batch is still written in chunks. A key two transactions
+// several source transactions, each whole; a transaction larger than a
+// batch is written in chunks. A key two transactions
 // write goes into two batches, so a watcher sees every committed value of
 // every key, in order.
 //
 // The session learns what the store acknowledged by reaping the
 // applier's results: only then does it move its checkpoint, confirm the
 // position to PostgreSQL and count the transactions. So the slot is never
-// confirmed past what the store has, exactly as without the pipeline.
+// confirmed past what the store has.
 // Memory stays bounded: one batch in flight, one pending, and the
 // transaction being decoded.
 //
@@ -48,36 +47,36 @@ type commitInfo struct {
 	rows      int
 }
 
-// handoff is one part of the session's work, at most one batch: a chunk,
-// or a transaction's last part with its checkpoint.
-type handoff struct {
-	ops   []kvdriver.Op // distinct keys, never the checkpoint key
-	ckOp  *kvdriver.Op  // the checkpoint write, applied last
-	ck    *Checkpoint   // encoded by the applier when ckOp is nil
-	stamp *Checkpoint   // acknowledged checkpoint, for the session's bookkeeping
-	txn   *commitInfo   // the transaction this part ends
-	bytes int           // key and value bytes of ops
+// batch is the session's work for the store: operations on distinct keys
+// and, when it completes a transaction, a table copy or an idle position,
+// the checkpoint written after them in the same store batch. submit cuts
+// it into parts that each fit one store batch; the checkpoint and the
+// transaction go with the last part.
+type batch struct {
+	ops   []kvdriver.Op // distinct keys
+	ck    *Checkpoint   // written last, encoded by the applier (nil: a chunk)
+	txn   *commitInfo   // the transaction it completes (nil: none)
+	bytes int           // key and value bytes of ops (set by submit)
 }
 
 // result is what one store write acknowledged.
 type result struct {
-	ck      *Checkpoint // last checkpoint in the batch (nil: none or the caller's)
-	txns    []commitInfo
-	chunk   bool // the batch carried no checkpoint
-	handoff int  // hand-overs it covered
+	ck    *Checkpoint // last checkpoint in the write (nil: none)
+	txns  []commitInfo
+	parts int // parts it covered
 }
 
 type pipeline struct {
 	s *session
 
 	mu      sync.Mutex
-	pending []handoff // to merge into the next batch
-	ops     int       // operations in pending, checkpoints not counted
-	bytes   int       // their key and value bytes
-	hasCk   bool      // pending carries a checkpoint
-	queued  int       // hand-overs not yet acknowledged or failed
-	done    []result  // acknowledged, not yet reaped
-	err     error     // the applier failed and stopped
+	pending []batch  // parts to merge into the next store write
+	ops     int      // operations in pending, checkpoints not counted
+	bytes   int      // their key and value bytes
+	hasCk   bool     // pending carries a checkpoint
+	queued  int      // parts not yet acknowledged or failed
+	done    []result // acknowledged, not yet reaped
+	err     error    // the applier failed and stopped
 	wake    context.CancelFunc
 
 	work   chan struct{} // pending is not empty
@@ -131,19 +130,19 @@ func (p *pipeline) run(ctx context.Context) {
 		case <-p.work:
 		}
 		for {
-			batch := p.take()
-			if len(batch) == 0 {
+			parts := p.take()
+			if len(parts) == 0 {
 				break
 			}
 			signal(p.ready) // room for the session
-			ops, res := p.merge(batch)
-			if err := p.s.applyBatch(ctx, ops); err != nil {
+			ops, res := p.merge(parts)
+			if err := p.s.w.apply(ctx, ops); err != nil {
 				p.fail(err)
 				return
 			}
 			p.mu.Lock()
 			p.done = append(p.done, res)
-			p.queued -= res.handoff
+			p.queued -= res.parts
 			wake := p.wake
 			p.mu.Unlock()
 			signal(p.ready)
@@ -154,14 +153,14 @@ func (p *pipeline) run(ctx context.Context) {
 	}
 }
 
-// take removes from pending the longest run of hand-overs that touch
+// take removes from pending the longest run of parts that touch
 // distinct keys, which becomes the next batch. A key written by two
 // transactions is written twice, in two batches: merging would keep only
 // the later value, and a watcher would miss a committed state of the key
 // (a node going offline and back). So group commit never loses a
 // committed value; it only makes several transactions visible at one
 // store revision.
-func (p *pipeline) take() []handoff {
+func (p *pipeline) take() []batch {
 	p.mu.Lock()
 	pending := p.pending
 	p.mu.Unlock()
@@ -188,15 +187,15 @@ func (p *pipeline) take() []handoff {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	batch := p.pending[:n:n]
+	parts := p.pending[:n:n]
 	p.pending = slices.Clone(p.pending[n:])
 	p.ops, p.bytes, p.hasCk = 0, 0, false
 	for _, h := range p.pending {
 		p.ops += len(h.ops)
 		p.bytes += h.bytes
-		p.hasCk = p.hasCk || h.ckOp != nil || h.ck != nil
+		p.hasCk = p.hasCk || h.ck != nil
 	}
-	return batch
+	return parts
 }
 
 func (p *pipeline) fail(err error) {
@@ -212,52 +211,43 @@ func (p *pipeline) fail(err error) {
 	}
 }
 
-// merge builds one store batch of consecutive hand-overs with distinct
+// merge builds one store batch of consecutive parts with distinct
 // keys (take): their operations in order, then the last checkpoint.
-func (p *pipeline) merge(batch []handoff) ([]kvdriver.Op, result) {
-	res := result{handoff: len(batch)}
+func (p *pipeline) merge(parts []batch) ([]kvdriver.Op, result) {
+	res := result{parts: len(parts)}
 	var ops []kvdriver.Op
-	if len(batch) == 1 {
-		ops = batch[0].ops
+	if len(parts) == 1 {
+		ops = parts[0].ops
 	} else {
 		n := 0
-		for _, h := range batch {
+		for _, h := range parts {
 			n += len(h.ops)
 		}
 		ops = make([]kvdriver.Op, 0, n+1)
-		for _, h := range batch {
+		for _, h := range parts {
 			ops = append(ops, h.ops...)
 		}
 	}
-	var ck *kvdriver.Op
-	for _, h := range batch {
-		switch {
-		case h.ckOp != nil:
-			ck = h.ckOp
-		case h.ck != nil:
-			op := kvdriver.Put(p.s.a.ckptKey, h.ck.value())
-			ck = &op
-		}
-		if h.stamp != nil {
-			res.ck = h.stamp
+	for _, h := range parts {
+		if h.ck != nil {
+			res.ck = h.ck
 		}
 		if h.txn != nil {
 			res.txns = append(res.txns, *h.txn)
 		}
 	}
-	if ck != nil {
-		ops = append(ops[:len(ops):len(ops)], *ck)
+	if res.ck != nil {
+		ops = append(ops[:len(ops):len(ops)], kvdriver.Put(p.s.a.ckptKey, res.ck.value()))
 	}
-	res.chunk = ck == nil
 	return ops, res
 }
 
-// hand queues h for the applier, waiting while the pending batch has no
-// room for it (the store is the bottleneck then; the replication
+// enqueue queues part h for the applier, waiting while the pending write
+// has no room for it (the store is the bottleneck then; the replication
 // connection is kept alive meanwhile).
-func (s *session) hand(ctx context.Context, h handoff) error {
+func (s *session) enqueue(ctx context.Context, h batch) error {
 	p := s.pipe
-	hasCk := h.ckOp != nil || h.ck != nil
+	hasCk := h.ck != nil
 	return s.waitPipeline(ctx, func() bool {
 		ops, bytes := p.ops+len(h.ops), p.bytes+h.bytes
 		if hasCk || p.hasCk {
@@ -278,28 +268,28 @@ func (s *session) hand(ctx context.Context, h handoff) error {
 	})
 }
 
-// submit hands ops over in parts that fit a batch; the last part carries
-// the checkpoint: ckOp as given, or ck, encoded when the part is written
-// (stamp and txn are for the session's bookkeeping once it is).
-func (s *session) submit(ctx context.Context, ops []kvdriver.Op, ckOp *kvdriver.Op, ck, stamp *Checkpoint, txn *commitInfo) error {
-	parts := split(ops, s.lim.ops, s.lim.bytes)
-	hs := make([]handoff, len(parts), len(parts)+1)
+// submit hands b to the applier in parts that fit a store batch; the
+// last part carries the checkpoint and the transaction. It returns once
+// every part is queued, not written (see write, sync).
+func (s *session) submit(ctx context.Context, b batch) error {
+	parts := split(b.ops, s.lim.ops, s.lim.bytes)
+	hs := make([]batch, len(parts), len(parts)+1)
 	for i, part := range parts {
 		hs[i].ops = part
 		for _, op := range part {
 			hs[i].bytes += len(op.Key) + len(op.Value)
 		}
 	}
-	if ckOp != nil || ck != nil {
+	if b.ck != nil {
 		// The checkpoint goes with the last part if it fits, else alone.
 		if n := len(hs); n == 0 || len(hs[n-1].ops)+1 > s.lim.ops || hs[n-1].bytes+s.ckReserve > s.lim.bytes {
-			hs = append(hs, handoff{})
+			hs = append(hs, batch{})
 		}
 		last := &hs[len(hs)-1]
-		last.ckOp, last.ck, last.stamp, last.txn = ckOp, ck, stamp, txn
+		last.ck, last.txn = b.ck, b.txn
 	}
 	for _, h := range hs {
-		if err := s.hand(ctx, h); err != nil {
+		if err := s.enqueue(ctx, h); err != nil {
 			return err
 		}
 	}
@@ -372,7 +362,7 @@ func (p *pipeline) setWake(wake context.CancelFunc) {
 }
 
 func (s *session) acknowledge(r result) {
-	if r.chunk {
+	if r.ck == nil {
 		s.a.mu.Lock()
 		s.a.stats.chunks++
 		s.a.mu.Unlock()
@@ -411,8 +401,8 @@ func (s *session) updatePending() {
 	switch {
 	case len(s.outstanding) > 0:
 		t = s.outstanding[0]
-	case s.inTxn && !s.skipTxn:
-		t = s.txnTime
+	case s.dec.inTxn && !s.dec.skipTxn:
+		t = s.dec.txnTime
 	}
 	s.a.mu.Lock()
 	s.a.pendingSince = t

@@ -204,17 +204,36 @@ func readSkips(ctx context.Context, store kvdriver.Store, key string) ([]Skip, i
 	return l.Skip, kv.ModRevision, nil
 }
 
+// newValueError is the *ValueError of a change of table that cannot be
+// mirrored (err itself when it is one); lsn is its transaction's commit
+// LSN (0 in a table copy), at is the transaction's commit time.
+func newValueError(table, key string, lsn pglogrepl.LSN, at time.Time, err error) *ValueError {
+	var ve *ValueError
+	if errors.As(err, &ve) {
+		return ve
+	}
+	ve = &ValueError{Table: table, Key: key, CommitLSN: lsn, Err: err}
+	if lsn != 0 {
+		ve.CommitTime = at
+	}
+	return ve
+}
+
 // rowError handles a change that cannot be mirrored: it returns the
 // change's *ValueError, or nil when an operator told the agent to skip
 // exactly this change (logged loudly; the caller leaves it out).
 func (s *session) rowError(ctx context.Context, table, key string, lsn pglogrepl.LSN, err error) error {
-	var ve *ValueError
-	if !errors.As(err, &ve) {
-		ve = &ValueError{Table: table, Key: key, CommitLSN: lsn, Err: err}
-		if lsn != 0 {
-			ve.CommitTime = s.txnTime
-		}
+	ve := newValueError(table, key, lsn, s.dec.txnTime, err)
+	if s.skipped(ctx, ve) {
+		return nil
 	}
+	return ve
+}
+
+// skipped reports whether an operator told the agent to skip exactly the
+// change ve (logged loudly). The instructions are read from the store at
+// the session's first change that cannot be mirrored.
+func (s *session) skipped(ctx context.Context, ve *ValueError) bool {
 	if s.skips == nil {
 		rctx, cancel := context.WithTimeout(ctx, s.a.cfg.ApplyTimeout)
 		list, _, rerr := readSkips(rctx, s.a.cfg.Store, SkipKey(s.a.cfg.Prefix, s.a.cfg.Slot))
@@ -222,7 +241,7 @@ func (s *session) rowError(ctx context.Context, table, key string, lsn pglogrepl
 		if rerr != nil {
 			// Blocked either way; the store error is the next session's.
 			s.a.log.Warn("cannot read skip instructions", "err", rerr)
-			return ve
+			return false
 		}
 		s.skips = list
 		if s.skips == nil {
@@ -234,8 +253,8 @@ func (s *session) rowError(ctx context.Context, table, key string, lsn pglogrepl
 			s.a.met.skipped.Inc()
 			s.a.log.Warn("skipping a change that cannot be mirrored, as `lenkwerk skip` instructed: the store keeps what it has for the key until the row changes again",
 				"table", ve.Table, "key", ShortKey(ve.Key), "commit_lsn", ve.CommitLSN, "instructed", sk.Time, "err", ve.Err)
-			return nil
+			return true
 		}
 	}
-	return ve
+	return false
 }

@@ -94,14 +94,15 @@ func (e *env) slotPID() int32 {
 // transaction reaches the store once.
 func TestRestartFromCheckpointWithoutDuplicates(t *testing.T) {
 	e := newEnv(t, "")
-	cfg := e.config()
-	first, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	first.testNoConfirm = true
-	e.startAgent(first)
-	waitFor(t, "streaming", 30*time.Second, func() bool { return first.Status().Streaming })
+	first := e.run(e.config())
+	// The slot as it is before the writes, put back in its place after
+	// the first run: as if the agent had crashed after each store write,
+	// before confirming it.
+	saved := e.slot + "_saved"
+	e.exec(`SELECT pg_copy_logical_replication_slot($1, $2)`, e.slot, saved)
+	t.Cleanup(func() {
+		_, _ = e.db.Exec(context.Background(), `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1`, saved)
+	})
 	w := e.watch()
 	for i := range 20 {
 		// A multi-row statement: rows sharing one LSN must all arrive.
@@ -109,6 +110,10 @@ func TestRestartFromCheckpointWithoutDuplicates(t *testing.T) {
 	}
 	e.converged(converge.Options{})
 	e.stop()
+	waitFor(t, "the first agent's walsender to go", 30*time.Second, func() bool { return e.slotPID() == 0 })
+	e.exec(`SELECT pg_drop_replication_slot($1)`, e.slot)
+	e.exec(`SELECT pg_copy_logical_replication_slot($1, $2)`, saved, e.slot)
+	e.exec(`SELECT pg_drop_replication_slot($1)`, saved)
 	ck := e.checkpoint()
 	if c := e.slotConfirmed(); c >= ck.LSN {
 		t.Fatalf("slot confirmed %s, not behind the checkpoint %s: the replay is not tested", c, ck.LSN)
