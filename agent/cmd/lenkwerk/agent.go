@@ -167,7 +167,7 @@ func (f *agentFlags) configs(ctx context.Context, fs *flag.FlagSet) ([]agent.Con
 // openStore opens the store; with retry, an unreachable store is retried
 // with capped backoff until ctx is done (then the error is ctx's), while a
 // bad URL fails at once.
-func openStore(ctx context.Context, rawURL string, retry bool) (kvdriver.Store, error) {
+func openStore(ctx context.Context, rawURL string, retry bool) (*kvdriver.Store, error) {
 	wait := 250 * time.Millisecond
 	for {
 		store, err := kvdriver.Open(ctx, rawURL)
