@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
@@ -161,7 +162,7 @@ func (s *Driver) runGroup(group []*writeReq) (revs []int64, failed int, err erro
 		if !errors.As(err, &pgErr) {
 			return nil, -1, s.translate(err)
 		}
-		if (pgErr.Code == "40001" || pgErr.Code == "40P01") && attempt < maxApplyAttempts {
+		if (pgErr.Code == pgerrcode.SerializationFailure || pgErr.Code == pgerrcode.DeadlockDetected) && attempt < maxApplyAttempts {
 			t := time.NewTimer(time.Duration(min(attempt, 20)) * time.Millisecond)
 			select {
 			case <-s.ctx.Done():
