@@ -112,14 +112,14 @@ func (c Checkpoint) value() []byte {
 
 // ReadCheckpoint returns the checkpoint of slot stored under prefix; ok is
 // false when the store has none (a new or wiped store).
-func ReadCheckpoint(ctx context.Context, store kvdriver.Store, prefix, slot string) (c Checkpoint, ok bool, err error) {
+func ReadCheckpoint(ctx context.Context, store *kvdriver.Store, prefix, slot string) (c Checkpoint, ok bool, err error) {
 	c, _, ok, err = readCheckpoint(ctx, store, CheckpointKey(prefix, slot))
 	return c, ok, err
 }
 
 // readCheckpoint is ReadCheckpoint that also returns the checkpoint key's
 // ModRevision (0 when absent): the session's fence.
-func readCheckpoint(ctx context.Context, store kvdriver.Store, key string) (c Checkpoint, modRev int64, ok bool, err error) {
+func readCheckpoint(ctx context.Context, store *kvdriver.Store, key string) (c Checkpoint, modRev int64, ok bool, err error) {
 	kv, err := store.Get(ctx, key)
 	if errors.Is(err, kvdriver.ErrNotFound) {
 		return Checkpoint{}, 0, false, nil

@@ -39,7 +39,7 @@ type Config struct {
 	// needs REPLICATION and SELECT on the published tables.
 	DatabaseURL string
 	// Store receives the rows. The caller opens and closes it.
-	Store kvdriver.Store
+	Store *kvdriver.Store
 	// Slot is the logical replication slot (pgoutput); default lw_agent.
 	Slot string
 	// Publication is the publication streamed; default bagger_lw_storage.

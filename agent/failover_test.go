@@ -144,7 +144,7 @@ func (e *foEnv) equalAfter(t0 time.Time, what string) time.Duration {
 
 // fanout runs a second agent into a store of its own, with the slot
 // <slot>_<name>, as `lenkwerk agent --kv NAME=URL` does, until the test ends.
-func (e *foEnv) fanout(name string) (*Agent, kvdriver.Store) {
+func (e *foEnv) fanout(name string) (*Agent, *kvdriver.Store) {
 	e.t.Helper()
 	store, err := mem.Open(context.Background(), mem.Config{})
 	if err != nil {

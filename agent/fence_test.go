@@ -17,7 +17,7 @@ import (
 // writes key until released: an agent frozen between receiving a
 // transaction and writing it.
 type gate struct {
-	kvdriver.Store
+	kvdriver.Driver
 	key     string
 	armed   atomic.Bool
 	held    chan struct{} // closed when the Apply is held
@@ -25,8 +25,8 @@ type gate struct {
 	result  chan error // the held Apply's error, once released
 }
 
-func newGate(s kvdriver.Store, key string) *gate {
-	return &gate{Store: s, key: key, held: make(chan struct{}), release: make(chan struct{}), result: make(chan error, 1)}
+func newGate(s *kvdriver.Store, key string) *gate {
+	return &gate{Driver: driverOf(s), key: key, held: make(chan struct{}), release: make(chan struct{}), result: make(chan error, 1)}
 }
 
 func (g *gate) Apply(ctx context.Context, ops []kvdriver.Op) (int64, error) {
@@ -35,13 +35,13 @@ func (g *gate) Apply(ctx context.Context, ops []kvdriver.Op) (int64, error) {
 		hold = hold || (op.Type == kvdriver.OpPut && op.Key == g.key)
 	}
 	if !hold || !g.armed.CompareAndSwap(true, false) {
-		return g.Store.Apply(ctx, ops)
+		return g.Driver.Apply(ctx, ops)
 	}
 	close(g.held)
 	<-g.release
 	// The store call itself is not cut short: as a write that left before
 	// the freeze and arrives late.
-	rev, err := g.Store.Apply(context.Background(), ops)
+	rev, err := g.Driver.Apply(context.Background(), ops)
 	g.result <- err
 	return rev, err
 }
@@ -57,7 +57,7 @@ func TestFenceStaleAgent(t *testing.T) {
 	const key = "/Config/retention"
 	g := newGate(e.store, key)
 	cfgA := e.config()
-	cfgA.Store = g
+	cfgA.Store = kvdriver.NewStore("gate", g)
 	cfgA.ApplyTimeout = time.Minute // the held write must not time out
 	a := e.run(cfgA)
 	e.converged(converge.Options{})

@@ -31,7 +31,7 @@ type env struct {
 	url   string
 	slot  string
 	db    *pgx.Conn
-	store kvdriver.Store
+	store *kvdriver.Store
 	agent *Agent
 	stop  func()
 }

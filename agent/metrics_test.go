@@ -73,8 +73,8 @@ func TestMetricsAndHealth(t *testing.T) {
 	cfg := e.config()
 	cfg.Metrics = m
 	cfg.Name = "main"
-	writes := &countingStore{Store: cfg.Store}
-	cfg.Store = writes
+	writes := &countingStore{Driver: driverOf(cfg.Store)}
+	cfg.Store = kvdriver.NewStore("counting", writes)
 	a, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -137,7 +137,7 @@ func TestMetricsAndHealth(t *testing.T) {
 
 	// A closed store: every write fails; the session ends with a store
 	// error and reconnects.
-	e.store.Close()
+	cfg.Store.Close()
 	e.exec(`SELECT storage.save_config('after_close', '1')`)
 	waitFor(t, "a store reconnect", 30*time.Second, func() bool {
 		_, text := get(t, srv.URL+"/metrics")
@@ -155,13 +155,13 @@ func TestMetricsAndHealth(t *testing.T) {
 
 // countingStore counts Apply calls.
 type countingStore struct {
-	kvdriver.Store
+	kvdriver.Driver
 	applies atomic.Int64
 }
 
 func (c *countingStore) Apply(ctx context.Context, ops []kvdriver.Op) (int64, error) {
 	c.applies.Add(1)
-	return c.Store.Apply(ctx, ops)
+	return c.Driver.Apply(ctx, ops)
 }
 
 // Two agents, each with its own metrics registry, in one process: no
@@ -268,7 +268,7 @@ func TestFanOut(t *testing.T) {
 	b2 := &env{t: t, url: e.url, slot: cfgB.Slot, db: e.db, store: memStore}
 	b := b2.run(cfgB)
 
-	conv := func(store kvdriver.Store, ag *Agent, what string) {
+	conv := func(store *kvdriver.Store, ag *Agent, what string) {
 		t.Helper()
 		if d, err := converge.Wait(context.Background(), converge.URL(e.url), store, converge.Options{Publication: DefaultPublication}, 30*time.Second); err != nil {
 			t.Fatalf("%s: %v (agent err %v)\n%s", what, err, ag.Status().Err, d)

@@ -20,7 +20,7 @@ import (
 // slowStore delays every Apply and records the newest checkpoint the store
 // acknowledged.
 type slowStore struct {
-	kvdriver.Store
+	kvdriver.Driver
 	delay   time.Duration
 	ckKey   string
 	applies atomic.Int64
@@ -36,7 +36,7 @@ func (s *slowStore) Apply(ctx context.Context, ops []kvdriver.Op) (int64, error)
 	case <-ctx.Done():
 		return 0, ctx.Err()
 	}
-	rev, err := s.Store.Apply(ctx, ops)
+	rev, err := s.Driver.Apply(ctx, ops)
 	if err != nil {
 		return rev, err
 	}
@@ -68,8 +68,8 @@ func (s *slowStore) checkpoint() pglogrepl.LSN {
 func TestGroupCommitWithSlowStore(t *testing.T) {
 	e := newEnv(t, "")
 	cfg := e.config()
-	slow := &slowStore{Store: e.store, delay: 30 * time.Millisecond, ckKey: CheckpointKey("", e.slot)}
-	cfg.Store = slow
+	slow := &slowStore{Driver: driverOf(e.store), delay: 30 * time.Millisecond, ckKey: CheckpointKey("", e.slot)}
+	cfg.Store = kvdriver.NewStore("slow", slow)
 	a := e.run(cfg)
 	e.converged(converge.Options{})
 	w := e.watch()
@@ -173,8 +173,8 @@ func TestGroupCommitWithSlowStore(t *testing.T) {
 func TestPipelineFailureReconnects(t *testing.T) {
 	e := newEnv(t, "")
 	cfg := e.config()
-	flaky := &failingStore{Store: e.store}
-	cfg.Store = flaky
+	flaky := &failingStore{Driver: driverOf(e.store)}
+	cfg.Store = kvdriver.NewStore("flaky", flaky)
 	a := e.run(cfg)
 	e.converged(converge.Options{})
 	flaky.fail.Store(true)
@@ -187,7 +187,7 @@ func TestPipelineFailureReconnects(t *testing.T) {
 }
 
 type failingStore struct {
-	kvdriver.Store
+	kvdriver.Driver
 	fail atomic.Bool
 }
 
@@ -195,5 +195,5 @@ func (f *failingStore) Apply(ctx context.Context, ops []kvdriver.Op) (int64, err
 	if f.fail.Load() {
 		return 0, fmt.Errorf("injected outage: %w", context.DeadlineExceeded)
 	}
-	return f.Store.Apply(ctx, ops)
+	return f.Driver.Apply(ctx, ops)
 }

@@ -144,7 +144,7 @@ const maxSkips = 1000
 // prefix) to the store, atomically with the instructions already there,
 // less those for transactions the store's checkpoint has passed. A
 // running agent acts on it at its next attempt.
-func AddSkip(ctx context.Context, store kvdriver.Store, prefix, slot string, s Skip) error {
+func AddSkip(ctx context.Context, store *kvdriver.Store, prefix, slot string, s Skip) error {
 	if _, err := pglogrepl.ParseLSN(s.CommitLSN); err != nil {
 		return fmt.Errorf("skip: commit LSN %q: %w", s.CommitLSN, err)
 	}
@@ -189,7 +189,7 @@ func AddSkip(ctx context.Context, store kvdriver.Store, prefix, slot string, s S
 
 // readSkips returns the instructions under key and the key's revision
 // (0: none).
-func readSkips(ctx context.Context, store kvdriver.Store, key string) ([]Skip, int64, error) {
+func readSkips(ctx context.Context, store *kvdriver.Store, key string) ([]Skip, int64, error) {
 	kv, err := store.Get(ctx, key)
 	if errors.Is(err, kvdriver.ErrNotFound) {
 		return nil, 0, nil

@@ -43,7 +43,7 @@ func BenchmarkSyncStandbys(b *testing.B) {
 
 	type variant struct {
 		name  string
-		store kvdriver.Store
+		store *kvdriver.Store
 		watch <-chan kvdriver.WatchResponse
 		lat   []time.Duration
 	}

@@ -11,6 +11,13 @@
 // history a watch needs has been compacted it ends with ErrCompacted: list
 // again and watch from the listed revision.
 //
+// Store is the same for every driver: it checks keys, values and batches,
+// tracks Close, names the driver and the operation in every error and
+// classifies errors (Code, Retryable: the one place that decides whether
+// an error is worth retrying). Under it, a driver implements the small
+// Driver interface (optionally Putter) and nothing else; Store.As reaches
+// a driver's own features.
+//
 // Drivers register a URL scheme (database/sql style) and are opened by URL:
 //
 //	import (
@@ -42,8 +49,8 @@
 //
 // Every bad key, value or batch is refused before anything is written, with
 // an error wrapping ErrInvalidKey, ErrInvalidValue, ErrInvalidBatch or
-// ErrTooLarge that names the problem. Drivers check with ValidatePut and
-// ValidateBatch against their Limits.
+// ErrTooLarge that names the problem. Store checks with ValidatePut and
+// ValidateBatch against the driver's Limits before the driver sees a call.
 //
 // The conformance suite in package kvtest holds every driver to this
 // contract; package mem is the in-process driver for tests.

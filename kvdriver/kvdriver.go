@@ -1,7 +1,6 @@
 package kvdriver
 
 import (
-	"context"
 	"errors"
 )
 
@@ -117,63 +116,4 @@ type Limits struct {
 	MaxBatchOps int
 	// MaxBatchBytes is the most key plus value bytes one Apply may carry.
 	MaxBatchBytes int
-}
-
-// Store is a connection to a key-value store. It is safe for concurrent use.
-//
-// Keys must satisfy ValidateKey and values must be valid JSON; otherwise
-// nothing is written and the error wraps ErrInvalidKey or ErrInvalidValue
-// and names the problem.
-type Store interface {
-	// Get returns the key's value, or an error wrapping ErrNotFound.
-	Get(ctx context.Context, key string) (KV, error)
-
-	// Put sets key to value and returns the new store revision.
-	Put(ctx context.Context, key string, value []byte) (rev int64, err error)
-
-	// Delete removes key and returns the store revision after it. Deleting
-	// an absent key succeeds and creates no revision.
-	Delete(ctx context.Context, key string) (rev int64, err error)
-
-	// List returns every key at or below prefix, sorted by key, and the
-	// store revision the listing reflects. Watching from that revision
-	// continues exactly where the listing ends. The revision is at least 1,
-	// even for an empty store (as in etcd), since Watch takes 0 for "now".
-	List(ctx context.Context, prefix string) (kvs []KV, rev int64, err error)
-
-	// Apply applies ops atomically: all or none, as one revision, seen by
-	// watchers as one response. A batch may name each key once (otherwise
-	// ErrInvalidBatch), except that a key may have one Require besides its
-	// put or delete, and must fit Limits (otherwise ErrTooLarge; a Require
-	// counts as an operation and its key as bytes). It returns the store
-	// revision after the batch.
-	//
-	// Every Require is checked atomically with the writes: if a required
-	// key's ModRevision differs from the Require's (0: the key must be
-	// absent), nothing is written, no event is produced and the error wraps
-	// ErrConflict. A Require itself produces no event and no revision.
-	Apply(ctx context.Context, ops []Op) (rev int64, err error)
-
-	// Watch reports every change at or below prefix with a revision greater
-	// than afterRev, in revision order, exactly once; afterRev 0 means "from
-	// the current revision": every change committed after Watch returns is
-	// reported. The watch survives server restarts and connection loss,
-	// resuming after the last revision it delivered. The channel is closed
-	// when ctx is done (maybe after a response whose Err wraps ctx's error)
-	// or after a response with Err set: wrapping ErrCompacted when history
-	// after afterRev is gone, ErrInvalidKey for a bad prefix, ErrClosed
-	// when the store is closed.
-	Watch(ctx context.Context, prefix string, afterRev int64) <-chan WatchResponse
-
-	// Compact discards history at and before rev; watches from older
-	// revisions then fail with ErrCompacted.
-	Compact(ctx context.Context, rev int64) error
-
-	// Limits reports the driver's size limits.
-	Limits() Limits
-
-	// Close releases the store's resources and ends its watches. It is
-	// idempotent; every other call fails with ErrClosed afterwards (Limits
-	// still answers).
-	Close() error
 }

@@ -11,16 +11,16 @@ import (
 )
 
 // Opener opens a Store from a parsed URL. Drivers implement it and register
-// it for their scheme.
+// it for their scheme; it returns the Store of the driver (NewStore).
 type Opener interface {
-	OpenStore(ctx context.Context, u *url.URL) (Store, error)
+	OpenStore(ctx context.Context, u *url.URL) (*Store, error)
 }
 
 // OpenerFunc adapts a function to Opener.
-type OpenerFunc func(ctx context.Context, u *url.URL) (Store, error)
+type OpenerFunc func(ctx context.Context, u *url.URL) (*Store, error)
 
 // OpenStore calls f.
-func (f OpenerFunc) OpenStore(ctx context.Context, u *url.URL) (Store, error) { return f(ctx, u) }
+func (f OpenerFunc) OpenStore(ctx context.Context, u *url.URL) (*Store, error) { return f(ctx, u) }
 
 var (
 	registryMu sync.RWMutex
@@ -54,8 +54,11 @@ func Schemes() []string {
 }
 
 // Open opens the store named by rawURL with the driver registered for its
-// scheme. Errors never contain the URL's password.
-func Open(ctx context.Context, rawURL string) (Store, error) {
+// scheme. It is the way to open a store; a driver's own Open takes the
+// configuration its URL parses into. Errors never contain the URL's
+// password; Retryable tells an unreachable store (worth retrying) from a
+// bad URL.
+func Open(ctx context.Context, rawURL string) (*Store, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
 		// url.Error repeats the raw URL, password included: don't wrap it.

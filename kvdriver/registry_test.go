@@ -41,7 +41,7 @@ func TestRedact(t *testing.T) {
 }
 
 func TestOpen(t *testing.T) {
-	kvdriver.Register("kvdriver-test", kvdriver.OpenerFunc(func(ctx context.Context, u *url.URL) (kvdriver.Store, error) {
+	kvdriver.Register("kvdriver-test", kvdriver.OpenerFunc(func(ctx context.Context, u *url.URL) (*kvdriver.Store, error) {
 		return nil, errors.New("refused " + kvdriver.Redact(u.String()))
 	}))
 	if s := kvdriver.Schemes(); !strings.Contains(strings.Join(s, ","), "kvdriver-test") {

@@ -16,7 +16,7 @@ import (
 )
 
 // memStore opens a new in-memory store, closed when the test ends.
-func memStore(t *testing.T, ctx context.Context) kvdriver.Store {
+func memStore(t *testing.T, ctx context.Context) *kvdriver.Store {
 	t.Helper()
 	store, err := kvdriver.Open(ctx, fmt.Sprintf("mem://%x", time.Now().UnixNano()))
 	if err != nil {
@@ -29,7 +29,7 @@ func memStore(t *testing.T, ctx context.Context) kvdriver.Store {
 // runAgent runs the Lenkwerk agent on the database at dbURL, mirroring into
 // store, until the returned stop is called (at the latest when the test
 // ends); stop reports the agent's error.
-func runAgent(t *testing.T, ctx context.Context, dbURL string, store kvdriver.Store) (stop func()) {
+func runAgent(t *testing.T, ctx context.Context, dbURL string, store *kvdriver.Store) (stop func()) {
 	t.Helper()
 	a, err := agent.New(agent.Config{DatabaseURL: dbURL, Store: store, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
@@ -56,7 +56,7 @@ func runAgent(t *testing.T, ctx context.Context, dbURL string, store kvdriver.St
 }
 
 // waitMirrored waits until the store equals the database's published rows.
-func waitMirrored(t *testing.T, ctx context.Context, dbURL string, store kvdriver.Store) {
+func waitMirrored(t *testing.T, ctx context.Context, dbURL string, store *kvdriver.Store) {
 	t.Helper()
 	if diff, err := converge.Wait(ctx, converge.URL(dbURL), store, converge.Options{}, 60*time.Second); err != nil {
 		t.Fatalf("the agent did not mirror the database: %v\n%s", err, diff)

@@ -62,7 +62,7 @@ func (b *baggerConsumer) load(ctx context.Context, key string, value []byte) {
 	}
 }
 
-func (b *baggerConsumer) run(ctx context.Context, store kvdriver.Store) error {
+func (b *baggerConsumer) run(ctx context.Context, store *kvdriver.Store) error {
 	kvs, rev, err := store.List(ctx, "/")
 	if err != nil {
 		return err

@@ -34,7 +34,7 @@ type Config struct {
 	// tables and lenkwerk.follow_state.
 	DatabaseURL string
 	// Store is watched. The caller opens and closes it.
-	Store kvdriver.Store
+	Store *kvdriver.Store
 	// StoreName identifies the store in the checkpoint (use
 	// kvdriver.Redact of its URL): a checkpoint of another store is not
 	// resumed from, the copy is reconciled instead.

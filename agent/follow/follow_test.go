@@ -53,7 +53,7 @@ type env struct {
 	ctx    context.Context
 	local  string
 	db     *pgx.Conn
-	store  kvdriver.Store
+	store  *kvdriver.Store
 	cfg    follow.Config
 	f      *follow.Follower
 	logs   *logBuffer

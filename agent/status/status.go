@@ -31,7 +31,7 @@ type Options struct {
 	// DatabaseURL is the Lenkwerk database; any role that may log in.
 	DatabaseURL string
 	// Store is the key-value store holding the checkpoint.
-	Store kvdriver.Store
+	Store *kvdriver.Store
 	// Slot is the replication slot; default agent.DefaultSlot.
 	Slot string
 	// Prefix is the agent's key prefix ("" or "/a/b").

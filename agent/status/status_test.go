@@ -22,7 +22,7 @@ func TestMain(m *testing.M) { pgtest.Main(m) }
 
 // setup migrates a fresh database and returns its superuser URL, the same
 // database as lenkwerk_agent, and an empty store.
-func setup(t *testing.T) (admin, agentURL string, store kvdriver.Store) {
+func setup(t *testing.T) (admin, agentURL string, store *kvdriver.Store) {
 	t.Helper()
 	ctx := context.Background()
 	admin = pgtest.NewDatabase(t)

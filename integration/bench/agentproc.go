@@ -33,8 +33,8 @@ type Agent struct {
 
 	cancel context.CancelFunc
 	runErr chan error
-	store  kvdriver.Store // opened for an in-process agent
-	timed  *Timed         // the in-process agent's store
+	store  *kvdriver.Store // opened for an in-process agent
+	timed  *Timed          // the in-process agent's store
 	inproc *agent.Agent
 
 	stopOnce sync.Once
@@ -48,8 +48,11 @@ func (e *Env) StartAgent(ctx context.Context, src *Source, kind StoreKind, prefi
 		if err != nil {
 			return nil, err
 		}
-		timed := &Timed{Store: store}
-		a, err := startInProcess(src, timed, prefix)
+		var d kvdriver.Driver
+		store.As(&d)
+		// The timed Store shares the driver; store closes it.
+		timed := &Timed{Driver: d}
+		a, err := startInProcess(src, kvdriver.NewStore("timed", timed), prefix)
 		if err != nil {
 			store.Close()
 			return nil, err
@@ -88,7 +91,7 @@ func (e *Env) StartAgent(ctx context.Context, src *Source, kind StoreKind, prefi
 }
 
 // startInProcess runs agent.Run on store in this process.
-func startInProcess(src *Source, store kvdriver.Store, prefix string) (*Agent, error) {
+func startInProcess(src *Source, store *kvdriver.Store, prefix string) (*Agent, error) {
 	ag, err := agent.New(agent.Config{
 		DatabaseURL: src.AgentURL,
 		Store:       store,
@@ -211,7 +214,7 @@ func (a *Agent) LogTail() string {
 
 // WaitCheckpoint polls store until the agent's checkpoint exists and its
 // LSN is past after (0: any), and returns when it saw it.
-func (a *Agent) WaitCheckpoint(ctx context.Context, store kvdriver.Store, slot string, after pglogrepl.LSN, timeout time.Duration) (time.Time, error) {
+func (a *Agent) WaitCheckpoint(ctx context.Context, store *kvdriver.Store, slot string, after pglogrepl.LSN, timeout time.Duration) (time.Time, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	for {

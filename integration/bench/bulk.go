@@ -49,7 +49,7 @@ func (r ThroughputResult) Ratio() float64 { return r.Agent.PerSec() / r.Direct.P
 // of the store's MaxBatchOps (10,000, the agent's own cap, when unlimited)
 // within MaxBatchBytes: the raw baseline of Bulk and InitialSync. The
 // values are built before the clock starts.
-func DirectLoad(ctx context.Context, store kvdriver.Store, prefix string, rows int) (Throughput, error) {
+func DirectLoad(ctx context.Context, store *kvdriver.Store, prefix string, rows int) (Throughput, error) {
 	l := store.Limits()
 	maxOps, maxBytes := l.MaxBatchOps, l.MaxBatchBytes
 	if maxOps <= 0 {
@@ -83,7 +83,7 @@ func DirectLoad(ctx context.Context, store kvdriver.Store, prefix string, rows i
 // directTwice runs DirectLoad before and after the agent's run (run) and
 // sums both: the load on a shared machine drifts, and the mean of the two
 // is fairer to compare with the run between them.
-func (e *Env) directTwice(ctx context.Context, store kvdriver.Store, rows int, run func() error) (Throughput, error) {
+func (e *Env) directTwice(ctx context.Context, store *kvdriver.Store, rows int, run func() error) (Throughput, error) {
 	load := func() (Throughput, error) {
 		c0 := e.cpuNow(0)
 		t, err := DirectLoad(ctx, store, fmt.Sprintf("/raw%d", e.next()), rows)
@@ -106,7 +106,7 @@ func (e *Env) directTwice(ctx context.Context, store kvdriver.Store, rows int, r
 }
 
 // countKeys counts the keys under prefix named like rowKey(name, …).
-func countKeys(ctx context.Context, store kvdriver.Store, prefix, name string) (int, error) {
+func countKeys(ctx context.Context, store *kvdriver.Store, prefix, name string) (int, error) {
 	kvs, _, err := store.List(ctx, prefix)
 	if err != nil {
 		return 0, fmt.Errorf("bench: list %s: %w", prefix, err)
@@ -154,7 +154,7 @@ func (e *Env) LargeTransaction(ctx context.Context, kind StoreKind, rows int) (T
 	return e.bulk(ctx, store, kind, rows, rows)
 }
 
-func (e *Env) bulk(ctx context.Context, store kvdriver.Store, kind StoreKind, rows, txRows int) (res ThroughputResult, err error) {
+func (e *Env) bulk(ctx context.Context, store *kvdriver.Store, kind StoreKind, rows, txRows int) (res ThroughputResult, err error) {
 
 	src, err := e.NewSource(ctx)
 	if err != nil {
@@ -258,7 +258,7 @@ func (e *Env) InitialSync(ctx context.Context, kind StoreKind, rows int) (res Th
 	return res, err
 }
 
-func (e *Env) initialSync(ctx context.Context, store kvdriver.Store, kind StoreKind, rows int) (res ThroughputResult, err error) {
+func (e *Env) initialSync(ctx context.Context, store *kvdriver.Store, kind StoreKind, rows int) (res ThroughputResult, err error) {
 	src, err := e.NewSource(ctx)
 	if err != nil {
 		return res, err

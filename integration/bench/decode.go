@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pglogrepl"
 
 	"github.com/bagger/lenkwerk/agent"
+	"github.com/bagger/lenkwerk/kvdriver"
 )
 
 // DecodeResult is the agent's decoding rate (pgoutput parsing, to_jsonb
@@ -42,7 +43,8 @@ func (e *Env) Decode(ctx context.Context, rows int) (res DecodeResult, err error
 		return res, err
 	}
 	defer src.Close()
-	store := NewDiscard()
+	discard := NewDiscard()
+	store := kvdriver.NewStore("discard", discard)
 	const prefix = ""
 	a, err := startInProcess(src, store, prefix)
 	if err != nil {
@@ -128,7 +130,7 @@ func (e *Env) Decode(ctx context.Context, rows int) (res DecodeResult, err error
 		return res, err
 	}
 	res.Agent = Throughput{Rows: rows, Elapsed: end.Sub(a.Started)}
-	res.Discarded = store.Ops.Load()
+	res.Discarded = discard.Ops.Load()
 	if res.Discarded < int64(rows) {
 		return res, fmt.Errorf("bench: the agent wrote %d operations for %d rows", res.Discarded, rows)
 	}

@@ -10,7 +10,7 @@ import (
 	"github.com/bagger/lenkwerk/kvdriver"
 )
 
-// Discard is a store that keeps only the agent's reserved keys (its
+// Discard is a store driver that keeps only the agent's reserved keys (its
 // checkpoint) and counts and drops every other write: with it, an
 // in-process agent does its decoding and JSON encoding and nothing else.
 type Discard struct {
@@ -22,7 +22,7 @@ type Discard struct {
 	rev  int64
 }
 
-var _ kvdriver.Store = (*Discard)(nil)
+var _ kvdriver.Driver = (*Discard)(nil)
 
 // NewDiscard returns an empty Discard store.
 func NewDiscard() *Discard { return &Discard{keep: map[string][]byte{}, rev: 1} }
@@ -38,16 +38,6 @@ func (d *Discard) Get(_ context.Context, key string) (kvdriver.KV, error) {
 		return kvdriver.KV{}, kvdriver.ErrNotFound
 	}
 	return kvdriver.KV{Key: key, Value: v, ModRevision: d.rev}, nil
-}
-
-// Put applies one put.
-func (d *Discard) Put(ctx context.Context, key string, value []byte) (int64, error) {
-	return d.Apply(ctx, []kvdriver.Op{kvdriver.Put(key, value)})
-}
-
-// Delete applies one delete.
-func (d *Discard) Delete(ctx context.Context, key string) (int64, error) {
-	return d.Apply(ctx, []kvdriver.Op{kvdriver.Delete(key)})
 }
 
 // List lists the kept keys under prefix (unsorted: the agent does not care).
@@ -102,6 +92,9 @@ func (d *Discard) Compact(context.Context, int64) error { return nil }
 func (d *Discard) Limits() kvdriver.Limits {
 	return kvdriver.Limits{MaxKeyBytes: kvdriver.DefaultMaxKeyBytes}
 }
+
+// ErrorCode classifies nothing: Discard fails only with sentinels.
+func (d *Discard) ErrorCode(error) kvdriver.ErrorCode { return kvdriver.Unknown }
 
 // Close does nothing.
 func (d *Discard) Close() error { return nil }

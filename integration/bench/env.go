@@ -141,7 +141,7 @@ func (e *Env) StoreURL(kind StoreKind) string {
 }
 
 // OpenStore opens a new connection to a store of the Env.
-func (e *Env) OpenStore(ctx context.Context, kind StoreKind) (kvdriver.Store, error) {
+func (e *Env) OpenStore(ctx context.Context, kind StoreKind) (*kvdriver.Store, error) {
 	s, err := kvdriver.Open(ctx, e.StoreURL(kind))
 	if err != nil {
 		return nil, fmt.Errorf("bench: open %s: %w", kind, err)

@@ -223,7 +223,7 @@ func waitConsumers(ctx context.Context, cs []*consumer, ok func(*consumer) bool)
 
 // openPrivate opens a Store with connections of its own: for etcd a
 // client not shared with the process's other Stores.
-func (e *Env) openPrivate(ctx context.Context, kind StoreKind) (kvdriver.Store, error) {
+func (e *Env) openPrivate(ctx context.Context, kind StoreKind) (*kvdriver.Store, error) {
 	if kind != Etcd {
 		return e.OpenStore(ctx, kind)
 	}

@@ -110,7 +110,7 @@ const warmup = 20
 // measureLatency runs write(i) for i in [0, warmup+n) at rate per second
 // (0: back to back), each producing key rowKey("lat", i) under prefix, and
 // measures from the start of write(i) until a watcher on prefix sees it.
-func measureLatency(ctx context.Context, store kvdriver.Store, prefix string, n int, rate float64, write func(context.Context, int) error) (Latencies, error) {
+func measureLatency(ctx context.Context, store *kvdriver.Store, prefix string, n int, rate float64, write func(context.Context, int) error) (Latencies, error) {
 	total := warmup + n
 	_, rev, err := store.List(ctx, prefix)
 	if err != nil {

@@ -8,21 +8,21 @@ import (
 	"github.com/bagger/lenkwerk/kvdriver"
 )
 
-// Timed wraps a store and adds up the wall time of its Apply calls: for an
+// Timed wraps a store's driver and adds up the wall time of its Apply calls: for an
 // in-process agent, how much of a run was spent waiting for the store
 // (the agent applies one batch at a time and decodes nothing meanwhile).
 type Timed struct {
-	kvdriver.Store
+	kvdriver.Driver
 	applyNanos atomic.Int64
 	applies    atomic.Int64
 }
 
-var _ kvdriver.Store = (*Timed)(nil)
+var _ kvdriver.Driver = (*Timed)(nil)
 
 // Apply applies ops and counts the time it took.
 func (t *Timed) Apply(ctx context.Context, ops []kvdriver.Op) (int64, error) {
 	start := time.Now()
-	rev, err := t.Store.Apply(ctx, ops)
+	rev, err := t.Driver.Apply(ctx, ops)
 	t.applyNanos.Add(int64(time.Since(start)))
 	t.applies.Add(1)
 	return rev, err

@@ -40,7 +40,7 @@ type Options struct {
 // listed afterwards. A non-nil error means the comparison could not be made
 // (connection, query, or a row that yields no valid key); differences are in
 // the Diff.
-func Check(ctx context.Context, db DB, store kvdriver.Store, opts Options) (Diff, error) {
+func Check(ctx context.Context, db DB, store *kvdriver.Store, opts Options) (Diff, error) {
 	prefix, err := keymap.CleanPrefix(opts.Prefix)
 	if err != nil {
 		return Diff{}, err
@@ -72,7 +72,7 @@ func Check(ctx context.Context, db DB, store kvdriver.Store, opts Options) (Diff
 // describes the Diff) when they still differ, or is the last Check error when
 // no comparison succeeded near the end. Transient errors (a store or
 // database restarting) are retried.
-func Wait(ctx context.Context, db DB, store kvdriver.Store, opts Options, timeout time.Duration) (Diff, error) {
+func Wait(ctx context.Context, db DB, store *kvdriver.Store, opts Options, timeout time.Duration) (Diff, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	pause := 50 * time.Millisecond
@@ -143,7 +143,7 @@ func sortedKeys(m map[string][]byte) []string {
 }
 
 // actual lists the store under prefix, without the agent's reserved keys.
-func actual(ctx context.Context, store kvdriver.Store, prefix string) (map[string][]byte, int64, error) {
+func actual(ctx context.Context, store *kvdriver.Store, prefix string) (map[string][]byte, int64, error) {
 	list := prefix
 	if list == "" {
 		list = "/"

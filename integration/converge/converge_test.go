@@ -55,7 +55,7 @@ var mirror = map[string]string{
 	"/.lenkwerk/checkpoint/lw_ag": `{"lsn": "0/16B3748"}`,
 }
 
-func setup(t *testing.T, prefix string) (*pgx.Conn, kvdriver.Store) {
+func setup(t *testing.T, prefix string) (*pgx.Conn, *kvdriver.Store) {
 	t.Helper()
 	ctx := context.Background()
 	url := pgtest.NewDatabase(t)
@@ -80,7 +80,7 @@ func setup(t *testing.T, prefix string) (*pgx.Conn, kvdriver.Store) {
 	return conn, store
 }
 
-func check(t *testing.T, db converge.DB, store kvdriver.Store, opts converge.Options) converge.Diff {
+func check(t *testing.T, db converge.DB, store *kvdriver.Store, opts converge.Options) converge.Diff {
 	t.Helper()
 	d, err := converge.Check(context.Background(), db, store, opts)
 	if err != nil {
@@ -127,12 +127,12 @@ func TestCheckDetects(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		// change breaks the mirror (store or database side).
-		change                         func(ctx context.Context, conn *pgx.Conn, store kvdriver.Store) error
+		change                         func(ctx context.Context, conn *pgx.Conn, store *kvdriver.Store) error
 		missing, unexpected, different []string
 	}{
 		{
 			name: "missing key",
-			change: func(ctx context.Context, _ *pgx.Conn, s kvdriver.Store) error {
+			change: func(ctx context.Context, _ *pgx.Conn, s *kvdriver.Store) error {
 				_, err := s.Delete(ctx, "/Config/a")
 				return err
 			},
@@ -140,7 +140,7 @@ func TestCheckDetects(t *testing.T) {
 		},
 		{
 			name: "new row not mirrored",
-			change: func(ctx context.Context, c *pgx.Conn, _ kvdriver.Store) error {
+			change: func(ctx context.Context, c *pgx.Conn, _ *kvdriver.Store) error {
 				_, err := c.Exec(ctx, `INSERT INTO storage.postgres_instance (host, port, username) VALUES ('db2', 6432, 'b')`)
 				return err
 			},
@@ -148,7 +148,7 @@ func TestCheckDetects(t *testing.T) {
 		},
 		{
 			name: "extra key",
-			change: func(ctx context.Context, _ *pgx.Conn, s kvdriver.Store) error {
+			change: func(ctx context.Context, _ *pgx.Conn, s *kvdriver.Store) error {
 				_, err := s.Put(ctx, "/Config/gone", []byte(`{"id": 9, "key": "gone", "value": 1}`))
 				return err
 			},
@@ -156,7 +156,7 @@ func TestCheckDetects(t *testing.T) {
 		},
 		{
 			name: "deleted row still mirrored",
-			change: func(ctx context.Context, c *pgx.Conn, _ kvdriver.Store) error {
+			change: func(ctx context.Context, c *pgx.Conn, _ *kvdriver.Store) error {
 				_, err := c.Exec(ctx, `DELETE FROM public.event`)
 				return err
 			},
@@ -164,7 +164,7 @@ func TestCheckDetects(t *testing.T) {
 		},
 		{
 			name: "moved key: old key left, new key missing",
-			change: func(ctx context.Context, c *pgx.Conn, _ kvdriver.Store) error {
+			change: func(ctx context.Context, c *pgx.Conn, _ *kvdriver.Store) error {
 				_, err := c.Exec(ctx, `UPDATE storage.postgres_instance SET port = 5433`)
 				return err
 			},
@@ -173,7 +173,7 @@ func TestCheckDetects(t *testing.T) {
 		},
 		{
 			name: "value differs only in formatting",
-			change: func(ctx context.Context, _ *pgx.Conn, s kvdriver.Store) error {
+			change: func(ctx context.Context, _ *pgx.Conn, s *kvdriver.Store) error {
 				_, err := s.Put(ctx, "/Config/a", []byte(`{"id":1,"key":"a","value":{"x":1}}`))
 				return err
 			},
@@ -181,7 +181,7 @@ func TestCheckDetects(t *testing.T) {
 		},
 		{
 			name: "stale value",
-			change: func(ctx context.Context, c *pgx.Conn, _ kvdriver.Store) error {
+			change: func(ctx context.Context, c *pgx.Conn, _ *kvdriver.Store) error {
 				_, err := c.Exec(ctx, `UPDATE storage.postgres_instance SET status = 1`)
 				return err
 			},
@@ -189,7 +189,7 @@ func TestCheckDetects(t *testing.T) {
 		},
 		{
 			name: "older servermap generation",
-			change: func(ctx context.Context, _ *pgx.Conn, s kvdriver.Store) error {
+			change: func(ctx context.Context, _ *pgx.Conn, s *kvdriver.Store) error {
 				_, err := s.Put(ctx, "/Servermap", []byte(`{"id": 2, "server_map": {"gen": 2}}`))
 				return err
 			},
@@ -197,7 +197,7 @@ func TestCheckDetects(t *testing.T) {
 		},
 		{
 			name: "newer servermap generation",
-			change: func(ctx context.Context, c *pgx.Conn, _ kvdriver.Store) error {
+			change: func(ctx context.Context, c *pgx.Conn, _ *kvdriver.Store) error {
 				_, err := c.Exec(ctx, `INSERT INTO storage.servermap (server_map) VALUES ('{"gen":4}')`)
 				return err
 			},
@@ -205,7 +205,7 @@ func TestCheckDetects(t *testing.T) {
 		},
 		{
 			name: "servermap emptied",
-			change: func(ctx context.Context, c *pgx.Conn, _ kvdriver.Store) error {
+			change: func(ctx context.Context, c *pgx.Conn, _ *kvdriver.Store) error {
 				_, err := c.Exec(ctx, `TRUNCATE storage.servermap`)
 				return err
 			},
@@ -213,7 +213,7 @@ func TestCheckDetects(t *testing.T) {
 		},
 		{
 			name: "everything at once",
-			change: func(ctx context.Context, c *pgx.Conn, s kvdriver.Store) error {
+			change: func(ctx context.Context, c *pgx.Conn, s *kvdriver.Store) error {
 				if _, err := c.Exec(ctx, `UPDATE storage.config SET value = '[1,2]' WHERE key = 'slash/key'`); err != nil {
 					return err
 				}

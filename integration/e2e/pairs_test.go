@@ -60,7 +60,7 @@ type pairWatcher struct {
 
 // watchPairs watches the pair keys from the store's current state until ctx
 // ends. A watch that ends with an error is resumed from its last revision.
-func watchPairs(ctx context.Context, store kvdriver.Store) *pairWatcher {
+func watchPairs(ctx context.Context, store *kvdriver.Store) *pairWatcher {
 	w := &pairWatcher{cur: map[string]int{}, last: map[string]int{}}
 	go func() {
 		var rev int64

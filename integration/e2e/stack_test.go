@@ -29,8 +29,8 @@ const (
 type stack struct {
 	*harness.Stack
 	t     *testing.T
-	pool  *pgxpool.Pool  // superuser: the test's own writes
-	store kvdriver.Store // local backend: one store for the stack's life
+	pool  *pgxpool.Pool   // superuser: the test's own writes
+	store *kvdriver.Store // local backend: one store for the stack's life
 	agent *agentProc
 }
 

@@ -85,9 +85,9 @@ type Stack struct {
 	b      backend
 
 	mu    sync.Mutex
-	admin string         // current admin URL
-	kvURL string         // current store URL
-	store kvdriver.Store // opened on kvURL
+	admin string          // current admin URL
+	kvURL string          // current store URL
+	store *kvdriver.Store // opened on kvURL
 	agent *Process
 	procs []*Process // every process, the agent first
 }
@@ -395,7 +395,7 @@ func (s *Stack) KVURL() string {
 // On the containers backend a store restart (StartStore, StartNode) moves
 // the host ports, so the Stack closes this store and opens another: call
 // Store again after those levers rather than keeping the old one.
-func (s *Stack) Store() kvdriver.Store {
+func (s *Stack) Store() *kvdriver.Store {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.store

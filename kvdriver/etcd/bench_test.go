@@ -87,7 +87,7 @@ func warmUp(ctx context.Context, srv *etcdtest.Server) error {
 	return flush()
 }
 
-func benchStore(b *testing.B) kvdriver.Store {
+func benchStore(b *testing.B) *kvdriver.Store {
 	b.Helper()
 	s, err := kvdriver.Open(context.Background(), benchServer(b).URL())
 	if err != nil {

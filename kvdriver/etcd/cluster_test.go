@@ -28,7 +28,7 @@ func TestClusterMemberLoss(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	cl := etcdtest.StartCluster(t, 3)
-	open := func(u string) kvdriver.Store {
+	open := func(u string) *kvdriver.Store {
 		s, err := kvdriver.Open(ctx, u+"?request-timeout=2s")
 		if err != nil {
 			t.Fatal(err)
@@ -42,7 +42,7 @@ func TestClusterMemberLoss(t *testing.T) {
 		t.Fatal("no leader")
 	}
 	follower := cl.Members[(leader+1)%3]
-	watchers := map[string]kvdriver.Store{
+	watchers := map[string]*kvdriver.Store{
 		"all members":                 open(cl.URL()),
 		"follower " + follower.Name(): open(follower.URL()),
 	}
@@ -155,7 +155,7 @@ func TestClusterMemberLoss(t *testing.T) {
 			others = append(others, m)
 		}
 	}
-	followerStore := watchers["follower "+follower.Name()].(*etcd.Store)
+	followerStore := watchers["follower "+follower.Name()]
 	restarts := etcd.WatchRestarts(followerStore)
 	var wg sync.WaitGroup
 	for _, m := range others {
@@ -205,7 +205,7 @@ func TestClusterMemberLoss(t *testing.T) {
 		if r.err != nil {
 			t.Fatalf("watcher %s ended: %v", name, r.err)
 		}
-		t.Logf("watcher %s: re-established its etcd watch %d times", name, etcd.WatchRestarts(watchers[name].(*etcd.Store)))
+		t.Logf("watcher %s: re-established its etcd watch %d times", name, etcd.WatchRestarts(watchers[name]))
 		got := r.events
 		for len(got) > 0 && got[len(got)-1].Revision > lastRev {
 			got = got[:len(got)-1]

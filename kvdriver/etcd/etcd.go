@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -17,7 +18,7 @@ import (
 )
 
 func init() {
-	kvdriver.Register(Scheme, kvdriver.OpenerFunc(func(ctx context.Context, u *url.URL) (kvdriver.Store, error) {
+	kvdriver.Register(Scheme, kvdriver.OpenerFunc(func(ctx context.Context, u *url.URL) (*kvdriver.Store, error) {
 		cfg, err := ConfigFromURL(u)
 		if err != nil {
 			return nil, err
@@ -45,19 +46,17 @@ var limits = kvdriver.Limits{
 	MaxBatchBytes: serverMaxRequestBytes - requestOverhead,
 }
 
-// Store is a kvdriver.Store on an etcd cluster.
-type Store struct {
+// Driver is the kvdriver.Driver of an etcd cluster; Open returns it inside
+// a kvdriver.Store.
+type Driver struct {
 	client *clientv3.Client
 	// shared is the client's entry in the process-wide pool (see pool.go).
 	shared *sharedClient
 	cfg    Config
 
 	// ctx is cancelled by Close and ends every watch.
-	ctx    context.Context
-	cancel context.CancelFunc
-
-	mu      sync.Mutex
-	closed  bool
+	ctx     context.Context
+	cancel  context.CancelFunc
 	watches sync.WaitGroup
 
 	// watchRestarts counts etcd watches re-established after their stream
@@ -65,12 +64,16 @@ type Store struct {
 	watchRestarts atomic.Int64
 }
 
-var _ kvdriver.Store = (*Store)(nil)
+var (
+	_ kvdriver.Driver = (*Driver)(nil)
+	_ kvdriver.Putter = (*Driver)(nil)
+)
 
 // Open connects to the etcd cluster of cfg and checks that a member
 // answers (and, with a username, that the credentials are accepted) within
-// cfg.DialTimeout.
-func Open(ctx context.Context, cfg Config) (*Store, error) {
+// cfg.DialTimeout. It is what kvdriver.Open does for an etcd:// URL, from
+// the Config the URL parses into.
+func Open(ctx context.Context, cfg Config) (*kvdriver.Store, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
@@ -97,9 +100,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		shared.release()
 		return nil, fmt.Errorf("%s: %w%s", cfg, err, handshakeReason(ctx, cfg, tlsCfg))
 	}
-	s := &Store{client: shared.client, shared: shared, cfg: cfg}
-	s.ctx, s.cancel = context.WithCancel(context.Background())
-	return s, nil
+	d := &Driver{client: shared.client, shared: shared, cfg: cfg}
+	d.ctx, d.cancel = context.WithCancel(context.Background())
+	return kvdriver.NewStore(Scheme, d), nil
 }
 
 // ping asks every endpoint for its status at once and succeeds when one
@@ -129,119 +132,92 @@ func ping(ctx context.Context, c *clientv3.Client, cfg Config) error {
 }
 
 // Client returns the underlying etcd client, for tools that need etcd
-// features the Store does not offer. Other Stores of the process opened
-// with the same endpoints and credentials share it: do not close it.
-func (s *Store) Client() *clientv3.Client { return s.client }
+// features the Store does not offer (reach the Driver with Store.As).
+// Other Stores of the process opened with the same endpoints and
+// credentials share it: do not close it.
+func (s *Driver) Client() *clientv3.Client { return s.client }
 
 // request bounds a unary call by the request timeout.
-func (s *Store) request(ctx context.Context) (context.Context, context.CancelFunc, error) {
-	s.mu.Lock()
-	closed := s.closed
-	s.mu.Unlock()
-	if closed {
-		return nil, nil, kvdriver.ErrClosed
-	}
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
-	return ctx, cancel, nil
+func (s *Driver) request(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, s.cfg.RequestTimeout)
 }
 
-// wrap adds the operation to err and translates etcd's errors into the
-// kvdriver sentinels.
-func (s *Store) wrap(op string, err error) error {
-	var sentinel error
+// ErrorCode implements kvdriver.Driver: etcd's size refusals are TooLarge,
+// compaction is Compacted, refused credentials or privileges are
+// PermissionDenied, an unreachable cluster is Unavailable.
+func (s *Driver) ErrorCode(err error) kvdriver.ErrorCode {
 	switch {
 	case errors.Is(err, rpctypes.ErrRequestTooLarge), errors.Is(err, rpctypes.ErrTooManyOps):
-		sentinel = kvdriver.ErrTooLarge
+		return kvdriver.TooLarge
 	case errors.Is(err, rpctypes.ErrDuplicateKey):
-		sentinel = kvdriver.ErrInvalidBatch
+		return kvdriver.InvalidArgument
 	case errors.Is(err, rpctypes.ErrCompacted):
-		sentinel = kvdriver.ErrCompacted
+		return kvdriver.Compacted
 	case status.Code(err) == codes.ResourceExhausted:
 		// gRPC refused the message size before etcd saw it.
-		sentinel = kvdriver.ErrTooLarge
-	case s.isClosed():
-		sentinel = kvdriver.ErrClosed
+		return kvdriver.TooLarge
+	case denied(err):
+		return kvdriver.PermissionDenied
+	case status.Code(err) == codes.Unavailable, status.Code(err) == codes.DeadlineExceeded:
+		return kvdriver.Unavailable
 	}
-	if sentinel != nil {
-		return fmt.Errorf("etcd %s: %w: %w", op, sentinel, err)
-	}
-	return fmt.Errorf("etcd %s: %w", op, err)
+	return kvdriver.Unknown
 }
 
-func (s *Store) isClosed() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.closed
+// denied reports an error that retrying cannot cure: missing permission or
+// credentials. clientv3 turns a refused watch's cancel reason into a plain
+// error carrying the gRPC status text, so the message is matched too.
+func denied(err error) bool {
+	for _, e := range []error{rpctypes.ErrPermissionDenied, rpctypes.ErrUserEmpty, rpctypes.ErrAuthFailed} {
+		if errors.Is(err, e) || strings.Contains(err.Error(), e.Error()) {
+			return true
+		}
+	}
+	return false
 }
 
-// Get returns the key's value, or an error wrapping kvdriver.ErrNotFound.
-func (s *Store) Get(ctx context.Context, key string) (kvdriver.KV, error) {
-	if err := kvdriver.ValidateKey(key); err != nil {
-		return kvdriver.KV{}, fmt.Errorf("etcd get: %w", err)
-	}
-	ctx, cancel, err := s.request(ctx)
-	if err != nil {
-		return kvdriver.KV{}, fmt.Errorf("etcd get %q: %w", key, err)
-	}
+// Get implements kvdriver.Driver.
+func (s *Driver) Get(ctx context.Context, key string) (kvdriver.KV, error) {
+	ctx, cancel := s.request(ctx)
 	defer cancel()
 	resp, err := s.client.Get(ctx, key)
 	if err != nil {
-		return kvdriver.KV{}, s.wrap(fmt.Sprintf("get %q", key), err)
+		return kvdriver.KV{}, err
 	}
 	if len(resp.Kvs) == 0 {
-		return kvdriver.KV{}, fmt.Errorf("etcd get %q: %w", key, kvdriver.ErrNotFound)
+		return kvdriver.KV{}, kvdriver.ErrNotFound
 	}
 	kv := resp.Kvs[0]
 	return kvdriver.KV{Key: string(kv.Key), Value: kv.Value, ModRevision: kv.ModRevision}, nil
 }
 
-// Put sets key to value and returns the new revision.
-func (s *Store) Put(ctx context.Context, key string, value []byte) (int64, error) {
-	if err := kvdriver.ValidatePut(key, value, limits); err != nil {
-		return 0, fmt.Errorf("etcd put: %w", err)
-	}
-	ctx, cancel, err := s.request(ctx)
-	if err != nil {
-		return 0, fmt.Errorf("etcd put %q: %w", key, err)
-	}
+// Put implements kvdriver.Putter: one etcd Put, no transaction.
+func (s *Driver) Put(ctx context.Context, key string, value []byte) (int64, error) {
+	ctx, cancel := s.request(ctx)
 	defer cancel()
 	resp, err := s.client.Put(ctx, key, string(value))
 	if err != nil {
-		return 0, s.wrap(fmt.Sprintf("put %q", key), err)
+		return 0, err
 	}
 	return resp.Header.Revision, nil
 }
 
-// Delete removes key and returns the revision after it: the delete's own
+// Delete implements kvdriver.Putter: it returns the delete's own
 // revision, or the current one when the key was absent.
-func (s *Store) Delete(ctx context.Context, key string) (int64, error) {
-	if err := kvdriver.ValidateKey(key); err != nil {
-		return 0, fmt.Errorf("etcd delete: %w", err)
-	}
-	ctx, cancel, err := s.request(ctx)
-	if err != nil {
-		return 0, fmt.Errorf("etcd delete %q: %w", key, err)
-	}
+func (s *Driver) Delete(ctx context.Context, key string) (int64, error) {
+	ctx, cancel := s.request(ctx)
 	defer cancel()
 	resp, err := s.client.Delete(ctx, key)
 	if err != nil {
-		return 0, s.wrap(fmt.Sprintf("delete %q", key), err)
+		return 0, err
 	}
 	return resp.Header.Revision, nil
 }
 
-// List returns the keys at or below prefix, sorted, and the revision the
-// listing reflects. The key itself and its subtree are read in one
-// read-only transaction, so both come from the same revision.
-func (s *Store) List(ctx context.Context, prefix string) ([]kvdriver.KV, int64, error) {
-	prefix, err := kvdriver.CleanPrefix(prefix)
-	if err != nil {
-		return nil, 0, fmt.Errorf("etcd list: %w", err)
-	}
-	ctx, cancel, err := s.request(ctx)
-	if err != nil {
-		return nil, 0, fmt.Errorf("etcd list %q: %w", prefix, err)
-	}
+// List implements kvdriver.Driver. The key itself and its subtree are read
+// in one read-only transaction, so both come from the same revision.
+func (s *Driver) List(ctx context.Context, prefix string) ([]kvdriver.KV, int64, error) {
+	ctx, cancel := s.request(ctx)
 	defer cancel()
 	var ops []clientv3.Op
 	if prefix == "/" {
@@ -251,7 +227,7 @@ func (s *Store) List(ctx context.Context, prefix string) ([]kvdriver.KV, int64, 
 	}
 	resp, err := s.client.Txn(ctx).Then(ops...).Commit()
 	if err != nil {
-		return nil, 0, s.wrap(fmt.Sprintf("list %q", prefix), err)
+		return nil, 0, err
 	}
 	var kvs []kvdriver.KV
 	for _, r := range resp.Responses {
@@ -262,17 +238,10 @@ func (s *Store) List(ctx context.Context, prefix string) ([]kvdriver.KV, int64, 
 	return kvs, resp.Header.Revision, nil
 }
 
-// Apply writes ops as one etcd transaction and returns the revision after
-// it. Deletes of absent keys make no event; a batch that changes nothing
-// makes no revision.
-func (s *Store) Apply(ctx context.Context, ops []kvdriver.Op) (int64, error) {
-	if err := kvdriver.ValidateBatch(ops, limits); err != nil {
-		return 0, fmt.Errorf("etcd apply: %w", err)
-	}
-	ctx, cancel, err := s.request(ctx)
-	if err != nil {
-		return 0, fmt.Errorf("etcd apply: %w", err)
-	}
+// Apply implements kvdriver.Driver: one etcd transaction, its Requires as
+// its comparisons.
+func (s *Driver) Apply(ctx context.Context, ops []kvdriver.Op) (int64, error) {
+	ctx, cancel := s.request(ctx)
 	defer cancel()
 	txn := make([]clientv3.Op, 0, len(ops))
 	var cmps []clientv3.Cmp
@@ -289,31 +258,28 @@ func (s *Store) Apply(ctx context.Context, ops []kvdriver.Op) (int64, error) {
 	}
 	resp, err := s.client.Txn(ctx).If(cmps...).Then(txn...).Commit()
 	if err != nil {
-		return 0, s.wrap(fmt.Sprintf("apply %d operations", len(ops)), err)
+		return 0, err
 	}
 	if !resp.Succeeded {
-		return 0, fmt.Errorf("etcd apply: %w (revision %d)", kvdriver.ErrConflict, resp.Header.Revision)
+		return 0, fmt.Errorf("%w (revision %d)", kvdriver.ErrConflict, resp.Header.Revision)
 	}
 	return resp.Header.Revision, nil
 }
 
-// Compact discards history at and before rev. Compacting a revision that
-// is already compacted succeeds.
+// Compact implements kvdriver.Driver. Compacting a revision that is
+// already compacted succeeds.
 //
 // etcd's own compaction at r keeps the events of r and discards older
 // ones, so the store compacts at rev+1; when rev is the current revision
 // (rev+1 is in the future for etcd) it compacts at rev, which keeps the
 // events of rev itself.
-func (s *Store) Compact(ctx context.Context, rev int64) error {
+func (s *Driver) Compact(ctx context.Context, rev int64) error {
 	if rev <= 0 {
-		return fmt.Errorf("etcd compact: revision %d is not positive", rev)
+		return fmt.Errorf("revision %d is not positive", rev)
 	}
-	ctx, cancel, err := s.request(ctx)
-	if err != nil {
-		return fmt.Errorf("etcd compact %d: %w", rev, err)
-	}
+	ctx, cancel := s.request(ctx)
 	defer cancel()
-	_, err = s.client.Compact(ctx, rev+1)
+	_, err := s.client.Compact(ctx, rev+1)
 	if errors.Is(err, rpctypes.ErrFutureRev) {
 		_, err = s.client.Compact(ctx, rev)
 	}
@@ -321,30 +287,23 @@ func (s *Store) Compact(ctx context.Context, rev int64) error {
 	case err == nil, errors.Is(err, rpctypes.ErrCompacted):
 		return nil
 	case errors.Is(err, rpctypes.ErrFutureRev):
-		return fmt.Errorf("etcd compact %d: revision is newer than the store's: %w", rev, err)
+		return fmt.Errorf("revision is newer than the store's: %w", err)
 	}
-	return s.wrap(fmt.Sprintf("compact %d", rev), err)
+	return err
 }
 
-// Limits reports the batch and value limits: etcd's default server limits
-// less the request's own encoding.
-func (s *Store) Limits() kvdriver.Limits { return limits }
+// Limits implements kvdriver.Driver: etcd's default server limits less
+// the request's own encoding.
+func (s *Driver) Limits() kvdriver.Limits { return limits }
 
-// Close ends the store's watches and gives up its share of the client,
-// closing the connection when no other Store uses it. It is
-// idempotent; later calls return nil and other methods ErrClosed.
-func (s *Store) Close() error {
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		return nil
-	}
-	s.closed = true
-	s.mu.Unlock()
+// Close implements kvdriver.Driver: it ends the store's watches and gives
+// up its share of the client, closing the connection when no other Store
+// uses it.
+func (s *Driver) Close() error {
 	s.cancel()
 	s.watches.Wait()
 	if err := s.shared.release(); err != nil && !errors.Is(err, context.Canceled) {
-		return fmt.Errorf("etcd close: %w", err)
+		return err
 	}
 	return nil
 }

@@ -20,7 +20,7 @@ import (
 // it can stop and start on the same data dir and port.
 type harness struct{ srv *etcdtest.Server }
 
-func (h *harness) MakeStore(ctx context.Context, t *testing.T) (kvdriver.Store, error) {
+func (h *harness) MakeStore(ctx context.Context, t *testing.T) (*kvdriver.Store, error) {
 	// Through the registry, as the agent opens it.
 	return kvdriver.Open(ctx, h.srv.URL()+"?request-timeout=5s")
 }

@@ -16,7 +16,7 @@ import (
 // fanout is n Stores of one process, each watching /f from now, and the
 // highest revision each has received.
 type fanout struct {
-	stores []*etcd.Store
+	stores []*kvdriver.Store
 	seen   []atomic.Int64
 	errs   chan error
 	// first is the first watcher waitAll waits for; those before it are
@@ -33,7 +33,7 @@ func startFanout(ctx context.Context, t *testing.T, url string, n int) *fanout {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { s.Close() })
-		f.stores = append(f.stores, s.(*etcd.Store))
+		f.stores = append(f.stores, s)
 	}
 	for i, s := range f.stores {
 		ch := s.Watch(ctx, "/f", 0)
@@ -84,7 +84,7 @@ func TestSharedClient(t *testing.T) {
 		t.Fatalf("%d Stores on one cluster made %d clients, want 1", n, got)
 	}
 	for _, s := range f.stores[1:] {
-		if s.Client() != f.stores[0].Client() {
+		if etcdClient(t, s) != etcdClient(t, f.stores[0]) {
 			t.Fatal("two Stores on the same cluster have different clients")
 		}
 	}
@@ -227,4 +227,14 @@ func TestSharedWatchPartitionedMember(t *testing.T) {
 	rev := put("whole again")
 	lone.waitAll(t, rev, 30*time.Second, "after quorum returned")
 	all.waitAll(t, rev, 30*time.Second, "after quorum returned")
+}
+
+// etcdClient is the etcd client of an etcd store.
+func etcdClient(t *testing.T, s *kvdriver.Store) any {
+	t.Helper()
+	var d *etcd.Driver
+	if !s.As(&d) {
+		t.Fatalf("store %v is not an etcd store", s)
+	}
+	return d.Client()
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -12,6 +11,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/bagger/lenkwerk/kvdriver"
+	"github.com/bagger/lenkwerk/kvdriver/internal/backoff"
 )
 
 // Backoff between re-establishing a watch whose stream ended.
@@ -20,33 +20,12 @@ const (
 	maxWatchBackoff = 2 * time.Second
 )
 
-// Watch reports every change at or below prefix after afterRev (see
-// kvdriver.Store). With afterRev 0 it reads the current revision before it
-// returns, so a write made after Watch returns is always seen; when no
-// member answers within the request timeout the channel carries that
-// error instead.
-func (s *Store) Watch(ctx context.Context, prefix string, afterRev int64) <-chan kvdriver.WatchResponse {
+// Watch implements kvdriver.Driver. With afterRev 0 it reads the current
+// revision before it returns, so a write made after Watch returns is
+// always seen; when no member answers within the request timeout the
+// channel carries that error instead.
+func (s *Driver) Watch(ctx context.Context, prefix string, afterRev int64) <-chan kvdriver.WatchResponse {
 	out := make(chan kvdriver.WatchResponse, 1)
-	fail := func(err error) <-chan kvdriver.WatchResponse {
-		out <- kvdriver.WatchResponse{Err: fmt.Errorf("etcd watch %q: %w", prefix, err)}
-		close(out)
-		return out
-	}
-	prefix, err := kvdriver.CleanPrefix(prefix)
-	if err != nil {
-		return fail(err)
-	}
-	if afterRev < 0 {
-		return fail(fmt.Errorf("negative revision %d", afterRev))
-	}
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		return fail(kvdriver.ErrClosed)
-	}
-	s.watches.Add(1)
-	s.mu.Unlock()
-
 	ctx, cancel := context.WithCancel(ctx)
 	stop := context.AfterFunc(s.ctx, cancel)
 	w := &watch{s: s, prefix: prefix, out: out, next: afterRev + 1}
@@ -57,14 +36,13 @@ func (s *Store) Watch(ctx context.Context, prefix string, afterRev int64) <-chan
 		if err != nil {
 			stop()
 			cancel()
-			s.watches.Done()
-			if s.isClosed() {
-				err = kvdriver.ErrClosed
-			}
-			return fail(fmt.Errorf("read current revision: %w", err))
+			out <- kvdriver.WatchResponse{Err: fmt.Errorf("read current revision: %w", err)}
+			close(out)
+			return out
 		}
 		w.next = next
 	}
+	s.watches.Add(1)
 	go func() {
 		defer s.watches.Done()
 		defer close(out)
@@ -78,7 +56,7 @@ func (s *Store) Watch(ctx context.Context, prefix string, afterRev int64) <-chan
 // currentRevision returns the store revision plus one, by a linearizable
 // read of one key inside prefix (so a user allowed only the prefix may
 // call it).
-func (s *Store) currentRevision(ctx context.Context, prefix string) (int64, error) {
+func (s *Driver) currentRevision(ctx context.Context, prefix string) (int64, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
 	defer cancel()
 	resp, err := s.client.Get(ctx, prefix, clientv3.WithCountOnly())
@@ -91,7 +69,7 @@ func (s *Store) currentRevision(ctx context.Context, prefix string) (int64, erro
 // watch is one Watch call: it keeps an etcd watch open on its range,
 // re-establishing it from next whenever its stream ends.
 type watch struct {
-	s      *Store
+	s      *Driver
 	prefix string
 	out    chan<- kvdriver.WatchResponse
 	// next is the first revision not yet delivered.
@@ -109,7 +87,7 @@ func (w *watch) run(ctx context.Context) {
 		// deliver filters out; "/IndexField" stays outside.
 		end = w.prefix + "0"
 	}
-	backoff := minWatchBackoff
+	bo := backoff.Backoff{Min: minWatchBackoff, Max: maxWatchBackoff}
 	for ctx.Err() == nil {
 		wctx, wcancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 		wch := w.s.client.Watch(wctx, key, clientv3.WithRange(end), clientv3.WithRev(w.next), clientv3.WithProgressNotify())
@@ -122,16 +100,11 @@ func (w *watch) run(ctx context.Context) {
 			return
 		}
 		if delivered {
-			backoff = minWatchBackoff
+			bo.Reset()
 		}
-		t := time.NewTimer(backoff)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !bo.Wait(ctx) {
 			return
-		case <-t.C:
 		}
-		backoff = min(2*backoff, maxWatchBackoff)
 		w.s.watchRestarts.Add(1)
 	}
 }
@@ -143,12 +116,12 @@ func (w *watch) consume(ctx context.Context, wch clientv3.WatchChan) (delivered 
 	for wr := range wch {
 		if err := wr.Err(); err != nil {
 			if errors.Is(err, rpctypes.ErrCompacted) || wr.CompactRevision != 0 {
-				return delivered, fmt.Errorf("etcd watch %q after revision %d: %w (history compacted up to revision %d)",
-					w.prefix, w.next-1, kvdriver.ErrCompacted, wr.CompactRevision)
+				return delivered, fmt.Errorf("after revision %d: %w (history compacted up to revision %d)",
+					w.next-1, kvdriver.ErrCompacted, wr.CompactRevision)
 			}
-			if permanent(err) {
+			if w.s.ErrorCode(err) == kvdriver.PermissionDenied {
 				// Retrying cannot help until an operator acts.
-				return delivered, fmt.Errorf("etcd watch %q: %w", w.prefix, err)
+				return delivered, err
 			}
 			return delivered, errRetry
 		}
@@ -197,19 +170,6 @@ func (w *watch) consume(ctx context.Context, wch clientv3.WatchChan) (delivered 
 		return delivered, nil
 	}
 	return delivered, errRetry
-}
-
-// permanent reports a watch error that retrying cannot cure: missing
-// permission or credentials. clientv3 turns a refused watch's cancel
-// reason into a plain error carrying the gRPC status text, so the
-// message is matched too.
-func permanent(err error) bool {
-	for _, e := range []error{rpctypes.ErrPermissionDenied, rpctypes.ErrUserEmpty, rpctypes.ErrAuthFailed} {
-		if errors.Is(err, e) || strings.Contains(err.Error(), e.Error()) {
-			return true
-		}
-	}
-	return false
 }
 
 // send delivers r unless ctx ends first.

@@ -184,9 +184,10 @@ func badOps() []badOp {
 	}
 }
 
-// testBatchAllOrNothing: a batch with one bad operation, first, in the
-// middle or last, returns the right error and writes nothing, not even its
-// good operations; no watcher sees anything.
+// testBatchAllOrNothing: a batch with one bad operation, or one Require
+// that does not hold, first, in the middle or last, returns the right
+// error and writes nothing, not even its good operations; no watcher sees
+// anything.
 func testBatchAllOrNothing(e *env) {
 	t := e.t
 	s := e.store()
@@ -210,6 +211,15 @@ func testBatchAllOrNothing(e *env) {
 			e.wantNotFound(s, e.key("ok", "1"), fmt.Sprintf("Apply with %s at position %d", b.name, pos))
 			e.wantGet(s, e.key("ok", "seed"), val(0), seed)
 		}
+	}
+	// A Require that does not hold fails the whole batch wherever it
+	// stands: the driver's own all or nothing, past the checks of Store.
+	for pos := 0; pos <= len(good); pos++ {
+		ops := append(append(append([]kvdriver.Op(nil), good[:pos]...), kvdriver.Require(e.key("absent"), seed)), good[pos:]...)
+		_, err := s.Apply(e.ctx(), ops)
+		e.wantErr(err, kvdriver.ErrConflict, fmt.Sprintf("Apply with a failing Require at position %d", pos))
+		e.wantNotFound(s, e.key("ok", "1"), fmt.Sprintf("Apply with a failing Require at position %d", pos))
+		e.wantGet(s, e.key("ok", "seed"), val(0), seed)
 	}
 	// Nothing reached a watcher either.
 	mark := e.put(s, e.key("mark"), val(9))

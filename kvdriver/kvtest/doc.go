@@ -1,10 +1,12 @@
 // Package kvtest is the conformance suite every kvdriver driver passes, in
 // the style of gocloud.dev's drivertest: a driver's test supplies a Harness
-// (how to open a Store on a server) and calls RunConformanceTests.
+// (how to open a Store on a server) and calls RunConformanceTests. The
+// checks use the driver through the portable kvdriver.Store, as every
+// caller does.
 //
 //	type harness struct{ url string } // a server started by the test
 //
-//	func (h *harness) MakeStore(ctx context.Context, t *testing.T) (kvdriver.Store, error) {
+//	func (h *harness) MakeStore(ctx context.Context, t *testing.T) (*kvdriver.Store, error) {
 //		return kvdriver.Open(ctx, h.url)
 //	}
 //	func (h *harness) Close() {}
@@ -34,7 +36,7 @@
 //	WatchReplay          watching from an old revision replays exactly the missed events
 //	WatchFromZero        afterRev 0 starts at the current revision: no history, new writes seen
 //	BatchAtomicity       a batch is one revision, one response, never seen half-applied
-//	BatchAllOrNothing    a batch with one bad op writes nothing
+//	BatchAllOrNothing    a batch with one bad op, or a Require that fails, writes nothing
 //	Require              a batch applies only if its Requires hold, else ErrConflict, nothing written, no event
 //	Compaction           ErrCompacted (errors.Is) for a compacted start, recovery by re-listing
 //	ConcurrentWriters    every watcher sees every revision exactly once, in order

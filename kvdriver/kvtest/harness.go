@@ -13,7 +13,7 @@ import (
 type Harness interface {
 	// MakeStore opens a new Store (a new connection) on the harness's
 	// server. The suite closes it.
-	MakeStore(ctx context.Context, t *testing.T) (kvdriver.Store, error)
+	MakeStore(ctx context.Context, t *testing.T) (*kvdriver.Store, error)
 	// Close releases the harness and its server.
 	Close()
 }

@@ -102,7 +102,7 @@ type env struct {
 
 // store opens a new store on the harness's server, closed when the check
 // ends.
-func (e *env) store() kvdriver.Store {
+func (e *env) store() *kvdriver.Store {
 	e.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
@@ -156,7 +156,7 @@ func sameJSON(a, b []byte) bool {
 	return reflect.DeepEqual(x, y)
 }
 
-func (e *env) put(s kvdriver.Store, key string, value []byte) int64 {
+func (e *env) put(s *kvdriver.Store, key string, value []byte) int64 {
 	e.t.Helper()
 	rev, err := s.Put(e.ctx(), key, value)
 	if err != nil {
@@ -165,7 +165,7 @@ func (e *env) put(s kvdriver.Store, key string, value []byte) int64 {
 	return rev
 }
 
-func (e *env) del(s kvdriver.Store, key string) int64 {
+func (e *env) del(s *kvdriver.Store, key string) int64 {
 	e.t.Helper()
 	rev, err := s.Delete(e.ctx(), key)
 	if err != nil {
@@ -174,7 +174,7 @@ func (e *env) del(s kvdriver.Store, key string) int64 {
 	return rev
 }
 
-func (e *env) apply(s kvdriver.Store, ops []kvdriver.Op) int64 {
+func (e *env) apply(s *kvdriver.Store, ops []kvdriver.Op) int64 {
 	e.t.Helper()
 	rev, err := s.Apply(e.ctx(), ops)
 	if err != nil {
@@ -183,7 +183,7 @@ func (e *env) apply(s kvdriver.Store, ops []kvdriver.Op) int64 {
 	return rev
 }
 
-func (e *env) list(s kvdriver.Store, prefix string) ([]kvdriver.KV, int64) {
+func (e *env) list(s *kvdriver.Store, prefix string) ([]kvdriver.KV, int64) {
 	e.t.Helper()
 	kvs, rev, err := s.List(e.ctx(), prefix)
 	if err != nil {
@@ -193,7 +193,7 @@ func (e *env) list(s kvdriver.Store, prefix string) ([]kvdriver.KV, int64) {
 }
 
 // wantGet checks that key holds value (JSON-equal) at modRev (when > 0).
-func (e *env) wantGet(s kvdriver.Store, key string, value []byte, modRev int64) {
+func (e *env) wantGet(s *kvdriver.Store, key string, value []byte, modRev int64) {
 	e.t.Helper()
 	kv, err := s.Get(e.ctx(), key)
 	if err != nil {
@@ -208,7 +208,7 @@ func (e *env) wantGet(s kvdriver.Store, key string, value []byte, modRev int64) 
 }
 
 // wantNotFound checks that key is absent.
-func (e *env) wantNotFound(s kvdriver.Store, key, why string) {
+func (e *env) wantNotFound(s *kvdriver.Store, key, why string) {
 	e.t.Helper()
 	kv, err := s.Get(e.ctx(), key)
 	if !errors.Is(err, kvdriver.ErrNotFound) {
@@ -217,7 +217,7 @@ func (e *env) wantNotFound(s kvdriver.Store, key, why string) {
 }
 
 // wantEmpty checks that nothing is stored at or below prefix.
-func (e *env) wantEmpty(s kvdriver.Store, prefix, why string) {
+func (e *env) wantEmpty(s *kvdriver.Store, prefix, why string) {
 	e.t.Helper()
 	kvs, _ := e.list(s, prefix)
 	if len(kvs) > 0 {

@@ -30,7 +30,7 @@ func (e *env) sub(t *testing.T) *env {
 	return &env{t: t, h: e.h, prefix: e.prefix + "/" + name}
 }
 
-func limitKey(e *env, s kvdriver.Store, l kvdriver.Limits) {
+func limitKey(e *env, s *kvdriver.Store, l kvdriver.Limits) {
 	max := kvdriver.DefaultMaxKeyBytes
 	if l.MaxKeyBytes > 0 && l.MaxKeyBytes < max {
 		max = l.MaxKeyBytes
@@ -53,7 +53,7 @@ func limitKey(e *env, s kvdriver.Store, l kvdriver.Limits) {
 	}
 }
 
-func limitValue(e *env, s kvdriver.Store, l kvdriver.Limits) {
+func limitValue(e *env, s *kvdriver.Store, l kvdriver.Limits) {
 	if l.MaxValueBytes <= 0 {
 		e.t.Logf("no MaxValueBytes: nothing to check")
 		return
@@ -71,7 +71,7 @@ func limitValue(e *env, s kvdriver.Store, l kvdriver.Limits) {
 	e.wantEmpty(s, e.prefix, "after an Apply beyond MaxValueBytes")
 }
 
-func limitBatchOps(e *env, s kvdriver.Store, l kvdriver.Limits) {
+func limitBatchOps(e *env, s *kvdriver.Store, l kvdriver.Limits) {
 	if l.MaxBatchOps <= 0 {
 		e.t.Logf("no MaxBatchOps: nothing to check")
 		return
@@ -99,7 +99,7 @@ func limitBatchOps(e *env, s kvdriver.Store, l kvdriver.Limits) {
 	e.wantEmpty(s, e.key("beyond"), "after an Apply beyond MaxBatchOps")
 }
 
-func limitBatchBytes(e *env, s kvdriver.Store, l kvdriver.Limits) {
+func limitBatchBytes(e *env, s *kvdriver.Store, l kvdriver.Limits) {
 	if l.MaxBatchBytes <= 0 {
 		e.t.Logf("no MaxBatchBytes: nothing to check")
 		return

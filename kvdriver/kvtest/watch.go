@@ -33,7 +33,7 @@ type watcher struct {
 	closed   bool
 }
 
-func (e *env) watch(ctx context.Context, s kvdriver.Store, prefix string, after int64) *watcher {
+func (e *env) watch(ctx context.Context, s *kvdriver.Store, prefix string, after int64) *watcher {
 	return newWatcher(e.t, s.Watch(ctx, prefix, after), prefix, after)
 }
 

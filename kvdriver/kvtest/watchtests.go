@@ -140,7 +140,7 @@ func testCompaction(e *env) {
 func testConcurrentWriters(e *env) {
 	t := e.t
 	const writers, perWriter = 8, 40
-	stores := []kvdriver.Store{e.store(), e.store(), e.store()}
+	stores := []*kvdriver.Store{e.store(), e.store(), e.store()}
 	_, start := e.list(stores[0], e.prefix)
 
 	ctx, _ := e.watchCtx()

@@ -24,7 +24,7 @@ var benchValue = []byte(`{"id":1,"host":"db1","port":5432,"status":3}`)
 
 const benchBatch = 100 // within etcd's (and mem's default) 128 operations
 
-func openBench(b *testing.B) *mem.Store {
+func openBench(b *testing.B) *kvdriver.Store {
 	b.Helper()
 	s, err := mem.Open(context.Background(), mem.Config{})
 	if err != nil {

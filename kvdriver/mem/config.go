@@ -41,7 +41,7 @@ type Config struct {
 }
 
 func init() {
-	kvdriver.Register(Scheme, kvdriver.OpenerFunc(func(ctx context.Context, u *url.URL) (kvdriver.Store, error) {
+	kvdriver.Register(Scheme, kvdriver.OpenerFunc(func(ctx context.Context, u *url.URL) (*kvdriver.Store, error) {
 		cfg, err := ParseURL(u)
 		if err != nil {
 			return nil, err

@@ -142,7 +142,7 @@ func (d *db) compact(rev int64) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if rev > d.rev {
-		return fmt.Errorf("mem: compact to revision %d: the store is at revision %d", rev, d.rev)
+		return fmt.Errorf("revision %d is beyond the store revision %d", rev, d.rev)
 	}
 	if rev > d.compacted {
 		d.dropThrough(rev)

@@ -1,4 +1,4 @@
-// Package mem is an in-process kvdriver.Store with the same semantics as
+// Package mem is an in-process kvdriver driver with the same semantics as
 // the etcd driver: store revisions, atomic batches, watches from a revision
 // replayed from a bounded history, compaction, and etcd's size limits. It is
 // meant for library users' tests and for Lenkwerk's dev mode; nothing is

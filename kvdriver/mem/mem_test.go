@@ -18,7 +18,7 @@ import (
 // connections to one server.
 type harness struct{ name string }
 
-func (h *harness) MakeStore(ctx context.Context, t *testing.T) (kvdriver.Store, error) {
+func (h *harness) MakeStore(ctx context.Context, t *testing.T) (*kvdriver.Store, error) {
 	return kvdriver.Open(ctx, "mem://"+h.name)
 }
 
@@ -30,7 +30,7 @@ func TestConformance(t *testing.T) {
 	})
 }
 
-func open(t *testing.T, rawURL string) kvdriver.Store {
+func open(t *testing.T, rawURL string) *kvdriver.Store {
 	t.Helper()
 	s, err := kvdriver.Open(context.Background(), rawURL)
 	if err != nil {

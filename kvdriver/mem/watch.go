@@ -2,35 +2,20 @@ package mem
 
 import (
 	"context"
-	"fmt"
 
 	"github.com/bagger/lenkwerk/kvdriver"
 )
 
-// Watch implements kvdriver.Store. Each watch is a goroutine that reads the
-// shared history from its own position, so writers never wait for it.
-func (s *Store) Watch(ctx context.Context, prefix string, afterRev int64) <-chan kvdriver.WatchResponse {
+// Watch implements kvdriver.Driver. Each watch is a goroutine that reads
+// the shared history from its own position, so writers never wait for it.
+func (s *Driver) Watch(ctx context.Context, prefix string, afterRev int64) <-chan kvdriver.WatchResponse {
 	ch := make(chan kvdriver.WatchResponse, 1)
-	fail := func(err error) <-chan kvdriver.WatchResponse {
-		ch <- kvdriver.WatchResponse{Err: fmt.Errorf("mem: watch %q: %w", prefix, err)}
-		close(ch)
-		return ch
-	}
-	if ctx.Err() != nil {
-		close(ch)
-		return ch
-	}
-	prefix, err := kvdriver.CleanPrefix(prefix)
-	if err != nil {
-		return fail(err)
-	}
-	if afterRev < 0 {
-		return fail(fmt.Errorf("negative revision %d", afterRev))
-	}
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
-		return fail(kvdriver.ErrClosed)
+		ch <- kvdriver.WatchResponse{Err: kvdriver.ErrClosed}
+		close(ch)
+		return ch
 	}
 	s.wg.Add(1)
 	s.mu.Unlock()
@@ -43,7 +28,7 @@ func (s *Store) Watch(ctx context.Context, prefix string, afterRev int64) <-chan
 	return ch
 }
 
-func (s *Store) watch(ctx context.Context, ch chan<- kvdriver.WatchResponse, prefix string, pos int64) {
+func (s *Driver) watch(ctx context.Context, ch chan<- kvdriver.WatchResponse, prefix string, pos int64) {
 	defer s.wg.Done()
 	defer close(ch)
 	for {
@@ -52,7 +37,7 @@ func (s *Store) watch(ctx context.Context, ch chan<- kvdriver.WatchResponse, pre
 			// The buffer slot is free unless the consumer is behind; do
 			// not block on a consumer that has gone.
 			select {
-			case ch <- kvdriver.WatchResponse{Err: fmt.Errorf("mem: watch %q: %w", prefix, err)}:
+			case ch <- kvdriver.WatchResponse{Err: err}:
 			case <-ctx.Done():
 			case <-s.done:
 			}

@@ -27,23 +27,23 @@ import (
 
 type benchTarget struct {
 	name string
-	open func(b *testing.B) (writer, watcher kvdriver.Store)
+	open func(b *testing.B) (writer, watcher *kvdriver.Store)
 }
 
 func benchTargets() []benchTarget {
 	return []benchTarget{
-		{"pgkv", func(b *testing.B) (kvdriver.Store, kvdriver.Store) {
+		{"pgkv", func(b *testing.B) (*kvdriver.Store, *kvdriver.Store) {
 			u := pgtest.NewDatabase(b)
 			return openStore(b, u), openStore(b, u)
 		}},
-		{"etcd", func(b *testing.B) (kvdriver.Store, kvdriver.Store) {
+		{"etcd", func(b *testing.B) (*kvdriver.Store, *kvdriver.Store) {
 			srv := etcdtest.New(b)
 			return openAny(b, srv.URL()), openAny(b, srv.URL())
 		}},
 	}
 }
 
-func openAny(b *testing.B, rawURL string) kvdriver.Store {
+func openAny(b *testing.B, rawURL string) *kvdriver.Store {
 	b.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -135,7 +135,7 @@ func BenchmarkBatchPut(b *testing.B) {
 	})
 }
 
-func benchApply(b *testing.B, s kvdriver.Store, n int, value []byte) {
+func benchApply(b *testing.B, s *kvdriver.Store, n int, value []byte) {
 	ctx := context.Background()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
@@ -307,7 +307,7 @@ func BenchmarkConcurrentPut(b *testing.B) {
 			// As many stores, one writer each: separate processes.
 			b.Run(fmt.Sprintf("pgkv-stores/%d", writers), func(b *testing.B) {
 				u := pgtest.NewDatabase(b)
-				stores := make([]kvdriver.Store, writers)
+				stores := make([]*kvdriver.Store, writers)
 				for i := range stores {
 					stores[i] = openStore(b, u)
 				}

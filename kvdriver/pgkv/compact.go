@@ -6,20 +6,15 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
-
-	"github.com/bagger/lenkwerk/kvdriver"
 )
 
-// Compact discards the change log at and before rev; watches from older
-// revisions then end with kvdriver.ErrCompacted. Compacting at or below the
-// current compaction point does nothing; rev beyond the store revision is
-// an error.
-func (s *Store) Compact(ctx context.Context, rev int64) error {
-	if s.closed.Load() {
-		return kvdriver.ErrClosed
-	}
+// Compact implements kvdriver.Driver: it discards the change log at and
+// before rev. Compacting at or below the current compaction point does
+// nothing; rev beyond the store revision is an error.
+func (s *Driver) Compact(ctx context.Context, rev int64) error {
 	if rev <= 0 {
 		return nil
 	}
@@ -28,20 +23,20 @@ func (s *Store) Compact(ctx context.Context, rev int64) error {
 	if errors.Is(err, pgx.ErrNoRows) {
 		var head, compacted int64
 		if err := s.pool.QueryRow(ctx, s.q.head).Scan(&head, &compacted); err != nil {
-			return fmt.Errorf("pgkv: compact %d: %w", rev, s.translate(err))
+			return s.translate(err)
 		}
 		if rev > head {
-			return fmt.Errorf("pgkv: compact %d: beyond the store revision %d", rev, head)
+			return fmt.Errorf("beyond the store revision %d", head)
 		}
 		return nil // already compacted that far
 	}
 	if err != nil {
-		return fmt.Errorf("pgkv: compact %d: %w", rev, s.translate(err))
+		return s.translate(err)
 	}
 	if _, err := s.pool.Exec(ctx, s.q.compactDelete, rev); err != nil {
 		// The marker holds: the rows are unreachable and go with the next
 		// compaction.
-		return fmt.Errorf("pgkv: compact %d: delete history: %w", rev, s.translate(err))
+		return fmt.Errorf("delete history: %w", s.translate(err))
 	}
 	return nil
 }
@@ -49,7 +44,7 @@ func (s *Store) Compact(ctx context.Context, rev int64) error {
 // autoCompact bounds the change log by HistoryRevisions and HistoryAge.
 // A store that may not compact (a reader role, a hot standby) stops
 // trying after the first refusal.
-func (s *Store) autoCompact() {
+func (s *Driver) autoCompact() {
 	defer s.wg.Done()
 	t := time.NewTicker(s.cfg.CompactInterval)
 	defer t.Stop()
@@ -61,14 +56,14 @@ func (s *Store) autoCompact() {
 		}
 		err := s.compactOnce(s.ctx)
 		var pgErr *pgconn.PgError
-		if errors.As(err, &pgErr) && (pgErr.Code == "42501" || pgErr.Code == "25006") {
+		if errors.As(err, &pgErr) && (pgErr.Code == pgerrcode.InsufficientPrivilege || pgErr.Code == pgerrcode.ReadOnlySQLTransaction) {
 			return // a reader role, or a hot standby: never ours to compact
 		}
 	}
 }
 
 // compactOnce compacts to the bound the configuration sets, if any.
-func (s *Store) compactOnce(ctx context.Context) error {
+func (s *Driver) compactOnce(ctx context.Context) error {
 	var head, compacted, target int64
 	age := s.cfg.HistoryAge
 	if err := s.pool.QueryRow(ctx, s.q.compactTarget, s.cfg.HistoryRevisions, age).Scan(&head, &compacted, &target); err != nil {

@@ -59,7 +59,7 @@ type Config struct {
 	PollInterval time.Duration
 	// ProbeTimeout bounds the wait for the listener's own probe
 	// notification; when it does not arrive, notifications are reported
-	// unavailable (see Store.NotifyErr) and watches rely on polling.
+	// unavailable (see NotifyErr) and watches rely on polling.
 	ProbeTimeout time.Duration
 	// HistoryRevisions keeps at least the newest HistoryRevisions revisions
 	// of the change log; older ones are compacted. 0: no count bound.

@@ -16,7 +16,7 @@ type harness struct {
 	url     string
 }
 
-func (h *harness) MakeStore(ctx context.Context, t *testing.T) (kvdriver.Store, error) {
+func (h *harness) MakeStore(ctx context.Context, t *testing.T) (*kvdriver.Store, error) {
 	return kvdriver.Open(ctx, h.url)
 }
 

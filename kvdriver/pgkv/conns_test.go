@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/bagger/lenkwerk/integration/pgtest"
+	"github.com/bagger/lenkwerk/kvdriver/pgkv"
 )
 
 // TestReadOnlyStoreHoldsOneConnection: a store that reads and watches
@@ -35,7 +36,7 @@ func TestReadOnlyStoreHoldsOneConnection(t *testing.T) {
 	defer cancel()
 	w1 := collect(reader.Watch(wctx, "/c", start))
 	w2 := collect(reader.Watch(wctx, "/c/k", start))
-	waitFor(t, "the listener to verify notifications", 10*time.Second, func() bool { return reader.NotifyErr() == nil })
+	waitFor(t, "the listener to verify notifications", 10*time.Second, func() bool { return pgkv.NotifyErr(reader) == nil })
 
 	var wg sync.WaitGroup
 	readErr := make(chan error, 4)

@@ -6,6 +6,11 @@
 //
 //	store, err := kvdriver.Open(ctx, "postgres://lenkwerk@db/bagger?sslmode=verify-full&schema=lenkwerk_kv")
 //
+// The one other way in is Open with a Config (what ParseURL makes of a URL,
+// or DefaultConfig of a libpq connection string, changed in code); it
+// returns the same kvdriver.Store. The driver's own features (NotifyErr,
+// Driver.Config) are reached from the Store.
+//
 // # URL parameters
 //
 // The driver's parameters are removed before pgx parses the URL; all other
@@ -138,7 +143,7 @@
 // pool_mode=transaction): the LISTEN runs on a server connection that
 // goes back to the pool. The listener detects this by sending itself a
 // probe NOTIFY after LISTEN; if it is not back within probe-timeout,
-// Store.NotifyErr reports an error wrapping ErrNotifyUnavailable and the
+// NotifyErr(store) reports an error wrapping ErrNotifyUnavailable and the
 // watches keep working by polling alone (expect up to poll-interval of
 // latency). Better: point the store at PostgreSQL directly or at a
 // session-pooling proxy, or set listen=false and a short poll-interval.

@@ -14,9 +14,12 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/bagger/lenkwerk/kvdriver"
+	"github.com/bagger/lenkwerk/kvdriver/internal/backoff"
 )
 
-// ErrNotifyUnavailable is what Store.NotifyErr wraps when the listener's
+// ErrNotifyUnavailable is what NotifyErr wraps when the listener's
 // probe notification did not come back: typically a transaction-pooling
 // proxy between the driver and PostgreSQL. Watches then see changes only
 // when they poll (every PollInterval).
@@ -30,7 +33,7 @@ var errListenerPending = errors.New("pgkv: listener not started or not verified 
 // which read the change log themselves. Losing notifications therefore
 // delays a watch, it never makes it miss an event.
 type listener struct {
-	s       *Store
+	s       *Driver
 	appName string // the connection's application_name while it listens
 
 	mu      sync.Mutex
@@ -51,7 +54,7 @@ type listener struct {
 	cancelWait context.CancelFunc
 }
 
-func newListener(s *Store, appName string) *listener {
+func newListener(s *Driver, appName string) *listener {
 	if appName == defaultApplicationName {
 		appName = listenerApplicationName
 	} else {
@@ -96,12 +99,22 @@ func (l *listener) notified(n *pgconn.Notification) {
 	l.wakeAll()
 }
 
+// NotifyErr reports whether the store's watches are woken by notifications
+// (see Driver.NotifyErr); it is nil for a store of another driver.
+func NotifyErr(s *kvdriver.Store) error {
+	var d *Driver
+	if !s.As(&d) {
+		return nil
+	}
+	return d.NotifyErr()
+}
+
 // NotifyErr reports whether the store's watches are woken by notifications:
 // nil once the listener has received its own probe NOTIFY, otherwise why
 // not (not started yet: the listener connects with the first Watch; still
 // connecting; connection lost; or an error wrapping ErrNotifyUnavailable).
 // Watches work either way, polling when they must.
-func (s *Store) NotifyErr() error { return *s.listener.status.Load() }
+func (s *Driver) NotifyErr() error { return *s.listener.status.Load() }
 
 func (l *listener) setStatus(err error) { l.status.Store(&err) }
 
@@ -138,28 +151,23 @@ func (l *listener) wakeAll() {
 func (l *listener) run() {
 	defer l.s.wg.Done()
 	ctx := l.s.ctx
-	backoff := initialReconnectBackoff
+	bo := backoff.Backoff{Min: initialReconnectBackoff, Max: maxReconnectBackoff}
 	for {
-		err := l.session(ctx, &backoff)
+		err := l.session(ctx, &bo)
 		if ctx.Err() != nil {
 			return
 		}
 		l.setStatus(fmt.Errorf("pgkv: listener disconnected, reconnecting: %w", err))
-		t := time.NewTimer(backoff)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !bo.Wait(ctx) {
 			return
-		case <-t.C:
 		}
-		backoff = min(2*backoff, maxReconnectBackoff)
 	}
 }
 
 // session takes the shared connection whenever nobody else uses it,
 // LISTENs on it (again whenever the pool replaced it), probes, and waits
 // for notifications, until the connection fails.
-func (l *listener) session(ctx context.Context, backoff *time.Duration) error {
+func (l *listener) session(ctx context.Context, bo *backoff.Backoff) error {
 	channel := l.s.cfg.channel()
 	var (
 		listeningPID  uint32
@@ -195,7 +203,7 @@ func (l *listener) session(ctx context.Context, backoff *time.Duration) error {
 			// From here on every commit notifies us; whatever committed
 			// before (while disconnected) is caught up by the watches now.
 			l.wakeAll()
-			*backoff = initialReconnectBackoff
+			bo.Reset()
 		}
 		err = l.wait(ctx, c, &probed, probeDeadline)
 		c.Release()

@@ -13,6 +13,7 @@ import (
 	"github.com/golang-migrate/migrate/v4"
 	pgxmigrate "github.com/golang-migrate/migrate/v4/database/pgx/v5"
 	"github.com/golang-migrate/migrate/v4/source/iofs"
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -159,7 +160,7 @@ func createSchema(ctx context.Context, db *sql.DB, schema string) error {
 	}
 	_, err := db.ExecContext(ctx, `CREATE SCHEMA IF NOT EXISTS `+pgx.Identifier{schema}.Sanitize())
 	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) && (pgErr.Code == "42P06" || pgErr.Code == "23505") {
+	if errors.As(err, &pgErr) && (pgErr.Code == pgerrcode.DuplicateSchema || pgErr.Code == pgerrcode.UniqueViolation) {
 		return nil // created concurrently by another Open
 	}
 	if err != nil {

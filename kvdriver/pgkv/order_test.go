@@ -18,7 +18,7 @@ import (
 // first and the watcher skip the earlier one.
 func TestConcurrentWritersCommitInRevisionOrder(t *testing.T) {
 	dbURL := pgtest.NewDatabase(t)
-	writers := []kvdriver.Store{
+	writers := []*kvdriver.Store{
 		openStore(t, withParams(dbURL, "pool_max_conns", "8")),
 		openStore(t, withParams(dbURL, "pool_max_conns", "8")),
 	}

@@ -36,7 +36,7 @@ func withParams(dbURL string, params ...string) string {
 
 // openStore opens a store through the registry, as the agent does, and
 // closes it when the test ends.
-func openStore(t testing.TB, rawURL string) *pgkv.Store {
+func openStore(t testing.TB, rawURL string) *kvdriver.Store {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -45,7 +45,7 @@ func openStore(t testing.TB, rawURL string) *pgkv.Store {
 		t.Fatalf("Open: %v", err)
 	}
 	t.Cleanup(func() { _ = s.Close() })
-	return s.(*pgkv.Store)
+	return s
 }
 
 // connect opens a plain connection (the test's own SQL), closed when the
@@ -305,7 +305,7 @@ func TestConcurrentOpenMigratesOnce(t *testing.T) {
 	dbURL := withParams(pgtest.NewDatabase(t), "schema", "racy")
 	ctx := ctxT(t)
 	errs := make(chan error, 8)
-	stores := make(chan kvdriver.Store, 8)
+	stores := make(chan *kvdriver.Store, 8)
 	for i := 0; i < 8; i++ {
 		go func() {
 			s, err := kvdriver.Open(ctx, dbURL)

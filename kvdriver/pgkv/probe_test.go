@@ -110,7 +110,7 @@ func TestProbeDetectsLostNotifications(t *testing.T) {
 	ctx := ctxT(t)
 	w := collect(s.Watch(ctx, "/b", 0))
 	waitFor(t, "the probe to time out", 10*time.Second, func() bool {
-		return errors.Is(s.NotifyErr(), pgkv.ErrNotifyUnavailable)
+		return errors.Is(pgkv.NotifyErr(s), pgkv.ErrNotifyUnavailable)
 	})
 	rev, err := s.Put(ctx, "/b/x", []byte(`1`))
 	if err != nil {
@@ -123,5 +123,5 @@ func TestProbeDetectsLostNotifications(t *testing.T) {
 	if dropped == 0 {
 		t.Fatal("the proxy dropped no notification: the test proves nothing")
 	}
-	t.Logf("NotifyErr: %v", s.NotifyErr())
+	t.Logf("NotifyErr: %v", pgkv.NotifyErr(s))
 }

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -15,10 +16,10 @@ import (
 	"github.com/bagger/lenkwerk/kvdriver"
 )
 
-var _ kvdriver.Store = (*Store)(nil)
+var _ kvdriver.Driver = (*Driver)(nil)
 
 func init() {
-	opener := kvdriver.OpenerFunc(func(ctx context.Context, u *url.URL) (kvdriver.Store, error) {
+	opener := kvdriver.OpenerFunc(func(ctx context.Context, u *url.URL) (*kvdriver.Store, error) {
 		c, err := ParseURL(u.String())
 		if err != nil {
 			return nil, err
@@ -29,8 +30,9 @@ func init() {
 	kvdriver.Register("postgresql", opener)
 }
 
-// Store is a kvdriver.Store on a PostgreSQL database.
-type Store struct {
+// Driver is the kvdriver.Driver of a PostgreSQL database; Open returns it
+// inside a kvdriver.Store.
+type Driver struct {
 	cfg Config
 	// pool is the one connection a store that only reads and watches
 	// holds; wpool opens connections on the first write.
@@ -54,8 +56,11 @@ type Store struct {
 
 // Open connects to the database, applies the migrations (unless
 // c.Migrate is false, in which case the schema must already be at
-// SchemaVersion) and starts the automatic compaction.
-func Open(ctx context.Context, c Config) (*Store, error) {
+// SchemaVersion) and starts the automatic compaction. It is what
+// kvdriver.Open does for a postgres:// URL, from the Config the URL parses
+// into (ParseURL, or DefaultConfig for a libpq connection string): the one
+// other way to open a pgkv store.
+func Open(ctx context.Context, c Config) (*kvdriver.Store, error) {
 	if err := c.validate(); err != nil {
 		return nil, fmt.Errorf("%w: %v", kvdriver.ErrInvalidURL, err)
 	}
@@ -71,7 +76,7 @@ func Open(ctx context.Context, c Config) (*Store, error) {
 			return nil, err
 		}
 	}
-	s := &Store{cfg: c, q: newQueries(c.Schema)}
+	s := &Driver{cfg: c, q: newQueries(c.Schema)}
 	s.listener = newListener(s, pc.ConnConfig.RuntimeParams["application_name"])
 	rc := pc.Copy()
 	rc.MaxConns, rc.MinConns = 1, 0
@@ -99,17 +104,20 @@ func Open(ctx context.Context, c Config) (*Store, error) {
 		s.wg.Add(1)
 		go s.autoCompact()
 	}
-	return s, nil
+	return kvdriver.NewStore(driverName, s), nil
 }
 
+// driverName prefixes the store's errors.
+const driverName = "pgkv"
+
 // checkSchema verifies the tables are there and at this driver's version.
-func (s *Store) checkSchema(ctx context.Context) error {
+func (s *Driver) checkSchema(ctx context.Context) error {
 	var version int64
 	var dirty bool
 	err := s.pool.QueryRow(ctx, `SELECT version, dirty FROM `+pgx.Identifier{s.cfg.Schema, migrationsTable}.Sanitize()).Scan(&version, &dirty)
 	var pgErr *pgconn.PgError
 	switch {
-	case errors.As(err, &pgErr) && pgErr.Code == "42P01", errors.Is(err, pgx.ErrNoRows):
+	case errors.As(err, &pgErr) && pgErr.Code == pgerrcode.UndefinedTable, errors.Is(err, pgx.ErrNoRows):
 		return fmt.Errorf("pgkv: schema %q has no pgkv tables: open with migrate=true once, or as a role that may create them", s.cfg.Schema)
 	case err != nil:
 		return fmt.Errorf("pgkv: read schema version: %w", translate(err, s.cfg.Schema))
@@ -120,58 +128,45 @@ func (s *Store) checkSchema(ctx context.Context) error {
 }
 
 // Config returns the configuration the store was opened with.
-func (s *Store) Config() Config { return s.cfg }
+func (s *Driver) Config() Config { return s.cfg }
 
 // Limits reports the store's size limits.
-func (s *Store) Limits() kvdriver.Limits { return s.cfg.Limits }
+func (s *Driver) Limits() kvdriver.Limits { return s.cfg.Limits }
 
-// Get returns the key's value, or an error wrapping kvdriver.ErrNotFound.
-func (s *Store) Get(ctx context.Context, key string) (kvdriver.KV, error) {
-	if err := kvdriver.ValidateKey(key); err != nil {
-		return kvdriver.KV{}, err
-	}
-	if s.closed.Load() {
-		return kvdriver.KV{}, kvdriver.ErrClosed
-	}
+// Get implements kvdriver.Driver.
+func (s *Driver) Get(ctx context.Context, key string) (kvdriver.KV, error) {
 	kv := kvdriver.KV{Key: key}
 	err := s.read(ctx, func() error {
 		return s.pool.QueryRow(ctx, s.q.get, key).Scan(&kv.Value, &kv.ModRevision)
 	})
 	if errors.Is(err, pgx.ErrNoRows) {
-		return kvdriver.KV{}, fmt.Errorf("get %q: %w", key, kvdriver.ErrNotFound)
+		return kvdriver.KV{}, kvdriver.ErrNotFound
 	}
 	if err != nil {
-		return kvdriver.KV{}, fmt.Errorf("pgkv: get %q: %w", key, s.translate(err))
+		return kvdriver.KV{}, s.translate(err)
 	}
 	return kv, nil
 }
 
-// List returns every key at or below prefix, sorted by key (byte order), and
-// the revision the listing reflects; both come from one snapshot.
-func (s *Store) List(ctx context.Context, prefix string) ([]kvdriver.KV, int64, error) {
-	prefix, err := kvdriver.CleanPrefix(prefix)
-	if err != nil {
-		return nil, 0, err
-	}
-	if s.closed.Load() {
-		return nil, 0, kvdriver.ErrClosed
-	}
+// List implements kvdriver.Driver: keys sorted in byte order, and the
+// revision, from one snapshot.
+func (s *Driver) List(ctx context.Context, prefix string) ([]kvdriver.KV, int64, error) {
 	var (
 		kvs []kvdriver.KV
 		rev int64
 	)
-	err = s.read(ctx, func() (err error) {
+	err := s.read(ctx, func() (err error) {
 		kvs, rev, err = s.list(ctx, prefix)
 		return err
 	})
 	if err != nil {
-		return nil, 0, fmt.Errorf("pgkv: list %q: %w", prefix, s.translate(err))
+		return nil, 0, s.translate(err)
 	}
 	return kvs, rev, nil
 }
 
 // list is one attempt of List.
-func (s *Store) list(ctx context.Context, prefix string) ([]kvdriver.KV, int64, error) {
+func (s *Driver) list(ctx context.Context, prefix string) ([]kvdriver.KV, int64, error) {
 	eq, lo, hi := prefixRange(prefix)
 	rows, err := s.pool.Query(ctx, s.q.list, eq, lo, hi)
 	if err != nil {
@@ -203,7 +198,7 @@ func (s *Store) list(ctx context.Context, prefix string) ([]kvdriver.KV, int64, 
 // idle connection in the pool is, and the first use of each fails. Reset
 // drops the pool's other dead connections with it. Writes are not retried
 // this way: a commit whose reply was lost may have happened.
-func (s *Store) read(ctx context.Context, f func() error) error {
+func (s *Driver) read(ctx context.Context, f func() error) error {
 	err := f()
 	if err == nil || ctx.Err() != nil || !deadConn(err) {
 		return err
@@ -218,42 +213,14 @@ func (s *Store) read(ctx context.Context, f func() error) error {
 func deadConn(err error) bool {
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
-		return pgErr.Code == "57P01" || pgErr.Code == "57P02"
+		return pgErr.Code == pgerrcode.AdminShutdown || pgErr.Code == pgerrcode.CrashShutdown
 	}
 	return pgconn.SafeToRetry(err)
 }
 
-// Put sets key to value and returns the new revision.
-func (s *Store) Put(ctx context.Context, key string, value []byte) (int64, error) {
-	if err := kvdriver.ValidatePut(key, value, s.cfg.Limits); err != nil {
-		return 0, err
-	}
-	rev, err := s.apply(ctx, []string{key}, [][]byte{value}, nil, nil)
-	if err != nil {
-		return 0, fmt.Errorf("pgkv: put %q: %w", key, err)
-	}
-	return rev, nil
-}
-
-// Delete removes key and returns the revision after it; deleting an absent
-// key creates no revision.
-func (s *Store) Delete(ctx context.Context, key string) (int64, error) {
-	if err := kvdriver.ValidateKey(key); err != nil {
-		return 0, err
-	}
-	rev, err := s.apply(ctx, []string{key}, [][]byte{nil}, nil, nil)
-	if err != nil {
-		return 0, fmt.Errorf("pgkv: delete %q: %w", key, err)
-	}
-	return rev, nil
-}
-
-// Apply applies ops atomically as one revision (one PostgreSQL
-// transaction).
-func (s *Store) Apply(ctx context.Context, ops []kvdriver.Op) (int64, error) {
-	if err := kvdriver.ValidateBatch(ops, s.cfg.Limits); err != nil {
-		return 0, err
-	}
+// Apply implements kvdriver.Driver: one revision, one kv_apply in a
+// PostgreSQL transaction.
+func (s *Driver) Apply(ctx context.Context, ops []kvdriver.Op) (int64, error) {
 	keys := make([]string, 0, len(ops))
 	values := make([][]byte, 0, len(ops))
 	reqKeys := []string{}
@@ -271,16 +238,12 @@ func (s *Store) Apply(ctx context.Context, ops []kvdriver.Op) (int64, error) {
 			values = append(values, nil)
 		}
 	}
-	rev, err := s.apply(ctx, keys, values, reqKeys, reqRevs)
-	if err != nil {
-		return 0, fmt.Errorf("pgkv: apply %d operations: %w", len(ops), err)
-	}
-	return rev, nil
+	return s.apply(ctx, keys, values, reqKeys, reqRevs)
 }
 
-// Close ends the store's watches and background work and closes its
-// connections. It is idempotent.
-func (s *Store) Close() error {
+// Close implements kvdriver.Driver: it ends the store's watches and
+// background work and closes its connections.
+func (s *Driver) Close() error {
 	s.mu.Lock()
 	already := s.closed.Swap(true)
 	s.mu.Unlock()
@@ -303,7 +266,29 @@ func prefixRange(prefix string) (eq, lo, hi string) {
 	return prefix, prefix + "/", prefix + "0"
 }
 
-func (s *Store) translate(err error) error {
+// ErrorCode implements kvdriver.Driver: missing privileges are
+// PermissionDenied, the rest of SQLSTATE class 42 (no such table or
+// function: the schema is not this driver's) and a read-only server are
+// FailedPrecondition, a connection the server ended is Unavailable.
+func (s *Driver) ErrorCode(err error) kvdriver.ErrorCode {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch {
+		case pgErr.Code == pgerrcode.InsufficientPrivilege:
+			return kvdriver.PermissionDenied
+		case pgerrcode.IsSyntaxErrororAccessRuleViolation(pgErr.Code), pgErr.Code == pgerrcode.ReadOnlySQLTransaction:
+			return kvdriver.FailedPrecondition
+		case pgErr.Code == conflictCode:
+			return kvdriver.Conflict
+		}
+	}
+	if deadConn(err) {
+		return kvdriver.Unavailable
+	}
+	return kvdriver.Unknown
+}
+
+func (s *Driver) translate(err error) error {
 	if s.closed.Load() {
 		return fmt.Errorf("%w (%v)", kvdriver.ErrClosed, err)
 	}
@@ -314,7 +299,7 @@ func (s *Store) translate(err error) error {
 // message that says so.
 func translate(err error, schema string) error {
 	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) && pgErr.Code == "42501" {
+	if errors.As(err, &pgErr) && pgErr.Code == pgerrcode.InsufficientPrivilege {
 		return fmt.Errorf("permission denied in schema %q: the role lacks the privilege for this (%s is read-only: Get, List and Watch): %w", schema, readerRole, err)
 	}
 	return err

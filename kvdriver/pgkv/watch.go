@@ -4,43 +4,27 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/bagger/lenkwerk/kvdriver"
+	"github.com/bagger/lenkwerk/kvdriver/internal/backoff"
 )
 
-// Watch reports every change at or below prefix after afterRev, in
-// revision order, exactly once. It reads the change log after the last
-// revision it delivered whenever the listener wakes it (a NOTIFY, a
+// Watch implements kvdriver.Driver. It reads the change log after the
+// last revision it delivered whenever the listener wakes it (a NOTIFY, a
 // listener reconnect), every PollInterval, and on retries after errors, so
 // lost notifications and server restarts delay events but never lose or
 // repeat them. afterRev 0 means the store revision at the time of the call,
 // read before Watch returns: when the server cannot be reached the watch
 // ends at once with that error, as etcd's does.
-func (s *Store) Watch(ctx context.Context, prefix string, afterRev int64) <-chan kvdriver.WatchResponse {
+func (s *Driver) Watch(ctx context.Context, prefix string, afterRev int64) <-chan kvdriver.WatchResponse {
 	ch := make(chan kvdriver.WatchResponse, 16)
 	fail := func(err error) <-chan kvdriver.WatchResponse {
 		ch <- kvdriver.WatchResponse{Err: err, Revision: afterRev}
 		close(ch)
 		return ch
-	}
-	prefix, err := kvdriver.CleanPrefix(prefix)
-	if err != nil {
-		return fail(err)
-	}
-	if s.closed.Load() {
-		return fail(kvdriver.ErrClosed)
-	}
-	if ctx.Err() != nil {
-		close(ch)
-		return ch
-	}
-	if afterRev < 0 {
-		return fail(fmt.Errorf("negative revision %d", afterRev))
 	}
 	w := &watcher{s: s, ch: ch, last: afterRev}
 	w.eq, w.lo, w.hi = prefixRange(prefix)
@@ -49,9 +33,6 @@ func (s *Store) Watch(ctx context.Context, prefix string, afterRev int64) <-chan
 		// after an outage, would skip what others wrote in between.
 		head, _, err := s.head(ctx)
 		if err != nil {
-			if s.closed.Load() {
-				err = kvdriver.ErrClosed
-			}
 			return fail(fmt.Errorf("read current revision: %w", err))
 		}
 		w.last = head
@@ -77,7 +58,7 @@ func (s *Store) Watch(ctx context.Context, prefix string, afterRev int64) <-chan
 	return ch
 }
 
-func (s *Store) head(ctx context.Context) (rev, compacted int64, err error) {
+func (s *Driver) head(ctx context.Context) (rev, compacted int64, err error) {
 	err = s.pool.QueryRow(ctx, s.q.head).Scan(&rev, &compacted)
 	if err != nil {
 		return 0, 0, s.translate(err)
@@ -86,7 +67,7 @@ func (s *Store) head(ctx context.Context) (rev, compacted int64, err error) {
 }
 
 type watcher struct {
-	s          *Store
+	s          *Driver
 	ch         chan kvdriver.WatchResponse
 	eq, lo, hi string
 	last       int64 // every revision up to here is delivered
@@ -96,15 +77,15 @@ type watcher struct {
 func (w *watcher) run(ctx context.Context, wake <-chan struct{}) {
 	poll := time.NewTicker(w.s.cfg.PollInterval)
 	defer poll.Stop()
-	backoff := initialReconnectBackoff
+	bo := backoff.Backoff{Min: initialReconnectBackoff, Max: maxReconnectBackoff}
 	for {
 		err := w.catchUp(ctx)
 		if ctx.Err() != nil {
 			return
 		}
-		if permanent(err) {
+		if w.s.permanent(err) {
 			select {
-			case w.ch <- kvdriver.WatchResponse{Err: fmt.Errorf("pgkv: watch: %w", err), Revision: w.last}:
+			case w.ch <- kvdriver.WatchResponse{Err: err, Revision: w.last}:
 			case <-ctx.Done():
 			}
 			return
@@ -112,11 +93,10 @@ func (w *watcher) run(ctx context.Context, wake <-chan struct{}) {
 		var retry *time.Timer
 		var retryC <-chan time.Time
 		if err != nil {
-			retry = time.NewTimer(backoff)
+			retry = time.NewTimer(bo.Next())
 			retryC = retry.C
-			backoff = min(2*backoff, maxReconnectBackoff)
 		} else {
-			backoff = initialReconnectBackoff
+			bo.Reset()
 		}
 		select {
 		case <-ctx.Done():
@@ -131,11 +111,10 @@ func (w *watcher) run(ctx context.Context, wake <-chan struct{}) {
 }
 
 // permanent reports errors that end a watch instead of being retried:
-// compacted history, and SQLSTATE class 42 (no privilege, no such table:
-// retrying cannot help).
-func permanent(err error) bool {
-	var pgErr *pgconn.PgError
-	return errors.Is(err, kvdriver.ErrCompacted) || (errors.As(err, &pgErr) && strings.HasPrefix(pgErr.Code, "42"))
+// compacted history, and what retrying cannot help (ErrorCode: no
+// privilege, no such table).
+func (s *Driver) permanent(err error) bool {
+	return err != nil && (errors.Is(err, kvdriver.ErrCompacted) || !s.ErrorCode(err).Retryable())
 }
 
 // compactedError ends a watch: the history it needs is gone.

@@ -68,7 +68,7 @@ func TestLostNotificationsAreCaughtUp(t *testing.T) {
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	w := collect(watcher.Watch(wctx, "/n", start))
-	waitFor(t, "the listener to verify notifications", 10*time.Second, func() bool { return watcher.NotifyErr() == nil })
+	waitFor(t, "the listener to verify notifications", 10*time.Second, func() bool { return pgkv.NotifyErr(watcher) == nil })
 	r1, err := writer.Put(ctx, "/n/live", []byte(`1`))
 	if err != nil {
 		t.Fatal(err)
@@ -83,7 +83,7 @@ func TestLostNotificationsAreCaughtUp(t *testing.T) {
 	if _, err := admin.Exec(ctx, `SELECT pg_terminate_backend($1)`, oldPID); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the listener to notice", 10*time.Second, func() bool { return watcher.NotifyErr() != nil })
+	waitFor(t, "the listener to notice", 10*time.Second, func() bool { return pgkv.NotifyErr(watcher) != nil })
 	var last int64
 	for i := 0; i < 5; i++ {
 		if last, err = writer.Put(ctx, fmt.Sprintf("/n/missed/%d", i), []byte(fmt.Sprint(i))); err != nil {
@@ -111,7 +111,7 @@ func TestLostNotificationsAreCaughtUp(t *testing.T) {
 	})
 	evs = w.until(t, after, 15*time.Second)
 	checkSequence(t, evs, start, after)
-	waitFor(t, "the listener to come back", 15*time.Second, func() bool { return watcher.NotifyErr() == nil })
+	waitFor(t, "the listener to come back", 15*time.Second, func() bool { return pgkv.NotifyErr(watcher) == nil })
 	final, err := writer.Put(ctx, "/n/final", []byte(`"f"`))
 	if err != nil {
 		t.Fatal(err)
@@ -129,7 +129,7 @@ func TestPollSafetyNet(t *testing.T) {
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	w := collect(s.Watch(wctx, "/p", 0))
-	waitFor(t, "the listener", 10*time.Second, func() bool { return s.NotifyErr() == nil })
+	waitFor(t, "the listener", 10*time.Second, func() bool { return pgkv.NotifyErr(s) == nil })
 	conn := connect(t, dbURL)
 	var rev int64
 	if err := conn.QueryRow(ctx, `SELECT lenkwerk_kv.kv_apply(ARRAY['/p/silent'], ARRAY[convert_to('"quiet"', 'UTF8')], NULL)`).Scan(&rev); err != nil {
@@ -146,7 +146,7 @@ func TestPollSafetyNet(t *testing.T) {
 func TestListenDisabledPolls(t *testing.T) {
 	dbURL := pgtest.NewDatabase(t)
 	s := openStore(t, withParams(dbURL, "listen", "false", "poll-interval", "200ms"))
-	if err := s.NotifyErr(); !errors.Is(err, pgkv.ErrNotifyUnavailable) {
+	if err := pgkv.NotifyErr(s); !errors.Is(err, pgkv.ErrNotifyUnavailable) {
 		t.Fatalf("NotifyErr = %v, want ErrNotifyUnavailable", err)
 	}
 	ctx := ctxT(t)
@@ -294,7 +294,7 @@ func TestReaderRole(t *testing.T) {
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	w := collect(reader.Watch(wctx, "/r", lrev))
-	waitFor(t, "the reader's listener", 10*time.Second, func() bool { return reader.NotifyErr() == nil })
+	waitFor(t, "the reader's listener", 10*time.Second, func() bool { return pgkv.NotifyErr(reader) == nil })
 	r2, err := writer.Put(ctx, "/r/b", []byte(`2`))
 	if err != nil {
 		t.Fatal(err)

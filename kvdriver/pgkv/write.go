@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
@@ -47,7 +48,7 @@ const conflictCode = "LWK01"
 // NOTIFY sent at its commit. A nil value deletes. If ctx ends while the
 // batch is being committed, apply returns ctx's error and the batch may
 // still commit, as with any write whose reply is lost.
-func (s *Store) apply(ctx context.Context, keys []string, values [][]byte, reqKeys []string, reqRevs []int64) (int64, error) {
+func (s *Driver) apply(ctx context.Context, keys []string, values [][]byte, reqKeys []string, reqRevs []int64) (int64, error) {
 	if s.closed.Load() {
 		return 0, kvdriver.ErrClosed
 	}
@@ -75,7 +76,7 @@ func (s *Store) apply(ctx context.Context, keys []string, values [][]byte, reqKe
 }
 
 // writeLoop is the store's writer.
-func (s *Store) writeLoop() {
+func (s *Driver) writeLoop() {
 	defer s.wg.Done()
 	defer close(s.writerDone)
 	defer func() {
@@ -113,7 +114,7 @@ func (s *Store) writeLoop() {
 // batch that fails on its own (a Require that does not hold, a value the
 // server refuses) gets its error and the others are committed without it:
 // the outcome is that of applying them one after another.
-func (s *Store) commitGroup(group []*writeReq) {
+func (s *Driver) commitGroup(group []*writeReq) {
 	for {
 		live := group[:0]
 		for _, r := range group {
@@ -147,7 +148,7 @@ func (s *Store) commitGroup(group []*writeReq) {
 
 // runGroup commits the group, retrying serialization failures. failed is
 // the index of the batch an error belongs to, or -1 if it is the group's.
-func (s *Store) runGroup(group []*writeReq) (revs []int64, failed int, err error) {
+func (s *Driver) runGroup(group []*writeReq) (revs []int64, failed int, err error) {
 	for attempt := 1; ; attempt++ {
 		revs, failed, err = s.tryGroup(group)
 		if err == nil {
@@ -161,7 +162,7 @@ func (s *Store) runGroup(group []*writeReq) (revs []int64, failed int, err error
 		if !errors.As(err, &pgErr) {
 			return nil, -1, s.translate(err)
 		}
-		if (pgErr.Code == "40001" || pgErr.Code == "40P01") && attempt < maxApplyAttempts {
+		if (pgErr.Code == pgerrcode.SerializationFailure || pgErr.Code == pgerrcode.DeadlockDetected) && attempt < maxApplyAttempts {
 			t := time.NewTimer(time.Duration(min(attempt, 20)) * time.Millisecond)
 			select {
 			case <-s.ctx.Done():
@@ -179,7 +180,7 @@ func (s *Store) runGroup(group []*writeReq) (revs []int64, failed int, err error
 }
 
 // tryGroup is one attempt of runGroup.
-func (s *Store) tryGroup(group []*writeReq) (revs []int64, failed int, err error) {
+func (s *Driver) tryGroup(group []*writeReq) (revs []int64, failed int, err error) {
 	ctx := s.ctx
 	channel := s.cfg.channel()
 	revs = make([]int64, len(group))

@@ -164,15 +164,21 @@ func (f *agentFlags) configs(ctx context.Context, fs *flag.FlagSet) ([]agent.Con
 	return cfgs, specs, nil
 }
 
-// openStore opens the store; with retry, an unreachable store is retried
-// with capped backoff until ctx is done (then the error is ctx's), while a
-// bad URL fails at once.
-func openStore(ctx context.Context, rawURL string, retry bool) (kvdriver.Store, error) {
+// openStore opens the store; with retry, an error worth retrying
+// (kvdriver.Retryable: an unreachable store) is retried with capped
+// backoff until ctx is done (then the error is ctx's), while a bad URL
+// fails at once.
+func openStore(ctx context.Context, rawURL string, retry bool) (*kvdriver.Store, error) {
 	wait := 250 * time.Millisecond
 	for {
 		store, err := kvdriver.Open(ctx, rawURL)
-		if err == nil || !retry || errors.Is(err, kvdriver.ErrInvalidURL) || errors.Is(err, kvdriver.ErrUnsupportedScheme) {
+		switch {
+		case err == nil || !retry:
 			return store, err
+		case ctx.Err() != nil:
+			return nil, ctx.Err()
+		case !kvdriver.Retryable(err):
+			return nil, err
 		}
 		slog.Warn("cannot open the key-value store; retrying", "retry_in", wait, "err", err)
 		if !backoff(ctx, &wait) {

@@ -301,7 +301,7 @@ another terminal:
 
 // showTree prints the key tree, then every change until ctx ends. The
 // agent's own keys (checkpoint) are left out.
-func showTree(ctx context.Context, store kvdriver.Store, stdout io.Writer, stop string) error {
+func showTree(ctx context.Context, store *kvdriver.Store, stdout io.Writer, stop string) error {
 	hidden := "/" + agent.ReservedSegment + "/"
 	kvs, rev, err := store.List(ctx, "/")
 	if err != nil {

@@ -39,7 +39,7 @@ func TestFanOutBinary(t *testing.T) {
 	u.User = url.User("lenkwerk_agent")
 	etcd := etcdtest.New(t)
 	pgkvURL := c.NewDatabase(t)
-	stores := map[string]kvdriver.Store{}
+	stores := map[string]*kvdriver.Store{}
 	for name, raw := range map[string]string{"default": etcd.URL(), "kv2": pgkvURL} {
 		s, err := kvdriver.Open(ctx, raw)
 		if err != nil {

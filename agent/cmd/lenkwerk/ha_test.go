@@ -235,7 +235,7 @@ type haWatcher struct {
 
 const haKey = "/Config/ha"
 
-func watchHA(ctx context.Context, store kvdriver.Store, slot string) (*haWatcher, error) {
+func watchHA(ctx context.Context, store *kvdriver.Store, slot string) (*haWatcher, error) {
 	_, rev, err := store.List(ctx, "/")
 	if err != nil {
 		return nil, err

@@ -114,7 +114,7 @@ func runKV(ctx context.Context, args []string, stdin io.Reader, stdout io.Writer
 
 // kvCommand runs the kv subcommands against a store.
 type kvCommand struct {
-	store kvdriver.Store
+	store *kvdriver.Store
 	out   io.Writer
 }
 

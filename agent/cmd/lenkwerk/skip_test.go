@@ -81,7 +81,7 @@ func TestSkipCommand(t *testing.T) {
 	}
 }
 
-func mustGet(t *testing.T, ctx context.Context, s kvdriver.Store, key string) []byte {
+func mustGet(t *testing.T, ctx context.Context, s *kvdriver.Store, key string) []byte {
 	t.Helper()
 	kv, err := s.Get(ctx, key)
 	if err != nil {
