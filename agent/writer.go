@@ -107,11 +107,14 @@ func (w *writer) fenced(err error) error {
 }
 
 // permanent reports store errors that retrying the same batch cannot fix.
+// kvdriver classifies the error; the agent's policy differs from
+// kvdriver.Retryable in one way: a refused credential or a read-only
+// store is retried for Config.StoreRetry, so an operator who fixes the
+// grant or the server sees the mirror resume without a restart.
 func permanent(err error) bool {
-	for _, e := range []error{kvdriver.ErrTooLarge, kvdriver.ErrInvalidKey, kvdriver.ErrInvalidValue, kvdriver.ErrInvalidBatch, kvdriver.ErrClosed} {
-		if errors.Is(err, e) {
-			return true
-		}
+	switch kvdriver.Code(err) {
+	case kvdriver.TooLarge, kvdriver.InvalidArgument, kvdriver.Closed:
+		return true
 	}
 	return false
 }
