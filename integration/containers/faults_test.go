@@ -2,9 +2,10 @@ package containers_test
 
 import (
 	"context"
-	"fmt"
 	"testing"
 	"time"
+
+	"github.com/bagger/lenkwerk/integration/testutil"
 )
 
 // underLoad runs fault while a writer changes the database, with a few
@@ -67,9 +68,9 @@ func TestEtcdMemberDown(t *testing.T) {
 		store := s.Store()
 		start := time.Now()
 		s.exec(ctx, `SELECT storage.save_config('marker', '"member down"')`)
-		err := waitUntil(ctx, 10*time.Second, func() bool {
+		err := testutil.Poll(ctx, 10*time.Second, "the marker", func(ctx context.Context) (bool, error) {
 			kv, err := store.Get(ctx, "/Config/marker")
-			return err == nil && len(kv.Value) > 0
+			return err == nil && len(kv.Value) > 0, err
 		})
 		if err != nil {
 			t.Fatalf("with one of three etcd members down, a change did not reach the store within 10s: %v", err)
@@ -123,18 +124,4 @@ func TestPostgresRestart(t *testing.T) {
 	})
 	s.agentRunning(ctx)
 	s.checkNoReplay(ctx)
-}
-
-// waitUntil polls cond every 50ms until it holds or timeout passes.
-func waitUntil(ctx context.Context, timeout time.Duration, cond func() bool) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	for !cond() {
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("not within %v", timeout)
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-	return nil
 }

@@ -14,6 +14,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/testcontainers/testcontainers-go"
+
+	"github.com/bagger/lenkwerk/integration/testutil"
 )
 
 // DefaultPatroniImage is the Patroni image docker/build-images.sh builds.
@@ -167,7 +169,7 @@ func (p *Patroni) writable(ctx context.Context, i int) (bool, error) {
 // is the primary and takes writes, and returns it.
 func (p *Patroni) WaitPrimary(ctx context.Context, timeout time.Duration, not int) (int, error) {
 	got := -1
-	err := waitFor(ctx, timeout, "a Patroni primary taking writes", func(ctx context.Context) (bool, error) {
+	err := testutil.Poll(ctx, timeout, "a Patroni primary taking writes", func(ctx context.Context) (bool, error) {
 		for i := range p.Members {
 			if i == not {
 				continue
@@ -189,7 +191,7 @@ func (p *Patroni) WaitPrimary(ctx context.Context, timeout time.Duration, not in
 // from the primary (Patroni's /replica answers 200 and its WAL receiver
 // streams).
 func (p *Patroni) WaitReplica(ctx context.Context, i int, timeout time.Duration) error {
-	return waitFor(ctx, timeout, p.Members[i].Name+" streaming as a replica", func(ctx context.Context) (bool, error) {
+	return testutil.Poll(ctx, timeout, p.Members[i].Name+" streaming as a replica", func(ctx context.Context) (bool, error) {
 		code, body, err := p.api(ctx, i, http.MethodGet, "/replica", nil)
 		if err != nil {
 			return false, err
@@ -291,7 +293,7 @@ func (s SlotState) String() string {
 // WaitSlot waits up to timeout until member i has the replication slot
 // named slot (on a replica: Patroni's copy of the primary's).
 func (p *Patroni) WaitSlot(ctx context.Context, i int, slot string, timeout time.Duration) error {
-	return waitFor(ctx, timeout, "slot "+slot+" on "+p.Members[i].Name, func(ctx context.Context) (bool, error) {
+	return testutil.Poll(ctx, timeout, "slot "+slot+" on "+p.Members[i].Name, func(ctx context.Context) (bool, error) {
 		st, err := p.Slot(ctx, i, slot)
 		return st.Exists, err
 	})
@@ -346,7 +348,7 @@ func (p *Patroni) SlotSafeLines(ctx context.Context, i int, slot string) (int, e
 // WaitSlotSafe waits up to timeout until member i's log has more than
 // before SlotSafeLines.
 func (p *Patroni) WaitSlotSafe(ctx context.Context, i int, slot string, before int, timeout time.Duration) error {
-	return waitFor(ctx, timeout, "Patroni on "+p.Members[i].Name+" to call its copy of slot "+slot+" safe", func(ctx context.Context) (bool, error) {
+	return testutil.Poll(ctx, timeout, "Patroni on "+p.Members[i].Name+" to call its copy of slot "+slot+" safe", func(ctx context.Context) (bool, error) {
 		n, err := p.SlotSafeLines(ctx, i, slot)
 		return n > before, err
 	})

@@ -8,6 +8,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/testcontainers/testcontainers-go"
+
+	"github.com/bagger/lenkwerk/integration/testutil"
 )
 
 // Postgres is a PostgreSQL container with wal_level=logical whose database
@@ -68,7 +70,7 @@ func pgURL(hostPort, db, user string) string {
 
 // WaitReady waits until the server answers a query from the host.
 func (p *Postgres) WaitReady(ctx context.Context) error {
-	return waitFor(ctx, 90*time.Second, "PostgreSQL in "+p.Name+" to accept connections", func(ctx context.Context) (bool, error) {
+	return testutil.Poll(ctx, 90*time.Second, "PostgreSQL in "+p.Name+" to accept connections", func(ctx context.Context) (bool, error) {
 		u, err := p.URL(ctx, p.Database, "")
 		if err != nil {
 			return false, err

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -25,6 +24,7 @@ import (
 	"github.com/bagger/lenkwerk/integration/converge"
 	"github.com/bagger/lenkwerk/integration/etcdtest"
 	"github.com/bagger/lenkwerk/integration/pgtest"
+	"github.com/bagger/lenkwerk/integration/testutil"
 	"github.com/bagger/lenkwerk/kvdriver"
 	"github.com/bagger/lenkwerk/migrations"
 	"github.com/jackc/pglogrepl"
@@ -68,32 +68,15 @@ type agentProcess struct {
 	name string
 	bin  string
 	args []string
-	out  *lockedBuffer
+	out  *testutil.Buffer
 
 	cmd  *exec.Cmd
 	done chan struct{}
 }
 
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 func startAgentProcess(t *testing.T, bin, name string, args ...string) *agentProcess {
 	t.Helper()
-	p := &agentProcess{t: t, name: name, bin: bin, args: args, out: &lockedBuffer{}}
+	p := &agentProcess{t: t, name: name, bin: bin, args: args, out: &testutil.Buffer{}}
 	p.start()
 	t.Cleanup(func() {
 		p.kill()
@@ -156,7 +139,7 @@ var metricsAddrLine = regexp.MustCompile(`serving /metrics.* addr=(\S+)`)
 func (p *agentProcess) metricsURL(t *testing.T) string {
 	t.Helper()
 	var addr string
-	waitUntil(t, "agent "+p.name+" serves metrics", 30*time.Second, func() bool {
+	testutil.WaitFor(t, "agent "+p.name+" serves metrics", 30*time.Second, func() bool {
 		out := p.out.String()
 		if i := strings.LastIndex(out, "=== start"); i >= 0 {
 			out = out[i:]
@@ -168,17 +151,6 @@ func (p *agentProcess) metricsURL(t *testing.T) string {
 		return m != nil
 	})
 	return "http://" + addr
-}
-
-func waitUntil(t *testing.T, what string, timeout time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 // httpGet returns the status and body of a GET.
@@ -375,7 +347,7 @@ func TestHAFailover(t *testing.T) {
 	// active returns the agent streaming the slot.
 	active := func() string {
 		var app string
-		waitUntil(t, "an agent streaming the slot", 30*time.Second, func() bool {
+		testutil.WaitFor(t, "an agent streaming the slot", 30*time.Second, func() bool {
 			err := db.QueryRow(ctx, `SELECT a.application_name FROM pg_replication_slots s JOIN pg_stat_activity a ON a.pid = s.active_pid WHERE s.slot_name = $1`, agent.DefaultSlot).Scan(&app)
 			return err == nil
 		})
@@ -387,14 +359,14 @@ func TestHAFailover(t *testing.T) {
 	// standby not (and saying why).
 	checkRoles := func(act string) {
 		t.Helper()
-		waitUntil(t, "agent "+act+" ready", 20*time.Second, func() bool {
+		testutil.WaitFor(t, "agent "+act+" ready", 20*time.Second, func() bool {
 			code, _ := httpGet(t, procs[act].metricsURL(t)+"/readyz")
 			return code == http.StatusOK
 		})
 		// A restarted standby may still be opening its store.
 		var code int
 		var body string
-		waitUntil(t, "agent "+other[act]+" standby", 20*time.Second, func() bool {
+		testutil.WaitFor(t, "agent "+other[act]+" standby", 20*time.Second, func() bool {
 			code, body = httpGet(t, procs[other[act]].metricsURL(t)+"/readyz")
 			return strings.Contains(body, "standby")
 		})
@@ -435,7 +407,7 @@ func TestHAFailover(t *testing.T) {
 		}
 		writerDone <- nil
 	}()
-	waitUntil(t, "the first transactions in the store", 60*time.Second, func() bool { return w.max() >= 20 })
+	testutil.WaitFor(t, "the first transactions in the store", 60*time.Second, func() bool { return w.max() >= 20 })
 
 	for round, mode := range []string{"SIGKILL", "connection loss", "freeze", "SIGKILL", "connection loss"} {
 		victim := active()
@@ -490,7 +462,7 @@ func TestHAFailover(t *testing.T) {
 	if d, err := converge.Wait(ctx, converge.URL(admin), store, converge.Options{Publication: agent.DefaultPublication}, 30*time.Second); err != nil {
 		t.Fatalf("%v\n%s", err, d)
 	}
-	waitUntil(t, "the last transaction in the store", 10*time.Second, func() bool { return w.max() >= last })
+	testutil.WaitFor(t, "the last transaction in the store", 10*time.Second, func() bool { return w.max() >= last })
 	for name, p := range procs {
 		if code := p.terminate(30 * time.Second); code != 0 {
 			t.Errorf("agent %s: SIGTERM: exit code %d, want 0", name, code)
