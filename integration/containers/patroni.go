@@ -154,14 +154,8 @@ func (p *Patroni) writable(ctx context.Context, i int) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	conn, err := pgx.Connect(cctx, u+"&target_session_attrs=read-write")
-	if err != nil {
-		return false, err
-	}
-	defer conn.Close(context.Background())
-	_, err = conn.Exec(cctx, "SELECT txid_current()")
+	var txid int64
+	err = queryRow(ctx, u+"&target_session_attrs=read-write", "SELECT txid_current()", nil, &txid)
 	return err == nil, err
 }
 
@@ -203,15 +197,8 @@ func (p *Patroni) WaitReplica(ctx context.Context, i int, timeout time.Duration)
 		if err != nil {
 			return false, err
 		}
-		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		defer cancel()
-		conn, err := pgx.Connect(cctx, u)
-		if err != nil {
-			return false, err
-		}
-		defer conn.Close(context.Background())
 		var streaming bool
-		err = conn.QueryRow(cctx, `SELECT EXISTS (SELECT FROM pg_stat_wal_receiver WHERE status = 'streaming')`).Scan(&streaming)
+		err = queryRow(ctx, u, `SELECT EXISTS (SELECT FROM pg_stat_wal_receiver WHERE status = 'streaming')`, nil, &streaming)
 		return streaming, err
 	})
 }
@@ -265,14 +252,7 @@ func (p *Patroni) Slot(ctx context.Context, i int, slot string) (SlotState, erro
 	if err != nil {
 		return st, err
 	}
-	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	conn, err := pgx.Connect(cctx, u)
-	if err != nil {
-		return st, err
-	}
-	defer conn.Close(context.Background())
-	err = conn.QueryRow(cctx, `SELECT active, coalesce(confirmed_flush_lsn::text, '') FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&st.Active, &st.ConfirmedFlush)
+	err = queryRow(ctx, u, `SELECT active, coalesce(confirmed_flush_lsn::text, '') FROM pg_replication_slots WHERE slot_name = $1`, []any{slot}, &st.Active, &st.ConfirmedFlush)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return st, nil
 	}

@@ -75,14 +75,25 @@ func (p *Postgres) WaitReady(ctx context.Context) error {
 		if err != nil {
 			return false, err
 		}
-		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		defer cancel()
-		conn, err := pgx.Connect(cctx, u)
-		if err != nil {
-			return false, err
-		}
-		defer conn.Close(context.Background())
-		_, err = conn.Exec(cctx, "SELECT 1")
+		var one int
+		err = queryRow(ctx, u, "SELECT 1", nil, &one)
 		return err == nil, err
 	})
+}
+
+// probeTimeout bounds one probe of a server: one that does not answer in
+// time counts as not ready, and the caller's poll asks again.
+const probeTimeout = 5 * time.Second
+
+// queryRow connects to the server of url and scans the row of sql into
+// dest, within probeTimeout.
+func queryRow(ctx context.Context, url, sql string, args []any, dest ...any) error {
+	ctx, cancel := context.WithTimeout(ctx, probeTimeout)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	return conn.QueryRow(ctx, sql, args...).Scan(dest...)
 }
