@@ -1,6 +1,7 @@
 // Package testutil holds the small helpers Lenkwerk's tests share: waiting
-// for a condition (Poll, WaitFor) and an output buffer that a child
-// process's stdout and stderr may write while the test reads it (Buffer).
+// for a condition (Poll, WaitFor), running something in the background for
+// a test's length (Go), and an output buffer that a child process's
+// stdout and stderr may write while the test reads it (Buffer).
 //
 // Tests only: production code never imports this package.
 package testutil
@@ -59,6 +60,37 @@ func WaitFor(tb testing.TB, what string, timeout time.Duration, cond func() bool
 	if err := Poll(context.Background(), timeout, what, func(context.Context) (bool, error) { return cond(), nil }); err != nil {
 		tb.Fatal(err)
 	}
+}
+
+// stopTimeout bounds how long stopping what Go runs may take.
+const stopTimeout = time.Minute
+
+// Go runs run (an agent's Run, say) in a goroutine, on a context of its
+// own derived from ctx, until the returned stop is called, at the latest
+// when the test ends. stop cancels that context and waits for run to
+// return; an error from run, or no return within a minute, fails tb
+// (Error), named by what. Calling stop again does nothing.
+func Go(tb testing.TB, ctx context.Context, what string, run func(context.Context) error) (stop func()) {
+	tb.Helper()
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- run(ctx) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					tb.Errorf("%s: %v", what, err)
+				}
+			case <-time.After(stopTimeout):
+				tb.Errorf("%s did not stop within %v", what, stopTimeout)
+			}
+		})
+	}
+	tb.Cleanup(stop)
+	return stop
 }
 
 // Buffer is a bytes.Buffer safe for concurrent use: a child process's

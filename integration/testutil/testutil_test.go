@@ -64,3 +64,37 @@ func TestBuffer(t *testing.T) {
 		t.Fatalf("%d bytes, want 400", got)
 	}
 }
+
+func TestGo(t *testing.T) {
+	started := make(chan struct{})
+	var ended bool
+	stop := testutil.Go(t, context.Background(), "run", func(ctx context.Context) error {
+		close(started)
+		<-ctx.Done()
+		ended = true
+		return nil
+	})
+	<-started
+	stop()
+	if !ended {
+		t.Fatal("stop returned before run did")
+	}
+	stop() // again: nothing
+
+	// An error from run fails the test.
+	ft := &fakeTB{TB: t}
+	testutil.Go(ft, context.Background(), "failing", func(context.Context) error { return errors.New("boom") })()
+	if got := strings.Join(ft.errors, "\n"); got != "failing: boom" {
+		t.Fatalf("errors %q, want failing: boom", got)
+	}
+}
+
+// fakeTB records Errorf instead of failing the test.
+type fakeTB struct {
+	testing.TB
+	errors []string
+}
+
+func (f *fakeTB) Errorf(format string, args ...any) {
+	f.errors = append(f.errors, fmt.Sprintf(format, args...))
+}

@@ -133,24 +133,34 @@ func (p *agentProcess) terminate(timeout time.Duration) int {
 	}
 }
 
-var metricsAddrLine = regexp.MustCompile(`serving /metrics.* addr=(\S+)`)
-
-// metricsURL waits for the process's metrics address in its log.
+// metricsURL waits for the metrics address of the process's current run
+// in its log.
 func (p *agentProcess) metricsURL(t *testing.T) string {
 	t.Helper()
-	var addr string
-	testutil.WaitFor(t, "agent "+p.name+" serves metrics", 30*time.Second, func() bool {
+	return "http://" + waitMetricsAddr(t, "agent "+p.name, func() string {
 		out := p.out.String()
 		if i := strings.LastIndex(out, "=== start"); i >= 0 {
 			out = out[i:]
 		}
-		m := metricsAddrLine.FindStringSubmatch(out)
+		return out
+	})
+}
+
+var metricsAddrLine = regexp.MustCompile(`serving /metrics.* addr=(\S+)`)
+
+// waitMetricsAddr waits until the agent named what logs the address its
+// metrics server listens on (in the output log returns), and returns it.
+func waitMetricsAddr(t *testing.T, what string, log func() string) string {
+	t.Helper()
+	var addr string
+	testutil.WaitFor(t, what+" to serve metrics", 30*time.Second, func() bool {
+		m := metricsAddrLine.FindStringSubmatch(log())
 		if m != nil {
 			addr = m[1]
 		}
 		return m != nil
 	})
-	return "http://" + addr
+	return addr
 }
 
 // httpGet returns the status and body of a GET.

@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/http"
 	"os/exec"
-	"regexp"
 	"sync"
 	"syscall"
 	"testing"
@@ -39,15 +38,7 @@ func TestMetricsServerBounded(t *testing.T) {
 			t.Logf("agent output:\n%s", out.String())
 		}
 	})
-	addrLine := regexp.MustCompile(`serving /metrics.* addr=(\S+)`)
-	var addr string
-	testutil.WaitFor(t, "the metrics address", 30*time.Second, func() bool {
-		m := addrLine.FindStringSubmatch(out.String())
-		if m != nil {
-			addr = m[1]
-		}
-		return m != nil
-	})
+	addr := waitMetricsAddr(t, "the agent", out.String)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup

@@ -164,10 +164,7 @@ func TestStatusBlockedAgent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	runCtx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- a.Run(runCtx) }()
-	defer func() { stop(); <-done }()
+	defer testutil.Go(t, ctx, "agent", a.Run)()
 	status := func() (string, bool) {
 		t.Helper()
 		var out bytes.Buffer
