@@ -55,6 +55,9 @@ type Stack struct {
 // started is stopped again. The caller ends the stack with Close; ctx
 // bounds only the start.
 func StartStack(ctx context.Context, opts StackOptions) (_ *Stack, err error) {
+	if opts.EtcdMembers > 0 && opts.Etcd.Dir == "" {
+		return nil, errors.New("devstack: StackOptions.Etcd.Dir is required with EtcdMembers")
+	}
 	s := &Stack{database: opts.Database, keep: opts.Keep}
 	defer func() {
 		if err != nil {

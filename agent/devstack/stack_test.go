@@ -101,6 +101,11 @@ func TestStackFailedStartCleansUp(t *testing.T) {
 	dir := stackDir(t)
 	pgDir := filepath.Join(dir, "postgres")
 	refused := errors.New("refused")
+	// etcd cannot make its directory under a file.
+	notDir := filepath.Join(dir, "file")
+	if err := os.WriteFile(notDir, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	for _, c := range []struct {
 		name string
 		opts devstack.StackOptions
@@ -110,8 +115,7 @@ func TestStackFailedStartCleansUp(t *testing.T) {
 			Database:  "lw",
 			Provision: func(context.Context, *devstack.Cluster) error { return refused },
 		}, "refused"},
-		// EtcdOptions.Dir is missing.
-		{"etcd", devstack.StackOptions{Database: "lw", EtcdMembers: 1}, "start etcd: "},
+		{"etcd", devstack.StackOptions{Database: "lw", EtcdMembers: 1, Etcd: devstack.EtcdOptions{Dir: filepath.Join(notDir, "etcd")}}, "start etcd: "},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			c.opts.Postgres.Dir = pgDir
