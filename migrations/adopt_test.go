@@ -45,6 +45,15 @@ func sameSnapshot(t *testing.T, what string, got, want map[string][]string) {
 	}
 }
 
+// baggerDatabase is a fresh database of c with Bagger's extension and its
+// rows installed, and a connection to it.
+func baggerDatabase(t *testing.T, ctx context.Context, c *pgtest.Cluster) (string, *pgx.Conn) {
+	t.Helper()
+	raw := c.NewDatabase(t)
+	baggertest.Install(t, ctx, raw)
+	return raw, connect(t, ctx, raw)
+}
+
 // unchanged checks that a refused adoption changed nothing: the extension
 // and its rows are there, and neither a Lenkwerk version nor its schema;
 // checked before the transaction, not even golang-migrate's table.
@@ -119,9 +128,7 @@ func TestAdoptBagger(t *testing.T) {
 
 	t.Run("adopt", func(t *testing.T) {
 		ctx := testContext(t)
-		raw := c.NewDatabase(t)
-		baggertest.Install(t, ctx, raw)
-		conn := connect(t, ctx, raw)
+		raw, conn := baggerDatabase(t, ctx, c)
 		before := snapshot(t, ctx, conn)
 		role := "bagger_tool_" + strings.ToLower(strings.ReplaceAll(t.Name(), "/", "_"))
 		mustExec(t, ctx, conn, `CREATE ROLE `+role+` LOGIN`)
@@ -251,9 +258,7 @@ func TestAdoptBagger(t *testing.T) {
 		}} {
 			t.Run(c2.name, func(t *testing.T) {
 				ctx := testContext(t)
-				raw := c.NewDatabase(t)
-				baggertest.Install(t, ctx, raw)
-				conn := connect(t, ctx, raw)
+				raw, conn := baggerDatabase(t, ctx, c)
 				for _, sql := range c2.setup {
 					mustExec(t, ctx, conn, sql)
 				}
@@ -276,9 +281,7 @@ func TestAdoptBagger(t *testing.T) {
 	// of the operator's depends on) rolls everything back.
 	t.Run("one transaction", func(t *testing.T) {
 		ctx := testContext(t)
-		raw := c.NewDatabase(t)
-		baggertest.Install(t, ctx, raw)
-		conn := connect(t, ctx, raw)
+		raw, conn := baggerDatabase(t, ctx, c)
 		mustExec(t, ctx, conn, `CREATE VIEW public.settings AS SELECT key, value FROM storage.config`)
 		before := snapshot(t, ctx, conn)
 		err := migrations.Adopt(ctx, raw, migrations.Options{})
@@ -302,9 +305,7 @@ func TestAdoptBagger(t *testing.T) {
 	// kept and `up` finishes once it stopped.
 	t.Run("slot in use", func(t *testing.T) {
 		ctx := testContext(t)
-		raw := c.NewDatabase(t)
-		baggertest.Install(t, ctx, raw)
-		conn := connect(t, ctx, raw)
+		raw, conn := baggerDatabase(t, ctx, c)
 		mustExec(t, ctx, conn, `SELECT pg_create_logical_replication_slot('lw_agent', 'test_decoding')`)
 		before := snapshot(t, ctx, conn)
 		stop := recvlogical(t, ctx, c, raw, "lw_agent")
@@ -345,9 +346,7 @@ func TestAdoptBagger(t *testing.T) {
 	// chosen name that is not Bagger's agent's is refused.
 	t.Run("slot names", func(t *testing.T) {
 		ctx := testContext(t)
-		raw := c.NewDatabase(t)
-		baggertest.Install(t, ctx, raw)
-		conn := connect(t, ctx, raw)
+		raw, conn := baggerDatabase(t, ctx, c)
 		mustExec(t, ctx, conn, `SELECT pg_create_logical_replication_slot('lw_agent', 'pgoutput')`)
 		before := snapshot(t, ctx, conn)
 		err := migrations.Adopt(ctx, raw, migrations.Options{})
@@ -392,9 +391,7 @@ func TestAdoptBagger(t *testing.T) {
 	// extension, becomes a local copy for lenkwerk follow.
 	t.Run("copy", func(t *testing.T) {
 		ctx := testContext(t)
-		raw := c.NewDatabase(t)
-		baggertest.Install(t, ctx, raw)
-		conn := connect(t, ctx, raw)
+		raw, conn := baggerDatabase(t, ctx, c)
 		before := snapshot(t, ctx, conn)
 		if err := migrations.Up(ctx, raw, migrations.Options{Copy: true}); !errors.Is(err, migrations.ErrBaggerInstalled) ||
 			!strings.Contains(err.Error(), "lenkwerk migrate --copy adopt") {

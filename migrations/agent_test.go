@@ -11,6 +11,7 @@ import (
 
 	"github.com/bagger/lenkwerk/agent"
 	"github.com/bagger/lenkwerk/integration/converge"
+	"github.com/bagger/lenkwerk/integration/testutil"
 	"github.com/bagger/lenkwerk/kvdriver"
 	_ "github.com/bagger/lenkwerk/kvdriver/mem"
 )
@@ -36,23 +37,7 @@ func runAgent(t *testing.T, ctx context.Context, dbURL string, store *kvdriver.S
 	if err != nil {
 		t.Fatal(err)
 	}
-	actx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- a.Run(actx) }()
-	stopped := false
-	stop = func() {
-		t.Helper()
-		if stopped {
-			return
-		}
-		stopped = true
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("agent: %v", err)
-		}
-	}
-	t.Cleanup(stop)
-	return stop
+	return testutil.Go(t, ctx, "agent", a.Run)
 }
 
 // waitMirrored waits until the store equals the database's published rows.

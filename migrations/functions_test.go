@@ -107,15 +107,7 @@ func TestDimensionFunctions(t *testing.T) {
 	conn := configConn(t, ctx)
 	order := func() string {
 		t.Helper()
-		rows, err := conn.Query(ctx, `SELECT ordinality || ':' || fieldname FROM storage.get_dimensions()`)
-		if err != nil {
-			t.Fatal(err)
-		}
-		got, err := pgx.CollectRows(rows, pgx.RowTo[string])
-		if err != nil {
-			t.Fatal(err)
-		}
-		return strings.Join(got, " ")
+		return strings.Join(queryStrings(t, ctx, conn, `SELECT ordinality || ':' || fieldname FROM storage.get_dimensions()`), " ")
 	}
 	var ord int
 	var def, from, until string
@@ -189,15 +181,7 @@ func TestIndexFunctions(t *testing.T) {
 
 	fields := func() string {
 		t.Helper()
-		rows, err := conn.Query(ctx, `SELECT ordinality || ':' || expression FROM storage.get_index_fields($1)`, idx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		got, err := pgx.CollectRows(rows, pgx.RowTo[string])
-		if err != nil {
-			t.Fatal(err)
-		}
-		return strings.Join(got, " ")
+		return strings.Join(queryStrings(t, ctx, conn, `SELECT ordinality || ':' || expression FROM storage.get_index_fields($1)`, idx), " ")
 	}
 	mustExec(t, ctx, conn, `SELECT storage.append_index_field($1, 'host', NULL, NULL)`, idx)
 	mustExec(t, ctx, conn, `SELECT storage.append_index_field($1, 'ts', NULL, NULL)`, idx)

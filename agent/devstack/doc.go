@@ -1,8 +1,11 @@
 // Package devstack runs the servers of a local Lenkwerk stack from what the
 // machine has: PostgreSQL from its server binaries (Cluster, Start) and
-// etcd embedded in the process (EtcdServer, EtcdCluster). lenkwerk dev runs
-// them; integration/pgtest and integration/etcdtest wrap them for tests
-// (a shared cluster per test binary, servers stopped in t.Cleanup).
+// etcd embedded in the process (EtcdServer, EtcdCluster). StartStack brings
+// up the whole stack (PostgreSQL, the Lenkwerk database created and
+// provisioned, etcd) for lenkwerk dev, the integration harness's local
+// backend and the benchmarks; integration/pgtest and integration/etcdtest
+// wrap the servers for tests (a shared cluster per test binary, servers
+// stopped in t.Cleanup).
 //
 // PostgreSQL binaries are found through $LENKWERK_PG_BINDIR, `pg_config
 // --bindir`, /usr/lib/postgresql/*/bin or $PATH. When the process runs as
@@ -30,12 +33,15 @@
 // form one etcd cluster; each member can be stopped and started on its own.
 // Servers log at level "error" to etcd.log in their directory.
 //
-//	c, err := devstack.Start(ctx, devstack.Options{Dir: dir})
+//	st, err := devstack.StartStack(ctx, devstack.StackOptions{
+//		Database:    "lenkwerk",
+//		Provision:   func(ctx context.Context, pg *devstack.Cluster) error { return migrate(ctx, pg.URL("lenkwerk", "")) },
+//		EtcdMembers: 1,
+//		Etcd:        devstack.EtcdOptions{Dir: etcdDir},
+//	})
 //	...
-//	defer c.Destroy()
-//	srv, err := devstack.StartEtcd(ctx, etcdDir)
-//	...
-//	defer srv.Close()
+//	defer st.Close()
+//	agentDB, kv := st.DatabaseURL("lenkwerk_agent"), st.EtcdURL()
 package devstack
 
 // TB is the part of testing.TB the helpers that tie a server's life to a

@@ -15,6 +15,6 @@
 // synchronous_commit=on (fsync off): with asynchronous commit a walsender
 // sees a small transaction only when the WAL writer flushes it, up to
 // wal_writer_delay later, which would swamp every latency figure. etcd is
-// embedded in the benchmark process (integration/etcdtest, fsync off, as
+// embedded in the benchmark process (agent/devstack's Stack, fsync off, as
 // in the driver benchmarks); pgkv lives in a database of the same cluster.
 package bench

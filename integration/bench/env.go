@@ -11,11 +11,9 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/bagger/lenkwerk/integration/etcdtest"
-	"github.com/bagger/lenkwerk/integration/pgtest"
+	"github.com/bagger/lenkwerk/agent/devstack"
 	"github.com/bagger/lenkwerk/kvdriver"
 	_ "github.com/bagger/lenkwerk/kvdriver/etcd" // etcd://
 	_ "github.com/bagger/lenkwerk/kvdriver/pgkv" // postgres://
@@ -47,11 +45,12 @@ type Options struct {
 // embedded etcd member, a pgkv database and the lenkwerk binary.
 type Env struct {
 	Dir       string
-	PG        *pgtest.Cluster
-	Etcd      *etcdtest.Server
+	PG        *devstack.Cluster
+	Etcd      *devstack.EtcdServer
 	Bin       string
 	InProcess bool
 
+	stack     *devstack.Stack
 	removeDir bool
 	seq       atomic.Int64
 }
@@ -75,10 +74,10 @@ func NewEnv(ctx context.Context, opts Options) (_ *Env, err error) {
 			return nil, err
 		}
 	}
-	// A directory of its own: as root the server runs as postgres, which
-	// must be able to enter it.
-	e.PG, err = pgtest.Start(ctx, pgtest.Options{
-		Settings: map[string]string{
+	// PostgreSQL in a directory of its own: as root the server runs as
+	// postgres, which must be able to enter it.
+	e.stack, err = devstack.StartStack(ctx, devstack.StackOptions{
+		Postgres: devstack.Options{Settings: map[string]string{
 			// Production's default; see the package comment.
 			"synchronous_commit": "on",
 			// No checkpoints in the middle of a bulk load.
@@ -86,20 +85,21 @@ func NewEnv(ctx context.Context, opts Options) (_ *Env, err error) {
 			// The fan-out scenario's 300 pgkv consumers hold a
 			// connection each.
 			"max_connections": "500",
-		},
+		}},
+		// The pgkv store's; each Source is a database of its own.
+		Database:    kvDatabase,
+		EtcdMembers: 1,
+		Etcd:        devstack.EtcdOptions{Dir: filepath.Join(e.Dir, "etcd"), UnsafeNoFsync: true},
 	})
 	if err != nil {
-		return nil, fmt.Errorf("bench: start PostgreSQL: %w", err)
+		return nil, fmt.Errorf("bench: %w", err)
 	}
-	if err := e.exec(ctx, "postgres", "CREATE DATABASE lenkwerk_kv"); err != nil {
-		return nil, err
-	}
-	e.Etcd, err = etcdtest.StartServer(ctx, etcdtest.Options{Dir: filepath.Join(e.Dir, "etcd"), UnsafeNoFsync: true})
-	if err != nil {
-		return nil, fmt.Errorf("bench: start etcd: %w", err)
-	}
+	e.PG, e.Etcd = e.stack.Postgres, e.stack.Etcd
 	return e, nil
 }
+
+// kvDatabase is the database of the pgkv store.
+const kvDatabase = "lenkwerk_kv"
 
 // buildAgent builds ./agent/cmd/lenkwerk of this module into dir.
 func buildAgent(ctx context.Context, dir string) (string, error) {
@@ -120,11 +120,8 @@ func buildAgent(ctx context.Context, dir string) (string, error) {
 // Close stops the servers and removes a temporary Dir.
 func (e *Env) Close() error {
 	var errs []error
-	if e.Etcd != nil {
-		errs = append(errs, e.Etcd.Close())
-	}
-	if e.PG != nil {
-		errs = append(errs, e.PG.Destroy())
+	if e.stack != nil {
+		errs = append(errs, e.stack.Close())
 	}
 	if e.removeDir {
 		errs = append(errs, os.RemoveAll(e.Dir))
@@ -135,7 +132,7 @@ func (e *Env) Close() error {
 // StoreURL is the URL of a store of the Env.
 func (e *Env) StoreURL(kind StoreKind) string {
 	if kind == PGKV {
-		return e.PG.URL("lenkwerk_kv", "")
+		return e.stack.DatabaseURL("")
 	}
 	return e.Etcd.URL()
 }
@@ -152,18 +149,6 @@ func (e *Env) OpenStore(ctx context.Context, kind StoreKind) (*kvdriver.Store, e
 // next returns a number unique in the Env, for names and key prefixes.
 func (e *Env) next() int64 { return e.seq.Add(1) }
 
-func (e *Env) exec(ctx context.Context, db, sql string) error {
-	conn, err := pgx.Connect(ctx, e.PG.URL(db, ""))
-	if err != nil {
-		return fmt.Errorf("bench: connect: %w", err)
-	}
-	defer conn.Close(context.Background())
-	if _, err := conn.Exec(ctx, sql); err != nil {
-		return fmt.Errorf("bench: %s: %w", sql, err)
-	}
-	return nil
-}
-
 // Source is a Lenkwerk database provisioned by the migrations, with a slot
 // of its own (slot names are cluster-wide).
 type Source struct {
@@ -179,8 +164,8 @@ type Source struct {
 func (e *Env) NewSource(ctx context.Context) (*Source, error) {
 	n := e.next()
 	s := &Source{Name: fmt.Sprintf("lw_%d", n), Slot: fmt.Sprintf("lw_agent_%d", n), env: e}
-	if err := e.exec(ctx, "postgres", "CREATE DATABASE "+s.Name); err != nil {
-		return nil, err
+	if err := e.stack.CreateDatabase(ctx, s.Name); err != nil {
+		return nil, fmt.Errorf("bench: %w", err)
 	}
 	s.URL = e.PG.URL(s.Name, "")
 	s.AgentURL = e.PG.URL(s.Name, "lenkwerk_agent")

@@ -19,6 +19,8 @@ import (
 	tcexec "github.com/testcontainers/testcontainers-go/exec"
 	tclog "github.com/testcontainers/testcontainers-go/log"
 	tcnetwork "github.com/testcontainers/testcontainers-go/network"
+
+	"github.com/bagger/lenkwerk/integration/testutil"
 )
 
 // Network is a Docker network of its own for one stack; its containers
@@ -145,7 +147,7 @@ func (c *Container) Kill(ctx context.Context) error {
 		return fmt.Errorf("kill %s: %w", c.Name, err)
 	}
 	// Kill returns once the signal is sent: wait for the exit.
-	return waitFor(ctx, 30*time.Second, c.Name+" exited", func(ctx context.Context) (bool, error) {
+	return testutil.Poll(ctx, 30*time.Second, c.Name+" exited", func(ctx context.Context) (bool, error) {
 		running, err := c.Running(ctx)
 		return !running, err
 	})
@@ -172,7 +174,7 @@ func (c *Container) Running(ctx context.Context) (bool, error) {
 // ExitCode waits for the container to exit and returns its exit code.
 func (c *Container) ExitCode(ctx context.Context) (int, error) {
 	code := -1
-	err := waitFor(ctx, 5*time.Minute, c.Name+" exited", func(ctx context.Context) (bool, error) {
+	err := testutil.Poll(ctx, 5*time.Minute, c.Name+" exited", func(ctx context.Context) (bool, error) {
 		st, err := retryDocker(ctx, c.ctr.State)
 		if err != nil {
 			return false, err
@@ -363,33 +365,4 @@ func retriableDocker(ctx context.Context, err error) bool {
 	}
 	return errors.Is(err, context.DeadlineExceeded) || client.IsErrConnectionFailed(err) ||
 		cerrdefs.IsUnavailable(err) || cerrdefs.IsInternal(err) || cerrdefs.IsDeadlineExceeded(err)
-}
-
-// waitFor polls cond until it is true, it fails for good (ctx), or timeout
-// passes; the last error is in the timeout's error.
-func waitFor(ctx context.Context, timeout time.Duration, what string, cond func(context.Context) (bool, error)) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	pause := 20 * time.Millisecond
-	var last error
-	for {
-		ok, err := cond(ctx)
-		if ok && err == nil {
-			return nil
-		}
-		if err != nil {
-			last = err
-		}
-		select {
-		case <-ctx.Done():
-			if last != nil {
-				return fmt.Errorf("waiting for %s: %w (last error: %v)", what, ctx.Err(), last)
-			}
-			return fmt.Errorf("waiting for %s: %w", what, ctx.Err())
-		case <-time.After(pause):
-		}
-		if pause < 500*time.Millisecond {
-			pause *= 2
-		}
-	}
 }

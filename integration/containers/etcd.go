@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/testcontainers/testcontainers-go"
+
+	"github.com/bagger/lenkwerk/integration/testutil"
 )
 
 // Etcd is an etcd cluster of one or more member containers, named etcd0,
@@ -120,7 +122,7 @@ func (e *Etcd) URL(ctx context.Context) (string, error) {
 // it does once the cluster has a leader.
 func (e *Etcd) WaitHealthy(ctx context.Context, i int) error {
 	m := e.Members[i]
-	return waitFor(ctx, 90*time.Second, m.Name+" healthy", func(ctx context.Context) (bool, error) {
+	return testutil.Poll(ctx, 90*time.Second, m.Name+" healthy", func(ctx context.Context) (bool, error) {
 		ep, err := m.Endpoint(ctx, "2379/tcp")
 		if err != nil {
 			return false, err

@@ -10,6 +10,7 @@ import (
 
 	"github.com/bagger/lenkwerk/agent"
 	"github.com/bagger/lenkwerk/integration/harness"
+	"github.com/bagger/lenkwerk/integration/testutil"
 	"github.com/jackc/pgx/v5"
 )
 
@@ -56,9 +57,9 @@ func TestFailover(t *testing.T) {
 	marker := fmt.Sprintf(`{"killed": %q}`, active)
 	s.exec(ctx, `SELECT storage.save_config('failover', '`+marker+`')`)
 	committed := time.Since(killed)
-	err = waitUntil(ctx, failoverBound-committed, func() bool {
+	err = testutil.Poll(ctx, failoverBound-committed, "the marker", func(ctx context.Context) (bool, error) {
 		kv, err := store.Get(ctx, "/Config/failover")
-		return err == nil && strings.Contains(string(kv.Value), active)
+		return err == nil && strings.Contains(string(kv.Value), active), err
 	})
 	if err != nil {
 		t.Fatalf("a change committed %v after %s was killed did not reach the store within %v of the kill: %v",
@@ -99,14 +100,13 @@ func TestFailover(t *testing.T) {
 // returns the application_name and walsender pid of the slot's holder.
 func (s *stack) waitRoles(ctx context.Context, standby string, timeout time.Duration) (active string, pid int32) {
 	s.t.Helper()
-	err := waitUntil(ctx, timeout, func() bool {
+	err := testutil.Poll(ctx, timeout, fmt.Sprintf("an agent to stream and %q to wait", standby), func(ctx context.Context) (bool, error) {
 		var err error
 		active, pid, err = s.roles(ctx, standby)
-		return err == nil
+		return err == nil, err
 	})
 	if err != nil {
-		_, _, why := s.roles(ctx, standby)
-		s.t.Fatalf("waiting for an agent to stream and %q to wait: %v: %v", standby, err, why)
+		s.t.Fatal(err)
 	}
 	return active, pid
 }

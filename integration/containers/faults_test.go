@@ -2,9 +2,10 @@ package containers_test
 
 import (
 	"context"
-	"fmt"
 	"testing"
 	"time"
+
+	"github.com/bagger/lenkwerk/integration/testutil"
 )
 
 // underLoad runs fault while a writer changes the database, with a few
@@ -19,37 +20,42 @@ func (s *stack) underLoad(ctx context.Context, seed uint64, converge time.Durati
 	s.converge(ctx, converge)
 }
 
+// faultUnderLoad is a fault scenario: on a stack with an etcd of members
+// members (0: pgkv) and the agent streaming, fault hits under a load of
+// seed; afterwards the store converges, the agent still runs (it rides
+// out every fault here) and it applied no transaction twice.
+func faultUnderLoad(t *testing.T, members int, seed uint64, fault func(ctx context.Context, s *stack)) {
+	t.Helper()
+	ctx := context.Background()
+	s := newStack(t, members)
+	s.startAgent()
+	s.converge(ctx, 60*time.Second)
+	s.underLoad(ctx, seed, 90*time.Second, func() { fault(ctx, s) })
+	s.agentRunning(ctx)
+	s.checkNoReplay(ctx)
+}
+
 // Scenario 2: the agent container SIGKILLed mid-load and started again:
 // nothing lost (convergence) and nothing applied twice (the checkpoint
 // history).
 func TestAgentKilled(t *testing.T) {
 	t.Parallel()
-	ctx := context.Background()
-	s := newStack(t, 1)
-	s.startAgent()
-	s.underLoad(ctx, 2, 90*time.Second, func() {
+	faultUnderLoad(t, 1, 2, func(ctx context.Context, s *stack) {
 		s.must(s.KillAgent(ctx))
 		pause(2 * time.Second) // changes pile up in the slot meanwhile
 		s.must(s.Agent().Start(ctx))
 	})
-	s.agentRunning(ctx)
-	s.checkNoReplay(ctx)
 }
 
 // Scenario 3: etcd stopped for 30 s under load, then started: the agent
 // backs off without exiting and catches up.
 func TestEtcdDown30s(t *testing.T) {
 	t.Parallel()
-	ctx := context.Background()
-	s := newStack(t, 1)
-	s.startAgent()
-	s.underLoad(ctx, 3, 90*time.Second, func() {
+	faultUnderLoad(t, 1, 3, func(ctx context.Context, s *stack) {
 		s.must(s.StopStore(ctx))
 		pause(30 * time.Second)
 		s.must(s.StartStore(ctx))
 	})
-	s.agentRunning(ctx)
-	s.checkNoReplay(ctx)
 }
 
 // Scenario 4: a three-member etcd cluster loses the member the agent
@@ -57,19 +63,15 @@ func TestEtcdDown30s(t *testing.T) {
 // store within a few seconds, and after it is back everything is there.
 func TestEtcdMemberDown(t *testing.T) {
 	t.Parallel()
-	ctx := context.Background()
-	s := newStack(t, 3)
-	s.startAgent()
-	s.converge(ctx, 60*time.Second)
-	s.underLoad(ctx, 4, 90*time.Second, func() {
+	faultUnderLoad(t, 3, 4, func(ctx context.Context, s *stack) {
 		s.must(s.StopNode(ctx, 0))
 		// The marker goes through the agent to the two members left.
 		store := s.Store()
 		start := time.Now()
 		s.exec(ctx, `SELECT storage.save_config('marker', '"member down"')`)
-		err := waitUntil(ctx, 10*time.Second, func() bool {
+		err := testutil.Poll(ctx, 10*time.Second, "the marker", func(ctx context.Context) (bool, error) {
 			kv, err := store.Get(ctx, "/Config/marker")
-			return err == nil && len(kv.Value) > 0
+			return err == nil && len(kv.Value) > 0, err
 		})
 		if err != nil {
 			t.Fatalf("with one of three etcd members down, a change did not reach the store within 10s: %v", err)
@@ -78,8 +80,6 @@ func TestEtcdMemberDown(t *testing.T) {
 		pause(3 * time.Second)
 		s.must(s.StartNode(ctx, 0))
 	})
-	s.agentRunning(ctx)
-	s.checkNoReplay(ctx)
 }
 
 // Scenario 5: the agent container cut off from PostgreSQL alone (it
@@ -89,11 +89,7 @@ func TestEtcdMemberDown(t *testing.T) {
 // resumes. Its address may change, as a moved container's would.
 func TestAgentPartitioned(t *testing.T) {
 	t.Parallel()
-	ctx := context.Background()
-	s := newStack(t, 1)
-	s.startAgent()
-	s.converge(ctx, 60*time.Second)
-	s.underLoad(ctx, 5, 90*time.Second, func() {
+	faultUnderLoad(t, 1, 5, func(ctx context.Context, s *stack) {
 		s.must(s.PartitionAgentFromDB(ctx))
 		pause(15 * time.Second)
 		s.must(s.Heal(ctx))
@@ -102,8 +98,6 @@ func TestAgentPartitioned(t *testing.T) {
 		pause(20 * time.Second)
 		s.must(s.Heal(ctx))
 	})
-	s.agentRunning(ctx)
-	s.checkNoReplay(ctx)
 }
 
 // Scenario 6: PostgreSQL restarted under load, twice: stopped (a fast
@@ -111,30 +105,10 @@ func TestAgentPartitioned(t *testing.T) {
 // writer and the checks follow it to its new host port.
 func TestPostgresRestart(t *testing.T) {
 	t.Parallel()
-	ctx := context.Background()
-	s := newStack(t, 1)
-	s.startAgent()
-	s.converge(ctx, 60*time.Second)
-	s.underLoad(ctx, 6, 90*time.Second, func() {
+	faultUnderLoad(t, 1, 6, func(ctx context.Context, s *stack) {
 		s.must(s.RestartPostgres(ctx))
 		pause(3 * time.Second)
 		s.must(s.KillPostgres(ctx))
 		s.must(s.StartPostgres(ctx))
 	})
-	s.agentRunning(ctx)
-	s.checkNoReplay(ctx)
-}
-
-// waitUntil polls cond every 50ms until it holds or timeout passes.
-func waitUntil(ctx context.Context, timeout time.Duration, cond func() bool) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	for !cond() {
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("not within %v", timeout)
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-	return nil
 }

@@ -14,6 +14,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/testcontainers/testcontainers-go"
+
+	"github.com/bagger/lenkwerk/integration/testutil"
 )
 
 // DefaultPatroniImage is the Patroni image docker/build-images.sh builds.
@@ -152,14 +154,8 @@ func (p *Patroni) writable(ctx context.Context, i int) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	conn, err := pgx.Connect(cctx, u+"&target_session_attrs=read-write")
-	if err != nil {
-		return false, err
-	}
-	defer conn.Close(context.Background())
-	_, err = conn.Exec(cctx, "SELECT txid_current()")
+	var txid int64
+	err = queryRow(ctx, u+"&target_session_attrs=read-write", "SELECT txid_current()", nil, &txid)
 	return err == nil, err
 }
 
@@ -167,7 +163,7 @@ func (p *Patroni) writable(ctx context.Context, i int) (bool, error) {
 // is the primary and takes writes, and returns it.
 func (p *Patroni) WaitPrimary(ctx context.Context, timeout time.Duration, not int) (int, error) {
 	got := -1
-	err := waitFor(ctx, timeout, "a Patroni primary taking writes", func(ctx context.Context) (bool, error) {
+	err := testutil.Poll(ctx, timeout, "a Patroni primary taking writes", func(ctx context.Context) (bool, error) {
 		for i := range p.Members {
 			if i == not {
 				continue
@@ -189,7 +185,7 @@ func (p *Patroni) WaitPrimary(ctx context.Context, timeout time.Duration, not in
 // from the primary (Patroni's /replica answers 200 and its WAL receiver
 // streams).
 func (p *Patroni) WaitReplica(ctx context.Context, i int, timeout time.Duration) error {
-	return waitFor(ctx, timeout, p.Members[i].Name+" streaming as a replica", func(ctx context.Context) (bool, error) {
+	return testutil.Poll(ctx, timeout, p.Members[i].Name+" streaming as a replica", func(ctx context.Context) (bool, error) {
 		code, body, err := p.api(ctx, i, http.MethodGet, "/replica", nil)
 		if err != nil {
 			return false, err
@@ -201,15 +197,8 @@ func (p *Patroni) WaitReplica(ctx context.Context, i int, timeout time.Duration)
 		if err != nil {
 			return false, err
 		}
-		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		defer cancel()
-		conn, err := pgx.Connect(cctx, u)
-		if err != nil {
-			return false, err
-		}
-		defer conn.Close(context.Background())
 		var streaming bool
-		err = conn.QueryRow(cctx, `SELECT EXISTS (SELECT FROM pg_stat_wal_receiver WHERE status = 'streaming')`).Scan(&streaming)
+		err = queryRow(ctx, u, `SELECT EXISTS (SELECT FROM pg_stat_wal_receiver WHERE status = 'streaming')`, nil, &streaming)
 		return streaming, err
 	})
 }
@@ -263,14 +252,7 @@ func (p *Patroni) Slot(ctx context.Context, i int, slot string) (SlotState, erro
 	if err != nil {
 		return st, err
 	}
-	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	conn, err := pgx.Connect(cctx, u)
-	if err != nil {
-		return st, err
-	}
-	defer conn.Close(context.Background())
-	err = conn.QueryRow(cctx, `SELECT active, coalesce(confirmed_flush_lsn::text, '') FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&st.Active, &st.ConfirmedFlush)
+	err = queryRow(ctx, u, `SELECT active, coalesce(confirmed_flush_lsn::text, '') FROM pg_replication_slots WHERE slot_name = $1`, []any{slot}, &st.Active, &st.ConfirmedFlush)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return st, nil
 	}
@@ -291,7 +273,7 @@ func (s SlotState) String() string {
 // WaitSlot waits up to timeout until member i has the replication slot
 // named slot (on a replica: Patroni's copy of the primary's).
 func (p *Patroni) WaitSlot(ctx context.Context, i int, slot string, timeout time.Duration) error {
-	return waitFor(ctx, timeout, "slot "+slot+" on "+p.Members[i].Name, func(ctx context.Context) (bool, error) {
+	return testutil.Poll(ctx, timeout, "slot "+slot+" on "+p.Members[i].Name, func(ctx context.Context) (bool, error) {
 		st, err := p.Slot(ctx, i, slot)
 		return st.Exists, err
 	})
@@ -346,7 +328,7 @@ func (p *Patroni) SlotSafeLines(ctx context.Context, i int, slot string) (int, e
 // WaitSlotSafe waits up to timeout until member i's log has more than
 // before SlotSafeLines.
 func (p *Patroni) WaitSlotSafe(ctx context.Context, i int, slot string, before int, timeout time.Duration) error {
-	return waitFor(ctx, timeout, "Patroni on "+p.Members[i].Name+" to call its copy of slot "+slot+" safe", func(ctx context.Context) (bool, error) {
+	return testutil.Poll(ctx, timeout, "Patroni on "+p.Members[i].Name+" to call its copy of slot "+slot+" safe", func(ctx context.Context) (bool, error) {
 		n, err := p.SlotSafeLines(ctx, i, slot)
 		return n > before, err
 	})

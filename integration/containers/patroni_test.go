@@ -9,6 +9,7 @@ import (
 
 	"github.com/bagger/lenkwerk/agent"
 	"github.com/bagger/lenkwerk/integration/harness"
+	"github.com/bagger/lenkwerk/integration/testutil"
 )
 
 // Agent log lines that name the path an agent took after the database's
@@ -61,9 +62,9 @@ func (s *stack) markerReaches(ctx context.Context, name string, since time.Time,
 	value := fmt.Sprintf(`{"%s": %d}`, name, since.UnixNano())
 	s.exec(ctx, `SELECT storage.save_config('`+name+`', '`+value+`')`)
 	store := s.Store()
-	err := waitUntil(ctx, timeout, func() bool {
+	err := testutil.Poll(ctx, timeout, "the "+name+" marker", func(ctx context.Context) (bool, error) {
 		kv, err := store.Get(ctx, "/Config/"+name)
-		return err == nil && strings.Contains(string(kv.Value), fmt.Sprint(since.UnixNano()))
+		return err == nil && strings.Contains(string(kv.Value), fmt.Sprint(since.UnixNano())), err
 	})
 	if err != nil {
 		s.t.Fatalf("the %s marker did not reach the store within %v: %v", name, timeout, err)

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sort"
 	"strconv"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bagger/lenkwerk/integration/testutil"
 	"github.com/bagger/lenkwerk/kvdriver"
 )
 
@@ -36,34 +38,30 @@ func TestPostgresOnly(t *testing.T) {
 
 	store := s.Store()
 	var (
-		last     string
 		replayed map[string]string
 		revs     map[int64]bool
 		kvs      []kvdriver.KV
 		rev      int64
 	)
-	err = waitUntil(ctx, 30*time.Second, func() bool {
+	err = testutil.Poll(ctx, 30*time.Second, "the watcher to see every change", func(ctx context.Context) (bool, error) {
 		var err error
-		kvs, rev, err = store.List(ctx, "/")
-		if err != nil {
-			last = err.Error()
-			return false
+		if kvs, rev, err = store.List(ctx, "/"); err != nil {
+			return false, err
 		}
 		out, err := watcher.Log(ctx)
 		if err != nil {
-			last = err.Error()
-			return false
+			return false, err
 		}
-		replayed, revs, err = replay(out)
-		if err != nil {
-			last = err.Error()
-			return false
+		if replayed, revs, err = replay(out); err != nil {
+			return false, err
 		}
-		last = compareReplay(kvs, rev, replayed, revs)
-		return last == ""
+		if diff := compareReplay(kvs, rev, replayed, revs); diff != "" {
+			return false, errors.New(diff)
+		}
+		return true, nil
 	})
 	if err != nil {
-		t.Fatalf("the watcher did not see every change %v: %s", err, last)
+		t.Fatal(err)
 	}
 	running, err := watcher.Running(ctx)
 	if err != nil || !running {

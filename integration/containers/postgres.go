@@ -8,6 +8,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/testcontainers/testcontainers-go"
+
+	"github.com/bagger/lenkwerk/integration/testutil"
 )
 
 // Postgres is a PostgreSQL container with wal_level=logical whose database
@@ -68,19 +70,30 @@ func pgURL(hostPort, db, user string) string {
 
 // WaitReady waits until the server answers a query from the host.
 func (p *Postgres) WaitReady(ctx context.Context) error {
-	return waitFor(ctx, 90*time.Second, "PostgreSQL in "+p.Name+" to accept connections", func(ctx context.Context) (bool, error) {
+	return testutil.Poll(ctx, 90*time.Second, "PostgreSQL in "+p.Name+" to accept connections", func(ctx context.Context) (bool, error) {
 		u, err := p.URL(ctx, p.Database, "")
 		if err != nil {
 			return false, err
 		}
-		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		defer cancel()
-		conn, err := pgx.Connect(cctx, u)
-		if err != nil {
-			return false, err
-		}
-		defer conn.Close(context.Background())
-		_, err = conn.Exec(cctx, "SELECT 1")
+		var one int
+		err = queryRow(ctx, u, "SELECT 1", nil, &one)
 		return err == nil, err
 	})
+}
+
+// probeTimeout bounds one probe of a server: one that does not answer in
+// time counts as not ready, and the caller's poll asks again.
+const probeTimeout = 5 * time.Second
+
+// queryRow connects to the server of url and scans the row of sql into
+// dest, within probeTimeout.
+func queryRow(ctx context.Context, url, sql string, args []any, dest ...any) error {
+	ctx, cancel := context.WithTimeout(ctx, probeTimeout)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	return conn.QueryRow(ctx, sql, args...).Scan(dest...)
 }

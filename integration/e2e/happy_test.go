@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/bagger/lenkwerk/integration/testutil"
 )
 
 // beforeStart are configuration changes made before the agent first runs:
@@ -107,7 +109,7 @@ func testHappyPath(t *testing.T, kind storeKind) {
 // applied: not less (a restart would replay), not more (data loss).
 func checkSlotAtCheckpoint(t *testing.T, ctx context.Context, s *stack) {
 	t.Helper()
-	err := waitFor(ctx, 30*time.Second, "walsender released the slot", func(ctx context.Context) (bool, error) {
+	err := testutil.Poll(ctx, 30*time.Second, "walsender released the slot", func(ctx context.Context) (bool, error) {
 		_, active, err := s.slot(ctx)
 		return err == nil && !active, err
 	})

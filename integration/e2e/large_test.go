@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bagger/lenkwerk/integration/testutil"
 	"github.com/bagger/lenkwerk/kvdriver"
 	"github.com/jackc/pglogrepl"
 )
@@ -48,7 +49,7 @@ func TestLargeTransaction(t *testing.T) {
 	}
 
 	// Stop the store as soon as the first rows arrived.
-	err = waitFor(ctx, 60*time.Second, "first rows of the transaction in the store", func(ctx context.Context) (bool, error) {
+	err = testutil.Poll(ctx, 60*time.Second, "first rows of the transaction in the store", func(ctx context.Context) (bool, error) {
 		_, err := s.store.Get(ctx, "/Config/bulk%2F000001")
 		if errors.Is(err, kvdriver.ErrNotFound) {
 			return false, nil

@@ -113,27 +113,3 @@ func (a *agentProc) waitLog(ctx context.Context, timeout time.Duration, subs ...
 func (a *agentProc) Unexpected() []string {
 	return a.UnexpectedExits(context.Background())
 }
-
-// waitFor polls cond until it is true or timeout passes.
-func waitFor(ctx context.Context, timeout time.Duration, what string, cond func(ctx context.Context) (bool, error)) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	var last error
-	for {
-		ok, err := cond(ctx)
-		if ok {
-			return nil
-		}
-		if err != nil {
-			last = err
-		}
-		select {
-		case <-ctx.Done():
-			if last != nil {
-				return fmt.Errorf("%s: not within %v: %w", what, timeout, last)
-			}
-			return fmt.Errorf("%s: not within %v", what, timeout)
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-}

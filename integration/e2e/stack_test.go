@@ -11,6 +11,7 @@ import (
 
 	"github.com/bagger/lenkwerk/integration/converge"
 	"github.com/bagger/lenkwerk/integration/harness"
+	"github.com/bagger/lenkwerk/integration/testutil"
 	"github.com/bagger/lenkwerk/kvdriver"
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -100,7 +101,7 @@ func (s *stack) exec(ctx context.Context, sql string, args ...any) {
 // connections fail once, and the server may still be starting.
 func (s *stack) execRetry(ctx context.Context, sql string, args ...any) {
 	s.t.Helper()
-	err := waitFor(ctx, 30*time.Second, sql, func(ctx context.Context) (bool, error) {
+	err := testutil.Poll(ctx, 30*time.Second, sql, func(ctx context.Context) (bool, error) {
 		_, err := s.pool.Exec(ctx, sql, args...)
 		return err == nil, err
 	})

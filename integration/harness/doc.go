@@ -111,9 +111,9 @@
 //     LENKWERK_AGENT_IMAGE name others (e.g. postgres:16 where a registry is
 //     reachable). Ryuk is off; the test's Cleanup removes every container and
 //     network, failed or not.
-//   - Local: a private PostgreSQL cluster from the machine's binaries
-//     (integration/pgtest; $LENKWERK_PG_BINDIR or pg_config), etcd embedded
-//     in the test process (integration/etcdtest) and the agent as a child
+//   - Local: the stack of lenkwerk dev (agent/devstack): a private
+//     PostgreSQL cluster from the machine's binaries ($LENKWERK_PG_BINDIR
+//     or pg_config), etcd embedded in the test process, and the agent as a child
 //     process: `lenkwerk agent`, built once per test binary with go build
 //     (from the test's module, which must require Lenkwerk), or the binary
 //     named by LENKWERK_BIN.

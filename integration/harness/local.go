@@ -12,21 +12,19 @@ import (
 	"testing"
 	"time"
 
-	"github.com/bagger/lenkwerk/integration/etcdtest"
-	"github.com/bagger/lenkwerk/integration/pgtest"
+	"github.com/bagger/lenkwerk/agent/devstack"
 )
 
 // local is the local backend: a private PostgreSQL cluster of the
 // machine's binaries, embedded etcd (or pgkv) and lenkwerk child
 // processes. Ports are fixed for the Stack's life: restarts keep them.
 type local struct {
-	tb      testing.TB
-	cfg     config
-	dir     string
-	pg      *pgtest.Cluster
-	etcd    *etcdtest.Server  // Etcd
-	cluster *etcdtest.Cluster // EtcdCluster
-	bin     string
+	tb    testing.TB
+	cfg   config
+	dir   string
+	stack *devstack.Stack
+	pg    *devstack.Cluster
+	bin   string
 }
 
 func startLocal(ctx context.Context, tb testing.TB, cfg config) (*local, error) {
@@ -37,42 +35,50 @@ func startLocal(ctx context.Context, tb testing.TB, cfg config) (*local, error) 
 	}
 	tb.Logf("harness: lenkwerk binary %s (%v)", bin, time.Since(began).Round(10*time.Millisecond))
 	l := &local{tb: tb, cfg: cfg, dir: tb.TempDir(), bin: bin}
-	// A private cluster per Stack: the slot name is cluster-wide, so two
-	// Stacks cannot share one.
-	l.pg = pgtest.StartCluster(tb, pgtest.Options{})
-	if err := createDatabase(ctx, l.pg.URL("postgres", "")); err != nil {
-		return nil, err
-	}
-	if cfg.migrateCmd {
-		if out, err := l.run(ctx, "migrate", []string{"migrate", "up", "--database-url", l.pg.URL(Database, "")}); err != nil {
-			return nil, fmt.Errorf("lenkwerk migrate up: %w\n%s", err, out)
-		}
-	} else if err := migrate(ctx, l.pg.URL(Database, "")); err != nil {
-		return nil, err
+	opts := devstack.StackOptions{
+		// A private cluster per Stack: the slot name is cluster-wide, so
+		// two Stacks cannot share one.
+		Database: Database,
+		Provision: func(ctx context.Context, pg *devstack.Cluster) error {
+			if cfg.migrateCmd {
+				if out, err := l.run(ctx, "migrate", []string{"migrate", "up", "--database-url", pg.URL(Database, "")}); err != nil {
+					return fmt.Errorf("lenkwerk migrate up: %w\n%s", err, out)
+				}
+				return nil
+			}
+			return migrate(ctx, pg.URL(Database, ""))
+		},
+		Etcd: devstack.EtcdOptions{Dir: filepath.Join(l.dir, "etcd"), UnsafeNoFsync: true},
 	}
 	switch cfg.kv {
 	case Etcd:
-		l.etcd = etcdtest.New(tb)
+		opts.EtcdMembers = 1
 	case EtcdCluster:
-		l.cluster = etcdtest.StartCluster(tb, 3)
+		opts.EtcdMembers = 3
 	}
+	if l.stack, err = devstack.StartStack(ctx, opts); err != nil {
+		return nil, err
+	}
+	tb.Cleanup(func() {
+		if err := l.stack.Close(); err != nil {
+			tb.Errorf("harness: stop the local stack: %v", err)
+		}
+	})
+	l.pg = l.stack.Postgres
 	return l, nil
 }
 
 func (l *local) agentKV() string {
-	switch {
-	case l.etcd != nil:
-		return l.etcd.URL()
-	case l.cluster != nil:
-		return l.cluster.URL()
+	if u := l.stack.EtcdURL(); u != "" {
+		return u
 	}
-	return l.pg.URL(Database, "")
+	return l.stack.DatabaseURL("")
 }
 
-func (l *local) agentDB() string { return l.pg.URL(Database, "lenkwerk_agent") }
+func (l *local) agentDB() string { return l.stack.DatabaseURL("lenkwerk_agent") }
 
 func (l *local) urls(context.Context) (string, string, error) {
-	return l.pg.URL(Database, ""), l.agentKV(), nil
+	return l.stack.DatabaseURL(""), l.agentKV(), nil
 }
 
 func (l *local) movesPorts() bool { return false }
@@ -97,21 +103,21 @@ func groupCommand(ctx context.Context, bin string, args ...string) *exec.Cmd {
 
 func (l *local) stopStore(context.Context) error {
 	switch {
-	case l.etcd != nil:
-		return l.etcd.Stop()
-	case l.cluster != nil:
-		return l.cluster.Close()
+	case l.stack.Etcd != nil:
+		return l.stack.Etcd.Stop()
+	case l.stack.EtcdCluster != nil:
+		return l.stack.EtcdCluster.Close()
 	}
 	return l.pg.Stop()
 }
 
 func (l *local) killStore(context.Context) error {
 	switch {
-	case l.etcd != nil:
-		return l.etcd.Kill()
-	case l.cluster != nil:
-		errs := make([]error, len(l.cluster.Members))
-		for i, m := range l.cluster.Members {
+	case l.stack.Etcd != nil:
+		return l.stack.Etcd.Kill()
+	case l.stack.EtcdCluster != nil:
+		errs := make([]error, len(l.stack.EtcdCluster.Members))
+		for i, m := range l.stack.EtcdCluster.Members {
 			errs[i] = m.Kill()
 		}
 		return errors.Join(errs...)
@@ -121,13 +127,13 @@ func (l *local) killStore(context.Context) error {
 
 func (l *local) startStore(ctx context.Context) error {
 	switch {
-	case l.etcd != nil:
-		return l.etcd.Start(ctx)
-	case l.cluster != nil:
+	case l.stack.Etcd != nil:
+		return l.stack.Etcd.Start(ctx)
+	case l.stack.EtcdCluster != nil:
 		// Members wait for each other's votes: start them together.
-		errs := make([]error, len(l.cluster.Members))
+		errs := make([]error, len(l.stack.EtcdCluster.Members))
 		var wg sync.WaitGroup
-		for i, m := range l.cluster.Members {
+		for i, m := range l.stack.EtcdCluster.Members {
 			wg.Go(func() { errs[i] = m.Start(ctx) })
 		}
 		wg.Wait()
@@ -144,12 +150,12 @@ func (l *local) killPostgres(context.Context) error {
 
 func (l *local) startPostgres(context.Context) error { return l.pg.Start() }
 
-func (l *local) member(i int) (*etcdtest.Server, error) {
+func (l *local) member(i int) (*devstack.EtcdServer, error) {
 	switch {
-	case l.etcd != nil && i == 0:
-		return l.etcd, nil
-	case l.cluster != nil && i >= 0 && i < len(l.cluster.Members):
-		return l.cluster.Members[i], nil
+	case l.stack.Etcd != nil && i == 0:
+		return l.stack.Etcd, nil
+	case l.stack.EtcdCluster != nil && i >= 0 && i < len(l.stack.EtcdCluster.Members):
+		return l.stack.EtcdCluster.Members[i], nil
 	case l.cfg.kv == PGKV:
 		return nil, fmt.Errorf("%w: the store is pgkv, not etcd", ErrUnsupported)
 	}

@@ -9,8 +9,8 @@ import (
 type Backend string
 
 const (
-	// Local runs the machine's PostgreSQL binaries (integration/pgtest),
-	// etcd embedded in the test process (integration/etcdtest) and the
+	// Local runs the machine's PostgreSQL binaries and etcd embedded in
+	// the test process (agent/devstack's Stack, as lenkwerk dev) and the
 	// agent as a child process.
 	Local Backend = "local"
 	// Containers runs PostgreSQL, etcd and the agent as Docker containers

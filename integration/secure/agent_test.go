@@ -10,6 +10,7 @@ import (
 	"github.com/bagger/lenkwerk/agent"
 	"github.com/bagger/lenkwerk/agent/follow"
 	"github.com/bagger/lenkwerk/integration/converge"
+	"github.com/bagger/lenkwerk/integration/testutil"
 	"github.com/bagger/lenkwerk/kvdriver"
 	_ "github.com/bagger/lenkwerk/kvdriver/etcd"
 	_ "github.com/bagger/lenkwerk/kvdriver/pgkv"
@@ -74,20 +75,7 @@ func TestAgentTLSBothSides(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	runCtx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- a.Run(runCtx) }()
-	t.Cleanup(func() {
-		stop()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("agent Run: %v", err)
-			}
-		case <-time.After(30 * time.Second):
-			t.Error("agent did not stop within 30s")
-		}
-	})
+	testutil.Go(t, ctx, "agent Run", a.Run)
 
 	// The checker reads etcd as root: it sees whatever the agent wrote.
 	rootStore, err := kvdriver.Open(ctx, etcd.url(t, p.etcdAdmin, "root", rootPass))
@@ -133,15 +121,7 @@ func TestAgentTLSBothSides(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fctx, fstop := context.WithCancel(ctx)
-	fdone := make(chan error, 1)
-	go func() { fdone <- f.Run(fctx) }()
-	defer func() {
-		fstop()
-		if err := <-fdone; err != nil {
-			t.Errorf("follow Run: %v", err)
-		}
-	}()
+	defer testutil.Go(t, ctx, "follow Run", f.Run)()
 	copyDB, err := pgx.Connect(ctx, pg.urlFor(copyName, "postgres", p.postgres))
 	if err != nil {
 		t.Fatal(err)

@@ -1,7 +1,6 @@
 package secure
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"net/url"
@@ -9,12 +8,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/bagger/lenkwerk/integration/certs"
+	"github.com/bagger/lenkwerk/integration/testutil"
 	"github.com/jackc/pgx/v5"
 )
 
@@ -116,7 +115,7 @@ func runLenkwerk(t *testing.T, bin string, args, env []string, want string, runs
 	}
 	cmd.Env = append(cmd.Env, "PGPASSFILE="+filepath.Join(t.TempDir(), "none"))
 	cmd.Env = append(cmd.Env, env...)
-	var buf syncBuffer
+	var buf testutil.Buffer
 	cmd.Stdout, cmd.Stderr = &buf, &buf
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -144,23 +143,4 @@ func runLenkwerk(t *testing.T, bin string, args, env []string, want string, runs
 			return buf.String()
 		}
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for the command's two writers and the
-// test reading it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

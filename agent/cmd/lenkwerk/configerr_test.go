@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/bagger/lenkwerk/integration/testutil"
 )
 
 // Permanent configuration errors end the agent at start with exit status 1
@@ -59,10 +61,10 @@ func TestConfigErrorsExitAtStart(t *testing.T) {
 
 	t.Run("unpublished table warns", func(t *testing.T) {
 		p := startAgentProcess(t, bin, "unpublished", "--database-url", agentURL, "--kv", "mem://x", "--key-template", "public.extra=/Extra/{id}")
-		waitUntil(t, "the warning", 30*time.Second, func() bool {
+		testutil.WaitFor(t, "the warning", 30*time.Second, func() bool {
 			return strings.Contains(p.out.String(), "public.extra is not in publication bagger_lw_storage")
 		})
-		waitUntil(t, "the agent streams", 30*time.Second, func() bool {
+		testutil.WaitFor(t, "the agent streams", 30*time.Second, func() bool {
 			return strings.Contains(p.out.String(), "streaming")
 		})
 		if code := p.terminate(10 * time.Second); code != 0 {

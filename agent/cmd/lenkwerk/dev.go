@@ -21,7 +21,6 @@ import (
 	"github.com/bagger/lenkwerk/kvdriver"
 	"github.com/bagger/lenkwerk/kvdriver/pgkv"
 	"github.com/bagger/lenkwerk/migrations"
-	"github.com/jackc/pgx/v5"
 )
 
 const devSynopsis = `dev [--kv etcd|postgres|mem] [--dir DIR] [--port PORT]
@@ -127,45 +126,45 @@ func runDev(ctx context.Context, args []string, stdout io.Writer) (err error) {
 	undo = append([]func() error{watch.Close}, undo...)
 
 	fmt.Fprintf(os.Stderr, "lenkwerk dev: starting PostgreSQL in %s\n", root)
-	pg, err := devstack.Start(ctx, devServerOptions(filepath.Join(root, "postgres"), *port))
-	if err != nil {
-		return fmt.Errorf("start PostgreSQL: %w", err)
+	var access *devAccess
+	stackOpts := devstack.StackOptions{
+		Postgres: devServerOptions(filepath.Join(root, "postgres"), *port),
+		Keep:     keep,
+		Database: devDatabase,
+		// The server wants passwords over TCP: the superuser's comes
+		// first, then the migration, then the roles it created.
+		Provision: func(ctx context.Context, pg *devstack.Cluster) (err error) {
+			if access, err = setSuperuserPassword(ctx, pg, root); err != nil {
+				return err
+			}
+			if err := migrations.Up(ctx, access.url(devDatabase, "postgres"), migrations.Options{}); err != nil {
+				return fmt.Errorf("migrate: %w", err)
+			}
+			if err := access.setRoles(ctx); err != nil {
+				return err
+			}
+			access.warnIfTrusting(ctx)
+			return nil
+		},
 	}
-	undo = append(undo, func() error {
-		if keep {
-			return pg.Stop()
-		}
-		return pg.Destroy()
-	})
-	access, err := setSuperuserPassword(ctx, pg, root)
+	if *kind == "etcd" {
+		stackOpts.EtcdMembers, stackOpts.Etcd = 1, devstack.EtcdOptions{Dir: filepath.Join(root, "etcd")}
+	}
+	stack, err := devstack.StartStack(ctx, stackOpts)
 	if err != nil {
 		return err
 	}
+	undo = append(undo, stack.Close)
+	pg := stack.Postgres
+
 	// URLs with the run's passwords are for this process; the printed ones
 	// have none (psql and lenkwerk read them from access.passFile).
-	adminURL := access.url(devDatabase, "postgres")
-	if err := createDatabase(ctx, access.url("postgres", "postgres"), devDatabase); err != nil {
-		return err
-	}
-	if err := migrations.Up(ctx, adminURL, migrations.Options{}); err != nil {
-		return fmt.Errorf("migrate: %w", err)
-	}
-	if err := access.setRoles(ctx); err != nil {
-		return err
-	}
-	access.warnIfTrusting(ctx)
-
 	var kvURL, kvShown, kvNote string
 	switch *kind {
 	case "etcd":
-		srv, err := devstack.StartEtcd(ctx, filepath.Join(root, "etcd"))
-		if err != nil {
-			return fmt.Errorf("start etcd: %w", err)
-		}
-		undo = append(undo, srv.Close)
-		kvURL = srv.URL()
+		kvURL = stack.EtcdURL()
 	case "postgres":
-		kvURL, kvShown, kvNote = adminURL, pg.URL(devDatabase, ""), " (pgkv, schema "+pgkv.DefaultSchema+")"
+		kvURL, kvShown, kvNote = access.url(devDatabase, "postgres"), stack.DatabaseURL(""), " (pgkv, schema "+pgkv.DefaultSchema+")"
 	case "mem":
 		kvURL, kvNote = "mem://lenkwerk-dev", " (in this process only: the tree below is the way to see it)"
 	}
@@ -358,26 +357,6 @@ func waitStreaming(ctx context.Context, a *agent.Agent, done <-chan struct{}) er
 			return fmt.Errorf("agent not streaming after a minute: %v", a.Status().Err)
 		case <-tick.C:
 		}
-	}
-	return nil
-}
-
-// createDatabase creates database name unless it exists (a kept --dir).
-func createDatabase(ctx context.Context, serverURL, name string) error {
-	conn, err := pgx.Connect(ctx, serverURL)
-	if err != nil {
-		return fmt.Errorf("connect: %w", err)
-	}
-	defer conn.Close(context.Background())
-	var exists bool
-	if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT FROM pg_database WHERE datname = $1)", name).Scan(&exists); err != nil {
-		return fmt.Errorf("create database %s: %w", name, err)
-	}
-	if exists {
-		return nil
-	}
-	if _, err := conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
-		return fmt.Errorf("create database %s: %w", name, err)
 	}
 	return nil
 }

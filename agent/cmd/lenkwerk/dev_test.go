@@ -19,15 +19,10 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// TestBinary builds lenkwerk once and runs the tests of the built command
+// TestBinary runs the tests of the built command
 // (exit status, signals, child processes).
 func TestBinary(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	bin := filepath.Join(t.TempDir(), "lenkwerk")
-	if out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := lenkwerkBinary(t)
 	t.Run("status", func(t *testing.T) { testStatusExitStatus(t, bin) })
 	for _, kv := range []string{"etcd", "postgres", "mem"} {
 		t.Run("dev-"+kv, func(t *testing.T) { testDev(t, bin, kv) })

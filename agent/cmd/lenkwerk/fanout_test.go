@@ -12,6 +12,7 @@ import (
 	"github.com/bagger/lenkwerk/integration/converge"
 	"github.com/bagger/lenkwerk/integration/etcdtest"
 	"github.com/bagger/lenkwerk/integration/pgtest"
+	"github.com/bagger/lenkwerk/integration/testutil"
 	"github.com/bagger/lenkwerk/kvdriver"
 	"github.com/bagger/lenkwerk/migrations"
 	"github.com/jackc/pgx/v5"
@@ -83,7 +84,7 @@ func TestFanOutBinary(t *testing.T) {
 	exec(`SELECT storage.save_config('during_etcd_outage', '1')`)
 	conv("kv2")
 	metrics := p.metricsURL(t)
-	waitUntil(t, "/readyz naming the failing store", 30*time.Second, func() bool {
+	testutil.WaitFor(t, "/readyz naming the failing store", 30*time.Second, func() bool {
 		code, body := httpGet(t, metrics+"/readyz")
 		return code == http.StatusServiceUnavailable && strings.Contains(body, "store default") && !strings.Contains(body, "store kv2")
 	})

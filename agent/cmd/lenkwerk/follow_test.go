@@ -6,7 +6,6 @@ import (
 	"errors"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -21,12 +20,9 @@ import (
 // The built binary on a storage node's ordinary server (wal_level=replica):
 // it provisions the copy, loads and follows etcd, and exits 0 on SIGTERM.
 func TestFollowBinary(t *testing.T) {
+	bin := lenkwerkBinary(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	bin := filepath.Join(t.TempDir(), "lenkwerk")
-	if out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
 	etcd := etcdtest.New(t)
 	store, err := kvdriver.Open(ctx, etcd.URL())
 	if err != nil {

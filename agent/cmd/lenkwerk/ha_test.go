@@ -2,16 +2,13 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -25,42 +22,12 @@ import (
 	"github.com/bagger/lenkwerk/integration/converge"
 	"github.com/bagger/lenkwerk/integration/etcdtest"
 	"github.com/bagger/lenkwerk/integration/pgtest"
+	"github.com/bagger/lenkwerk/integration/testutil"
 	"github.com/bagger/lenkwerk/kvdriver"
 	"github.com/bagger/lenkwerk/migrations"
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 )
-
-var (
-	binOnce sync.Once
-	binPath string
-	binErr  error
-)
-
-// lenkwerkBinary builds the lenkwerk command once per test binary.
-func lenkwerkBinary(t *testing.T) string {
-	t.Helper()
-	binOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "lenkwerk-ha-")
-		if err != nil {
-			binErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "lenkwerk")
-		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-		defer cancel()
-		// LENKWERK_TEST_BUILDFLAGS="-race" runs the agent processes under
-		// the race detector; a race report fails the test.
-		args := append([]string{"build", "-o", binPath}, strings.Fields(os.Getenv("LENKWERK_TEST_BUILDFLAGS"))...)
-		if out, err := exec.CommandContext(ctx, "go", append(args, ".")...).CombinedOutput(); err != nil {
-			binErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if binErr != nil {
-		t.Fatal(binErr)
-	}
-	return binPath
-}
 
 // agentProcess is a `lenkwerk agent` child process in its own process group.
 type agentProcess struct {
@@ -68,32 +35,15 @@ type agentProcess struct {
 	name string
 	bin  string
 	args []string
-	out  *lockedBuffer
+	out  *testutil.Buffer
 
 	cmd  *exec.Cmd
 	done chan struct{}
 }
 
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 func startAgentProcess(t *testing.T, bin, name string, args ...string) *agentProcess {
 	t.Helper()
-	p := &agentProcess{t: t, name: name, bin: bin, args: args, out: &lockedBuffer{}}
+	p := &agentProcess{t: t, name: name, bin: bin, args: args, out: &testutil.Buffer{}}
 	p.start()
 	t.Cleanup(func() {
 		p.kill()
@@ -150,35 +100,34 @@ func (p *agentProcess) terminate(timeout time.Duration) int {
 	}
 }
 
-var metricsAddrLine = regexp.MustCompile(`serving /metrics.* addr=(\S+)`)
-
-// metricsURL waits for the process's metrics address in its log.
+// metricsURL waits for the metrics address of the process's current run
+// in its log.
 func (p *agentProcess) metricsURL(t *testing.T) string {
 	t.Helper()
-	var addr string
-	waitUntil(t, "agent "+p.name+" serves metrics", 30*time.Second, func() bool {
+	return "http://" + waitMetricsAddr(t, "agent "+p.name, func() string {
 		out := p.out.String()
 		if i := strings.LastIndex(out, "=== start"); i >= 0 {
 			out = out[i:]
 		}
-		m := metricsAddrLine.FindStringSubmatch(out)
+		return out
+	})
+}
+
+var metricsAddrLine = regexp.MustCompile(`serving /metrics.* addr=(\S+)`)
+
+// waitMetricsAddr waits until the agent named what logs the address its
+// metrics server listens on (in the output log returns), and returns it.
+func waitMetricsAddr(t *testing.T, what string, log func() string) string {
+	t.Helper()
+	var addr string
+	testutil.WaitFor(t, what+" to serve metrics", 30*time.Second, func() bool {
+		m := metricsAddrLine.FindStringSubmatch(log())
 		if m != nil {
 			addr = m[1]
 		}
 		return m != nil
 	})
-	return "http://" + addr
-}
-
-func waitUntil(t *testing.T, what string, timeout time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	return addr
 }
 
 // httpGet returns the status and body of a GET.
@@ -375,7 +324,7 @@ func TestHAFailover(t *testing.T) {
 	// active returns the agent streaming the slot.
 	active := func() string {
 		var app string
-		waitUntil(t, "an agent streaming the slot", 30*time.Second, func() bool {
+		testutil.WaitFor(t, "an agent streaming the slot", 30*time.Second, func() bool {
 			err := db.QueryRow(ctx, `SELECT a.application_name FROM pg_replication_slots s JOIN pg_stat_activity a ON a.pid = s.active_pid WHERE s.slot_name = $1`, agent.DefaultSlot).Scan(&app)
 			return err == nil
 		})
@@ -387,14 +336,14 @@ func TestHAFailover(t *testing.T) {
 	// standby not (and saying why).
 	checkRoles := func(act string) {
 		t.Helper()
-		waitUntil(t, "agent "+act+" ready", 20*time.Second, func() bool {
+		testutil.WaitFor(t, "agent "+act+" ready", 20*time.Second, func() bool {
 			code, _ := httpGet(t, procs[act].metricsURL(t)+"/readyz")
 			return code == http.StatusOK
 		})
 		// A restarted standby may still be opening its store.
 		var code int
 		var body string
-		waitUntil(t, "agent "+other[act]+" standby", 20*time.Second, func() bool {
+		testutil.WaitFor(t, "agent "+other[act]+" standby", 20*time.Second, func() bool {
 			code, body = httpGet(t, procs[other[act]].metricsURL(t)+"/readyz")
 			return strings.Contains(body, "standby")
 		})
@@ -435,7 +384,7 @@ func TestHAFailover(t *testing.T) {
 		}
 		writerDone <- nil
 	}()
-	waitUntil(t, "the first transactions in the store", 60*time.Second, func() bool { return w.max() >= 20 })
+	testutil.WaitFor(t, "the first transactions in the store", 60*time.Second, func() bool { return w.max() >= 20 })
 
 	for round, mode := range []string{"SIGKILL", "connection loss", "freeze", "SIGKILL", "connection loss"} {
 		victim := active()
@@ -490,7 +439,7 @@ func TestHAFailover(t *testing.T) {
 	if d, err := converge.Wait(ctx, converge.URL(admin), store, converge.Options{Publication: agent.DefaultPublication}, 30*time.Second); err != nil {
 		t.Fatalf("%v\n%s", err, d)
 	}
-	waitUntil(t, "the last transaction in the store", 10*time.Second, func() bool { return w.max() >= last })
+	testutil.WaitFor(t, "the last transaction in the store", 10*time.Second, func() bool { return w.max() >= last })
 	for name, p := range procs {
 		if code := p.terminate(30 * time.Second); code != 0 {
 			t.Errorf("agent %s: SIGTERM: exit code %d, want 0", name, code)

@@ -13,6 +13,7 @@ import (
 	"time"
 	"unicode"
 
+	"github.com/bagger/lenkwerk/integration/testutil"
 	"github.com/bagger/lenkwerk/kvdriver"
 )
 
@@ -308,12 +309,12 @@ func TestKVControlCharacters(t *testing.T) {
 
 	wctx, stop := context.WithCancel(ctx)
 	defer stop()
-	var buf lockedBuffer
+	var buf testutil.Buffer
 	done := make(chan error, 1)
 	go func() {
 		done <- runKV(wctx, []string{"--kv", u, "watch", "/", "--from", "2"}, strings.NewReader(""), &buf)
 	}()
-	waitUntil(t, "every watch line", 20*time.Second, func() bool { return strings.Count(buf.String(), "\n") >= len(watchWant) })
+	testutil.WaitFor(t, "every watch line", 20*time.Second, func() bool { return strings.Count(buf.String(), "\n") >= len(watchWant) })
 	stop()
 	if err := <-done; err != nil {
 		t.Fatal(err)
@@ -361,17 +362,17 @@ func TestShowTreeControlCharacters(t *testing.T) {
 	}
 	sctx, stop := context.WithCancel(ctx)
 	defer stop()
-	var buf lockedBuffer
+	var buf testutil.Buffer
 	done := make(chan error, 1)
 	go func() { done <- showTree(sctx, store, &buf, "stop") }()
-	waitUntil(t, "the tree", 20*time.Second, func() bool { return strings.Contains(buf.String(), "Watching / for changes") })
+	testutil.WaitFor(t, "the tree", 20*time.Second, func() bool { return strings.Contains(buf.String(), "Watching / for changes") })
 	for i, h := range hostileKeys[half:] {
 		if _, err := store.Put(ctx, h.key, []byte(h.value)); err != nil {
 			t.Fatal(err)
 		}
 		want = append(want, fmt.Sprintf("%d\tput\t%s", half+2+i, h.line))
 	}
-	waitUntil(t, "every change", 20*time.Second, func() bool { return strings.Count(buf.String(), "\tput\t") == len(hostileKeys)-half })
+	testutil.WaitFor(t, "every change", 20*time.Second, func() bool { return strings.Count(buf.String(), "\tput\t") == len(hostileKeys)-half })
 	stop()
 	if err := <-done; err != nil {
 		t.Fatal(err)

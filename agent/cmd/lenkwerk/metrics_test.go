@@ -7,11 +7,12 @@ import (
 	"net"
 	"net/http"
 	"os/exec"
-	"regexp"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/bagger/lenkwerk/integration/testutil"
 )
 
 // Hundreds of idle keep-alive connections, and connections that never
@@ -24,7 +25,7 @@ func TestMetricsServerBounded(t *testing.T) {
 	// serves all the same (/readyz answers 503 with the reason).
 	cmd := exec.Command("sh", "-c", `ulimit -Sn 256 && ulimit -Hn 256 && exec "$0" "$@"`,
 		bin, "agent", "--database-url", "postgres://lenkwerk_agent@127.0.0.1:1/lenkwerk?connect_timeout=1", "--kv", "mem://metrics", "--metrics-addr", "127.0.0.1:0")
-	out := &lockedBuffer{}
+	out := &testutil.Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
@@ -37,15 +38,7 @@ func TestMetricsServerBounded(t *testing.T) {
 			t.Logf("agent output:\n%s", out.String())
 		}
 	})
-	addrLine := regexp.MustCompile(`serving /metrics.* addr=(\S+)`)
-	var addr string
-	waitUntil(t, "the metrics address", 30*time.Second, func() bool {
-		m := addrLine.FindStringSubmatch(out.String())
-		if m != nil {
-			addr = m[1]
-		}
-		return m != nil
-	})
+	addr := waitMetricsAddr(t, "the agent", out.String)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -122,12 +121,9 @@ func TestMigrateCommandErrors(t *testing.T) {
 
 // The built binary: exit status and messages as an operator sees them.
 func TestMigrateBinary(t *testing.T) {
+	bin := lenkwerkBinary(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	bin := filepath.Join(t.TempDir(), "lenkwerk")
-	if out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
 	c := pgtest.StartCluster(t, pgtest.Options{WalLevel: "replica"})
 	cmd := exec.CommandContext(ctx, bin, "migrate", "--database-url", c.NewDatabase(t), "up")
 	out, err := cmd.CombinedOutput()

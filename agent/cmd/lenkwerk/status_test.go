@@ -13,6 +13,7 @@ import (
 
 	"github.com/bagger/lenkwerk/agent"
 	"github.com/bagger/lenkwerk/integration/pgtest"
+	"github.com/bagger/lenkwerk/integration/testutil"
 	"github.com/bagger/lenkwerk/kvdriver"
 	"github.com/bagger/lenkwerk/kvdriver/mem"
 	"github.com/bagger/lenkwerk/migrations"
@@ -163,10 +164,7 @@ func TestStatusBlockedAgent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	runCtx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- a.Run(runCtx) }()
-	defer func() { stop(); <-done }()
+	defer testutil.Go(t, ctx, "agent", a.Run)()
 	status := func() (string, bool) {
 		t.Helper()
 		var out bytes.Buffer
@@ -176,7 +174,7 @@ func TestStatusBlockedAgent(t *testing.T) {
 		}
 		return out.String(), ok
 	}
-	waitUntil(t, "the agent streams", 30*time.Second, func() bool { return a.Status().Streaming })
+	testutil.WaitFor(t, "the agent streams", 30*time.Second, func() bool { return a.Status().Streaming })
 	admin := strings.Replace(agentURL, "lenkwerk_agent@", "postgres@", 1)
 	conn, err := pgx.Connect(ctx, admin)
 	if err != nil {
@@ -186,9 +184,9 @@ func TestStatusBlockedAgent(t *testing.T) {
 	if _, err := conn.Exec(ctx, `INSERT INTO storage.config (key, value) VALUES ('big', '"`+strings.Repeat("x", 3000)+`"')`); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, "the agent to block", 30*time.Second, func() bool { return a.Status().Blocked != nil })
+	testutil.WaitFor(t, "the agent to block", 30*time.Second, func() bool { return a.Status().Blocked != nil })
 	var out string
-	waitUntil(t, "status to warn", 30*time.Second, func() bool {
+	testutil.WaitFor(t, "status to warn", 30*time.Second, func() bool {
 		var ok bool
 		out, ok = status()
 		return !ok
@@ -199,5 +197,5 @@ func TestStatusBlockedAgent(t *testing.T) {
 	if err := agent.AddSkip(ctx, store, "", agent.DefaultSlot, a.Status().Blocked.Skip()); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, "status to be clean again", 30*time.Second, func() bool { _, ok := status(); return ok })
+	testutil.WaitFor(t, "status to be clean again", 30*time.Second, func() bool { _, ok := status(); return ok })
 }
