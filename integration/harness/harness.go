@@ -122,13 +122,23 @@ func Start(tb testing.TB, opts ...Option) *Stack {
 		// startTimeout is for bringing up the stack, not for the build.
 		img = containers.EnsureImages(tb)
 	}
+	var bin string
+	if cfg.backend == Local {
+		// Before the clock starts too, for the same reason: a cold build of
+		// the lenkwerk command alone has taken minutes under load.
+		began := time.Now()
+		if bin, err = lenkwerkBinary(context.Background()); err != nil {
+			tb.Fatalf("harness: %v", err)
+		}
+		tb.Logf("harness: lenkwerk binary %s (%v)", bin, time.Since(began).Round(10*time.Millisecond))
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
 	defer cancel()
 	began := time.Now()
 	s := &Stack{tb: tb, cfg: cfg, backend: cfg.backend}
 	switch cfg.backend {
 	case Local:
-		s.b, err = startLocal(ctx, tb, cfg)
+		s.b, err = startLocal(ctx, tb, cfg, bin)
 	case Containers:
 		if cfg.patroni {
 			s.b, err = startPatroni(ctx, tb, cfg, img)

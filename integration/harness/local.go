@@ -27,13 +27,10 @@ type local struct {
 	bin   string
 }
 
-func startLocal(ctx context.Context, tb testing.TB, cfg config) (*local, error) {
-	began := time.Now()
-	bin, err := lenkwerkBinary(ctx)
-	if err != nil {
-		return nil, err
-	}
-	tb.Logf("harness: lenkwerk binary %s (%v)", bin, time.Since(began).Round(10*time.Millisecond))
+// startLocal brings up the local stack; bin is the lenkwerk command, built
+// before startTimeout's clock started.
+func startLocal(ctx context.Context, tb testing.TB, cfg config, bin string) (*local, error) {
+	var err error
 	l := &local{tb: tb, cfg: cfg, dir: tb.TempDir(), bin: bin}
 	opts := devstack.StackOptions{
 		// A private cluster per Stack: the slot name is cluster-wide, so
