@@ -98,6 +98,9 @@ func (e *Env) FanoutFollow(ctx context.Context, kind StoreKind, n, steady int, r
 	fs := make([]*follower, 0, n)
 	defer func() {
 		for _, f := range fs {
+			_ = f.cmd.Process.Signal(syscall.SIGTERM) // all at once, then wait
+		}
+		for _, f := range fs {
 			err = errors.Join(err, f.stop())
 		}
 	}()

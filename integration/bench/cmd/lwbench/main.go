@@ -2,11 +2,13 @@
 // once each and prints them as a Markdown table, every figure next to its
 // raw baseline from the same run and the target it is held to:
 //
-//	go run ./integration/bench/cmd/lwbench [-rows 100000] [-repeat 1] [-large] [-drivers] [-fanout 10,100,300] [-json out.json]
+//	go run ./integration/bench/cmd/lwbench [-rows 100000] [-repeat 1] [-large] [-drivers] [-fanout 10,100,300] [-follow 10,50] [-json out.json]
 //
-// -only fanout runs just the fan-out scenario (~2 min): 1 (the baseline)
-// and then -fanout consumers, each with a Store of its own, watching the
-// agent's tree under a steady stream and a rotation, etcd and pgkv.
+// -only fanout runs just the fan-out scenario (~3–4 min): 1 (the
+// baseline) and then -fanout consumers, each with a Store of its own,
+// watching the agent's tree under a steady stream and a rotation, then
+// -follow `lenkwerk follow` processes each keeping a local copy, etcd and
+// pgkv.
 //
 // -drivers also runs the driver benchmarks (kvdriver/etcd, kvdriver/pgkv)
 // with `go test` and appends their output.
