@@ -59,8 +59,8 @@
 // transaction advisory lock (writers queue there: a waiter is granted it
 // directly, cheaper than waiting on the row), then locks the kv_meta row
 // (SELECT ... FOR NO KEY UPDATE) and takes rev+1; both are held until
-// commit, so a second
-// writer cannot even obtain its revision before the first has committed.
+// commit, so a second writer cannot even obtain its revision before the
+// first has committed.
 // Revisions therefore commit strictly in order and every revision up to
 // kv_meta.rev is committed, without holes (an empty store is at revision
 // 1, as etcd is; the first write is 2): the out-of-order commit that makes
