@@ -337,6 +337,28 @@ func BenchmarkConcurrentPut(b *testing.B) {
 	}
 }
 
+// BenchmarkConcurrentPutFsync: 1 writer and 8 Stores with one writer
+// each, on a cluster of its own with fsync and synchronous_commit on, as
+// in production: each commit waits for its WAL flush, inside the revision
+// lock.
+func BenchmarkConcurrentPutFsync(b *testing.B) {
+	value := []byte(`{"id":1,"host":"db1","port":5432,"status":3}`)
+	c := pgtest.StartCluster(b, pgtest.Options{Settings: map[string]string{"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"}})
+	for _, writers := range []int{1, 8} {
+		b.Run(fmt.Sprintf("pgkv-stores/%d", writers), func(b *testing.B) {
+			u := c.NewDatabase(b)
+			stores := make([]*kvdriver.Store, writers)
+			for i := range stores {
+				stores[i] = openStore(b, u)
+			}
+			concurrentPuts(b, u, writers, func(ctx context.Context, w, i int) error {
+				_, err := stores[w].Put(ctx, fmt.Sprintf("/bench/cput/%d/%d", w, i%100), value)
+				return err
+			})
+		})
+	}
+}
+
 // concurrentPuts runs b.N puts from writers goroutines and reports puts/s
 // and where the database's backends spent the run, from samples of
 // pg_stat_activity every 10 ms: lock-% waiting for a lock (the revision),
