@@ -55,12 +55,9 @@
 // implicit transaction; batches of concurrent callers that wait meanwhile
 // (up to 64) are committed together in one transaction, one kv_apply each,
 // so each still gets its own revision and a batch whose Requires fail is
-// dropped from the group alone. kv_apply first takes the schema's
-// transaction advisory lock (writers queue there: a waiter is granted it
-// directly, cheaper than waiting on the row), then locks the kv_meta row
-// (SELECT ... FOR NO KEY UPDATE) and takes rev+1; both are held until
-// commit, so a second writer cannot even obtain its revision before the
-// first has committed.
+// dropped from the group alone. kv_apply first locks the kv_meta row (SELECT ... FOR NO KEY
+// UPDATE) and takes rev+1; the lock is held until commit, so a second
+// writer cannot even obtain its revision before the first has committed.
 // Revisions therefore commit strictly in order and every revision up to
 // kv_meta.rev is committed, without holes (an empty store is at revision
 // 1, as etcd is; the first write is 2): the out-of-order commit that makes

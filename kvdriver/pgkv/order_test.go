@@ -203,61 +203,6 @@ func TestInterleavedTransactionsCannotCommitOutOfOrder(t *testing.T) {
 	}
 }
 
-// TestWritersQueueOnAdvisoryLock: a writer that finds the revision taken
-// waits on the schema's advisory lock (granted to it directly when the
-// holder commits), not on kv_meta's row, whose waits cost each contended
-// write more processor time; it then gets the next revision.
-func TestWritersQueueOnAdvisoryLock(t *testing.T) {
-	dbURL := pgtest.NewDatabase(t)
-	s := openStore(t, dbURL)
-	ctx := ctxT(t)
-	start, err := s.Put(ctx, "/q/start", []byte(`0`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	connA, connB, observer := connect(t, dbURL), connect(t, dbURL), connect(t, dbURL)
-	const apply = `SELECT lenkwerk_kv.kv_apply(ARRAY[$1::text], ARRAY[convert_to($2, 'UTF8')], NULL)`
-	txA, err := connA.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer txA.Rollback(context.Background())
-	var revA int64
-	if err := txA.QueryRow(ctx, apply, "/q/a", `"A"`).Scan(&revA); err != nil {
-		t.Fatal(err)
-	}
-	bDone := make(chan error, 1)
-	var revB int64
-	go func() { bDone <- connB.QueryRow(ctx, apply, "/q/b", `"B"`).Scan(&revB) }()
-	pidB := connB.PgConn().PID()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		var event string
-		if err := observer.QueryRow(ctx, `SELECT coalesce(max(wait_event) FILTER (WHERE wait_event_type = 'Lock'), '') FROM pg_stat_activity WHERE pid = $1`, pidB).Scan(&event); err != nil {
-			t.Fatal(err)
-		}
-		if event == "advisory" {
-			break
-		}
-		if event != "" {
-			t.Fatalf("B waits on lock %q, want advisory", event)
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("B does not wait on the advisory lock")
-		}
-		time.Sleep(10 * time.Millisecond) // polling pg_stat_activity
-	}
-	if err := txA.Commit(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := <-bDone; err != nil {
-		t.Fatal(err)
-	}
-	if revA != start+1 || revB != start+2 {
-		t.Fatalf("revisions A %d, B %d; want %d, %d", revA, revB, start+1, start+2)
-	}
-}
-
 // TestConcurrentWritersUnderSerializable: with SERIALIZABLE as the
 // session default, writers that wait for the revision lock get
 // serialization failures; the driver retries them, so every write lands,

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"os"
-	"strings"
 	"testing"
 	"time"
 
@@ -15,7 +14,7 @@ import (
 // TestUpgradeFromVersion1: a schema made by the first driver version (no
 // Requires) is migrated on Open; its data stays, the old three-argument
 // kv_apply call still works, Requires are enforced, and the change log
-// gets its key index (version 3) and the advisory-lock queue (version 4).
+// gets its key index (version 3).
 func TestUpgradeFromVersion1(t *testing.T) {
 	dbURL := pgtest.NewDatabase(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -94,27 +93,6 @@ func TestUpgradeFromVersion1(t *testing.T) {
 		}
 		if hasIndex() != (i == 1) {
 			t.Fatalf("after %s: index present %t", f, !(i == 1))
-		}
-	}
-	// Version 4: writers queue on the advisory lock; down restores the
-	// row-lock queue, and both write.
-	for _, f := range []string{"migrations/000004_apply_queue.down.sql", "migrations/000004_apply_queue.up.sql"} {
-		sql, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := conn.Exec(ctx, string(sql)); err != nil {
-			t.Fatalf("%s: %v", f, err)
-		}
-		var src string
-		if err := conn.QueryRow(ctx, `SELECT prosrc FROM pg_proc WHERE oid = 'old_kv.kv_apply(text[], bytea[], text, text[], bigint[])'::regprocedure`).Scan(&src); err != nil {
-			t.Fatal(err)
-		}
-		if got, want := strings.Contains(src, "pg_advisory_xact_lock"), strings.Contains(f, ".up."); got != want {
-			t.Fatalf("after %s: kv_apply takes the advisory lock: %t, want %t", f, got, want)
-		}
-		if rev, err = s.Put(ctx, "/old", []byte(`7`)); err != nil {
-			t.Fatalf("Put after %s: %v", f, err)
 		}
 	}
 	// A watch from the start reads the upgraded log.

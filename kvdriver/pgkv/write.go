@@ -16,9 +16,8 @@ import (
 // Writes go through one goroutine per store (group commit): it takes the
 // batches that are waiting and commits them in one transaction, one
 // kv_apply each, so each gets its own consecutive revision. Revisions are
-// still assigned under the schema's revision lock (kv_apply: an advisory
-// lock in front of kv_meta's row lock), which serializes writers of other
-// stores too; within a store, concurrent callers do not queue for that
+// still assigned under kv_meta's lock, which serializes writers of other
+// stores too; within a store, concurrent callers no longer queue for that
 // lock one commit at a time but share commits. A lone batch is one
 // statement in an implicit transaction, as before.
 const (
