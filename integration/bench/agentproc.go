@@ -133,9 +133,14 @@ func (a *Agent) PeakRSS() (int64, error) {
 	if a.cmd == nil {
 		return 0, nil
 	}
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", a.cmd.Process.Pid))
+	return peakRSS(a.cmd.Process.Pid)
+}
+
+// peakRSS is process pid's peak resident set (VmHWM) in bytes so far.
+func peakRSS(pid int) (int64, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
-		return 0, fmt.Errorf("bench: agent status: %w", err)
+		return 0, fmt.Errorf("bench: process status: %w", err)
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
@@ -148,7 +153,7 @@ func (a *Agent) PeakRSS() (int64, error) {
 			return kb << 10, nil
 		}
 	}
-	return 0, errors.New("bench: no VmHWM in the agent's status")
+	return 0, errors.New("bench: no VmHWM in the process's status")
 }
 
 // WaitStreaming waits until an in-process agent streams, and returns

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -53,6 +54,9 @@ type Env struct {
 	stack     *devstack.Stack
 	removeDir bool
 	seq       atomic.Int64
+
+	copyMu sync.Mutex
+	copies []*localCopy // the follow fan-out's
 }
 
 // NewEnv starts the servers and builds the agent.
@@ -85,6 +89,9 @@ func NewEnv(ctx context.Context, opts Options) (_ *Env, err error) {
 			// The fan-out scenario's 300 pgkv consumers hold a
 			// connection each.
 			"max_connections": "500",
+			// The follow fan-out reads when each local copy
+			// committed each row.
+			"track_commit_timestamp": "on",
 		}},
 		// The pgkv store's; each Source is a database of its own.
 		Database:    kvDatabase,
@@ -120,6 +127,7 @@ func buildAgent(ctx context.Context, dir string) (string, error) {
 // Close stops the servers and removes a temporary Dir.
 func (e *Env) Close() error {
 	var errs []error
+	e.closeCopies()
 	if e.stack != nil {
 		errs = append(errs, e.stack.Close())
 	}

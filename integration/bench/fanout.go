@@ -239,10 +239,11 @@ func (e *Env) openPrivate(ctx context.Context, kind StoreKind) (*kvdriver.Store,
 	return s, nil
 }
 
-// connections counts the PostgreSQL cluster's client backends and the
+// connections counts the PostgreSQL cluster's client backends (but the
+// benchmark's connections to the follow fan-out's local copies) and the
 // etcd member's established client connections.
 func (e *Env) connections(ctx context.Context, src *Source) (pg, etcdConns int, err error) {
-	if err := src.Pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE backend_type IN ('client backend', 'walsender')`).Scan(&pg); err != nil {
+	if err := src.Pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE backend_type IN ('client backend', 'walsender') AND application_name <> $1`, copyAppName).Scan(&pg); err != nil {
 		return 0, 0, fmt.Errorf("bench: pg_stat_activity: %w", err)
 	}
 	_, port, _ := strings.Cut(e.Etcd.Endpoint(), ":")

@@ -2,6 +2,7 @@ package bench_test
 
 import (
 	"context"
+	"os"
 	"testing"
 	"time"
 
@@ -89,5 +90,34 @@ func checkThroughput(t *testing.T, name string, r bench.ThroughputResult, rows i
 	// The baseline runs before and after the agent.
 	if r.Agent.Rows != rows || r.Direct.Rows != 2*rows || r.Direct.Writes != 2 || r.Agent.Elapsed <= 0 || r.Direct.Elapsed <= 0 || r.StoreTime <= 0 {
 		t.Errorf("%s: %+v, want %d rows through the agent, twice %d in one batch directly, positive times", name, r, rows, rows)
+	}
+}
+
+// TestFollowFanout runs the fan-out scenario with two `lenkwerk follow`
+// processes (the binary of LENKWERK_BIN, else built) and checks that every
+// copy committed every key and that the harness measured it.
+func TestFollowFanout(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	e, err := bench.NewEnv(ctx, bench.Options{Dir: t.TempDir(), Bin: os.Getenv("LENKWERK_BIN")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := e.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	for _, kind := range []bench.StoreKind{bench.Etcd, bench.PGKV} {
+		t.Run(string(kind), func(t *testing.T) {
+			f, err := e.FanoutFollow(ctx, kind, 2, 20, 200, 10)
+			if err != nil {
+				t.Fatalf("FanoutFollow: %v", err)
+			}
+			if f.Steady.N != 2*20 || f.Burst.N != 2*10 || f.Steady.P50 <= 0 || f.Burst.Max < f.Burst.P50 ||
+				f.FollowerPeakRSS <= 0 || f.Elapsed <= 0 || f.PGConnections < 2 {
+				t.Errorf("FanoutFollow: %+v, want 40 steady and 20 burst samples, positive times, an RSS, a connection per copy", f)
+			}
+		})
 	}
 }

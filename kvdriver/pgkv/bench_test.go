@@ -1,9 +1,14 @@
 package pgkv_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"os"
 	"slices"
+	"strconv"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -297,8 +302,9 @@ func BenchmarkConcurrentPut(b *testing.B) {
 	value := []byte(`{"id":1,"host":"db1","port":5432,"status":3}`)
 	for _, writers := range []int{1, 8} {
 		b.Run(fmt.Sprintf("pgkv/%d", writers), func(b *testing.B) {
-			s := openStore(b, pgtest.NewDatabase(b))
-			concurrentPuts(b, writers, func(ctx context.Context, w, i int) error {
+			u := pgtest.NewDatabase(b)
+			s := openStore(b, u)
+			concurrentPuts(b, u, writers, func(ctx context.Context, w, i int) error {
 				_, err := s.Put(ctx, fmt.Sprintf("/bench/cput/%d/%d", w, i%100), value)
 				return err
 			})
@@ -311,7 +317,7 @@ func BenchmarkConcurrentPut(b *testing.B) {
 				for i := range stores {
 					stores[i] = openStore(b, u)
 				}
-				concurrentPuts(b, writers, func(ctx context.Context, w, i int) error {
+				concurrentPuts(b, u, writers, func(ctx context.Context, w, i int) error {
 					_, err := stores[w].Put(ctx, fmt.Sprintf("/bench/cput/%d/%d", w, i%100), value)
 					return err
 				})
@@ -323,7 +329,7 @@ func BenchmarkConcurrentPut(b *testing.B) {
 			for i := range conns {
 				conns[i] = connect(b, u)
 			}
-			concurrentPuts(b, writers, func(ctx context.Context, w, i int) error {
+			concurrentPuts(b, u, writers, func(ctx context.Context, w, i int) error {
 				_, err := conns[w].Exec(ctx, `INSERT INTO raw VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value`, fmt.Sprintf("/bench/cput/%d/%d", w, i%100), value)
 				return err
 			})
@@ -331,10 +337,82 @@ func BenchmarkConcurrentPut(b *testing.B) {
 	}
 }
 
-func concurrentPuts(b *testing.B, writers int, put func(ctx context.Context, w, i int) error) {
+// BenchmarkConcurrentPutFsync: 1 writer and 8 Stores with one writer
+// each, on a cluster of its own with fsync and synchronous_commit on, as
+// in production: each commit waits for its WAL flush, inside the revision
+// lock.
+func BenchmarkConcurrentPutFsync(b *testing.B) {
+	value := []byte(`{"id":1,"host":"db1","port":5432,"status":3}`)
+	c := pgtest.StartCluster(b, pgtest.Options{Settings: map[string]string{"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"}})
+	for _, writers := range []int{1, 8} {
+		b.Run(fmt.Sprintf("pgkv-stores/%d", writers), func(b *testing.B) {
+			u := c.NewDatabase(b)
+			stores := make([]*kvdriver.Store, writers)
+			for i := range stores {
+				stores[i] = openStore(b, u)
+			}
+			concurrentPuts(b, u, writers, func(ctx context.Context, w, i int) error {
+				_, err := stores[w].Put(ctx, fmt.Sprintf("/bench/cput/%d/%d", w, i%100), value)
+				return err
+			})
+		})
+	}
+}
+
+// concurrentPuts runs b.N puts from writers goroutines and reports puts/s
+// and where the database's backends spent the run, from samples of
+// pg_stat_activity every 10 ms: lock-% waiting for a lock (the revision),
+// run-% running, client-% waiting for the client (its next statement).
+func concurrentPuts(b *testing.B, dbURL string, writers int, put func(ctx context.Context, w, i int) error) {
 	ctx := context.Background()
+	sampler := connect(b, dbURL)
+	// The backends' CPU: the pools connect lazily, so the writers'
+	// backends may start during the run (from 0, then).
+	backends := func() map[int]time.Duration {
+		rows, err := sampler.Query(ctx, `SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND backend_type = 'client backend' AND pid <> pg_backend_pid()`)
+		if err != nil {
+			b.Fatal(err)
+		}
+		pids, err := pgx.CollectRows(rows, pgx.RowTo[int])
+		if err != nil {
+			b.Fatal(err)
+		}
+		cpu := map[int]time.Duration{}
+		for _, pid := range pids {
+			cpu[pid] = procCPU(pid)
+		}
+		return cpu
+	}
+	pg0 := backends()
+	stop, sampled := make(chan struct{}), make(chan [3]int, 1)
+	go func() {
+		var n [3]int
+		defer func() { sampled <- n }()
+		t := time.NewTicker(10 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+			}
+			var lock, run, client int
+			if err := sampler.QueryRow(ctx, `SELECT
+					count(*) FILTER (WHERE wait_event_type = 'Lock'),
+					count(*) FILTER (WHERE state = 'active' AND wait_event_type IS NULL),
+					count(*) FILTER (WHERE state = 'idle' OR wait_event = 'ClientRead')
+				FROM pg_stat_activity
+				WHERE datname = current_database() AND backend_type = 'client backend' AND pid <> pg_backend_pid()
+					AND (query LIKE '%kv_apply%' OR query LIKE 'INSERT INTO raw%' OR query IN ('begin', 'commit'))`).Scan(&lock, &run, &client); err != nil {
+				b.Logf("sampling pg_stat_activity: %v", err)
+				return
+			}
+			n[0], n[1], n[2] = n[0]+lock, n[1]+run, n[2]+client
+		}
+	}()
 	errs := make(chan error, writers)
 	b.ResetTimer()
+	self0 := selfCPU()
 	for w := 0; w < writers; w++ {
 		go func() {
 			for i := w; i < b.N; i += writers {
@@ -351,7 +429,26 @@ func concurrentPuts(b *testing.B, writers int, put func(ctx context.Context, w, 
 			b.Fatal(err)
 		}
 	}
+	b.StopTimer()
+	self := selfCPU() - self0
+	close(stop)
+	n := <-sampled
+	var pg time.Duration
+	for pid, t := range backends() {
+		pg += t - pg0[pid]
+	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "puts/s")
+	// CPU per put: the database's backends (the writers', the idle
+	// ones', the sampler's), and this process (writers, drivers, the
+	// sampler).
+	b.ReportMetric(float64(pg.Microseconds())/float64(b.N), "pg-cpu-µs/put")
+	b.ReportMetric(float64(self.Microseconds())/float64(b.N), "go-cpu-µs/put")
+	b.ReportMetric((pg+self).Seconds()/b.Elapsed().Seconds(), "cores")
+	if total := n[0] + n[1] + n[2]; total > 0 {
+		b.ReportMetric(100*float64(n[0])/float64(total), "lock-%")
+		b.ReportMetric(100*float64(n[1])/float64(total), "run-%")
+		b.ReportMetric(100*float64(n[2])/float64(total), "client-%")
+	}
 }
 
 // benchCatchUp times a watch of prefix from revision 1 until it has
@@ -397,4 +494,31 @@ func benchCatchUp(b *testing.B, prefix string, want int) {
 			b.Fatalf("caught up %d events, want %d", n, want)
 		}
 	}
+}
+
+// procCPU is the CPU time (user + system) process pid used so far, 0 if
+// it is gone.
+func procCPU(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the command's closing parenthesis: utime and stime
+	// are the 12th and 13th.
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	u, _ := strconv.ParseInt(f[11], 10, 64)
+	s, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(u+s) * 10 * time.Millisecond // USER_HZ = 100
+}
+
+// selfCPU is this process's CPU time so far.
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

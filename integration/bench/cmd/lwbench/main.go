@@ -2,11 +2,13 @@
 // once each and prints them as a Markdown table, every figure next to its
 // raw baseline from the same run and the target it is held to:
 //
-//	go run ./integration/bench/cmd/lwbench [-rows 100000] [-repeat 1] [-large] [-drivers] [-fanout 10,100,300] [-json out.json]
+//	go run ./integration/bench/cmd/lwbench [-rows 100000] [-repeat 1] [-large] [-drivers] [-fanout 10,100,300] [-follow 10,50] [-json out.json]
 //
-// -only fanout runs just the fan-out scenario (~2 min): 1 (the baseline)
-// and then -fanout consumers, each with a Store of its own, watching the
-// agent's tree under a steady stream and a rotation, etcd and pgkv.
+// -only fanout runs just the fan-out scenario (~3–4 min): 1 (the
+// baseline) and then -fanout consumers, each with a Store of its own,
+// watching the agent's tree under a steady stream and a rotation, then
+// -follow `lenkwerk follow` processes each keeping a local copy, etcd and
+// pgkv.
 //
 // -drivers also runs the driver benchmarks (kvdriver/etcd, kvdriver/pgkv)
 // with `go test` and appends their output.
@@ -58,6 +60,7 @@ func run() error {
 	inProcess := flag.Bool("inprocess", false, "run the agent in this process (no RSS figures)")
 	only := flag.String("only", "", "comma-separated scenarios: latency,bulk,sync,decode,fanout (default all)")
 	fanout := flag.String("fanout", "10,100,300", "consumer counts of the fan-out scenario (its baseline is 1 consumer)")
+	followFan := flag.String("follow", "10,50", "`lenkwerk follow` process counts of the fan-out scenario (\"\": none)")
 	jsonOut := flag.String("json", "", "write the raw results as JSON to this file")
 	repeat := flag.Int("repeat", 1, "run the throughput and decode scenarios this many times; the row shows the run with the median ratio and the range")
 	flag.Parse()
@@ -199,13 +202,30 @@ func run() error {
 		}
 	}
 	if want("fanout") {
-		var counts []int
-		for _, f := range strings.Split(*fanout, ",") {
-			n, err := strconv.Atoi(strings.TrimSpace(f))
-			if err != nil || n < 1 {
-				return fmt.Errorf("-fanout: bad count %q", f)
+		parse := func(flag, list string) ([]int, error) {
+			var counts []int
+			for _, f := range strings.Split(list, ",") {
+				if strings.TrimSpace(f) == "" {
+					continue
+				}
+				n, err := strconv.Atoi(strings.TrimSpace(f))
+				if err != nil || n < 1 {
+					return nil, fmt.Errorf("-%s: bad count %q", flag, f)
+				}
+				counts = append(counts, n)
 			}
-			counts = append(counts, n)
+			return counts, nil
+		}
+		counts, err := parse("fanout", *fanout)
+		if err != nil {
+			return err
+		}
+		followCounts, err := parse("follow", *followFan)
+		if err != nil {
+			return err
+		}
+		if *inProcess {
+			followCounts = nil // they run the binary
 		}
 		lat := func(l bench.Latencies) string { return fmt.Sprintf("%s / %s / %s", ms(l.P50), ms(l.P99), ms(l.Max)) }
 		for _, kind := range stores {
@@ -227,6 +247,24 @@ func run() error {
 					Baseline: fmt.Sprintf("1 consumer: steady %s; burst %s", lat(base.Steady), lat(base.Burst)),
 					Ratio:    fmt.Sprintf("p99 ×%.1f", float64(r.Steady.P99)/float64(max(base.Steady.P99, 1))),
 					Target:   "steady p99 ≤ 50", RSS: "–", Raw: r,
+				})
+			}
+			for _, n := range followCounts {
+				t := time.Now()
+				r, err := env.FanoutFollow(ctx, kind, n, fanoutSteady, 100, fanoutBurst)
+				if err != nil {
+					return fmt.Errorf("fanout follow %s %d: %w", kind, n, err)
+				}
+				fmt.Fprintf(os.Stderr, "fan-out %s, %d follow processes: %.0f s\n", kind, n, time.Since(t).Seconds())
+				secs := r.Elapsed.Seconds()
+				add(row{
+					What: fmt.Sprintf("fan-out %s, %d `lenkwerk follow` processes, commit → local copy's commit: 100 tx/s, then 1 tx of %d keys (p50/p99/max ms)", kind, n, fanoutBurst),
+					Figure: fmt.Sprintf("steady %s; burst %s (all in %s ms); PostgreSQL connections %d; cores: agent %.2f, PostgreSQL (with the copies) %.2f, follow processes %.2f (%.3f each), bench+etcd %.2f; startup %s ms",
+						lat(r.Steady), lat(r.Burst), ms(r.Burst.Elapsed), r.PGConnections,
+						r.CPU.Agent.Seconds()/secs, r.CPU.Postgres.Seconds()/secs, r.FollowersCPU.Seconds()/secs, r.FollowersCPU.Seconds()/secs/float64(n), r.CPU.Bench.Seconds()/secs, ms(r.Startup)),
+					Baseline: fmt.Sprintf("1 in-process consumer: steady %s; burst %s", lat(base.Steady), lat(base.Burst)),
+					Ratio:    fmt.Sprintf("p99 ×%.1f", float64(r.Steady.P99)/float64(max(base.Steady.P99, 1))),
+					Target:   "steady p99 ≤ 50", RSS: mb(r.FollowerPeakRSS) + " (largest follow process)", Raw: r,
 				})
 			}
 		}
