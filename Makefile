@@ -64,8 +64,9 @@ staticcheck:
 
 # The benchmark suite against real PostgreSQL, etcd and pgkv: every figure
 # next to a raw baseline measured in the same run, printed as the table of
-# integration/bench/BENCHMARKS.md (~8 min with the ~2 min fan-out scenario; LWBENCHFLAGS='-only bulk -rows
-# 10000' for less, -json FILE keeps the raw results).
+# integration/bench/BENCHMARKS.md (~10 min, the fan-out scenario with its
+# lenkwerk follow processes ~4 of them; LWBENCHFLAGS='-only bulk -rows 10000'
+# for less, -json FILE keeps the raw results).
 LWBENCHFLAGS ?= -large -drivers
 bench:
 	$(GO) run ./integration/bench/cmd/lwbench $(LWBENCHFLAGS)
