@@ -26,8 +26,10 @@ import (
 //	lenkwerk_agent_changes_skipped_total{store}            counter: changes left out by `lenkwerk skip`
 //	lenkwerk_agent_role{store,role}                        gauge: 1 for the current role (active, standby, blocked, down)
 //	lenkwerk_agent_retained_wal_bytes{store}               gauge
-//	lenkwerk_agent_resyncs_total{store,cause}              counter: full copies, by cause (no_checkpoint,
-//	                                                       slot_missing, slot_ahead, other_system, history_diverged)
+//	lenkwerk_agent_resyncs_total{store,cause}              counter: full copies, by cause (resyncCauses:
+//	                                                       no_checkpoint, slot_missing, slot_undecodable,
+//	                                                       slot_wal_removed, slot_invalidated, slot_ahead,
+//	                                                       other_system, history_diverged)
 //
 // cause and kind are one of slot_in_use, database, store, value, data,
 // fenced, other.
@@ -103,7 +105,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		}, []string{"store"}),
 		resyncs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: metricsNamespace, Name: "resyncs_total",
-			Help: "Full copies of every published table, by cause: no_checkpoint, slot_missing, slot_undecodable (could not map filenode), slot_wal_removed (the WAL the slot needs is gone), slot_ahead (the store lost changes), other_system (another database cluster), history_diverged (a failover or restore cut the checkpoint off the database's history).",
+			Help: "Full copies of every published table, by cause: no_checkpoint, slot_missing, slot_undecodable (could not map filenode), slot_wal_removed (the WAL the slot needs is gone), slot_invalidated (the server invalidated the slot: max_slot_wal_keep_size), slot_ahead (the store lost changes), other_system (another database cluster), history_diverged (a failover or restore cut the checkpoint off the database's history).",
 		}, []string{"store", "cause"}),
 		live: &liveCollector{},
 	}
