@@ -368,6 +368,8 @@
 //	lenkwerk_agent_reconnects_total{cause}        counter
 //	lenkwerk_agent_errors_total{kind}             counter
 //	lenkwerk_agent_changes_skipped_total          counter: changes left out by lenkwerk skip
+//	lenkwerk_agent_transaction_chunks_total       counter: parts of transactions larger than a batch
+//	lenkwerk_agent_tables_copied_total            counter: tables copied from a snapshot
 //	lenkwerk_agent_role{role}                     gauge: 1 for active, standby, blocked or down
 //	lenkwerk_agent_resyncs_total{cause}           counter: full copies
 //

@@ -70,6 +70,13 @@ func TestInvalidatedSlot(t *testing.T) {
 			t.Errorf("resyncs{cause=%s} = %v, want %v", cause, got, want)
 		}
 	}
+	var published float64
+	if err := e.db.QueryRow(context.Background(), `SELECT count(*) FROM pg_publication_tables WHERE pubname = $1`, DefaultPublication).Scan(&published); err != nil {
+		t.Fatal(err)
+	}
+	if got := counterValue(t, a.met.tableCopies); got != published || published == 0 {
+		t.Errorf("tables_copied_total = %v, want every published table (%v)", got, published)
+	}
 	// One warning names the slot, the cause and the way to avoid it.
 	warned := false
 	for line := range strings.Lines(logs.String()) {
