@@ -68,7 +68,6 @@ type Agent struct {
 
 	mu     sync.Mutex
 	status Status
-	stats  stats // test instrumentation (chunking, peak buffer)
 	// pendingSince is the commit time of the transaction being applied
 	// (zero between transactions); lastLag is the apply lag of the last
 	// transaction, zero once a keepalive showed the stream caught up.
@@ -92,17 +91,6 @@ type Agent struct {
 	// the WAL it needs is gone (a slot copied to a promoted standby that
 	// did not keep that WAL): the next session copies again.
 	slotWALGone bool
-}
-
-// stats is internal instrumentation, read by the tests.
-type stats struct {
-	chunks      int64 // batches applied without a checkpoint
-	maxBuffered int   // most operations ever held for one transaction
-	copies      int64 // table copies (initial sync or added table)
-	// standbyRounds counts lock waits that ended by lock_timeout.
-	standbyRounds int64
-	// undecodable counts sessions that ended on an undecodable slot.
-	undecodable int64
 }
 
 // New checks cfg and returns an agent; it connects to nothing.
@@ -345,9 +333,6 @@ func (a *Agent) session(ctx context.Context, syncOnly bool) (err error) {
 	err = s.stream(ctx)
 	if isUndecodable(err) {
 		a.undecodable = true
-		a.mu.Lock()
-		a.stats.undecodable++
-		a.mu.Unlock()
 	}
 	if isWALRemoved(err) {
 		a.slotWALGone = true

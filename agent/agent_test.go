@@ -2,10 +2,12 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
 	"github.com/bagger/lenkwerk/integration/converge"
+	"github.com/jackc/pgx/v5"
 )
 
 // seed fills the Bagger tables through Bagger's functions and plain DML.
@@ -177,11 +179,30 @@ func TestSecondAgentWaitsForSlot(t *testing.T) {
 		}
 	}()
 	waitFor(t, "the second agent to wait as a standby", 20*time.Second, func() bool { return second.Status().Standby })
-	// It keeps waiting through lock_timeout rounds on one session.
+	// It keeps waiting through lock_timeout rounds on one session: the
+	// same backend waits for the agent lock in ever new statements (a
+	// round that ends by lock_timeout starts the next).
+	var waiter int32
+	starts := map[time.Time]bool{}
 	waitFor(t, "two lock_timeout rounds", 20*time.Second, func() bool {
-		second.mu.Lock()
-		defer second.mu.Unlock()
-		return second.stats.standbyRounds >= 2
+		var pid int32
+		var start time.Time
+		err := e.db.QueryRow(context.Background(), `SELECT a.pid, a.query_start FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+			WHERE l.locktype = 'advisory' AND NOT l.granted AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())`).Scan(&pid, &start)
+		if errors.Is(err, pgx.ErrNoRows) { // between two rounds
+			return false
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if waiter == 0 {
+			waiter = pid
+		}
+		if pid != waiter {
+			t.Fatalf("the standby waits on backend %d, then on %d: not one session", waiter, pid)
+		}
+		starts[start] = true
+		return len(starts) >= 3
 	})
 	if st := second.Status(); st.Active || st.Streaming || !st.Standby || st.Err != nil {
 		t.Fatalf("standby: active %v, streaming %v, standby %v, err %v", st.Active, st.Streaming, st.Standby, st.Err)

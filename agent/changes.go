@@ -118,14 +118,10 @@ func (s *session) truncateStored(ctx context.Context, r *relation) error {
 // the batch limits: a chunk without checkpoint. A crash before the last
 // chunk replays the whole transaction, which rewrites the same final values.
 func (s *session) maybeFlush(ctx context.Context) error {
-	if n := len(s.dec.buf.ops); n > s.a.stats.maxBuffered {
-		s.a.mu.Lock()
-		s.a.stats.maxBuffered = n
-		s.a.mu.Unlock()
-	}
 	if !s.dec.full() {
 		return nil
 	}
+	s.a.met.chunks.Inc()
 	return s.submit(ctx, batch{ops: s.dec.buf.take()})
 }
 

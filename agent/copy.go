@@ -146,9 +146,7 @@ func (s *session) copyTables(ctx context.Context, snapshot string, tables []tabl
 		if err := rs.Err(); err != nil {
 			return nil, nil, 0, fmt.Errorf("copy table %s: %w", j.info.qualified(), err)
 		}
-		s.a.mu.Lock()
-		s.a.stats.copies++
-		s.a.mu.Unlock()
+		s.a.met.tableCopies.Inc()
 	}
 	if err := flush(true); err != nil {
 		return nil, nil, 0, err

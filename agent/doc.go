@@ -137,6 +137,8 @@
 //	promoted standby without the slot, nothing lost   full copy                           slot_missing
 //	slot copy whose WAL the standby does not have     full copy after the first failed    slot_wal_removed
 //	                                                  START_REPLICATION
+//	slot invalidated by the server (wal_status lost,  full copy, warning naming the limit slot_invalidated
+//	  max_slot_wal_keep_size exceeded)
 //
 // A checkpoint LSN past the server's WAL end on the same timeline (a
 // restore without a new timeline) is history_diverged too. A checkpoint
@@ -200,7 +202,14 @@
 // the slot for transactions that start after it, and the temporary slot's
 // consistent point lies after every transaction that started before. A
 // slot that fails so anyway (the role without TEMPORARY, a slot created
-// elsewhere) is replaced by the next session, with a copy.
+// elsewhere) is replaced by the next session, with a copy. So is a slot
+// the server invalidated (wal_status lost: it retained more WAL than
+// max_slot_wal_keep_size while the agent was stopped or behind, and
+// START_REPLICATION fails on it with 55000 for good): each session looks
+// at the slot before streaming, warns naming the slot and
+// max_slot_wal_keep_size, and copies (resync cause slot_invalidated). A
+// larger max_slot_wal_keep_size avoids the copy; the limit itself keeps a
+// dead consumer from filling the server's disk.
 // A table added to the publication while running, or whose columns changed
 // (ADD/DROP COLUMN, type change: to_jsonb of every row changes, but pgoutput
 // carries no DDL), is copied from the snapshot of a temporary slot with
@@ -359,13 +368,15 @@
 //	lenkwerk_agent_reconnects_total{cause}        counter
 //	lenkwerk_agent_errors_total{kind}             counter
 //	lenkwerk_agent_changes_skipped_total          counter: changes left out by lenkwerk skip
+//	lenkwerk_agent_transaction_chunks_total       counter: parts of transactions larger than a batch
+//	lenkwerk_agent_tables_copied_total            counter: tables copied from a snapshot
 //	lenkwerk_agent_role{role}                     gauge: 1 for active, standby, blocked or down
 //	lenkwerk_agent_resyncs_total{cause}           counter: full copies
 //
 // cause (reconnects) and kind are slot_in_use, database, store, value,
 // data, fenced or other; resync causes are no_checkpoint, slot_missing,
-// slot_undecodable, slot_wal_removed, slot_ahead, other_system and
-// history_diverged. Every series exists from the start at 0, so an alert
+// slot_undecodable, slot_wal_removed, slot_invalidated, slot_ahead,
+// other_system and history_diverged. Every series exists from the start at 0, so an alert
 // on its increase fires at the first event.
 //
 // Handler serves /metrics, /healthz (200 while the process runs) and

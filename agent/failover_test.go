@@ -247,9 +247,7 @@ func TestFailoverPlannedSwitchover(t *testing.T) {
 	two, twoStore := e.fanout("two")
 	e.workload(20)
 	e.converged(converge.Options{})
-	a.mu.Lock()
-	copies := a.stats.copies
-	a.mu.Unlock()
+	copies := counterValue(t, a.met.tableCopies)
 	t0 := time.Now()
 	// A clean stop sends the standby (and the agent) everything.
 	if err := e.primary.Stop(); err != nil {
@@ -271,11 +269,8 @@ func TestFailoverPlannedSwitchover(t *testing.T) {
 	}
 	e.wantResyncs(a, map[string]float64{resyncNoCheckpoint: 1})
 	e.wantResyncs(two, map[string]float64{resyncNoCheckpoint: 1})
-	a.mu.Lock()
-	copied := a.stats.copies - copies
-	a.mu.Unlock()
-	if copied != 0 {
-		t.Fatalf("switchover: %d tables copied, want none", copied)
+	if copied := counterValue(t, a.met.tableCopies) - copies; copied != 0 {
+		t.Fatalf("switchover: %v tables copied, want none", copied)
 	}
 	e.wantLog("the checkpoint is on its history: streaming on")
 	waitFor(t, "a checkpoint on timeline 2", 30*time.Second, func() bool { return e.checkpoint().Timeline == 2 })

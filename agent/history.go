@@ -26,6 +26,10 @@ const (
 	// resyncSlotWALGone: the server could not stream the slot, the WAL it
 	// needs being gone (a slot copied to a standby that did not keep it).
 	resyncSlotWALGone = "slot_wal_removed"
+	// resyncSlotInvalidated: the server invalidated the slot (wal_status
+	// lost), as it does to a slot retaining more WAL than
+	// max_slot_wal_keep_size; it is replaced.
+	resyncSlotInvalidated = "slot_invalidated"
 	// resyncSlotAhead: the slot was confirmed past the checkpoint, so the
 	// store lost changes (store restored or replaced).
 	resyncSlotAhead = "slot_ahead"
@@ -38,7 +42,7 @@ const (
 )
 
 // resyncCauses are every cause, so the metric shows zeros before the first.
-var resyncCauses = []string{resyncNoCheckpoint, resyncSlotMissing, resyncUndecodable, resyncSlotWALGone, resyncSlotAhead, resyncOtherSystem, resyncHistoryDiverged}
+var resyncCauses = []string{resyncNoCheckpoint, resyncSlotMissing, resyncUndecodable, resyncSlotWALGone, resyncSlotInvalidated, resyncSlotAhead, resyncOtherSystem, resyncHistoryDiverged}
 
 // serverHistory is what IDENTIFY_SYSTEM and TIMELINE_HISTORY say about the
 // server's history: its cluster, its timeline, its WAL end and, for a

@@ -9,6 +9,7 @@ import (
 
 	"github.com/bagger/lenkwerk/integration/converge"
 	"github.com/jackc/pglogrepl"
+	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 )
 
@@ -93,11 +94,8 @@ func TestCheckpointHistoryFields(t *testing.T) {
 	e.exec(`SELECT storage.save_config('after_old_format', '1')`)
 	e.converged(converge.Options{})
 	waitFor(t, "a checkpoint with system id", 30*time.Second, func() bool { return e.checkpoint().SystemID == sysID })
-	a.mu.Lock()
-	copies := a.stats.copies
-	a.mu.Unlock()
-	if copies != 0 {
-		t.Fatalf("old checkpoint: %d table copies, want none (streamed on)", copies)
+	if copies := counterValue(t, a.met.tableCopies); copies != 0 {
+		t.Fatalf("old checkpoint: %v table copies, want none (streamed on)", copies)
 	}
 	for _, c := range resyncCauses {
 		if got := resyncCount(t, a, c); got != 0 {
@@ -132,8 +130,14 @@ func TestCheckpointHistoryFields(t *testing.T) {
 // resyncCount is lenkwerk_agent_resyncs_total{cause} of a.
 func resyncCount(t *testing.T, a *Agent, cause string) float64 {
 	t.Helper()
+	return counterValue(t, a.met.resyncs.WithLabelValues(cause))
+}
+
+// counterValue is a counter's value (one of an agent's metrics).
+func counterValue(t *testing.T, c prometheus.Counter) float64 {
+	t.Helper()
 	var m dto.Metric
-	if err := a.met.resyncs.WithLabelValues(cause).Write(&m); err != nil {
+	if err := c.Write(&m); err != nil {
 		t.Fatal(err)
 	}
 	return m.GetCounter().GetValue()

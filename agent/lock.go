@@ -58,9 +58,6 @@ func (a *Agent) lock(ctx context.Context, conn *pgx.Conn, repl *pgconn.PgConn, w
 		cancel()
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) && pgErr.Code == pgerrcode.LockNotAvailable { // another round
-			a.mu.Lock()
-			a.stats.standbyRounds++
-			a.mu.Unlock()
 			continue
 		}
 		if err != nil {

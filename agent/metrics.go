@@ -24,10 +24,14 @@ import (
 //	lenkwerk_agent_reconnects_total{store,cause}           counter
 //	lenkwerk_agent_errors_total{store,kind}                counter
 //	lenkwerk_agent_changes_skipped_total{store}            counter: changes left out by `lenkwerk skip`
+//	lenkwerk_agent_transaction_chunks_total{store}         counter: parts of transactions larger than a batch
+//	lenkwerk_agent_tables_copied_total{store}              counter: tables copied from a snapshot
 //	lenkwerk_agent_role{store,role}                        gauge: 1 for the current role (active, standby, blocked, down)
 //	lenkwerk_agent_retained_wal_bytes{store}               gauge
-//	lenkwerk_agent_resyncs_total{store,cause}              counter: full copies, by cause (no_checkpoint,
-//	                                                       slot_missing, slot_ahead, other_system, history_diverged)
+//	lenkwerk_agent_resyncs_total{store,cause}              counter: full copies, by cause (resyncCauses:
+//	                                                       no_checkpoint, slot_missing, slot_undecodable,
+//	                                                       slot_wal_removed, slot_invalidated, slot_ahead,
+//	                                                       other_system, history_diverged)
 //
 // cause and kind are one of slot_in_use, database, store, value, data,
 // fenced, other.
@@ -64,6 +68,8 @@ type Metrics struct {
 	errs         *prometheus.CounterVec
 	skipped      *prometheus.CounterVec
 	resyncs      *prometheus.CounterVec
+	chunks       *prometheus.CounterVec
+	tableCopies  *prometheus.CounterVec
 	live         *liveCollector
 }
 
@@ -103,15 +109,23 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		}, []string{"store"}),
 		resyncs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: metricsNamespace, Name: "resyncs_total",
-			Help: "Full copies of every published table, by cause: no_checkpoint, slot_missing, slot_undecodable (could not map filenode), slot_wal_removed (the WAL the slot needs is gone), slot_ahead (the store lost changes), other_system (another database cluster), history_diverged (a failover or restore cut the checkpoint off the database's history).",
+			Help: "Full copies of every published table, by cause: no_checkpoint, slot_missing, slot_undecodable (could not map filenode), slot_wal_removed (the WAL the slot needs is gone), slot_invalidated (the server invalidated the slot: max_slot_wal_keep_size), slot_ahead (the store lost changes), other_system (another database cluster), history_diverged (a failover or restore cut the checkpoint off the database's history).",
 		}, []string{"store", "cause"}),
+		chunks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: metricsNamespace, Name: "transaction_chunks_total",
+			Help: "Parts of transactions larger than a store batch, written while the transaction streams, before its last part and checkpoint: watchers see such a transaction in parts.",
+		}, []string{"store"}),
+		tableCopies: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: metricsNamespace, Name: "tables_copied_total",
+			Help: "Tables copied from a snapshot: each table of a full copy (resyncs_total), a table added to the publication, a table whose columns changed.",
+		}, []string{"store"}),
 		live: &liveCollector{},
 	}
 	m.live.lagBytes = prometheus.NewDesc(metricsNamespace+"_replication_lag_bytes", "WAL the server has that the store does not have yet (server WAL end minus the applied position).", []string{"store"}, nil)
 	m.live.lagSeconds = prometheus.NewDesc(metricsNamespace+"_replication_lag_seconds", "Age of the oldest change not yet in the store (0 when caught up).", []string{"store"}, nil)
 	m.live.role = prometheus.NewDesc(metricsNamespace+"_role", "1 for the agent's current role for its slot: active (holds the slot, streams), standby (waits while another agent holds it), blocked (retries a change it cannot mirror) or down (connecting or retrying after a failure).", []string{"store", "role"}, nil)
 	m.live.retained = prometheus.NewDesc(metricsNamespace+"_retained_wal_bytes", "WAL the slot holds back on the server, as of the last publication poll.", []string{"store"}, nil)
-	for _, c := range []prometheus.Collector{m.txns, m.rows, m.applyLatency, m.storeWrite, m.reconnects, m.errs, m.skipped, m.resyncs, m.live} {
+	for _, c := range []prometheus.Collector{m.txns, m.rows, m.applyLatency, m.storeWrite, m.reconnects, m.errs, m.skipped, m.resyncs, m.chunks, m.tableCopies, m.live} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -128,6 +142,8 @@ type agentMetrics struct {
 	errs         *prometheus.CounterVec // kind
 	skipped      prometheus.Counter
 	resyncs      *prometheus.CounterVec // cause
+	chunks       prometheus.Counter
+	tableCopies  prometheus.Counter
 }
 
 func (m *Metrics) forStore(name string) agentMetrics {
@@ -148,6 +164,8 @@ func (m *Metrics) forStore(name string) agentMetrics {
 		errs:         m.errs.MustCurryWith(l),
 		skipped:      m.skipped.With(l),
 		resyncs:      m.resyncs.MustCurryWith(l),
+		chunks:       m.chunks.With(l),
+		tableCopies:  m.tableCopies.With(l),
 	}
 }
 

@@ -362,11 +362,6 @@ func (p *pipeline) setWake(wake context.CancelFunc) {
 }
 
 func (s *session) acknowledge(r result) {
-	if r.ck == nil {
-		s.a.mu.Lock()
-		s.a.stats.chunks++
-		s.a.mu.Unlock()
-	}
 	if r.ck != nil {
 		s.ckpt = *r.ck
 		s.confirmed = max(s.confirmed, r.ck.LSN)

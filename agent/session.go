@@ -235,7 +235,8 @@ func (s *session) waitSlotFree(ctx context.Context) error {
 // not past where its timeline ends on the server's timeline history (a
 // promoted standby or a point-in-time restore forks the history; an LSN
 // of the lost branch may lie ahead of changes committed after the fork,
-// which streaming from it would skip). Then the slot must exist and must
+// which streaming from it would skip). Then the slot must exist, must not
+// have been invalidated by the server (max_slot_wal_keep_size), and must
 // not have been confirmed past ck (the agent confirms only what the store
 // has, so a slot ahead of the store means the store lost changes, e.g. it
 // was restored from a backup).
@@ -253,7 +254,16 @@ func (s *session) checkResume(ctx context.Context, ck Checkpoint) (string, error
 	}
 	var plugin string
 	var confirmed pglogrepl.LSN
-	err := s.conn.QueryRow(ctx, `SELECT plugin::text, coalesce(confirmed_flush_lsn, '0/0')::text FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()`, s.a.cfg.Slot).Scan(&plugin, &confirmed)
+	var invalidated bool
+	var keepSize string
+	// PostgreSQL marks a slot it invalidated (max_slot_wal_keep_size) by
+	// wal_status 'lost' and no restart_lsn; it can never be streamed
+	// again (START_REPLICATION fails with object_not_in_prerequisite_state).
+	// A lost slot that still has its restart_lsn is a slot copy whose WAL
+	// is gone: START_REPLICATION tells (slotWALGone).
+	err := s.conn.QueryRow(ctx, `SELECT plugin::text, coalesce(confirmed_flush_lsn, '0/0')::text,
+		coalesce(wal_status = 'lost' AND restart_lsn IS NULL, false), current_setting('max_slot_wal_keep_size')
+		FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()`, s.a.cfg.Slot).Scan(&plugin, &confirmed, &invalidated, &keepSize)
 	if errors.Is(err, pgx.ErrNoRows) {
 		s.a.log.Warn("replication slot is missing: copying every table again", "cause", resyncSlotMissing, "checkpoint", ck.LSN)
 		return resyncSlotMissing, nil
@@ -263,6 +273,11 @@ func (s *session) checkResume(ctx context.Context, ck Checkpoint) (string, error
 	}
 	if plugin != "pgoutput" {
 		return "", fmt.Errorf("replication slot %s uses plugin %s, not pgoutput", s.a.cfg.Slot, plugin)
+	}
+	if invalidated {
+		s.a.log.Warn("replication slot was invalidated by the server (wal_status lost: it retained more WAL than max_slot_wal_keep_size while the agent was away or behind): replacing it and copying every table again; raise max_slot_wal_keep_size to avoid this",
+			"cause", resyncSlotInvalidated, "checkpoint", ck.LSN, "max_slot_wal_keep_size", keepSize)
+		return resyncSlotInvalidated, nil
 	}
 	if confirmed > ck.LSN {
 		s.a.log.Warn("store checkpoint is behind the replication slot (store restored or replaced?): copying every table again", "cause", resyncSlotAhead, "checkpoint", ck.LSN, "slot_confirmed", confirmed)

@@ -157,7 +157,7 @@ func (r *Report) warn(opts Options) {
 	case !r.SlotExists:
 		r.Warnings = append(r.Warnings, fmt.Sprintf("replication slot %q does not exist: the agent streams nothing (run 'lenkwerk migrate up', or check --slot)", r.Slot))
 	case r.WALStatus == "lost":
-		r.Warnings = append(r.Warnings, fmt.Sprintf("replication slot %q is invalid (wal_status lost): WAL it needed was removed; drop and recreate it and resync the store ('lenkwerk resync')", r.Slot))
+		r.Warnings = append(r.Warnings, fmt.Sprintf("replication slot %q is invalid (wal_status lost): WAL it needed was removed; the agent replaces it and copies every table again when it next connects (or 'lenkwerk resync', agent stopped); raise max_slot_wal_keep_size to avoid it", r.Slot))
 	case r.WALStatus == "unreserved":
 		r.Warnings = append(r.Warnings, fmt.Sprintf("replication slot %q is about to be lost (wal_status unreserved): the next checkpoint may remove WAL it needs", r.Slot))
 	}
