@@ -1,16 +1,15 @@
 package agent
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/bagger/lenkwerk/integration/testutil"
 	"github.com/bagger/lenkwerk/kvdriver"
 	"github.com/bagger/lenkwerk/kvdriver/mem"
 	"github.com/prometheus/client_golang/prometheus"
@@ -19,25 +18,20 @@ import (
 
 // logBuffer keeps an agent's log lines (and shows them in the test log).
 type logBuffer struct {
-	t  *testing.T
-	mu sync.Mutex
-	b  bytes.Buffer
+	t *testing.T
+	testutil.Buffer
 }
 
 func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	l.b.Write(p)
-	l.mu.Unlock()
+	l.Buffer.Write(p)
 	l.t.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
 }
 
 // lines returns the lines containing substr.
 func (l *logBuffer) lines(substr string) []string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
 	var out []string
-	for _, line := range strings.Split(l.b.String(), "\n") {
+	for _, line := range strings.Split(l.String(), "\n") {
 		if strings.Contains(line, substr) {
 			out = append(out, line)
 		}
