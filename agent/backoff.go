@@ -3,31 +3,28 @@ package agent
 import (
 	"context"
 	"errors"
-	"math/rand/v2"
 	"net"
 	"time"
 
 	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	kvbackoff "github.com/bagger/lenkwerk/kvdriver/backoff"
 )
 
 // backoff is capped exponential backoff with jitter: the n-th wait is
 // uniform in [d/2, d] with d = min(max, min·2ⁿ), so many agents restarted
-// together do not reconnect in lockstep.
+// together do not reconnect in lockstep. The delays are kvdriver/backoff's,
+// the one backoff every retry loop shares.
 type backoff struct {
 	min, max time.Duration
 	n        int
 }
 
 func (b *backoff) next() time.Duration {
-	d := b.min
-	for i := 0; i < b.n && d < b.max; i++ {
-		d *= 2
-	}
-	d = min(d, b.max)
+	d := kvbackoff.Delay(b.min, b.max, b.n)
 	b.n++
-	half := d / 2
-	return half + rand.N(d-half+1)
+	return kvbackoff.Jitter(d)
 }
 
 func (b *backoff) reset() { b.n = 0 }
@@ -62,20 +59,10 @@ func unreachable(err error) bool {
 // not grow: a standby retries at this pace for as long as it waits.
 type standbyBackoff struct{ d time.Duration }
 
-func (b standbyBackoff) next() time.Duration {
-	half := b.d / 2
-	return half + rand.N(b.d-half+1)
-}
+func (b standbyBackoff) next() time.Duration { return kvbackoff.Jitter(b.d) }
 
 // sleep waits d or until ctx is done; it reports whether the wait ended
 // because ctx is done.
 func sleep(ctx context.Context, d time.Duration) (cancelled bool) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return true
-	case <-t.C:
-		return false
-	}
+	return !kvbackoff.Sleep(ctx, d)
 }

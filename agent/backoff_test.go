@@ -43,3 +43,35 @@ func TestUnreachable(t *testing.T) {
 		}
 	}
 }
+
+// backoff's n-th wait is uniform in [d/2, d] with d = min(max, min·2ⁿ),
+// also when max is below min (the store retries cap max at the status
+// interval); reset starts again at min.
+func TestBackoffDelays(t *testing.T) {
+	ms := time.Millisecond
+	for _, c := range []struct {
+		min, max time.Duration
+		want     []time.Duration
+	}{
+		{250 * ms, 2 * time.Second, []time.Duration{250 * ms, 500 * ms, time.Second, 2 * time.Second, 2 * time.Second}},
+		{time.Second, 100 * ms, []time.Duration{100 * ms, 100 * ms}},
+	} {
+		for round := range 50 {
+			bo := backoff{min: c.min, max: c.max}
+			for i, d := range c.want {
+				if got := bo.next(); got < d/2 || got > d {
+					t.Fatalf("min %v max %v round %d: wait %d is %v, want within [%v, %v]", c.min, c.max, round, i, got, d/2, d)
+				}
+			}
+			bo.reset()
+			if got := bo.next(); got < c.want[0]/2 || got > c.want[0] {
+				t.Fatalf("min %v max %v: after reset %v, want within [%v, %v]", c.min, c.max, got, c.want[0]/2, c.want[0])
+			}
+		}
+	}
+	for range 50 {
+		if got := (standbyBackoff{time.Second}).next(); got < 500*ms || got > time.Second {
+			t.Fatalf("standby wait %v, want within [500ms, 1s]", got)
+		}
+	}
+}

@@ -1,16 +1,15 @@
 package agent
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/bagger/lenkwerk/integration/testutil"
 	"github.com/bagger/lenkwerk/kvdriver"
 	"github.com/bagger/lenkwerk/kvdriver/mem"
 	"github.com/prometheus/client_golang/prometheus"
@@ -19,30 +18,51 @@ import (
 
 // logBuffer keeps an agent's log lines (and shows them in the test log).
 type logBuffer struct {
-	t  *testing.T
-	mu sync.Mutex
-	b  bytes.Buffer
+	t *testing.T
+	testutil.Buffer
 }
 
 func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	l.b.Write(p)
-	l.mu.Unlock()
+	l.Buffer.Write(p)
 	l.t.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
 }
 
 // lines returns the lines containing substr.
 func (l *logBuffer) lines(substr string) []string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
 	var out []string
-	for _, line := range strings.Split(l.b.String(), "\n") {
+	for _, line := range strings.Split(l.String(), "\n") {
 		if strings.Contains(line, substr) {
 			out = append(out, line)
 		}
 	}
 	return out
+}
+
+// limitStore gives e a store that refuses values over 2000 bytes, fewer
+// than the schema allows, closed when the test ends.
+func (e *env) limitStore(ctx context.Context) {
+	e.t.Helper()
+	store, err := mem.Open(ctx, mem.Config{Limits: kvdriver.Limits{MaxValueBytes: 2000}})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { store.Close() })
+	e.store = store
+}
+
+// metricsConfig is e's agent configuration with metrics on a registry of
+// their own, returned for reading them.
+func (e *env) metricsConfig() (Config, *prometheus.Registry) {
+	e.t.Helper()
+	reg := prometheus.NewRegistry()
+	met, err := NewMetrics(reg)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	cfg := e.config()
+	cfg.Metrics = met
+	return cfg, reg
 }
 
 // A store with smaller limits than the schema's: a row the database
@@ -56,24 +76,13 @@ func TestBlockedChangeAndSkip(t *testing.T) {
 	e := newEnv(t, "")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	store, err := mem.Open(ctx, mem.Config{Limits: kvdriver.Limits{MaxValueBytes: 2000}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close() })
-	e.store = store
+	e.limitStore(ctx)
 	big := `'"` + strings.Repeat("x", 3000) + `"'`
 	e.exec(`INSERT INTO storage.config (key, value) VALUES ('copied_big', ` + big + `), ('copied', '1')`)
 
 	logs := &logBuffer{t: t}
-	reg := prometheus.NewRegistry()
-	met, err := NewMetrics(reg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := e.config()
+	cfg, reg := e.metricsConfig()
 	cfg.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	cfg.Metrics = met
 	a := e.start(cfg)
 	blockedOn := func(key string) *ValueError {
 		t.Helper()
@@ -184,17 +193,8 @@ func TestSkipOnlyThatChange(t *testing.T) {
 	e := newEnv(t, "")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	store, err := mem.Open(ctx, mem.Config{Limits: kvdriver.Limits{MaxValueBytes: 2000}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close() })
-	e.store = store
-	reg := prometheus.NewRegistry()
-	cfg := e.config()
-	if cfg.Metrics, err = NewMetrics(reg); err != nil {
-		t.Fatal(err)
-	}
+	e.limitStore(ctx)
+	cfg, reg := e.metricsConfig()
 	a := e.run(cfg)
 	e.exec(`INSERT INTO storage.config (key, value) VALUES ('big', '"` + strings.Repeat("x", 3000) + `"')`)
 	var ve *ValueError
@@ -236,12 +236,7 @@ func metric(t *testing.T, reg *prometheus.Registry, name string, labels ...strin
 // another agent holds the slot's lock).
 func TestNotConnectedIsNotStandby(t *testing.T) {
 	e := newEnv(t, "")
-	reg := prometheus.NewRegistry()
-	cfg := e.config()
-	var err error
-	if cfg.Metrics, err = NewMetrics(reg); err != nil {
-		t.Fatal(err)
-	}
+	cfg, reg := e.metricsConfig()
 	cfg.DatabaseURL = strings.Replace(e.url, "/t_", "/nosuchdb_", 1)
 	a := e.start(cfg)
 	waitFor(t, "a failed session", 30*time.Second, func() bool { return a.Status().Err != nil })
@@ -263,12 +258,7 @@ func TestAddedTableKeyErrorBlocks(t *testing.T) {
 	e := newEnv(t, "")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	reg := prometheus.NewRegistry()
-	cfg := e.config()
-	var err error
-	if cfg.Metrics, err = NewMetrics(reg); err != nil {
-		t.Fatal(err)
-	}
+	cfg, reg := e.metricsConfig()
 	a := e.run(cfg)
 	e.exec(`CREATE TABLE public.extra (name text PRIMARY KEY, v int)`)
 	e.exec(`ALTER TABLE public.extra REPLICA IDENTITY FULL`)

@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/bagger/lenkwerk/integration/converge"
 	"github.com/bagger/lenkwerk/integration/pgtest"
+	"github.com/bagger/lenkwerk/integration/testutil"
 	"github.com/bagger/lenkwerk/kvdriver"
 	"github.com/bagger/lenkwerk/kvdriver/mem"
 	"github.com/jackc/pglogrepl"
@@ -27,29 +27,11 @@ import (
 // primary, by the path the log names; the time from the primary's death to
 // the store being equal is logged ("failover figure").
 
-// lockedBuffer collects the agent's log for assertions.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // foEnv is an env on a private primary, with the agent's log kept.
 type foEnv struct {
 	*env
 	primary *pgtest.Cluster
-	log     *lockedBuffer
+	log     *testutil.Buffer
 	round   int
 }
 
@@ -63,7 +45,7 @@ func newFailoverEnv(t *testing.T, opts pgtest.Options) *foEnv {
 	}
 	opts.Settings["wal_keep_size"] = "'256MB'"
 	primary := pgtest.StartCluster(t, opts)
-	e := &foEnv{env: newEnv(t, primary.NewDatabase(t)), primary: primary, log: &lockedBuffer{}}
+	e := &foEnv{env: newEnv(t, primary.NewDatabase(t)), primary: primary, log: &testutil.Buffer{}}
 	e.seed()
 	return e
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/bagger/lenkwerk/integration/converge"
 	"github.com/bagger/lenkwerk/integration/pgtest"
+	"github.com/bagger/lenkwerk/integration/testutil"
 )
 
 // A slot the server invalidated (max_slot_wal_keep_size exceeded while
@@ -27,7 +28,7 @@ func TestInvalidatedSlot(t *testing.T) {
 	}})
 	e := newEnv(t, c.NewDatabase(t))
 	e.seed()
-	logs := &lockedBuffer{}
+	logs := &testutil.Buffer{}
 	cfg := e.config()
 	cfg.Logger = slog.New(slog.NewTextHandler(io.MultiWriter(testWriter{t}, logs), &slog.HandlerOptions{Level: slog.LevelInfo}))
 	e.run(cfg)

@@ -2,7 +2,6 @@ package agent
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -11,13 +10,13 @@ import (
 	"net/http/httptest"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/bagger/lenkwerk/integration/converge"
 	"github.com/bagger/lenkwerk/integration/etcdtest"
+	"github.com/bagger/lenkwerk/integration/testutil"
 	"github.com/bagger/lenkwerk/kvdriver"
 	"github.com/bagger/lenkwerk/kvdriver/mem"
 	"github.com/prometheus/client_golang/prometheus"
@@ -182,31 +181,13 @@ func TestMetricsRegistryPerAgent(t *testing.T) {
 	}
 }
 
-// syncBuf is a log destination shared by the agent's goroutines.
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // At info the agent logs nothing per row or per transaction; at debug one
 // line per transaction.
 func TestLogVolume(t *testing.T) {
 	for _, lvl := range []slog.Level{slog.LevelInfo, slog.LevelDebug} {
 		t.Run(lvl.String(), func(t *testing.T) {
 			e := newEnv(t, "")
-			var out syncBuf
+			var out testutil.Buffer
 			cfg := e.config()
 			cfg.Logger = slog.New(slog.NewJSONHandler(&out, &slog.HandlerOptions{Level: lvl}))
 			a := e.run(cfg)

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -13,6 +12,7 @@ import (
 
 	"github.com/bagger/lenkwerk/agent/keymap"
 	"github.com/bagger/lenkwerk/kvdriver"
+	"github.com/bagger/lenkwerk/kvdriver/backoff"
 	"github.com/bagger/lenkwerk/migrations"
 	"github.com/jackc/pgx/v5"
 )
@@ -132,7 +132,7 @@ func (e errPermanent) Unwrap() error { return e.error }
 // capped, jittered backoff; a database that is not a copy ends Run with an
 // error.
 func (f *Follower) Run(ctx context.Context) error {
-	wait := f.cfg.MinBackoff
+	bo := backoff.Backoff{Min: f.cfg.MinBackoff, Max: f.cfg.MaxBackoff, Jitter: true}
 	for {
 		start := time.Now()
 		err := f.session(ctx)
@@ -144,18 +144,13 @@ func (f *Follower) Run(ctx context.Context) error {
 			return perm.error
 		}
 		if time.Since(start) > f.cfg.MaxBackoff {
-			wait = f.cfg.MinBackoff // it ran a while: start over
+			bo.Reset() // it ran a while: start over
 		}
-		d := wait/2 + rand.N(wait/2+1)
+		d := bo.Next()
 		f.log.Warn("follow: session ended, reconnecting", "err", err, "in", d.Round(time.Millisecond))
-		t := time.NewTimer(d)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !backoff.Sleep(ctx, d) {
 			return nil
-		case <-t.C:
 		}
-		wait = min(wait*2, f.cfg.MaxBackoff)
 	}
 }
 

@@ -8,13 +8,13 @@ import (
 	"log/slog"
 	"sort"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/bagger/lenkwerk/agent/follow"
 	"github.com/bagger/lenkwerk/agent/keymap"
 	"github.com/bagger/lenkwerk/integration/pgtest"
+	"github.com/bagger/lenkwerk/integration/testutil"
 	"github.com/bagger/lenkwerk/kvdriver"
 	_ "github.com/bagger/lenkwerk/kvdriver/mem"
 	"github.com/jackc/pgx/v5"
@@ -29,24 +29,6 @@ func testContext(t *testing.T) context.Context {
 	return ctx
 }
 
-// logBuffer collects a follower's logs.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // env is a local copy, a store and a running follower.
 type env struct {
 	t      *testing.T
@@ -56,7 +38,7 @@ type env struct {
 	store  *kvdriver.Store
 	cfg    follow.Config
 	f      *follow.Follower
-	logs   *logBuffer
+	logs   *testutil.Buffer
 	stop   func()
 	runErr error
 }
@@ -72,7 +54,7 @@ func newEnv(t *testing.T, storeURL string, cfg follow.Config) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { store.Close() })
-	e := &env{t: t, ctx: ctx, store: store, logs: &logBuffer{}}
+	e := &env{t: t, ctx: ctx, store: store, logs: &testutil.Buffer{}}
 	e.local = pgtest.NewDatabase(t)
 	cfg.DatabaseURL = e.local
 	cfg.Store = store
@@ -502,7 +484,7 @@ func TestRefusesSource(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer store.Close()
-	f, err := follow.New(follow.Config{DatabaseURL: src, Store: store, Migrate: true, Logger: slog.New(slog.NewTextHandler(&logBuffer{}, nil))})
+	f, err := follow.New(follow.Config{DatabaseURL: src, Store: store, Migrate: true, Logger: slog.New(slog.NewTextHandler(&testutil.Buffer{}, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}

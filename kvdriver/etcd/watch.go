@@ -11,7 +11,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/bagger/lenkwerk/kvdriver"
-	"github.com/bagger/lenkwerk/kvdriver/internal/backoff"
+	"github.com/bagger/lenkwerk/kvdriver/backoff"
 )
 
 // Backoff between re-establishing a watch whose stream ended.

@@ -16,7 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/bagger/lenkwerk/kvdriver"
-	"github.com/bagger/lenkwerk/kvdriver/internal/backoff"
+	"github.com/bagger/lenkwerk/kvdriver/backoff"
 )
 
 // ErrNotifyUnavailable is what NotifyErr wraps when the listener's

@@ -9,7 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/bagger/lenkwerk/kvdriver"
-	"github.com/bagger/lenkwerk/kvdriver/internal/backoff"
+	"github.com/bagger/lenkwerk/kvdriver/backoff"
 )
 
 // Watch implements kvdriver.Driver. It reads the change log after the

@@ -17,6 +17,7 @@ import (
 	"github.com/bagger/lenkwerk/agent"
 	"github.com/bagger/lenkwerk/agent/keymap"
 	"github.com/bagger/lenkwerk/kvdriver"
+	"github.com/bagger/lenkwerk/kvdriver/backoff"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
@@ -169,7 +170,7 @@ func (f *agentFlags) configs(ctx context.Context, fs *flag.FlagSet) ([]agent.Con
 // backoff until ctx is done (then the error is ctx's), while a bad URL
 // fails at once.
 func openStore(ctx context.Context, rawURL string, retry bool) (*kvdriver.Store, error) {
-	wait := 250 * time.Millisecond
+	bo := retryBackoff()
 	for {
 		store, err := kvdriver.Open(ctx, rawURL)
 		switch {
@@ -180,24 +181,18 @@ func openStore(ctx context.Context, rawURL string, retry bool) (*kvdriver.Store,
 		case !kvdriver.Retryable(err):
 			return nil, err
 		}
-		slog.Warn("cannot open the key-value store; retrying", "retry_in", wait, "err", err)
-		if !backoff(ctx, &wait) {
+		d := bo.Next()
+		slog.Warn("cannot open the key-value store; retrying", "retry_in", d, "err", err)
+		if !backoff.Sleep(ctx, d) {
 			return nil, ctx.Err()
 		}
 	}
 }
 
-// backoff waits *wait, then doubles it up to 30s; false if ctx ended first.
-func backoff(ctx context.Context, wait *time.Duration) bool {
-	t := time.NewTimer(*wait)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-	}
-	*wait = min(2**wait, 30*time.Second)
-	return true
+// retryBackoff is the backoff of the commands' retries while a server is
+// unreachable: 250ms doubling up to 30s.
+func retryBackoff() backoff.Backoff {
+	return backoff.Backoff{Min: 250 * time.Millisecond, Max: 30 * time.Second}
 }
 
 func runAgent(ctx context.Context, args []string) error {

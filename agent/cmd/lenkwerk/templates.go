@@ -8,9 +8,9 @@ import (
 	"slices"
 	"sort"
 	"strings"
-	"time"
 
 	"github.com/bagger/lenkwerk/agent/keymap"
+	"github.com/bagger/lenkwerk/kvdriver/backoff"
 	"github.com/jackc/pgx/v5"
 )
 
@@ -105,7 +105,7 @@ func connectRetry(ctx context.Context, databaseURL string) (*pgx.Conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("invalid database URL: %w", err)
 	}
-	wait := 250 * time.Millisecond
+	bo := retryBackoff()
 	for {
 		conn, err := pgx.ConnectConfig(ctx, cfg)
 		if err == nil {
@@ -114,8 +114,9 @@ func connectRetry(ctx context.Context, databaseURL string) (*pgx.Conn, error) {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		slog.Warn("cannot connect to the database to check the key templates; retrying", "retry_in", wait, "err", err)
-		if !backoff(ctx, &wait) {
+		d := bo.Next()
+		slog.Warn("cannot connect to the database to check the key templates; retrying", "retry_in", d, "err", err)
+		if !backoff.Sleep(ctx, d) {
 			return nil, ctx.Err()
 		}
 	}

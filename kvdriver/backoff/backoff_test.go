@@ -32,3 +32,27 @@ func TestWaitEndsWithContext(t *testing.T) {
 		t.Fatal("Wait on a cancelled context waited")
 	}
 }
+
+func TestMaxCapsMin(t *testing.T) {
+	b := Backoff{Min: time.Second, Max: 100 * time.Millisecond}
+	for range 3 {
+		if d := b.Next(); d != 100*time.Millisecond {
+			t.Fatalf("Min above Max: %v, want Max (100ms)", d)
+		}
+	}
+}
+
+func TestJitterStaysInUpperHalf(t *testing.T) {
+	b := Backoff{Min: 100 * time.Millisecond, Max: 400 * time.Millisecond, Jitter: true}
+	for i, hi := range []time.Duration{100, 200, 400, 400} {
+		hi *= time.Millisecond
+		if d := b.Next(); d < hi/2 || d > hi {
+			t.Fatalf("delay %d: %v, want within [%v, %v]", i, d, hi/2, hi)
+		}
+	}
+	for range 1000 {
+		if d := Jitter(3); d < 1 || d > 3 {
+			t.Fatalf("Jitter(3ns) = %v, want within [1ns, 3ns]", d)
+		}
+	}
+}
