@@ -14,6 +14,7 @@ import (
 	"github.com/bagger/lenkwerk/kvdriver"
 	"github.com/bagger/lenkwerk/kvdriver/backoff"
 	"github.com/bagger/lenkwerk/migrations"
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
 )
 
@@ -328,7 +329,7 @@ type pendingOp struct {
 // children), the others are logged and skipped.
 func (f *Follower) refuse(rev func(key string) int64) func(op, error) {
 	return func(o op, err error) {
-		if pgErr, ok := dataError(err); ok && pgErr.Code == "23503" {
+		if pgErr, ok := dataError(err); ok && pgErr.Code == pgerrcode.ForeignKeyViolation {
 			f.pending = append(f.pending, pendingOp{op: o, rev: rev(o.key)})
 			f.logOnce(slog.LevelWarn, "pending:"+o.key, "follow: change waits for a row it references, or for rows referencing it, to arrive or go; the checkpoint stays before it meanwhile",
 				"key", o.key, "table", o.t.name, "err", err)
