@@ -10,8 +10,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/bagger/lenkwerk/kvdriver"
 	"github.com/bagger/lenkwerk/kvdriver/etcd"
 )
@@ -44,25 +42,12 @@ type FanoutResult struct {
 // start of each commit to each consumer receiving each key.
 func (e *Env) Fanout(ctx context.Context, kind StoreKind, n, steady int, rate float64, burst int) (res FanoutResult, err error) {
 	res.Consumers, res.BurstKeys = n, burst
-	src, err := e.NewSource(ctx)
+	st, err := e.startStreaming(ctx, kind, "fan", nil)
 	if err != nil {
 		return res, err
 	}
-	defer src.Close()
-	prefix := fmt.Sprintf("/fan%d", e.next())
-	a, err := e.StartAgent(ctx, src, kind, prefix)
-	if err != nil {
-		return res, err
-	}
-	defer a.Stop()
-	control, err := e.OpenStore(ctx, kind)
-	if err != nil {
-		return res, err
-	}
-	defer control.Close()
-	if _, err := a.WaitCheckpoint(ctx, control, src.Slot, 0, time.Minute); err != nil {
-		return res, err
-	}
+	defer st.Close()
+	src, a, prefix, conn := st.src, st.agent, st.prefix, st.conn
 
 	total := warmup + steady
 	consumers := make([]*consumer, n)
@@ -87,11 +72,6 @@ func (e *Env) Fanout(ctx context.Context, kind StoreKind, n, steady int, rate fl
 		wg.Go(func() { c.run(ch) })
 	}
 
-	conn, err := pgx.Connect(ctx, src.URL)
-	if err != nil {
-		return res, fmt.Errorf("bench: %w", err)
-	}
-	defer conn.Close(context.Background())
 	value := `{"node": "db1.example.net", "port": 5432, "status": 3, "comment": "benchmark row of a typical size"}`
 
 	cpu0 := e.cpuNow(a.pid())

@@ -64,30 +64,12 @@ func (e *Env) FanoutFollow(ctx context.Context, kind StoreKind, n, steady int, r
 	if err != nil {
 		return res, err
 	}
-	src, err := e.NewSource(ctx)
+	st, err := e.startStreaming(ctx, kind, "fol", nil)
 	if err != nil {
 		return res, err
 	}
-	defer src.Close()
-	prefix := fmt.Sprintf("/fol%d", e.next())
-	a, err := e.StartAgent(ctx, src, kind, prefix)
-	if err != nil {
-		return res, err
-	}
-	defer a.Stop()
-	control, err := e.OpenStore(ctx, kind)
-	if err != nil {
-		return res, err
-	}
-	defer control.Close()
-	if _, err := a.WaitCheckpoint(ctx, control, src.Slot, 0, time.Minute); err != nil {
-		return res, err
-	}
-	conn, err := pgx.Connect(ctx, src.URL)
-	if err != nil {
-		return res, fmt.Errorf("bench: %w", err)
-	}
-	defer conn.Close(context.Background())
+	defer st.Close()
+	src, a, prefix, conn := st.src, st.agent, st.prefix, st.conn
 	value := `{"node": "db1.example.net", "port": 5432, "status": 3, "comment": "benchmark row of a typical size"}`
 	// A row already in the tree, which each copy's initial reconcile
 	// brings: when every copy has it, every follower watches.
