@@ -298,3 +298,41 @@ func (st *streaming) Close() {
 		st.src.Close()
 	}
 }
+
+// fanoutValue is the storage.config value the fan-out scenarios write: a
+// row of a typical size.
+const fanoutValue = `{"node": "db1.example.net", "port": 5432, "status": 3, "comment": "benchmark row of a typical size"}`
+
+// writeSteady commits total storage.config rows (lat-<i>), one a
+// transaction, at rate per second, calling midway once halfway through,
+// and returns when each commit started.
+func (st *streaming) writeSteady(ctx context.Context, total int, rate float64, midway func() error) ([]time.Time, error) {
+	started := make([]time.Time, total)
+	interval := time.Duration(float64(time.Second) / rate)
+	next := time.Now()
+	for i := range total {
+		if d := time.Until(next); d > 0 {
+			time.Sleep(d)
+		}
+		next = next.Add(interval)
+		started[i] = time.Now()
+		if _, err := st.conn.Exec(ctx, `SELECT storage.save_config($1, $2::json)`, rowKey("lat", i), fanoutValue); err != nil {
+			return nil, fmt.Errorf("steady write %d: %w", i, err)
+		}
+		if i == total/2 {
+			if err := midway(); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return started, nil
+}
+
+// writeRotation rewrites burst storage.config rows (rot-<n>) in one
+// transaction, as a servermap rotation does.
+func (st *streaming) writeRotation(ctx context.Context, burst int) error {
+	if _, err := st.conn.Exec(ctx, `SELECT storage.save_config('rot-' || lpad(g::text, 7, '0'), $1::json) FROM generate_series(0, $2::int - 1) g`, fanoutValue, burst); err != nil {
+		return fmt.Errorf("rotation: %w", err)
+	}
+	return nil
+}
