@@ -284,26 +284,35 @@ func (n *jsonNormalizer) hex4() (rune, bool) {
 	return r, true
 }
 
-func (n *jsonNormalizer) enter() error {
+// open starts the array or object whose opening byte is at n.pos: it
+// counts the nesting depth and copies the opening byte. An empty one
+// ("[]", "{}") it closes at once and reports.
+func (n *jsonNormalizer) open(opening, closing byte) (empty bool, err error) {
 	n.depth++
 	if n.depth > maxJSONDepth {
-		return n.syntax("nesting too deep")
+		return false, n.syntax("nesting too deep")
 	}
-	return nil
+	n.pos++
+	n.out = append(n.out, opening)
+	n.skipSpace()
+	if n.pos < len(n.src) && n.src[n.pos] == closing {
+		n.pos++
+		n.close(closing)
+		return true, nil
+	}
+	return false, nil
+}
+
+// close ends the innermost array or object, whose closing byte has been
+// read.
+func (n *jsonNormalizer) close(closing byte) {
+	n.out = append(n.out, closing)
+	n.depth--
 }
 
 func (n *jsonNormalizer) array() error {
-	if err := n.enter(); err != nil {
+	if empty, err := n.open('[', ']'); empty || err != nil {
 		return err
-	}
-	n.pos++ // '['
-	n.out = append(n.out, '[')
-	n.skipSpace()
-	if n.pos < len(n.src) && n.src[n.pos] == ']' {
-		n.pos++
-		n.out = append(n.out, ']')
-		n.depth--
-		return nil
 	}
 	for first := true; ; first = false {
 		if !first {
@@ -323,8 +332,7 @@ func (n *jsonNormalizer) array() error {
 			continue
 		case ']':
 			n.pos++
-			n.out = append(n.out, ']')
-			n.depth--
+			n.close(']')
 			return nil
 		}
 		return n.syntax(`expected "," or "]"`)
@@ -332,17 +340,8 @@ func (n *jsonNormalizer) array() error {
 }
 
 func (n *jsonNormalizer) object() error {
-	if err := n.enter(); err != nil {
+	if empty, err := n.open('{', '}'); empty || err != nil {
 		return err
-	}
-	n.pos++ // '{'
-	n.out = append(n.out, '{')
-	n.skipSpace()
-	if n.pos < len(n.src) && n.src[n.pos] == '}' {
-		n.pos++
-		n.out = append(n.out, '}')
-		n.depth--
-		return nil
 	}
 	base := len(n.members)
 	keysBase := len(n.keys)
@@ -392,8 +391,7 @@ func (n *jsonNormalizer) object() error {
 	n.finishObject(base, objStart)
 	n.members = n.members[:base]
 	n.keys = n.keys[:keysBase]
-	n.out = append(n.out, '}')
-	n.depth--
+	n.close('}')
 	return nil
 }
 
