@@ -122,6 +122,15 @@ func isAlnum(c byte) bool {
 	return isDigit(c) || (c|0x20 >= 'a' && c|0x20 <= 'z') || c == '_' || c >= 0x80
 }
 
+// skipDigits returns the index of the first byte from i on that is not a
+// digit.
+func (n *jsonNormalizer) skipDigits(i int) int {
+	for i < len(n.src) && isDigit(n.src[i]) {
+		i++
+	}
+	return i
+}
+
 func (n *jsonNormalizer) number() error {
 	start := n.pos
 	i := n.pos
@@ -132,22 +141,21 @@ func (n *jsonNormalizer) number() error {
 	case i < len(n.src) && n.src[i] == '0':
 		i++
 	case i < len(n.src) && n.src[i] >= '1' && n.src[i] <= '9':
-		for i < len(n.src) && isDigit(n.src[i]) {
-			i++
-		}
+		i = n.skipDigits(i)
 	default:
 		n.pos = i
 		return n.syntax("invalid number")
 	}
-	if i < len(n.src) && n.src[i] == '.' {
-		i++
-		ds := i
-		for i < len(n.src) && isDigit(n.src[i]) {
-			i++
-		}
-		if i == ds {
+	requireDigits := func(ds int) error {
+		if i = n.skipDigits(ds); i == ds {
 			n.pos = i
 			return n.syntax("invalid number")
+		}
+		return nil
+	}
+	if i < len(n.src) && n.src[i] == '.' {
+		if err := requireDigits(i + 1); err != nil {
+			return err
 		}
 	}
 	if i < len(n.src) && (n.src[i] == 'e' || n.src[i] == 'E') {
@@ -155,13 +163,8 @@ func (n *jsonNormalizer) number() error {
 		if i < len(n.src) && (n.src[i] == '+' || n.src[i] == '-') {
 			i++
 		}
-		ds := i
-		for i < len(n.src) && isDigit(n.src[i]) {
-			i++
-		}
-		if i == ds {
-			n.pos = i
-			return n.syntax("invalid number")
+		if err := requireDigits(i); err != nil {
+			return err
 		}
 	}
 	if i < len(n.src) && isAlnum(n.src[i]) {
