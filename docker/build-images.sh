@@ -131,30 +131,29 @@ pg_base() {
 	fi
 }
 
-if ours "$PG_IMAGE"; then
-	start=$SECONDS
-	h=$(sum docker/postgres/Dockerfile docker/postgres/entrypoint.sh <(echo "$PG_PACKAGES $PG_ROOTFS_VERSION"))
-	if current "$PG_IMAGE" "$h"; then
-		log "$PG_IMAGE is current"
+# pg_image IMAGE DIR INPUTS…: IMAGE from DIR's Dockerfile on that root
+# filesystem, unless it is current for INPUTS and the package list.
+pg_image() {
+	local image=$1 dir=$2 start=$SECONDS h
+	shift 2
+	h=$(sum "$@" <(echo "$PG_PACKAGES $PG_ROOTFS_VERSION"))
+	if current "$image" "$h"; then
+		log "$image is current"
 	else
 		pg_base
-		dbuild --build-arg "BASE=$base" --label "org.lenkwerk.inputs=$h" -t "$PG_IMAGE" docker/postgres
-		log "$PG_IMAGE built in $((SECONDS - start))s"
+		dbuild --build-arg "BASE=$base" --label "org.lenkwerk.inputs=$h" -t "$image" "$dir"
+		log "$image built in $((SECONDS - start))s"
 	fi
+}
+
+if ours "$PG_IMAGE"; then
+	pg_image "$PG_IMAGE" docker/postgres docker/postgres/Dockerfile docker/postgres/entrypoint.sh
 fi
 
 # Patroni: the same root filesystem plus Debian's patroni (3.0) and
 # python3-etcd, installed from Debian's mirror in the Dockerfile.
 if ours "$PATRONI_IMAGE"; then
-	start=$SECONDS
-	h=$(sum docker/patroni/Dockerfile docker/patroni/entrypoint.sh <(echo "$PG_PACKAGES $PG_ROOTFS_VERSION"))
-	if current "$PATRONI_IMAGE" "$h"; then
-		log "$PATRONI_IMAGE is current"
-	else
-		pg_base
-		dbuild --build-arg "BASE=$base" --label "org.lenkwerk.inputs=$h" -t "$PATRONI_IMAGE" docker/patroni
-		log "$PATRONI_IMAGE built in $((SECONDS - start))s"
-	fi
+	pg_image "$PATRONI_IMAGE" docker/patroni docker/patroni/Dockerfile docker/patroni/entrypoint.sh
 fi
 
 # Prometheus with the shipped rules (docker/compose.yaml, profile
@@ -163,13 +162,5 @@ fi
 # does): the tests do not need it.
 PROM_IMAGE=${LENKWERK_PROMETHEUS_IMAGE:-}
 if [ -n "$PROM_IMAGE" ] && ours "$PROM_IMAGE"; then
-	start=$SECONDS
-	h=$(sum docker/prometheus/Dockerfile <(echo "$PG_PACKAGES $PG_ROOTFS_VERSION"))
-	if current "$PROM_IMAGE" "$h"; then
-		log "$PROM_IMAGE is current"
-	else
-		pg_base
-		dbuild --build-arg "BASE=$base" --label "org.lenkwerk.inputs=$h" -t "$PROM_IMAGE" -f docker/prometheus/Dockerfile docker/prometheus
-		log "$PROM_IMAGE built in $((SECONDS - start))s"
-	fi
+	pg_image "$PROM_IMAGE" docker/prometheus docker/prometheus/Dockerfile
 fi

@@ -86,37 +86,18 @@ func newEncoder(cols []Column, lookup func(uint32) *typeInfo) (*Encoder, error) 
 // NULL. The replication connection must use SessionSettings. On error dst
 // is returned unchanged.
 func (e *Encoder) AppendRow(dst []byte, values [][]byte) ([]byte, error) {
-	n0 := len(dst)
 	if len(values) != len(e.cols) {
 		return dst, fmt.Errorf("pgjson: %d columns but %d values", len(e.cols), len(values))
 	}
-	st := getState()
-	defer putState(st)
-	dst = append(dst, '{')
-	for n, i := range e.order {
-		if n > 0 {
-			dst = append(dst, ',', ' ')
-		}
-		c := &e.cols[i]
-		dst = append(dst, c.key...)
-		v := values[i]
-		if v == nil {
-			dst = append(dst, "null"...)
-			continue
-		}
-		var err error
-		if dst, err = st.appendValue(dst, c.typ, v); err != nil {
-			return dst[:n0], fmt.Errorf("pgjson: column %q (%s): %w", c.name, c.typ.name, err)
-		}
-	}
-	return append(dst, '}'), nil
+	return e.appendObject(dst, func(_ *encCol, i int) ([]byte, bool, error) {
+		return values[i], values[i] == nil, nil
+	})
 }
 
 // AppendTuple is AppendRow for a pgoutput tuple. Binary values and
 // unchanged TOAST values ('u', see ErrUnchangedToast) are errors naming
 // the column.
 func (e *Encoder) AppendTuple(dst []byte, tuple *pglogrepl.TupleData) ([]byte, error) {
-	n0 := len(dst)
 	if tuple == nil || len(tuple.Columns) != len(e.cols) {
 		n := 0
 		if tuple != nil {
@@ -124,6 +105,25 @@ func (e *Encoder) AppendTuple(dst []byte, tuple *pglogrepl.TupleData) ([]byte, e
 		}
 		return dst, fmt.Errorf("pgjson: %d columns but %d values", len(e.cols), n)
 	}
+	return e.appendObject(dst, func(c *encCol, i int) ([]byte, bool, error) {
+		switch tc := tuple.Columns[i]; tc.DataType {
+		case pglogrepl.TupleDataTypeNull:
+			return nil, true, nil
+		case pglogrepl.TupleDataTypeText:
+			return tc.Data, false, nil
+		case pglogrepl.TupleDataTypeToast:
+			return nil, false, fmt.Errorf("pgjson: column %q: %w", c.name, ErrUnchangedToast)
+		default:
+			return nil, false, fmt.Errorf("pgjson: column %q: value in format %q: only text format is supported", c.name, tc.DataType)
+		}
+	})
+}
+
+// appendObject appends the row as a JSON object, its keys in jsonb order;
+// value gives column i's text, or null, or an error that ends the row. On
+// error dst is returned unchanged.
+func (e *Encoder) appendObject(dst []byte, value func(c *encCol, i int) (text []byte, null bool, err error)) ([]byte, error) {
+	n0 := len(dst)
 	st := getState()
 	defer putState(st)
 	dst = append(dst, '{')
@@ -133,19 +133,15 @@ func (e *Encoder) AppendTuple(dst []byte, tuple *pglogrepl.TupleData) ([]byte, e
 		}
 		c := &e.cols[i]
 		dst = append(dst, c.key...)
-		tc := tuple.Columns[i]
-		switch tc.DataType {
-		case pglogrepl.TupleDataTypeNull:
+		text, null, err := value(c, i)
+		if err != nil {
+			return dst[:n0], err
+		}
+		if null {
 			dst = append(dst, "null"...)
 			continue
-		case pglogrepl.TupleDataTypeText:
-		case pglogrepl.TupleDataTypeToast:
-			return dst[:n0], fmt.Errorf("pgjson: column %q: %w", c.name, ErrUnchangedToast)
-		default:
-			return dst[:n0], fmt.Errorf("pgjson: column %q: value in format %q: only text format is supported", c.name, tc.DataType)
 		}
-		var err error
-		if dst, err = st.appendValue(dst, c.typ, tc.Data); err != nil {
+		if dst, err = st.appendValue(dst, c.typ, text); err != nil {
 			return dst[:n0], fmt.Errorf("pgjson: column %q (%s): %w", c.name, c.typ.name, err)
 		}
 	}

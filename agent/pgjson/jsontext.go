@@ -122,6 +122,15 @@ func isAlnum(c byte) bool {
 	return isDigit(c) || (c|0x20 >= 'a' && c|0x20 <= 'z') || c == '_' || c >= 0x80
 }
 
+// skipDigits returns the index of the first byte from i on that is not a
+// digit.
+func (n *jsonNormalizer) skipDigits(i int) int {
+	for i < len(n.src) && isDigit(n.src[i]) {
+		i++
+	}
+	return i
+}
+
 func (n *jsonNormalizer) number() error {
 	start := n.pos
 	i := n.pos
@@ -132,22 +141,21 @@ func (n *jsonNormalizer) number() error {
 	case i < len(n.src) && n.src[i] == '0':
 		i++
 	case i < len(n.src) && n.src[i] >= '1' && n.src[i] <= '9':
-		for i < len(n.src) && isDigit(n.src[i]) {
-			i++
-		}
+		i = n.skipDigits(i)
 	default:
 		n.pos = i
 		return n.syntax("invalid number")
 	}
-	if i < len(n.src) && n.src[i] == '.' {
-		i++
-		ds := i
-		for i < len(n.src) && isDigit(n.src[i]) {
-			i++
-		}
-		if i == ds {
+	requireDigits := func(ds int) error {
+		if i = n.skipDigits(ds); i == ds {
 			n.pos = i
 			return n.syntax("invalid number")
+		}
+		return nil
+	}
+	if i < len(n.src) && n.src[i] == '.' {
+		if err := requireDigits(i + 1); err != nil {
+			return err
 		}
 	}
 	if i < len(n.src) && (n.src[i] == 'e' || n.src[i] == 'E') {
@@ -155,13 +163,8 @@ func (n *jsonNormalizer) number() error {
 		if i < len(n.src) && (n.src[i] == '+' || n.src[i] == '-') {
 			i++
 		}
-		ds := i
-		for i < len(n.src) && isDigit(n.src[i]) {
-			i++
-		}
-		if i == ds {
-			n.pos = i
-			return n.syntax("invalid number")
+		if err := requireDigits(i); err != nil {
+			return err
 		}
 	}
 	if i < len(n.src) && isAlnum(n.src[i]) {
@@ -284,26 +287,35 @@ func (n *jsonNormalizer) hex4() (rune, bool) {
 	return r, true
 }
 
-func (n *jsonNormalizer) enter() error {
+// open starts the array or object whose opening byte is at n.pos: it
+// counts the nesting depth and copies the opening byte. An empty one
+// ("[]", "{}") it closes at once and reports.
+func (n *jsonNormalizer) open(opening, closing byte) (empty bool, err error) {
 	n.depth++
 	if n.depth > maxJSONDepth {
-		return n.syntax("nesting too deep")
+		return false, n.syntax("nesting too deep")
 	}
-	return nil
+	n.pos++
+	n.out = append(n.out, opening)
+	n.skipSpace()
+	if n.pos < len(n.src) && n.src[n.pos] == closing {
+		n.pos++
+		n.close(closing)
+		return true, nil
+	}
+	return false, nil
+}
+
+// close ends the innermost array or object, whose closing byte has been
+// read.
+func (n *jsonNormalizer) close(closing byte) {
+	n.out = append(n.out, closing)
+	n.depth--
 }
 
 func (n *jsonNormalizer) array() error {
-	if err := n.enter(); err != nil {
+	if empty, err := n.open('[', ']'); empty || err != nil {
 		return err
-	}
-	n.pos++ // '['
-	n.out = append(n.out, '[')
-	n.skipSpace()
-	if n.pos < len(n.src) && n.src[n.pos] == ']' {
-		n.pos++
-		n.out = append(n.out, ']')
-		n.depth--
-		return nil
 	}
 	for first := true; ; first = false {
 		if !first {
@@ -323,8 +335,7 @@ func (n *jsonNormalizer) array() error {
 			continue
 		case ']':
 			n.pos++
-			n.out = append(n.out, ']')
-			n.depth--
+			n.close(']')
 			return nil
 		}
 		return n.syntax(`expected "," or "]"`)
@@ -332,17 +343,8 @@ func (n *jsonNormalizer) array() error {
 }
 
 func (n *jsonNormalizer) object() error {
-	if err := n.enter(); err != nil {
+	if empty, err := n.open('{', '}'); empty || err != nil {
 		return err
-	}
-	n.pos++ // '{'
-	n.out = append(n.out, '{')
-	n.skipSpace()
-	if n.pos < len(n.src) && n.src[n.pos] == '}' {
-		n.pos++
-		n.out = append(n.out, '}')
-		n.depth--
-		return nil
 	}
 	base := len(n.members)
 	keysBase := len(n.keys)
@@ -392,8 +394,7 @@ func (n *jsonNormalizer) object() error {
 	n.finishObject(base, objStart)
 	n.members = n.members[:base]
 	n.keys = n.keys[:keysBase]
-	n.out = append(n.out, '}')
-	n.depth--
+	n.close('}')
 	return nil
 }
 

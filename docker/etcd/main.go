@@ -75,27 +75,23 @@ func run(args []string) error {
 	if err != nil {
 		return fmt.Errorf("start: %w", err)
 	}
+	defer e.Close()
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
 	select {
 	case <-e.Server.ReadyNotify():
 	case err := <-e.Err():
-		e.Close()
 		return err
 	case <-sig:
-		e.Close()
 		return nil
 	}
 	select {
 	case err := <-e.Err():
-		e.Close()
 		return err
 	case <-sig:
-		e.Close()
 		return nil
 	case <-e.Server.StopNotify():
 		// Removed from the cluster, or stopped by an internal error.
-		e.Close()
 		return errors.New("the server stopped")
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
 
 	"github.com/bagger/lenkwerk/agent"
 	"github.com/bagger/lenkwerk/kvdriver"
@@ -236,4 +237,102 @@ func (a *Agent) WaitCheckpoint(ctx context.Context, store *kvdriver.Store, slot 
 		case <-time.After(5 * time.Millisecond):
 		}
 	}
+}
+
+// streaming is what the fan-out and latency scenarios start from: a fresh
+// source database, an agent mirroring it into a store under a prefix of
+// its own and caught up (its first checkpoint in the store), and a
+// connection to the source for the scenario's writes.
+type streaming struct {
+	src     *Source
+	agent   *Agent
+	prefix  string
+	conn    *pgx.Conn
+	control *kvdriver.Store // opened for the wait when the caller had no store
+}
+
+// startStreaming starts a streaming under the prefix /<stem><n>. It waits
+// for the first checkpoint through watch, or through a store of its own
+// (kept open until Close, like a caller's) when watch is nil.
+func (e *Env) startStreaming(ctx context.Context, kind StoreKind, stem string, watch *kvdriver.Store) (st *streaming, err error) {
+	st = &streaming{}
+	defer func() {
+		if err != nil {
+			st.Close()
+		}
+	}()
+	if watch == nil {
+		if st.control, err = e.OpenStore(ctx, kind); err != nil {
+			return nil, err
+		}
+		watch = st.control
+	}
+	if st.src, err = e.NewSource(ctx); err != nil {
+		return nil, err
+	}
+	st.prefix = fmt.Sprintf("/%s%d", stem, e.next())
+	if st.agent, err = e.StartAgent(ctx, st.src, kind, st.prefix); err != nil {
+		return nil, err
+	}
+	if _, err = st.agent.WaitCheckpoint(ctx, watch, st.src.Slot, 0, time.Minute); err != nil {
+		return nil, err
+	}
+	if st.conn, err = pgx.Connect(ctx, st.src.URL); err != nil {
+		return nil, fmt.Errorf("bench: %w", err)
+	}
+	return st, nil
+}
+
+// Close ends what startStreaming started, the last first.
+func (st *streaming) Close() {
+	if st.conn != nil {
+		st.conn.Close(context.Background())
+	}
+	if st.control != nil {
+		st.control.Close()
+	}
+	if st.agent != nil {
+		st.agent.Stop()
+	}
+	if st.src != nil {
+		st.src.Close()
+	}
+}
+
+// fanoutValue is the storage.config value the fan-out scenarios write: a
+// row of a typical size.
+const fanoutValue = `{"node": "db1.example.net", "port": 5432, "status": 3, "comment": "benchmark row of a typical size"}`
+
+// writeSteady commits total storage.config rows (lat-<i>), one a
+// transaction, at rate per second, calling midway once halfway through,
+// and returns when each commit started.
+func (st *streaming) writeSteady(ctx context.Context, total int, rate float64, midway func() error) ([]time.Time, error) {
+	started := make([]time.Time, total)
+	interval := time.Duration(float64(time.Second) / rate)
+	next := time.Now()
+	for i := range total {
+		if d := time.Until(next); d > 0 {
+			time.Sleep(d)
+		}
+		next = next.Add(interval)
+		started[i] = time.Now()
+		if _, err := st.conn.Exec(ctx, `SELECT storage.save_config($1, $2::json)`, rowKey("lat", i), fanoutValue); err != nil {
+			return nil, fmt.Errorf("steady write %d: %w", i, err)
+		}
+		if i == total/2 {
+			if err := midway(); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return started, nil
+}
+
+// writeRotation rewrites burst storage.config rows (rot-<n>) in one
+// transaction, as a servermap rotation does.
+func (st *streaming) writeRotation(ctx context.Context, burst int) error {
+	if _, err := st.conn.Exec(ctx, `SELECT storage.save_config('rot-' || lpad(g::text, 7, '0'), $1::json) FROM generate_series(0, $2::int - 1) g`, fanoutValue, burst); err != nil {
+		return fmt.Errorf("rotation: %w", err)
+	}
+	return nil
 }

@@ -231,14 +231,7 @@ func (e *Env) bulk(ctx context.Context, store *kvdriver.Store, kind StoreKind, r
 	if res.AgentRSS, err = a.PeakRSS(); err != nil {
 		return res, err
 	}
-	n, err := countKeys(ctx, store, prefix+"/Config", "bulk")
-	if err != nil {
-		return res, err
-	}
-	if n != rows {
-		return res, fmt.Errorf("bench: the store has %d of %d keys after the checkpoint", n, rows)
-	}
-	return res, nil
+	return res, checkBulkKeys(ctx, store, prefix, rows, "the checkpoint")
 }
 
 // InitialSync measures an agent copying rows rows into an empty store
@@ -286,12 +279,18 @@ func (e *Env) initialSync(ctx context.Context, store *kvdriver.Store, kind Store
 	if res.AgentRSS, err = a.PeakRSS(); err != nil {
 		return res, err
 	}
+	return res, checkBulkKeys(ctx, store, prefix, rows, "the initial sync")
+}
+
+// checkBulkKeys checks that store holds a key under prefix for each of the
+// rows bulk rows, after when.
+func checkBulkKeys(ctx context.Context, store *kvdriver.Store, prefix string, rows int, when string) error {
 	n, err := countKeys(ctx, store, prefix+"/Config", "bulk")
 	if err != nil {
-		return res, err
+		return err
 	}
 	if n != rows {
-		return res, fmt.Errorf("bench: the store has %d of %d keys after the initial sync", n, rows)
+		return fmt.Errorf("bench: the store has %d of %d keys after %s", n, rows, when)
 	}
-	return res, nil
+	return nil
 }

@@ -10,8 +10,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/bagger/lenkwerk/kvdriver"
 	"github.com/bagger/lenkwerk/kvdriver/etcd"
 )
@@ -44,25 +42,12 @@ type FanoutResult struct {
 // start of each commit to each consumer receiving each key.
 func (e *Env) Fanout(ctx context.Context, kind StoreKind, n, steady int, rate float64, burst int) (res FanoutResult, err error) {
 	res.Consumers, res.BurstKeys = n, burst
-	src, err := e.NewSource(ctx)
+	st, err := e.startStreaming(ctx, kind, "fan", nil)
 	if err != nil {
 		return res, err
 	}
-	defer src.Close()
-	prefix := fmt.Sprintf("/fan%d", e.next())
-	a, err := e.StartAgent(ctx, src, kind, prefix)
-	if err != nil {
-		return res, err
-	}
-	defer a.Stop()
-	control, err := e.OpenStore(ctx, kind)
-	if err != nil {
-		return res, err
-	}
-	defer control.Close()
-	if _, err := a.WaitCheckpoint(ctx, control, src.Slot, 0, time.Minute); err != nil {
-		return res, err
-	}
+	defer st.Close()
+	a, prefix := st.agent, st.prefix
 
 	total := warmup + steady
 	consumers := make([]*consumer, n)
@@ -87,32 +72,14 @@ func (e *Env) Fanout(ctx context.Context, kind StoreKind, n, steady int, rate fl
 		wg.Go(func() { c.run(ch) })
 	}
 
-	conn, err := pgx.Connect(ctx, src.URL)
-	if err != nil {
-		return res, fmt.Errorf("bench: %w", err)
-	}
-	defer conn.Close(context.Background())
-	value := `{"node": "db1.example.net", "port": 5432, "status": 3, "comment": "benchmark row of a typical size"}`
-
 	cpu0 := e.cpuNow(a.pid())
 	t0 := time.Now()
-	steadyStart := make([]time.Time, total)
-	interval := time.Duration(float64(time.Second) / rate)
-	next := time.Now()
-	for i := range total {
-		if d := time.Until(next); d > 0 {
-			time.Sleep(d)
-		}
-		next = next.Add(interval)
-		steadyStart[i] = time.Now()
-		if _, err := conn.Exec(ctx, `SELECT storage.save_config($1, $2::json)`, rowKey("lat", i), value); err != nil {
-			return res, fmt.Errorf("steady write %d: %w", i, err)
-		}
-		if i == total/2 {
-			if res.PGConnections, res.EtcdConnections, err = e.connections(ctx, src); err != nil {
-				return res, err
-			}
-		}
+	steadyStart, err := st.writeSteady(ctx, total, rate, func() (err error) {
+		res.PGConnections, res.EtcdConnections, err = e.connections(ctx, st.src)
+		return err
+	})
+	if err != nil {
+		return res, err
 	}
 	// The rotation: one transaction, every key at once, after the steady
 	// stream has been delivered so the two do not mix.
@@ -120,8 +87,8 @@ func (e *Env) Fanout(ctx context.Context, kind StoreKind, n, steady int, rate fl
 		return res, fmt.Errorf("steady: %w", err)
 	}
 	burstStart := time.Now()
-	if _, err := conn.Exec(ctx, `SELECT storage.save_config('rot-' || lpad(g::text, 7, '0'), $1::json) FROM generate_series(0, $2::int - 1) g`, value, burst); err != nil {
-		return res, fmt.Errorf("rotation: %w", err)
+	if err := st.writeRotation(ctx, burst); err != nil {
+		return res, err
 	}
 	if err := waitConsumers(ctx, consumers, func(c *consumer) bool { return c.left == 0 }); err != nil {
 		return res, fmt.Errorf("rotation: %w", err)

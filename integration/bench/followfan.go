@@ -64,34 +64,15 @@ func (e *Env) FanoutFollow(ctx context.Context, kind StoreKind, n, steady int, r
 	if err != nil {
 		return res, err
 	}
-	src, err := e.NewSource(ctx)
+	st, err := e.startStreaming(ctx, kind, "fol", nil)
 	if err != nil {
 		return res, err
 	}
-	defer src.Close()
-	prefix := fmt.Sprintf("/fol%d", e.next())
-	a, err := e.StartAgent(ctx, src, kind, prefix)
-	if err != nil {
-		return res, err
-	}
-	defer a.Stop()
-	control, err := e.OpenStore(ctx, kind)
-	if err != nil {
-		return res, err
-	}
-	defer control.Close()
-	if _, err := a.WaitCheckpoint(ctx, control, src.Slot, 0, time.Minute); err != nil {
-		return res, err
-	}
-	conn, err := pgx.Connect(ctx, src.URL)
-	if err != nil {
-		return res, fmt.Errorf("bench: %w", err)
-	}
-	defer conn.Close(context.Background())
-	value := `{"node": "db1.example.net", "port": 5432, "status": 3, "comment": "benchmark row of a typical size"}`
+	defer st.Close()
+	a, prefix, conn := st.agent, st.prefix, st.conn
 	// A row already in the tree, which each copy's initial reconcile
 	// brings: when every copy has it, every follower watches.
-	if _, err := conn.Exec(ctx, `SELECT storage.save_config('ready', $1::json)`, value); err != nil {
+	if _, err := conn.Exec(ctx, `SELECT storage.save_config('ready', $1::json)`, fanoutValue); err != nil {
 		return res, fmt.Errorf("bench: %w", err)
 	}
 
@@ -126,25 +107,14 @@ func (e *Env) FanoutFollow(ctx context.Context, kind StoreKind, n, steady int, r
 	res.Startup = time.Since(started)
 
 	total := warmup + steady
-	steadyStart := make([]time.Time, total)
 	cpu0, fcpu0 := e.cpuNow(a.pid()), followersCPU(fs)
 	t0 := time.Now()
-	interval := time.Duration(float64(time.Second) / rate)
-	next := time.Now()
-	for i := range total {
-		if d := time.Until(next); d > 0 {
-			time.Sleep(d)
-		}
-		next = next.Add(interval)
-		steadyStart[i] = time.Now()
-		if _, err := conn.Exec(ctx, `SELECT storage.save_config($1, $2::json)`, rowKey("lat", i), value); err != nil {
-			return res, fmt.Errorf("steady write %d: %w", i, err)
-		}
-		if i == total/2 {
-			if res.PGConnections, _, err = e.connections(ctx, src); err != nil {
-				return res, err
-			}
-		}
+	steadyStart, err := st.writeSteady(ctx, total, rate, func() (err error) {
+		res.PGConnections, _, err = e.connections(ctx, st.src)
+		return err
+	})
+	if err != nil {
+		return res, err
 	}
 	// Polled rarely: the latencies come from the copies' commit
 	// timestamps, the polls only decide when to go on.
@@ -155,8 +125,8 @@ func (e *Env) FanoutFollow(ctx context.Context, kind StoreKind, n, steady int, r
 		return res, fmt.Errorf("steady: %w", err)
 	}
 	burstStart := time.Now()
-	if _, err := conn.Exec(ctx, `SELECT storage.save_config('rot-' || lpad(g::text, 7, '0'), $1::json) FROM generate_series(0, $2::int - 1) g`, value, burst); err != nil {
-		return res, fmt.Errorf("rotation: %w", err)
+	if err := st.writeRotation(ctx, burst); err != nil {
+		return res, err
 	}
 	if err := waitFollowers(ctx, fs, 100*time.Millisecond, func(f *follower) (bool, error) {
 		c, err := count(f, "rot-%")

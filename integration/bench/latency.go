@@ -9,8 +9,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/bagger/lenkwerk/kvdriver"
 )
 
@@ -69,25 +67,12 @@ func (e *Env) Latency(ctx context.Context, kind StoreKind, n int, rate float64) 
 	}
 
 	// Through Lenkwerk.
-	src, err := e.NewSource(ctx)
+	st, err := e.startStreaming(ctx, kind, "lat", watchStore)
 	if err != nil {
 		return res, err
 	}
-	defer src.Close()
-	prefix := fmt.Sprintf("/lat%d", e.next())
-	a, err := e.StartAgent(ctx, src, kind, prefix)
-	if err != nil {
-		return res, err
-	}
-	defer a.Stop()
-	if _, err := a.WaitCheckpoint(ctx, watchStore, src.Slot, 0, time.Minute); err != nil {
-		return res, err
-	}
-	conn, err := pgx.Connect(ctx, src.URL)
-	if err != nil {
-		return res, fmt.Errorf("bench: %w", err)
-	}
-	defer conn.Close(context.Background())
+	defer st.Close()
+	a, prefix, conn := st.agent, st.prefix, st.conn
 	res.Agent, err = measureLatency(ctx, watchStore, prefix+"/Config", n, rate, func(ctx context.Context, i int) error {
 		key := rowKey("lat", i)
 		_, err := conn.Exec(ctx, `INSERT INTO storage.config (key, value) VALUES ($1, json_build_object('g', $2::int, 'node', 'db' || ($2::int % 64) || '.example.net', 'port', 5432, 'status', 3, 'comment', 'benchmark row of a typical size'))`, key, i)

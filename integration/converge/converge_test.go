@@ -123,92 +123,89 @@ func TestCheckPrefix(t *testing.T) {
 	}
 }
 
+// breakage breaks a mirror, on the database side (conn) or the store's.
+type breakage func(ctx context.Context, conn *pgx.Conn, store *kvdriver.Store) error
+
+// execSQL runs stmt in the database.
+func execSQL(stmt string) breakage {
+	return func(ctx context.Context, c *pgx.Conn, _ *kvdriver.Store) error {
+		_, err := c.Exec(ctx, stmt)
+		return err
+	}
+}
+
+// putKey writes value at key in the store.
+func putKey(key, value string) breakage {
+	return func(ctx context.Context, _ *pgx.Conn, s *kvdriver.Store) error {
+		_, err := s.Put(ctx, key, []byte(value))
+		return err
+	}
+}
+
+// deleteKey deletes key from the store.
+func deleteKey(key string) breakage {
+	return func(ctx context.Context, _ *pgx.Conn, s *kvdriver.Store) error {
+		_, err := s.Delete(ctx, key)
+		return err
+	}
+}
+
 func TestCheckDetects(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		// change breaks the mirror (store or database side).
-		change                         func(ctx context.Context, conn *pgx.Conn, store *kvdriver.Store) error
+		change                         breakage
 		missing, unexpected, different []string
 	}{
 		{
-			name: "missing key",
-			change: func(ctx context.Context, _ *pgx.Conn, s *kvdriver.Store) error {
-				_, err := s.Delete(ctx, "/Config/a")
-				return err
-			},
+			name:    "missing key",
+			change:  deleteKey("/Config/a"),
 			missing: []string{"/Config/a"},
 		},
 		{
-			name: "new row not mirrored",
-			change: func(ctx context.Context, c *pgx.Conn, _ *kvdriver.Store) error {
-				_, err := c.Exec(ctx, `INSERT INTO storage.postgres_instance (host, port, username) VALUES ('db2', 6432, 'b')`)
-				return err
-			},
+			name:    "new row not mirrored",
+			change:  execSQL(`INSERT INTO storage.postgres_instance (host, port, username) VALUES ('db2', 6432, 'b')`),
 			missing: []string{"/PostgresInstance/db2/6432"},
 		},
 		{
-			name: "extra key",
-			change: func(ctx context.Context, _ *pgx.Conn, s *kvdriver.Store) error {
-				_, err := s.Put(ctx, "/Config/gone", []byte(`{"id": 9, "key": "gone", "value": 1}`))
-				return err
-			},
+			name:       "extra key",
+			change:     putKey("/Config/gone", `{"id": 9, "key": "gone", "value": 1}`),
 			unexpected: []string{"/Config/gone"},
 		},
 		{
-			name: "deleted row still mirrored",
-			change: func(ctx context.Context, c *pgx.Conn, _ *kvdriver.Store) error {
-				_, err := c.Exec(ctx, `DELETE FROM public.event`)
-				return err
-			},
+			name:       "deleted row still mirrored",
+			change:     execSQL(`DELETE FROM public.event`),
 			unexpected: []string{"/public/event/x/1"},
 		},
 		{
-			name: "moved key: old key left, new key missing",
-			change: func(ctx context.Context, c *pgx.Conn, _ *kvdriver.Store) error {
-				_, err := c.Exec(ctx, `UPDATE storage.postgres_instance SET port = 5433`)
-				return err
-			},
+			name:       "moved key: old key left, new key missing",
+			change:     execSQL(`UPDATE storage.postgres_instance SET port = 5433`),
 			missing:    []string{"/PostgresInstance/db1/5433"},
 			unexpected: []string{"/PostgresInstance/db1/5432"},
 		},
 		{
-			name: "value differs only in formatting",
-			change: func(ctx context.Context, _ *pgx.Conn, s *kvdriver.Store) error {
-				_, err := s.Put(ctx, "/Config/a", []byte(`{"id":1,"key":"a","value":{"x":1}}`))
-				return err
-			},
+			name:      "value differs only in formatting",
+			change:    putKey("/Config/a", `{"id":1,"key":"a","value":{"x":1}}`),
 			different: []string{"/Config/a"},
 		},
 		{
-			name: "stale value",
-			change: func(ctx context.Context, c *pgx.Conn, _ *kvdriver.Store) error {
-				_, err := c.Exec(ctx, `UPDATE storage.postgres_instance SET status = 1`)
-				return err
-			},
+			name:      "stale value",
+			change:    execSQL(`UPDATE storage.postgres_instance SET status = 1`),
 			different: []string{"/PostgresInstance/db1/5432"},
 		},
 		{
-			name: "older servermap generation",
-			change: func(ctx context.Context, _ *pgx.Conn, s *kvdriver.Store) error {
-				_, err := s.Put(ctx, "/Servermap", []byte(`{"id": 2, "server_map": {"gen": 2}}`))
-				return err
-			},
+			name:      "older servermap generation",
+			change:    putKey("/Servermap", `{"id": 2, "server_map": {"gen": 2}}`),
 			different: []string{"/Servermap"},
 		},
 		{
-			name: "newer servermap generation",
-			change: func(ctx context.Context, c *pgx.Conn, _ *kvdriver.Store) error {
-				_, err := c.Exec(ctx, `INSERT INTO storage.servermap (server_map) VALUES ('{"gen":4}')`)
-				return err
-			},
+			name:      "newer servermap generation",
+			change:    execSQL(`INSERT INTO storage.servermap (server_map) VALUES ('{"gen":4}')`),
 			different: []string{"/Servermap"},
 		},
 		{
-			name: "servermap emptied",
-			change: func(ctx context.Context, c *pgx.Conn, _ *kvdriver.Store) error {
-				_, err := c.Exec(ctx, `TRUNCATE storage.servermap`)
-				return err
-			},
+			name:       "servermap emptied",
+			change:     execSQL(`TRUNCATE storage.servermap`),
 			unexpected: []string{"/Servermap"},
 		},
 		{

@@ -36,8 +36,7 @@ func (w tWriter) Write(p []byte) (int, error) {
 // a user whose role covers only the prefix; the store converges with the
 // database, through the initial copy and streamed changes.
 func TestAgentTLSBothSides(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 80*time.Second)
-	defer cancel()
+	ctx := testContext(t, 80*time.Second)
 	p := newPKI(t)
 	pg := startPG(t, p)
 	etcd := startEtcd(t, p)

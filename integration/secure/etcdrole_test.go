@@ -1,7 +1,6 @@
 package secure
 
 import (
-	"context"
 	"strings"
 	"testing"
 	"time"
@@ -15,8 +14,7 @@ import (
 // when no password is given), reads and writes the Bagger range and
 // nothing else; a certificate whose CN is no etcd user gets nothing.
 func TestEtcdPrefixRole(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
+	ctx := testContext(t, 60*time.Second)
 	p := newPKI(t)
 	etcd := startEtcd(t, p)
 	root, err := kvdriver.Open(ctx, etcd.url(t, p.etcdAdmin, "root", rootPass))

@@ -1,7 +1,6 @@
 package secure
 
 import (
-	"context"
 	"fmt"
 	"net/url"
 	"os"
@@ -28,8 +27,7 @@ func TestSecretsNotPrinted(t *testing.T) {
 	p := newPKI(t)
 	pg := startPG(t, p)
 	etcd := startEtcd(t, p)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
+	ctx := testContext(t, 60*time.Second)
 	admin, err := pgx.Connect(ctx, pg.url("postgres", p.postgres))
 	if err != nil {
 		t.Fatal(err)

@@ -323,3 +323,11 @@ func (s *etcdServer) url(t *testing.T, pair certs.Pair, user, pass string) strin
 
 // escape is url.QueryEscape, for editing URLs built by url.
 func escape(s string) string { return url.QueryEscape(s) }
+
+// testContext is the context of a test's checks: it ends after d, or when
+// the test ends.
+func testContext(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(t.Context(), d)
+	t.Cleanup(cancel)
+	return ctx
+}

@@ -149,23 +149,9 @@ func TestClusterMemberLoss(t *testing.T) {
 	// Quorum loss: with the two other members down the follower has no
 	// leader, cancels the watch on it (WithRequireLeader), and the store
 	// must re-establish it once the cluster is back.
-	var others []*etcdtest.Server
-	for _, m := range cl.Members {
-		if m != follower {
-			others = append(others, m)
-		}
-	}
 	followerStore := watchers["follower "+follower.Name()]
 	restarts := etcd.WatchRestarts(followerStore)
-	var wg sync.WaitGroup
-	for _, m := range others {
-		wg.Go(func() {
-			if err := m.Kill(); err != nil {
-				t.Error(err)
-			}
-		})
-	}
-	wg.Wait()
+	restore := isolate(ctx, t, cl, follower)
 	deadline := time.Now().Add(30 * time.Second)
 	for etcd.WatchRestarts(followerStore) == restarts {
 		if time.Now().After(deadline) {
@@ -173,14 +159,7 @@ func TestClusterMemberLoss(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond) // poll interval
 	}
-	for _, m := range others {
-		wg.Go(func() {
-			if err := m.Start(ctx); err != nil {
-				t.Error(err)
-			}
-		})
-	}
-	wg.Wait()
+	restore()
 	waitWritten(written()+20, 30*time.Second)
 	close(stopWriting)
 	lastRev := <-writerDone
@@ -255,4 +234,29 @@ func referenceHistory(ctx context.Context, t *testing.T, endpoints []string, pre
 	}
 	t.Fatalf("reference watch ended before revision %d", to)
 	return nil
+}
+
+// isolate kills every member of cl but keep at once, so that keep loses
+// its leader; restore starts them again, at once.
+func isolate(ctx context.Context, t *testing.T, cl *etcdtest.Cluster, keep *etcdtest.Server) (restore func()) {
+	t.Helper()
+	var others []*etcdtest.Server
+	for _, m := range cl.Members {
+		if m != keep {
+			others = append(others, m)
+		}
+	}
+	each := func(do func(m *etcdtest.Server) error) {
+		var wg sync.WaitGroup
+		for _, m := range others {
+			wg.Go(func() {
+				if err := do(m); err != nil {
+					t.Error(err)
+				}
+			})
+		}
+		wg.Wait()
+	}
+	each(func(m *etcdtest.Server) error { return m.Kill() })
+	return func() { each(func(m *etcdtest.Server) error { return m.Start(ctx) }) }
 }

@@ -3,7 +3,6 @@ package etcd_test
 import (
 	"context"
 	"fmt"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -185,21 +184,7 @@ func TestSharedWatchPartitionedMember(t *testing.T) {
 	for i, s := range lone.stores {
 		restarts[i] = etcd.WatchRestarts(s)
 	}
-	var others []*etcdtest.Server
-	for _, m := range cl.Members {
-		if m != follower {
-			others = append(others, m)
-		}
-	}
-	var wg sync.WaitGroup
-	for _, m := range others {
-		wg.Go(func() {
-			if err := m.Kill(); err != nil {
-				t.Error(err)
-			}
-		})
-	}
-	wg.Wait()
+	restore := isolate(ctx, t, cl, follower)
 	start := time.Now()
 	deadline := start.Add(30 * time.Second)
 	for i, s := range lone.stores {
@@ -216,14 +201,7 @@ func TestSharedWatchPartitionedMember(t *testing.T) {
 		}
 	}
 	t.Logf("%s lost quorum: all %d watchers on it noticed after %v", follower.Name(), n, time.Since(start).Round(time.Millisecond))
-	for _, m := range others {
-		wg.Go(func() {
-			if err := m.Start(ctx); err != nil {
-				t.Error(err)
-			}
-		})
-	}
-	wg.Wait()
+	restore()
 	rev := put("whole again")
 	lone.waitAll(t, rev, 30*time.Second, "after quorum returned")
 	all.waitAll(t, rev, 30*time.Second, "after quorum returned")

@@ -9,15 +9,26 @@ import (
 	"github.com/bagger/lenkwerk/kvdriver"
 )
 
-// CheckURLParser is the body of a driver's FuzzParseURL: parse of
-// scheme://rest must not panic and its errors must wrap
-// kvdriver.ErrInvalidURL; a password put into the URL's user info (and,
-// with queryPassword, into a password query parameter) must never appear in
-// an error.
+// FuzzURLParser is the whole of a driver's FuzzParseURL: it fuzzes the
+// URL after "scheme://" and a password through CheckURLParser, seeded from
+// the driver's testdata/fuzz/FuzzParseURL.
 //
-//	f.Fuzz(func(t *testing.T, rest, password string) {
-//		kvtest.CheckURLParser(t, "etcd", parse, rest, password, true)
-//	})
+//	func FuzzParseURL(f *testing.F) {
+//		kvtest.FuzzURLParser(f, "etcd", func(raw string) error {
+//			_, err := etcd.ParseURL(raw)
+//			return err
+//		})
+//	}
+func FuzzURLParser(f *testing.F, scheme string, parse func(raw string) error) {
+	f.Fuzz(func(t *testing.T, rest, password string) {
+		CheckURLParser(t, scheme, parse, rest, password, true)
+	})
+}
+
+// CheckURLParser is one fuzz input's check: parse of scheme://rest must not
+// panic and its errors must wrap kvdriver.ErrInvalidURL; a password put
+// into the URL's user info (and, with queryPassword, into a password query
+// parameter) must never appear in an error.
 func CheckURLParser(t testing.TB, scheme string, parse func(raw string) error, rest, password string, queryPassword bool) {
 	t.Helper()
 	if err := parse(scheme + "://" + rest); err != nil && !errors.Is(err, kvdriver.ErrInvalidURL) {

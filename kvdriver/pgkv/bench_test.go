@@ -312,15 +312,7 @@ func BenchmarkConcurrentPut(b *testing.B) {
 		if writers > 1 {
 			// As many stores, one writer each: separate processes.
 			b.Run(fmt.Sprintf("pgkv-stores/%d", writers), func(b *testing.B) {
-				u := pgtest.NewDatabase(b)
-				stores := make([]*kvdriver.Store, writers)
-				for i := range stores {
-					stores[i] = openStore(b, u)
-				}
-				concurrentPuts(b, u, writers, func(ctx context.Context, w, i int) error {
-					_, err := stores[w].Put(ctx, fmt.Sprintf("/bench/cput/%d/%d", w, i%100), value)
-					return err
-				})
+				putsFromStores(b, pgtest.NewDatabase(b), writers, value)
 			})
 		}
 		b.Run(fmt.Sprintf("raw-pgx/%d", writers), func(b *testing.B) {
@@ -346,17 +338,22 @@ func BenchmarkConcurrentPutFsync(b *testing.B) {
 	c := pgtest.StartCluster(b, pgtest.Options{Settings: map[string]string{"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"}})
 	for _, writers := range []int{1, 8} {
 		b.Run(fmt.Sprintf("pgkv-stores/%d", writers), func(b *testing.B) {
-			u := c.NewDatabase(b)
-			stores := make([]*kvdriver.Store, writers)
-			for i := range stores {
-				stores[i] = openStore(b, u)
-			}
-			concurrentPuts(b, u, writers, func(ctx context.Context, w, i int) error {
-				_, err := stores[w].Put(ctx, fmt.Sprintf("/bench/cput/%d/%d", w, i%100), value)
-				return err
-			})
+			putsFromStores(b, c.NewDatabase(b), writers, value)
 		})
 	}
+}
+
+// putsFromStores runs concurrentPuts on database u with a Store of its own
+// for each writer, as separate processes would have.
+func putsFromStores(b *testing.B, u string, writers int, value []byte) {
+	stores := make([]*kvdriver.Store, writers)
+	for i := range stores {
+		stores[i] = openStore(b, u)
+	}
+	concurrentPuts(b, u, writers, func(ctx context.Context, w, i int) error {
+		_, err := stores[w].Put(ctx, fmt.Sprintf("/bench/cput/%d/%d", w, i%100), value)
+		return err
+	})
 }
 
 // concurrentPuts runs b.N puts from writers goroutines and reports puts/s

@@ -14,6 +14,7 @@ import (
 
 	"github.com/bagger/lenkwerk/integration/pgtest"
 	"github.com/bagger/lenkwerk/kvdriver"
+	"github.com/bagger/lenkwerk/kvdriver/kvtest"
 	"github.com/bagger/lenkwerk/kvdriver/pgkv"
 )
 
@@ -202,6 +203,17 @@ func TestOpenWithoutMigrationsFailsClearly(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "migrate=true") {
 		t.Fatalf("Open(migrate=false) on an empty database: %v; want an error telling to migrate", err)
 	}
+}
+
+// FuzzParseURL checks that ParseURL never panics, that its errors wrap
+// kvdriver.ErrInvalidURL, and that a password put into the URL (user info
+// and a password query parameter) never appears in an error. Seeds are in
+// testdata/fuzz/FuzzParseURL.
+func FuzzParseURL(f *testing.F) {
+	kvtest.FuzzURLParser(f, "postgres", func(raw string) error {
+		_, err := pgkv.ParseURL(raw)
+		return err
+	})
 }
 
 func TestParseURL(t *testing.T) {

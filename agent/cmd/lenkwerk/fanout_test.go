@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"net/http"
-	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -36,8 +35,6 @@ func TestFanOutBinary(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close(context.Background()) })
-	u, _ := url.Parse(admin)
-	u.User = url.User("lenkwerk_agent")
 	etcd := etcdtest.New(t)
 	pgkvURL := c.NewDatabase(t)
 	stores := map[string]*kvdriver.Store{}
@@ -64,7 +61,7 @@ func TestFanOutBinary(t *testing.T) {
 		}
 	}
 	exec(`SELECT storage.register_pg_instance('db1', 5432, 'bagger')`)
-	p := startAgentProcess(t, bin, "fanout", "--database-url", u.String(), "--kv", etcd.URL(), "--kv", "kv2="+pgkvURL,
+	p := startAgentProcess(t, bin, "fanout", "--database-url", withURLUser(t, admin, "lenkwerk_agent"), "--kv", etcd.URL(), "--kv", "kv2="+pgkvURL,
 		"--status-interval", "1s", "--metrics-addr", "127.0.0.1:0")
 	conv("default")
 	conv("kv2")

@@ -123,14 +123,7 @@ func TestKVTrailingSlashPrefix(t *testing.T) {
 		}
 	}
 	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("watch /Index/ after interrupt: %v, want nil", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("watch did not end within 10s of its context")
-	}
+	watchEnded(t, done, "watch /Index/")
 }
 
 func TestKVEnvURL(t *testing.T) {
@@ -242,14 +235,7 @@ func TestKVWatch(t *testing.T) {
 	// Interrupting (main cancels the context) ends it cleanly.
 	cancel()
 	go io.Copy(io.Discard, pr)
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("watch after interrupt: %v, want nil", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("watch did not end within 10s of its context")
-	}
+	watchEnded(t, done, "watch")
 }
 
 func TestKVWatchCompacted(t *testing.T) {
@@ -384,4 +370,18 @@ func TestShowTreeControlCharacters(t *testing.T) {
 		}
 	}
 	checkLines(t, "dev tree", strings.Join(got, "\n"), want, true)
+}
+
+// watchEnded checks that a watch command whose context was cancelled
+// ended cleanly (done gets its error) within 10s.
+func watchEnded(t *testing.T, done <-chan error, what string) {
+	t.Helper()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("%s after interrupt: %v, want nil", what, err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("watch did not end within 10s of its context")
+	}
 }

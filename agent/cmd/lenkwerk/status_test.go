@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"net/url"
 	"os/exec"
 	"strings"
 	"testing"
@@ -30,12 +29,7 @@ func statusSetup(t *testing.T, ctx context.Context) (agentURL, kvURL string) {
 	if err := migrations.Up(ctx, admin, migrations.Options{}); err != nil {
 		t.Fatal(err)
 	}
-	u, err := url.Parse(admin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u.User = url.User("lenkwerk_agent")
-	return u.String(), admin
+	return withURLUser(t, admin, "lenkwerk_agent"), admin
 }
 
 func putCheckpoint(t *testing.T, ctx context.Context, kvURL string) {
