@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/bagger/lenkwerk/integration/pgtest"
+	"github.com/bagger/lenkwerk/integration/testutil"
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -189,6 +190,13 @@ func copyIDs(t *testing.T, ctx context.Context, url, snapshot string) []int32 {
 func streamOnce(ctx context.Context, url, slot string, start pglogrepl.LSN, write string) (int, error) {
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
+	// The walsender of the previous stream may still hold the slot for a
+	// moment after its client closed the connection.
+	if err := testutil.Poll(ctx, time.Minute, "slot "+slot+" released", func(ctx context.Context) (bool, error) {
+		return slotReleased(ctx, url, slot)
+	}); err != nil {
+		return 0, err
+	}
 	conn, err := pgconn.Connect(ctx, url+"&replication=database")
 	if err != nil {
 		return 0, err
@@ -241,4 +249,16 @@ func streamOnce(ctx context.Context, url, slot string, start pglogrepl.LSN, writ
 			return 0, fmt.Errorf("unexpected %T", msg)
 		}
 	}
+}
+
+// slotReleased reports whether no walsender holds the slot.
+func slotReleased(ctx context.Context, url, slot string) (bool, error) {
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		return false, err
+	}
+	defer conn.Close(context.Background())
+	var active bool
+	err = conn.QueryRow(ctx, `SELECT active FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&active)
+	return !active, err
 }
