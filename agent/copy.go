@@ -70,10 +70,10 @@ func (s *session) copyTables(ctx context.Context, snapshot string, tables []tabl
 		}
 		jobs = append(jobs, job{info, tmpl})
 		if s.dec.inTxn {
-			// Copied while streaming a transaction: the transaction
-			// committed before the snapshot, so its buffered changes to
-			// the table are in the copy, and applying them after it
-			// would bring back older values.
+			// Copied at a transaction's commit (admitTables): the
+			// transaction committed before the snapshot, so its
+			// buffered changes to the table are in the copy, and
+			// applying them after it would bring back older values.
 			s.dec.buf.drop(tmpl.Match)
 		}
 		space = append(space, tmpl)
