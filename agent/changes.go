@@ -125,7 +125,8 @@ func (s *session) maybeFlush(ctx context.Context) error {
 	return s.submit(ctx, batch{ops: s.dec.buf.take()})
 }
 
-// commit resolves single-key tables, then hands the rest of the
+// commit copies the tables added to the publication that the transaction
+// touched, resolves single-key tables, then hands the rest of the
 // transaction to the pipeline with the checkpoint (its commit end LSN) in
 // the last batch; the checkpoint moves and the position is confirmed when
 // the store has acknowledged it (reap). txn nil: the store has the
@@ -134,6 +135,9 @@ func (s *session) commit(ctx context.Context, m *pglogrepl.CommitMessage, txn *c
 	if txn == nil {
 		s.a.log.Debug("transaction already in the store: skipped", "xid", s.dec.xid, "commit_lsn", m.CommitLSN, "end_lsn", m.TransactionEndLSN)
 		return nil
+	}
+	if err := s.admitTables(ctx); err != nil {
+		return err
 	}
 	for _, r := range s.dec.buf.newest {
 		if err := s.resolveNewest(ctx, r); err != nil {

@@ -70,10 +70,10 @@ func (s *session) copyTables(ctx context.Context, snapshot string, tables []tabl
 		}
 		jobs = append(jobs, job{info, tmpl})
 		if s.dec.inTxn {
-			// Copied while streaming a transaction: the transaction
-			// committed before the snapshot, so its buffered changes to
-			// the table are in the copy, and applying them after it
-			// would bring back older values.
+			// Copied at a transaction's commit (admitTables): the
+			// transaction committed before the snapshot, so its
+			// buffered changes to the table are in the copy, and
+			// applying them after it would bring back older values.
 			s.dec.buf.drop(tmpl.Match)
 		}
 		space = append(space, tmpl)
@@ -105,9 +105,9 @@ func (s *session) copyTables(ctx context.Context, snapshot string, tables []tabl
 			return nil, nil, 0, fmt.Errorf("copy table %s: %w", j.info.qualified(), err)
 		}
 		// The key's columns come as their own to_jsonb values, next to the
-		// row, so the copy never parses a row to find them. One map serves
-		// every row (Key keeps nothing of it).
-		keyRow := make(map[string]json.RawMessage, len(cols))
+		// row, so the copy never parses a row to find them. One slice
+		// serves every row (KeyValues keeps nothing of it).
+		keyVals := make([]json.RawMessage, len(cols))
 		for rs.Next() {
 			// Raw values are valid until Next: the row's value is copied
 			// (the buffer keeps it), the key columns are not.
@@ -116,12 +116,12 @@ func (s *session) copyTables(ctx context.Context, snapshot string, tables []tabl
 				rs.Close()
 				return nil, nil, 0, fmt.Errorf("copy table %s: unexpected row of %d values", j.info.qualified(), len(raw))
 			}
-			for i, c := range cols {
-				// NULL (nil) gives Key's "key column is NULL" error,
-				// as the JSON null inside the row did.
-				keyRow[c] = raw[1+i]
+			for i := range cols {
+				// NULL (nil) gives the "key column is NULL" error, as
+				// the JSON null inside the row did.
+				keyVals[i] = raw[1+i]
 			}
-			key, err := j.tmpl.Key(keyRow)
+			key, err := j.tmpl.KeyValues(keyVals)
 			v := bytes.Clone(raw[0])
 			if err == nil {
 				err = s.lim.validateEncoded(key, v)

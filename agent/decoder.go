@@ -27,9 +27,10 @@ type relError struct {
 //   - a Relation message: the session reads the table's catalog entry and
 //     loads its types, then hands them to relation, which reports whether
 //     the columns changed (the table is then copied again);
-//   - admit (nil: every table is mirrored) decides whether a table's
-//     changes are mirrored; the session polls the publication there and
-//     copies a table added to it;
+//   - mirrored (nil: every table is) says whether the agent mirrors a
+//     table; the changes of one it does not are left out and the table
+//     is recorded in admitting, and at the transaction's commit the
+//     session polls the publication and copies the tables added to it;
 //   - skip (nil: none) reports whether an operator said to leave out a
 //     change that cannot be mirrored;
 //   - truncate reports the relation whose stored keys the session lists
@@ -59,21 +60,25 @@ type decoder struct {
 	txnTime  time.Time // commit time
 	rows     int       // changes decoded
 	buf      *txnBuffer
+	// admitting are the tables not mirrored (yet) whose changes the
+	// transaction left out: the session decides at its commit.
+	admitting map[string]bool
 
-	admit func(ctx context.Context, table string) (skip bool, err error)
-	skip  func(ctx context.Context, ve *ValueError) bool
+	mirrored func(table string) bool
+	skip     func(ctx context.Context, ve *ValueError) bool
 }
 
 func newDecoder(m *keymap.Mapper, types *pgjson.TypeMap, prefix string, lim batchLimits) *decoder {
 	return &decoder{
-		mapper:   m,
-		types:    types,
-		prefix:   prefix,
-		lim:      lim,
-		rels:     map[uint32]*relation{},
-		relErrs:  map[uint32]relError{},
-		copiedAt: map[string]pglogrepl.LSN{},
-		buf:      newTxnBuffer(),
+		mapper:    m,
+		types:     types,
+		prefix:    prefix,
+		lim:       lim,
+		rels:      map[uint32]*relation{},
+		relErrs:   map[uint32]relError{},
+		copiedAt:  map[string]pglogrepl.LSN{},
+		buf:       newTxnBuffer(),
+		admitting: map[string]bool{},
 	}
 }
 
@@ -123,6 +128,7 @@ func (d *decoder) begin(m *pglogrepl.BeginMessage, ck pglogrepl.LSN) error {
 	d.inTxn, d.finalLSN, d.xid, d.rows, d.txnTime = true, m.FinalLSN, m.Xid, 0, m.CommitTime
 	d.skipTxn = m.FinalLSN < ck
 	d.buf.reset()
+	clear(d.admitting)
 	return nil
 }
 
@@ -143,6 +149,7 @@ func (d *decoder) commit(m *pglogrepl.CommitMessage) (*commitInfo, error) {
 func (d *decoder) end() {
 	d.inTxn = false
 	d.buf.reset()
+	clear(d.admitting)
 }
 
 // full reports whether buf reached the batch limits.
@@ -179,9 +186,10 @@ func (d *decoder) change(ctx context.Context, m pglogrepl.Message) error {
 
 // relFor returns the relation of a change; skip is true when the change is
 // already in the store (its transaction is, or the table was copied from
-// a snapshot taken after this transaction committed), when admit leaves
-// the table out, or when the change cannot be mirrored and skip says to
-// leave it out.
+// a snapshot taken after this transaction committed), when the table is
+// not mirrored (recorded in admitting: if it was added to the publication,
+// the copy the session takes at the commit holds the change), or when the
+// change cannot be mirrored and skip says to leave it out.
 func (d *decoder) relFor(ctx context.Context, id uint32) (r *relation, skip bool, err error) {
 	if d.skipTxn {
 		return nil, true, nil
@@ -195,10 +203,9 @@ func (d *decoder) relFor(ctx context.Context, id uint32) (r *relation, skip bool
 	if r != nil {
 		name = r.qualified
 	}
-	if d.admit != nil {
-		if skip, err := d.admit(ctx, name); err != nil || skip {
-			return nil, skip, err
-		}
+	if d.mirrored != nil && !d.mirrored(name) {
+		d.admitting[name] = true
+		return nil, true, nil
 	}
 	if isBad {
 		if err := d.fail(ctx, name, "", bad.err); err != nil {

@@ -18,7 +18,7 @@ import (
 // The decoder's tests build pgoutput messages by hand and run without a
 // server: the decoder holds no connection (TestDecoderHoldsNoConnection),
 // its types are the built-in ones, and the hooks that would reach the
-// server or the store (admit, skip) stay nil unless a test sets them.
+// server or the store (mirrored, skip) stay nil unless a test sets them.
 
 // Column type OIDs (pg_type.dat).
 const (
@@ -416,7 +416,7 @@ func TestDecoderHoldsNoConnection(t *testing.T) {
 	}
 	walk("", reflect.TypeFor[decoder]())
 	d := testDecoder(t)
-	if d.admit != nil || d.skip != nil {
+	if d.mirrored != nil || d.skip != nil {
 		t.Error("a new decoder has hooks set")
 	}
 }

@@ -214,7 +214,11 @@
 // (ADD/DROP COLUMN, type change: to_jsonb of every row changes, but pgoutput
 // carries no DDL), is copied from the snapshot of a temporary slot with
 // consistent point C; its stream changes in transactions committed before C
-// are skipped. Relation messages rebuild the column list and the pgjson
+// are skipped. The changes of a table not mirrored yet are left out of a
+// transaction; at its commit, before its batch is handed over, the agent
+// polls the publication and copies such a table if it was added: the
+// copy's snapshot holds the transaction, so its rows of the table are there
+// once, and the transaction's batch stays whole. Relation messages rebuild the column list and the pgjson
 // encoder of a table. A table removed from the publication (or dropped) is
 // no longer mirrored; its keys stay until the next initial sync, which
 // deletes every key under its default prefix /<schema>/<table>.

@@ -222,22 +222,22 @@ func (r *relation) values(t, old *pglogrepl.TupleData) ([][]byte, error) {
 	return vals, nil
 }
 
-// key builds the store key of a row from its text values.
+// key builds the store key of a row from its text values: the key columns'
+// JSON values (keyCols, in template order) go straight to the template.
 func (r *relation) key(types *pgjson.TypeMap, vals [][]byte) (string, error) {
-	row := make(map[string]json.RawMessage, len(r.keyCols))
-	for _, i := range r.keyCols {
-		c := r.cols[i]
+	keyVals := make([]json.RawMessage, len(r.keyCols))
+	for j, i := range r.keyCols {
 		if vals[i] == nil {
-			row[c.Name] = json.RawMessage("null")
-			continue
+			continue // NULL: KeyValues refuses it
 		}
+		c := r.cols[i]
 		v, err := types.AppendValue(nil, c.TypeOID, vals[i])
 		if err != nil {
 			return "", fmt.Errorf("table %s: key column %q: %w", r.qualified, c.Name, err)
 		}
-		row[c.Name] = v
+		keyVals[j] = v
 	}
-	k, err := r.tmpl.Key(row)
+	k, err := r.tmpl.KeyValues(keyVals)
 	if err != nil {
 		return "", fmt.Errorf("table %s: %w", r.qualified, err)
 	}

@@ -157,7 +157,7 @@ func (a *Agent) openSession(ctx context.Context, wait bool) (*session, error) {
 		pub:        map[string]tableInfo{},
 	}
 	s.dec = newDecoder(a.mapper, s.types, a.cfg.Prefix, s.lim)
-	s.dec.admit = s.admit
+	s.dec.mirrored = func(table string) bool { return s.tables[table] != "" }
 	s.dec.skip = s.skipped
 	s.w = &writer{a: a}
 	s.pipe = newPipeline(s)

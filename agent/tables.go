@@ -4,39 +4,51 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 )
 
 // Which tables the agent mirrors: the publication's, polled every
-// Config.PollInterval and at a change of a table not copied yet.
+// Config.PollInterval and at the commit of a transaction that changed a
+// table not copied yet.
 
-// admit reports whether the changes of table are left out: a table the
-// agent has not copied yet (added to the publication) is copied first; one
-// no longer published is not mirrored.
-func (s *session) admit(ctx context.Context, table string) (skip bool, err error) {
-	if s.tables[table] != "" {
-		return false, nil
+// admitTables runs at a transaction's commit, before its batch is handed
+// over, when the decoder left out changes of tables the agent does not
+// mirror (dec.admitting). A table added to the publication since the last
+// poll is copied now, from the snapshot of a slot created after this
+// commit was decoded: the snapshot is built from the WAL, so it holds this
+// transaction (visible or not yet to other sessions' snapshots, see
+// resolveNewest) and the copy has the transaction's rows of the table once,
+// the left-out changes being in it. The copy's batch goes before the
+// transaction's, which stays whole. A table not published is not mirrored,
+// as before. Deciding at the boundary rather than at the first change
+// means a multi-table TRUNCATE is decoded whole first: the tables the agent
+// mirrors have their keys listed and deleted, the added one comes from the
+// copy, empty.
+func (s *session) admitTables(ctx context.Context) error {
+	if len(s.dec.admitting) == 0 {
+		return nil
 	}
-	// Added to the publication since the last poll? (A copy must follow
-	// the batches in flight.)
+	// A copy must follow the batches in flight.
 	if err := s.sync(ctx); err != nil {
-		return false, err
+		return err
 	}
 	if err := s.pollTables(ctx); err != nil {
-		return false, err
+		return err
 	}
-	if s.tables[table] != "" {
-		return false, nil
+	for _, table := range slices.Sorted(maps.Keys(s.dec.admitting)) {
+		// No longer published (removed or dropped since this
+		// transaction): not mirrored any more, like every table removed
+		// from the publication.
+		if s.tables[table] == "" && !s.unmirrored[table] {
+			s.unmirrored[table] = true
+			s.a.log.Info("changes of a table no longer published are not mirrored", "table", table)
+		}
 	}
-	// No longer published (removed or dropped since this transaction): not
-	// mirrored any more, like every table removed from the publication.
-	if !s.unmirrored[table] {
-		s.unmirrored[table] = true
-		s.a.log.Info("changes of a table no longer published are not mirrored", "table", table)
-	}
-	return true, nil
+	return nil
 }
 
 // retainedWALWarnEvery spaces the retained-WAL warnings of one slot: the

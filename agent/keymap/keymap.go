@@ -266,27 +266,59 @@ func (t *Template) Key(row map[string]json.RawMessage) (string, error) {
 		if !ok {
 			return "", fmt.Errorf("keymap: %s: key column %q missing", t.table, s.col)
 		}
-		v := strings.TrimSpace(string(raw))
-		if v == "null" || v == "" {
-			return "", fmt.Errorf("keymap: %s: key column %q is NULL", t.table, s.col)
+		if err := t.appendValue(&b, s.col, raw); err != nil {
+			return "", err
 		}
-		if plainString(v) {
-			// Most keys; json.Unmarshal was a fifth of a table copy's
-			// key building.
-			v = v[1 : len(v)-1]
-		} else if v[0] == '"' {
-			var str string
-			if err := json.Unmarshal(raw, &str); err != nil {
-				return "", fmt.Errorf("keymap: %s: key column %q: %w", t.table, s.col, err)
-			}
-			v = str
-		}
-		if v == "" || strings.ContainsRune(v, 0) || !utf8.ValidString(v) {
-			return "", fmt.Errorf("keymap: %s: key column %q gives an invalid key segment", t.table, s.col)
-		}
-		b.WriteString(EscapeSegment(v))
 	}
 	return b.String(), nil
+}
+
+// KeyValues builds the key from the values of the template's columns as
+// JSON, vals[i] being the value of Columns()[i] (nil or null for NULL): the
+// key Key gives for a row holding those values, without building the row.
+func (t *Template) KeyValues(vals []json.RawMessage) (string, error) {
+	if len(vals) != len(t.cols) {
+		return "", fmt.Errorf("keymap: %s: %d key values, the template has %d columns", t.table, len(vals), len(t.cols))
+	}
+	var b strings.Builder
+	i := 0
+	for _, s := range t.segs {
+		b.WriteByte('/')
+		if !s.isC {
+			b.WriteString(s.lit)
+			continue
+		}
+		if err := t.appendValue(&b, s.col, vals[i]); err != nil {
+			return "", err
+		}
+		i++
+	}
+	return b.String(), nil
+}
+
+// appendValue appends the key segment of column col's JSON value raw: a
+// string's text, any other value's JSON text, escaped.
+func (t *Template) appendValue(b *strings.Builder, col string, raw json.RawMessage) error {
+	v := strings.TrimSpace(string(raw))
+	if v == "null" || v == "" {
+		return fmt.Errorf("keymap: %s: key column %q is NULL", t.table, col)
+	}
+	if plainString(v) {
+		// Most keys; json.Unmarshal was a fifth of a table copy's
+		// key building.
+		v = v[1 : len(v)-1]
+	} else if v[0] == '"' {
+		var str string
+		if err := json.Unmarshal(raw, &str); err != nil {
+			return fmt.Errorf("keymap: %s: key column %q: %w", t.table, col, err)
+		}
+		v = str
+	}
+	if v == "" || strings.ContainsRune(v, 0) || !utf8.ValidString(v) {
+		return fmt.Errorf("keymap: %s: key column %q gives an invalid key segment", t.table, col)
+	}
+	b.WriteString(EscapeSegment(v))
+	return nil
 }
 
 // Match reports whether a store key has this template's shape.

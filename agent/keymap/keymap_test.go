@@ -231,3 +231,77 @@ func TestCheckPrefix(t *testing.T) {
 		}
 	}
 }
+
+// keyValuesSeeds are JSON values as to_jsonb gives them (and some it never
+// gives), for the key of two columns.
+var keyValuesSeeds = []string{
+	`"a"`, `"a/b%c"`, `"ä 𝄞"`, `"."`, `".."`, `".lenkwerk"`, `"q\"uote"`, `"back\\slash"`, `"tab\tx"`, `"\u00e4"`, `"x\u2028y"`,
+	`""`, `"\u0000"`, "\"a\x01b\"", `"` + "\xff" + `"`, `"unterminated`,
+	`0`, `-1`, `3`, `1.50`, `1e+30`, `-0.000001`, `9223372036854775807`, `12345678901234567890.123`,
+	`true`, `false`, `null`, ``, ` `, ` "padded" `,
+	`"2024-02-29T12:34:56.789+00:00"`, `"2024-02-29T12:34:56"`, `"2024-02-29"`, `"12:00:00+02"`, `"1 day 02:03:04"`,
+	`"550e8400-e29b-41d4-a716-446655440000"`, `"\\x00ff"`, `"192.168.0.1/24"`, `"{1,2}"`,
+	`[1, "a"]`, `{"a": 1}`, `{"a/b": "%"}`,
+}
+
+// KeyValues is Key without the row map: for every pair of values it gives
+// the same key, or fails where Key fails, with the same error.
+func TestKeyValuesEqualsKey(t *testing.T) {
+	for _, prefix := range []string{"", "/p"} {
+		m, err := New(prefix, map[string]string{"s.t": "/T/{a}/x/{b}"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tm, err := m.Table("s", "t", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, a := range keyValuesSeeds {
+			for _, b := range keyValuesSeeds {
+				checkKeyValues(t, tm, a, b)
+			}
+		}
+		// nil is a NULL column, as a missing value in pgx's raw values.
+		if k, err := tm.KeyValues([]json.RawMessage{json.RawMessage(`1`), nil}); err == nil || !strings.Contains(err.Error(), "is NULL") {
+			t.Errorf("KeyValues with a nil value = %q, %v; want the NULL error", k, err)
+		}
+		if k, err := tm.KeyValues([]json.RawMessage{json.RawMessage(`1`)}); err == nil {
+			t.Errorf("KeyValues with one value of two = %q, want an error", k)
+		}
+	}
+	st, err := New("/p", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	single, err := st.Table("storage", "servermap", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k, err := single.KeyValues(nil); err != nil || k != "/p/Servermap" {
+		t.Errorf("KeyValues of a single-key template = %q, %v", k, err)
+	}
+}
+
+func checkKeyValues(t *testing.T, tm *Template, a, b string) {
+	t.Helper()
+	want, wantErr := tm.Key(map[string]json.RawMessage{"a": json.RawMessage(a), "b": json.RawMessage(b)})
+	got, gotErr := tm.KeyValues([]json.RawMessage{json.RawMessage(a), json.RawMessage(b)})
+	if got != want || (gotErr == nil) != (wantErr == nil) || (gotErr != nil && gotErr.Error() != wantErr.Error()) {
+		t.Errorf("values %q, %q: KeyValues = %q, %v; Key = %q, %v", a, b, got, gotErr, want, wantErr)
+	}
+}
+
+func FuzzKeyValues(f *testing.F) {
+	for _, s := range keyValuesSeeds {
+		f.Add(s, `"k"`)
+	}
+	m, err := New("/p", map[string]string{"s.t": "/T/{a}/x/{b}"})
+	if err != nil {
+		f.Fatal(err)
+	}
+	tm, err := m.Table("s", "t", nil)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, a, b string) { checkKeyValues(t, tm, a, b) })
+}
