@@ -15,7 +15,7 @@ import (
 
 // Bagger's Perl classes call the configuration functions by argument name
 // (PGObject: SELECT * FROM storage.save_config(in_key := ?, in_value := ?)),
-// logged in as a role the README tells operators to make a member of
+// logged in as a role migrations/README.md tells operators to make a member of
 // lenkwerk_config. Every configuration function answers such calls, and the
 // agent mirrors what they changed.
 func TestBaggerToolsCallByName(t *testing.T) {

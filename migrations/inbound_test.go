@@ -105,7 +105,7 @@ func copyRows(t *testing.T, ctx context.Context, conn *pgx.Conn) map[string][]st
 }
 
 // loginRole creates a login role that is a member of lenkwerk_config, as
-// the README tells operators to do for Bagger's tools; dropped at the end.
+// migrations/README.md tells operators to do for Bagger's tools; dropped at the end.
 func loginRole(t *testing.T, ctx context.Context, conn *pgx.Conn, name string) {
 	t.Helper()
 	mustExec(t, ctx, conn, `CREATE ROLE `+name+` LOGIN IN ROLE lenkwerk_config`)
