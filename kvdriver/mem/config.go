@@ -3,7 +3,9 @@ package mem
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net/url"
+	"slices"
 	"strconv"
 
 	"github.com/bagger/lenkwerk/kvdriver"
@@ -65,7 +67,11 @@ func ParseURL(u *url.URL) (Config, error) {
 		return cfg, fmt.Errorf("%w: %q: a mem URL is mem://[NAME][?PARAMS]", kvdriver.ErrInvalidURL, kvdriver.Redact(u.String()))
 	}
 	cfg.Name = u.Host
-	for name, vals := range u.Query() {
+	// In name order, so the first bad parameter named is the same on every
+	// parse (a map's order is not).
+	q := u.Query()
+	for _, name := range slices.Sorted(maps.Keys(q)) {
+		vals := q[name]
 		var dst *int
 		switch name {
 		case "history":
