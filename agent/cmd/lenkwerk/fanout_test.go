@@ -82,7 +82,7 @@ func TestFanOutBinary(t *testing.T) {
 	conv("kv2")
 	metrics := p.metricsURL(t)
 	testutil.WaitFor(t, "/readyz naming the failing store", 30*time.Second, func() bool {
-		code, body := httpGet(t, metrics+"/readyz")
+		code, body := testutil.HTTPGet(t, metrics+"/readyz")
 		return code == http.StatusServiceUnavailable && strings.Contains(body, "store default") && !strings.Contains(body, "store kv2")
 	})
 	if err := etcd.Start(ctx); err != nil {
@@ -91,13 +91,13 @@ func TestFanOutBinary(t *testing.T) {
 	exec(`SELECT storage.save_config('after_etcd_outage', '2')`)
 	conv("default")
 	conv("kv2")
-	_, text := httpGet(t, metrics+"/metrics")
+	_, text := testutil.HTTPGet(t, metrics+"/metrics")
 	for _, store := range []string{"default", "kv2"} {
-		if v, ok := metricValue(text, "lenkwerk_agent_transactions_applied_total", `store="`+store+`"`); !ok || v < 1 {
+		if v, ok := testutil.MetricValue(text, "lenkwerk_agent_transactions_applied_total", `store="`+store+`"`); !ok || v < 1 {
 			t.Errorf("lenkwerk_agent_transactions_applied_total{store=%q} = %v (found %v), want >= 1", store, v, ok)
 		}
 	}
-	if v, _ := metricValue(text, "lenkwerk_agent_errors_total", `store="default"`, `kind="store"`); v < 1 {
+	if v, _ := testutil.MetricValue(text, "lenkwerk_agent_errors_total", `store="default"`, `kind="store"`); v < 1 {
 		t.Errorf(`lenkwerk_agent_errors_total{store="default",kind="store"} = %v, want >= 1`, v)
 	}
 	if code := p.terminate(30 * time.Second); code != 0 {
