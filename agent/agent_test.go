@@ -159,10 +159,7 @@ func TestPrefixAndTemplates(t *testing.T) {
 // A second agent on the same slot waits as a standby (blocked on the
 // slot's agent lock) and takes over when the first stops.
 func TestSecondAgentWaitsForSlot(t *testing.T) {
-	e := newEnv(t, "")
-	e.seed()
-	e.run(e.config())
-	e.converged(converge.Options{})
+	e := newStreamingEnv(t)
 	cfg := e.config()
 	cfg.StandbyRetry = 50 * time.Millisecond // lock_timeout 250ms
 	second := newAgent(t, cfg)

@@ -88,6 +88,17 @@ func (e *env) config() Config {
 	}
 }
 
+// newStreamingEnv is newEnv with the default tables seeded and mirrored
+// by a running agent (e.agent) of the default config.
+func newStreamingEnv(t *testing.T) *env {
+	t.Helper()
+	e := newEnv(t, "")
+	e.seed()
+	e.run(e.config())
+	e.converged(converge.Options{})
+	return e
+}
+
 // start runs an agent with cfg until the test ends or e.stop is called.
 func (e *env) start(cfg Config) *Agent {
 	e.t.Helper()
