@@ -13,8 +13,6 @@ import (
 	"github.com/bagger/lenkwerk/integration/pgtest"
 	"github.com/bagger/lenkwerk/integration/testutil"
 	"github.com/bagger/lenkwerk/kvdriver"
-	"github.com/bagger/lenkwerk/migrations"
-	"github.com/jackc/pgx/v5"
 )
 
 // TestFanOutBinary runs one agent process fanning out to etcd and pgkv:
@@ -25,16 +23,8 @@ func TestFanOutBinary(t *testing.T) {
 	t.Parallel() // waits mostly; private servers
 	bin := lenkwerkBinary(t)
 	ctx := context.Background()
-	c := pgtest.StartCluster(t, pgtest.Options{})
-	admin := c.NewDatabase(t)
-	if err := migrations.Up(ctx, admin, migrations.Options{}); err != nil {
-		t.Fatal(err)
-	}
-	db, err := pgx.Connect(ctx, admin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close(context.Background()) })
+	c, admin := migratedCluster(t, ctx, pgtest.Options{})
+	db := connectLocal(t, ctx, admin)
 	etcd := etcdtest.New(t)
 	pgkvURL := c.NewDatabase(t)
 	stores := map[string]*kvdriver.Store{}

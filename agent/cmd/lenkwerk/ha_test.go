@@ -21,7 +21,6 @@ import (
 	"github.com/bagger/lenkwerk/integration/pgtest"
 	"github.com/bagger/lenkwerk/integration/testutil"
 	"github.com/bagger/lenkwerk/kvdriver"
-	"github.com/bagger/lenkwerk/migrations"
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 )
@@ -234,16 +233,8 @@ func TestHAFailover(t *testing.T) {
 	ctx := context.Background()
 	// A hung agent is noticed by wal_sender_timeout: its walsender, which
 	// holds the agent lock, ends.
-	c := pgtest.StartCluster(t, pgtest.Options{Settings: map[string]string{"wal_sender_timeout": "'3s'"}})
-	admin := c.NewDatabase(t)
-	if err := migrations.Up(ctx, admin, migrations.Options{}); err != nil {
-		t.Fatal(err)
-	}
-	db, err := pgx.Connect(ctx, admin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close(context.Background()) })
+	_, admin := migratedCluster(t, ctx, pgtest.Options{Settings: map[string]string{"wal_sender_timeout": "'3s'"}})
+	db := connectLocal(t, ctx, admin)
 	etcd := etcdtest.New(t)
 	store, err := kvdriver.Open(ctx, etcd.URL())
 	if err != nil {
