@@ -137,6 +137,15 @@ func (e *env) storeRevision() int64 {
 	return rev
 }
 
+// compact compacts the store's history up to its current revision: a
+// follower started next finds its revision compacted and reconciles.
+func (e *env) compact() {
+	e.t.Helper()
+	if err := e.store.Compact(e.ctx, e.storeRevision()); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
 // caughtUp waits until the follower has applied the store's current
 // revision.
 func (e *env) caughtUp() {
@@ -449,9 +458,7 @@ func TestCompactionReconciles(t *testing.T) {
 	e.apply(kvdriver.Delete("/Index/1/11"), kvdriver.Delete("/Config/a%2Fb"), kvdriver.Delete("/Servermap"))
 	e.apply(put("/Index/1/11", field(11, 1, 1, "upper(app)")), put("/Dimension/5", dimension(5, 2, "level")))
 	e.apply(kvdriver.Delete("/PostgresInstance/db2/5432"))
-	if err := e.store.Compact(e.ctx, e.storeRevision()); err != nil {
-		t.Fatal(err)
-	}
+	e.compact()
 	// A row the store never had.
 	if _, err := e.conn().Exec(e.ctx, `INSERT INTO storage.config (id, key, value) VALUES (99, 'stale', '1')`); err != nil {
 		t.Fatal(err)
@@ -609,9 +616,7 @@ func TestHostileStore(t *testing.T) {
 	e.caughtUp()
 	e.stop()
 	e.apply(put("/Config/after-compaction", config(27, "after-compaction", 1)))
-	if err := e.store.Compact(e.ctx, e.storeRevision()); err != nil {
-		t.Fatal(err)
-	}
+	e.compact()
 	e.start()
 	e.caughtUp()
 	e.equal(append(skipKeys, "/Config/later")...)
@@ -709,9 +714,7 @@ func TestQuotedIdentifiers(t *testing.T) {
 	// Reconcile reads the local rows back.
 	e.stop()
 	e.apply(kvdriver.Delete("/Odd/2"), put(`/Odd/3`, row{`k"ey`: 3, "select": "z", "a,b": nil, "new": 4, "t": 5}))
-	if err := e.store.Compact(e.ctx, e.storeRevision()); err != nil {
-		t.Fatal(err)
-	}
+	e.compact()
 	e.start()
 	e.caughtUp()
 	e.equal()
