@@ -67,6 +67,17 @@ func newEnv(t *testing.T, storeURL string, cfg follow.Config) *env {
 	return e
 }
 
+// newFollowingEnv is newEnv (no prefix, the default templates) with the
+// baseline keys in the store and a running follower caught up with them.
+func newFollowingEnv(t *testing.T) *env {
+	t.Helper()
+	e := newEnv(t, "", follow.Config{})
+	e.apply(baseline("")...)
+	e.start()
+	e.caughtUp()
+	return e
+}
+
 // start runs a new follower until stop.
 func (e *env) start() {
 	e.t.Helper()
@@ -308,10 +319,7 @@ func baseline(prefix string) []kvdriver.Op {
 }
 
 func TestLoadAndFollow(t *testing.T) {
-	e := newEnv(t, "", follow.Config{})
-	e.apply(baseline("")...)
-	e.start()
-	e.caughtUp()
+	e := newFollowingEnv(t)
 	e.equal()
 
 	steps := []struct {
@@ -450,10 +458,7 @@ func TestRestartResumesFromCheckpoint(t *testing.T) {
 // A watch whose history is compacted lists again and reconciles: rows of
 // keys deleted meanwhile, and rows the store never had, are removed.
 func TestCompactionReconciles(t *testing.T) {
-	e := newEnv(t, "", follow.Config{})
-	e.apply(baseline("")...)
-	e.start()
-	e.caughtUp()
+	e := newFollowingEnv(t)
 	e.stop()
 	e.apply(kvdriver.Delete("/Index/1/11"), kvdriver.Delete("/Config/a%2Fb"), kvdriver.Delete("/Servermap"))
 	e.apply(put("/Index/1/11", field(11, 1, 1, "upper(app)")), put("/Dimension/5", dimension(5, 2, "level")))
@@ -628,10 +633,7 @@ func TestHostileStore(t *testing.T) {
 // A lost database connection ends the session; the next one resumes from
 // the checkpoint.
 func TestDatabaseReconnect(t *testing.T) {
-	e := newEnv(t, "", follow.Config{})
-	e.apply(baseline("")...)
-	e.start()
-	e.caughtUp()
+	e := newFollowingEnv(t)
 	if _, err := e.conn().Exec(e.ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()`); err != nil {
 		t.Fatal(err)
 	}
@@ -648,10 +650,7 @@ func TestDatabaseReconnect(t *testing.T) {
 // fields. Such changes wait (the checkpoint stays before them, across a
 // restart too) until the rest arrives.
 func TestSplitTransaction(t *testing.T) {
-	e := newEnv(t, "", follow.Config{})
-	e.apply(baseline("")...)
-	e.start()
-	e.caughtUp()
+	e := newFollowingEnv(t)
 	waitPending := func(n int) {
 		t.Helper()
 		deadline := time.Now().Add(30 * time.Second)
