@@ -207,11 +207,7 @@ var cases = []liveCase{
 // checks that json_populate_record gives the row back.
 func TestToJSONBEquality(t *testing.T) {
 	ctx := context.Background()
-	url := pgtest.NewDatabase(t)
-	ref := connect(t, ctx, url, map[string]string{"TimeZone": "UTC"})
-	if _, err := ref.Exec(ctx, schemaSQL); err != nil {
-		t.Fatalf("schema: %v", err)
-	}
+	url, ref := newDatabase(t, ctx, map[string]string{"TimeZone": "UTC"}, schemaSQL)
 	var ddl strings.Builder
 	tables := make([]string, len(cases))
 	for i, c := range cases {
@@ -336,6 +332,19 @@ func colTexts(ch change) []string {
 		}
 	}
 	return out
+}
+
+// newDatabase creates a database, connects to it with the run-time
+// parameters params and runs schema there (a test's tables and
+// publication). ref is that connection.
+func newDatabase(t *testing.T, ctx context.Context, params map[string]string, schema string) (url string, ref *pgx.Conn) {
+	t.Helper()
+	url = pgtest.NewDatabase(t)
+	ref = connect(t, ctx, url, params)
+	if _, err := ref.Exec(ctx, schema); err != nil {
+		t.Fatalf("schema: %v", err)
+	}
+	return url, ref
 }
 
 func connect(t testing.TB, ctx context.Context, url string, params map[string]string) *pgx.Conn {
