@@ -347,7 +347,9 @@ func newDatabase(t *testing.T, ctx context.Context, params map[string]string, sc
 	return url, ref
 }
 
-func connect(t testing.TB, ctx context.Context, url string, params map[string]string) *pgx.Conn {
+// parseConfig is url's configuration with params as run-time (startup)
+// parameters.
+func parseConfig(t testing.TB, url string, params map[string]string) *pgx.ConnConfig {
 	t.Helper()
 	cfg, err := pgx.ParseConfig(url)
 	if err != nil {
@@ -356,7 +358,12 @@ func connect(t testing.TB, ctx context.Context, url string, params map[string]st
 	for k, v := range params {
 		cfg.RuntimeParams[k] = v
 	}
-	conn, err := pgx.ConnectConfig(ctx, cfg)
+	return cfg
+}
+
+func connect(t testing.TB, ctx context.Context, url string, params map[string]string) *pgx.Conn {
+	t.Helper()
+	conn, err := pgx.ConnectConfig(ctx, parseConfig(t, url, params))
 	if err != nil {
 		t.Fatalf("connect: %v", err)
 	}
