@@ -114,16 +114,13 @@ func New(cfg Config) (*Agent, error) {
 	if err := CheckSyncStandbys(cfg.SyncStandbys); err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
-	// Cleaned once here: the agent's own keys are built from cfg.Prefix.
-	prefix, err := keymap.CleanPrefix(cfg.Prefix)
-	if err != nil {
-		return nil, fmt.Errorf("agent: %w", err)
-	}
-	cfg.Prefix = prefix
 	m, err := keymap.New(cfg.Prefix, cfg.Templates)
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
+	// Cleaned once here (by keymap.New): the agent's own keys are built
+	// from cfg.Prefix.
+	cfg.Prefix = m.Prefix()
 	if cfg.Metrics == nil {
 		// Unregistered: the agent counts into the void.
 		if cfg.Metrics, err = NewMetrics(prometheus.NewRegistry()); err != nil {

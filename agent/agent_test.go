@@ -159,25 +159,12 @@ func TestPrefixAndTemplates(t *testing.T) {
 // A second agent on the same slot waits as a standby (blocked on the
 // slot's agent lock) and takes over when the first stops.
 func TestSecondAgentWaitsForSlot(t *testing.T) {
-	e := newEnv(t, "")
-	e.seed()
-	e.run(e.config())
-	e.converged(converge.Options{})
+	e := newStreamingEnv(t)
 	cfg := e.config()
 	cfg.StandbyRetry = 50 * time.Millisecond // lock_timeout 250ms
-	second, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- second.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("second agent: %v", err)
-		}
-	}()
+	second := newAgent(t, cfg)
+	stopSecond := runAgent(t, "second agent", second)
+	defer stopSecond()
 	waitFor(t, "the second agent to wait as a standby", 20*time.Second, func() bool { return second.Status().Standby })
 	// It keeps waiting through lock_timeout rounds on one session: the
 	// same backend waits for the agent lock in ever new statements (a

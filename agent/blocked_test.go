@@ -227,7 +227,7 @@ func metric(t *testing.T, reg *prometheus.Registry, name string, labels ...strin
 	t.Helper()
 	rec := httptest.NewRecorder()
 	promhttp.HandlerFor(reg, promhttp.HandlerOpts{}).ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
-	v, _ := sample(rec.Body.String(), name, labels...)
+	v, _ := testutil.MetricValue(rec.Body.String(), name, labels...)
 	return v
 }
 

@@ -116,34 +116,22 @@ func (c *Config) setDefaults() {
 	if c.Name == "" {
 		c.Name = "default"
 	}
-	if c.StandbyRetry <= 0 {
-		c.StandbyRetry = DefaultStandbyRetry
-	}
-	if c.StatusInterval <= 0 {
-		c.StatusInterval = DefaultStatusInterval
-	}
-	if c.PollInterval <= 0 {
-		c.PollInterval = DefaultPollInterval
-	}
-	if c.ApplyTimeout <= 0 {
-		c.ApplyTimeout = DefaultApplyTimeout
-	}
-	if c.StoreRetry <= 0 {
-		c.StoreRetry = DefaultStoreRetry
-	}
-	if c.MinBackoff <= 0 {
-		c.MinBackoff = DefaultMinBackoff
-	}
-	if c.MaxBackoff <= 0 {
-		c.MaxBackoff = DefaultMaxBackoff
-	}
-	if c.RetainedWALWarn <= 0 {
-		c.RetainedWALWarn = 1 << 30
-	}
-	if c.MaxBatchOps <= 0 {
-		c.MaxBatchOps = DefaultMaxBatchOps
-	}
-	if c.MaxBatchBytes <= 0 {
-		c.MaxBatchBytes = DefaultMaxBatchBytes
+	setPositive(&c.StandbyRetry, DefaultStandbyRetry)
+	setPositive(&c.StatusInterval, DefaultStatusInterval)
+	setPositive(&c.PollInterval, DefaultPollInterval)
+	setPositive(&c.ApplyTimeout, DefaultApplyTimeout)
+	setPositive(&c.StoreRetry, DefaultStoreRetry)
+	setPositive(&c.MinBackoff, DefaultMinBackoff)
+	setPositive(&c.MaxBackoff, DefaultMaxBackoff)
+	setPositive(&c.RetainedWALWarn, 1<<30)
+	setPositive(&c.MaxBatchOps, DefaultMaxBatchOps)
+	setPositive(&c.MaxBatchBytes, DefaultMaxBatchBytes)
+}
+
+// setPositive sets *v to def unless it is positive (zero or a negative
+// value of a Config field means "the default").
+func setPositive[T int | int64 | time.Duration](v *T, def T) {
+	if *v <= 0 {
+		*v = def
 	}
 }

@@ -135,14 +135,8 @@ func (e *foEnv) fanout(name string) (*Agent, *kvdriver.Store) {
 	e.t.Cleanup(func() { store.Close() })
 	cfg := e.config()
 	cfg.Store, cfg.Slot, cfg.Name = store, StoreSlot(e.slot, name), name
-	a, err := New(cfg)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = a.Run(ctx) }()
-	e.t.Cleanup(func() { cancel(); <-done })
+	a := newAgent(e.t, cfg)
+	e.t.Cleanup(runAgent(e.t, "fan-out agent "+name, a))
 	waitFor(e.t, "the fan-out agent streaming", 30*time.Second, func() bool { return a.Status().Streaming })
 	return a, store
 }
@@ -335,16 +329,10 @@ func TestFailoverMultiHostURL(t *testing.T) {
 	onStandby := e.env.config()
 	onStandby.DatabaseURL = strings.Replace(e.url, fmt.Sprint(e.primary.Port()), fmt.Sprint(standby.Port()), 1)
 	onStandby.Slot = e.slot + "_s"
-	sa, err := New(onStandby)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sctx, scancel := context.WithCancel(context.Background())
-	sdone := make(chan error, 1)
-	go func() { sdone <- sa.Run(sctx) }()
+	sa := newAgent(t, onStandby)
+	stopSA := runAgent(t, "standby-only agent", sa)
 	waitFor(t, "the standby-only agent to say so", 30*time.Second, func() bool { return errors.Is(sa.Status().Err, errStandby) })
-	scancel()
-	<-sdone
+	stopSA()
 
 	t0 := time.Now()
 	if err := e.primary.Kill(); err != nil {

@@ -137,10 +137,8 @@ func TestPostgresRestart(t *testing.T) {
 // A table whose deletes would not carry its key columns stops the agent
 // with an error naming the table; nothing after it is applied.
 func TestBadReplicaIdentity(t *testing.T) {
-	e := newEnv(t, "")
-	e.seed()
-	a := e.run(e.config())
-	e.converged(converge.Options{})
+	e := newStreamingEnv(t)
+	a := e.agent
 	e.exec(`ALTER TABLE storage.index_field REPLICA IDENTITY DEFAULT`)
 	e.exec(`INSERT INTO storage.index_field (id, index_id, ordinality, expression) VALUES (20, 2, 5, 'x')`)
 	e.exec(`SELECT storage.save_config('later', '1')`)

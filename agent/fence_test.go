@@ -64,19 +64,8 @@ func TestFenceStaleAgent(t *testing.T) {
 
 	cfgB := e.config()
 	cfgB.StandbyRetry = 50 * time.Millisecond
-	b, err := New(cfgB)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- b.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("agent B: %v", err)
-		}
-	})
+	b := newAgent(t, cfgB)
+	t.Cleanup(runAgent(t, "agent B", b))
 	waitFor(t, "B to wait as a standby", 20*time.Second, func() bool { return b.Status().Standby })
 
 	g.armed.Store(true)

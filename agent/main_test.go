@@ -88,24 +88,50 @@ func (e *env) config() Config {
 	}
 }
 
+// newStreamingEnv is newEnv with the default tables seeded and mirrored
+// by a running agent (e.agent) of the default config.
+func newStreamingEnv(t *testing.T) *env {
+	t.Helper()
+	e := newEnv(t, "")
+	e.seed()
+	e.run(e.config())
+	e.converged(converge.Options{})
+	return e
+}
+
 // start runs an agent with cfg until the test ends or e.stop is called.
 func (e *env) start(cfg Config) *Agent {
 	e.t.Helper()
-	a, err := New(cfg)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	return e.startAgent(a)
+	return e.startAgent(newAgent(e.t, cfg))
 }
 
 func (e *env) startAgent(a *Agent) *Agent {
 	e.t.Helper()
+	e.agent = a
+	e.stop = runAgent(e.t, "agent", a)
+	e.t.Cleanup(e.stop)
+	return a
+}
+
+// newAgent is New(cfg); an error fails the test.
+func newAgent(t *testing.T, cfg Config) *Agent {
+	t.Helper()
+	a, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+// runAgent runs a in the background until stop is called: stop cancels
+// Run and waits for it (30 s at the most); Run returning an error, or not
+// returning, fails the test. Calls of stop after the first do nothing.
+func runAgent(t *testing.T, name string, a *Agent) (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- a.Run(ctx) }()
 	stopped := false
-	e.agent = a
-	e.stop = func() {
+	return func() {
 		if stopped {
 			return
 		}
@@ -114,14 +140,12 @@ func (e *env) startAgent(a *Agent) *Agent {
 		select {
 		case err := <-done:
 			if err != nil {
-				e.t.Errorf("Run returned %v after cancel, want nil", err)
+				t.Errorf("%s: Run returned %v after cancel, want nil", name, err)
 			}
 		case <-time.After(30 * time.Second):
-			e.t.Errorf("Run did not return within 30s of cancel")
+			t.Errorf("%s: Run did not return within 30s of cancel", name)
 		}
 	}
-	e.t.Cleanup(e.stop)
-	return a
 }
 
 // run starts an agent and waits until it streams (the initial sync is done).

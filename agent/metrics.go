@@ -77,48 +77,38 @@ type Metrics struct {
 // not the global default, so several agents can live in one test process).
 func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	m := &Metrics{
-		txns: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: metricsNamespace, Name: "transactions_applied_total",
-			Help: "Transactions applied to the store (with their checkpoint).",
-		}, []string{"store"}),
-		rows: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: metricsNamespace, Name: "rows_applied_total",
-			Help: "Row changes (insert, update, delete) of applied transactions.",
-		}, []string{"store"}),
-		applyLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Namespace: metricsNamespace, Name: "apply_latency_seconds",
-			Help:    "Time from a transaction's commit (PostgreSQL's clock) to the store's acknowledgement of its last batch.",
-			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300},
-		}, []string{"store"}),
-		storeWrite: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Namespace: metricsNamespace, Name: "store_write_duration_seconds",
-			Help:    "Duration of one store batch write (every attempt, failed ones included).",
-			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 10},
-		}, []string{"store"}),
-		reconnects: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: metricsNamespace, Name: "reconnects_total",
-			Help: "Sessions ended by a failure and started again, by cause (slot_in_use, database, store, value, data, fenced, other).",
-		}, []string{"store", "cause"}),
-		errs: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: metricsNamespace, Name: "errors_total",
-			Help: "Errors by kind (slot_in_use, database, store, value, data, fenced, other); failed store attempts count each.",
-		}, []string{"store", "kind"}),
-		skipped: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: metricsNamespace, Name: "changes_skipped_total",
-			Help: "Changes the agent could not mirror and left out as `lenkwerk skip` instructed.",
-		}, []string{"store"}),
-		resyncs: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: metricsNamespace, Name: "resyncs_total",
-			Help: "Full copies of every published table, by cause: no_checkpoint, slot_missing, slot_undecodable (could not map filenode), slot_wal_removed (the WAL the slot needs is gone), slot_invalidated (the server invalidated the slot: max_slot_wal_keep_size), slot_ahead (the store lost changes), other_system (another database cluster), history_diverged (a failover or restore cut the checkpoint off the database's history).",
-		}, []string{"store", "cause"}),
-		chunks: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: metricsNamespace, Name: "transaction_chunks_total",
-			Help: "Parts of transactions larger than a store batch, written while the transaction streams, before its last part and checkpoint: watchers see such a transaction in parts.",
-		}, []string{"store"}),
-		tableCopies: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: metricsNamespace, Name: "tables_copied_total",
-			Help: "Tables copied from a snapshot: each table of a full copy (resyncs_total), a table added to the publication, a table whose columns changed.",
-		}, []string{"store"}),
+		txns: counterVec("transactions_applied_total",
+			"Transactions applied to the store (with their checkpoint).",
+			"store"),
+		rows: counterVec("rows_applied_total",
+			"Row changes (insert, update, delete) of applied transactions.",
+			"store"),
+		applyLatency: histogramVec("apply_latency_seconds",
+			"Time from a transaction's commit (PostgreSQL's clock) to the store's acknowledgement of its last batch.",
+			[]float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300},
+			"store"),
+		storeWrite: histogramVec("store_write_duration_seconds",
+			"Duration of one store batch write (every attempt, failed ones included).",
+			[]float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 10},
+			"store"),
+		reconnects: counterVec("reconnects_total",
+			"Sessions ended by a failure and started again, by cause (slot_in_use, database, store, value, data, fenced, other).",
+			"store", "cause"),
+		errs: counterVec("errors_total",
+			"Errors by kind (slot_in_use, database, store, value, data, fenced, other); failed store attempts count each.",
+			"store", "kind"),
+		skipped: counterVec("changes_skipped_total",
+			"Changes the agent could not mirror and left out as `lenkwerk skip` instructed.",
+			"store"),
+		resyncs: counterVec("resyncs_total",
+			"Full copies of every published table, by cause: no_checkpoint, slot_missing, slot_undecodable (could not map filenode), slot_wal_removed (the WAL the slot needs is gone), slot_invalidated (the server invalidated the slot: max_slot_wal_keep_size), slot_ahead (the store lost changes), other_system (another database cluster), history_diverged (a failover or restore cut the checkpoint off the database's history).",
+			"store", "cause"),
+		chunks: counterVec("transaction_chunks_total",
+			"Parts of transactions larger than a store batch, written while the transaction streams, before its last part and checkpoint: watchers see such a transaction in parts.",
+			"store"),
+		tableCopies: counterVec("tables_copied_total",
+			"Tables copied from a snapshot: each table of a full copy (resyncs_total), a table added to the publication, a table whose columns changed.",
+			"store"),
 		live: &liveCollector{},
 	}
 	m.live.lagBytes = prometheus.NewDesc(metricsNamespace+"_replication_lag_bytes", "WAL the server has that the store does not have yet (server WAL end minus the applied position).", []string{"store"}, nil)
@@ -131,6 +121,21 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		}
 	}
 	return m, nil
+}
+
+// counterVec is a counter of the agent's namespace with the given labels.
+func counterVec(name, help string, labels ...string) *prometheus.CounterVec {
+	return prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: metricsNamespace, Name: name, Help: help,
+	}, labels)
+}
+
+// histogramVec is a histogram of the agent's namespace with the given
+// buckets and labels.
+func histogramVec(name, help string, buckets []float64, labels ...string) *prometheus.HistogramVec {
+	return prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: metricsNamespace, Name: name, Help: help, Buckets: buckets,
+	}, labels)
 }
 
 // agentMetrics are the metrics of one agent (one store label).

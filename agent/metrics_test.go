@@ -1,14 +1,11 @@
 package agent
 
 import (
-	"bufio"
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -21,42 +18,6 @@ import (
 	"github.com/bagger/lenkwerk/kvdriver/mem"
 	"github.com/prometheus/client_golang/prometheus"
 )
-
-func get(t *testing.T, u string) (int, string) {
-	t.Helper()
-	resp, err := http.Get(u)
-	if err != nil {
-		t.Fatalf("GET %s: %v", u, err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
-}
-
-// sample returns the value of the first sample of name whose label set
-// contains every one of labels (`k="v"`).
-func sample(text, name string, labels ...string) (float64, bool) {
-	sc := bufio.NewScanner(strings.NewReader(text))
-	for sc.Scan() {
-		line := sc.Text()
-		rest, ok := strings.CutPrefix(line, name)
-		if !ok || strings.HasPrefix(line, "#") || rest == "" || (rest[0] != '{' && rest[0] != ' ') {
-			continue
-		}
-		match := true
-		for _, l := range labels {
-			match = match && strings.Contains(rest, l)
-		}
-		if !match {
-			continue
-		}
-		f := strings.Fields(rest)
-		if v, err := strconv.ParseFloat(f[len(f)-1], 64); err == nil {
-			return v, true
-		}
-	}
-	return 0, false
-}
 
 // The metrics and health endpoints, scraped over HTTP from a running agent:
 // counters follow the transactions, the role and readiness follow the
@@ -81,7 +42,7 @@ func TestMetricsAndHealth(t *testing.T) {
 	srv := httptest.NewServer(Handler(reg, func() []string { return NotReady(0, a) }))
 	defer srv.Close()
 
-	if code, body := get(t, srv.URL+"/readyz"); code != http.StatusServiceUnavailable || strings.Count(strings.TrimSpace(body), "\n") != 0 {
+	if code, body := testutil.HTTPGet(t, srv.URL+"/readyz"); code != http.StatusServiceUnavailable || strings.Count(strings.TrimSpace(body), "\n") != 0 {
 		t.Errorf("/readyz before Run: %d %q, want 503 and one line", code, body)
 	}
 	e.startAgent(a)
@@ -92,12 +53,12 @@ func TestMetricsAndHealth(t *testing.T) {
 		e.exec(`INSERT INTO storage.config (key, value) SELECT $1 || '_' || g, '1' FROM generate_series(1, 3) g`, fmt.Sprint("m", i))
 	}
 	e.converged(converge.Options{})
-	if code, body := get(t, srv.URL+"/healthz"); code != http.StatusOK || body != "ok\n" {
+	if code, body := testutil.HTTPGet(t, srv.URL+"/healthz"); code != http.StatusOK || body != "ok\n" {
 		t.Errorf("/healthz: %d %q", code, body)
 	}
-	waitFor(t, "/readyz 200", 10*time.Second, func() bool { code, _ := get(t, srv.URL+"/readyz"); return code == http.StatusOK })
+	waitFor(t, "/readyz 200", 10*time.Second, func() bool { code, _ := testutil.HTTPGet(t, srv.URL+"/readyz"); return code == http.StatusOK })
 
-	_, text := get(t, srv.URL+"/metrics")
+	_, text := testutil.HTTPGet(t, srv.URL+"/metrics")
 	store := `store="main"`
 	for _, c := range []struct {
 		name   string
@@ -120,7 +81,7 @@ func TestMetricsAndHealth(t *testing.T) {
 		{"lenkwerk_agent_errors_total", []string{`kind="fenced"`}, func(v float64) bool { return v == 0 }, "0"},
 		{"lenkwerk_agent_reconnects_total", []string{`cause="store"`}, func(v float64) bool { return v == 0 }, "0"},
 	} {
-		v, ok := sample(text, c.name, append(c.labels, store)...)
+		v, ok := testutil.MetricValue(text, c.name, append(c.labels, store)...)
 		if !ok || !c.check(v) {
 			t.Errorf("%s%v = %v (found %v), want %s", c.name, c.labels, v, ok, c.want)
 		}
@@ -128,9 +89,9 @@ func TestMetricsAndHealth(t *testing.T) {
 
 	// Idle and caught up: no lag.
 	waitFor(t, "lag 0 when idle", 20*time.Second, func() bool {
-		_, text := get(t, srv.URL+"/metrics")
-		b, _ := sample(text, "lenkwerk_agent_replication_lag_bytes", store)
-		s, _ := sample(text, "lenkwerk_agent_replication_lag_seconds", store)
+		_, text := testutil.HTTPGet(t, srv.URL+"/metrics")
+		b, _ := testutil.MetricValue(text, "lenkwerk_agent_replication_lag_bytes", store)
+		s, _ := testutil.MetricValue(text, "lenkwerk_agent_replication_lag_seconds", store)
 		return b == 0 && s == 0
 	})
 
@@ -139,15 +100,15 @@ func TestMetricsAndHealth(t *testing.T) {
 	cfg.Store.Close()
 	e.exec(`SELECT storage.save_config('after_close', '1')`)
 	waitFor(t, "a store reconnect", 30*time.Second, func() bool {
-		_, text := get(t, srv.URL+"/metrics")
-		v, _ := sample(text, "lenkwerk_agent_reconnects_total", store, `cause="store"`)
+		_, text := testutil.HTTPGet(t, srv.URL+"/metrics")
+		v, _ := testutil.MetricValue(text, "lenkwerk_agent_reconnects_total", store, `cause="store"`)
 		return v >= 1
 	})
-	_, text = get(t, srv.URL+"/metrics")
-	if v, _ := sample(text, "lenkwerk_agent_errors_total", store, `kind="store"`); v < 1 {
+	_, text = testutil.HTTPGet(t, srv.URL+"/metrics")
+	if v, _ := testutil.MetricValue(text, "lenkwerk_agent_errors_total", store, `kind="store"`); v < 1 {
 		t.Errorf("lenkwerk_agent_errors_total{kind=store} = %v, want >= 1", v)
 	}
-	if code, body := get(t, srv.URL+"/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "store main") {
+	if code, body := testutil.HTTPGet(t, srv.URL+"/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "store main") {
 		t.Errorf("/readyz with a closed store: %d %q, want 503 naming the store", code, body)
 	}
 }

@@ -34,8 +34,17 @@ type singleKeyCase struct {
 	setup     []string          // before the agent starts
 	late      []string          // run while the first round's workload runs
 	insert    func(n int) string
-	del       string // deletes the newest row
-	newest    string // the newest row as to_jsonb text (NULL: none)
+	pk        string // the primary key column: the newest row has its greatest value
+}
+
+// del is the statement that deletes the newest row.
+func (c singleKeyCase) del() string {
+	return fmt.Sprintf(`DELETE FROM %s WHERE %s = (SELECT max(%[2]s) FROM %[1]s)`, c.table, c.pk)
+}
+
+// newest is the query of the newest row as to_jsonb text (no row: none).
+func (c singleKeyCase) newest() string {
+	return fmt.Sprintf(`SELECT to_jsonb(t.*)::text FROM %s t ORDER BY %s DESC LIMIT 1`, c.table, c.pk)
 }
 
 func singleKeyCases() []singleKeyCase {
@@ -44,8 +53,7 @@ func singleKeyCases() []singleKeyCase {
 		table:  "storage.servermap",
 		key:    "/Servermap",
 		insert: func(n int) string { return fmt.Sprintf(`SELECT storage.save_servermap('{"gen": %d}')`, n) },
-		del:    `DELETE FROM storage.servermap WHERE id = (SELECT max(id) FROM storage.servermap)`,
-		newest: `SELECT to_jsonb(t.*)::text FROM storage.servermap t ORDER BY id DESC LIMIT 1`,
+		pk:     "id",
 	}, {
 		// A --key-template makes any table single-key.
 		name:      "config as /OneConfig",
@@ -53,8 +61,7 @@ func singleKeyCases() []singleKeyCase {
 		key:       "/OneConfig",
 		templates: map[string]string{"storage.config": "/OneConfig"},
 		insert:    func(n int) string { return fmt.Sprintf(`SELECT storage.save_config('z%08d', '{"n": %d}')`, n, n) },
-		del:       `DELETE FROM storage.config WHERE key = (SELECT max(key) FROM storage.config)`,
-		newest:    `SELECT to_jsonb(t.*)::text FROM storage.config t ORDER BY key DESC LIMIT 1`,
+		pk:        "key",
 	}, {
 		// A single-key table added to the publication while the agent
 		// streams and the table is being written: copied from a temporary
@@ -69,8 +76,7 @@ func singleKeyCases() []singleKeyCase {
 		},
 		late:   []string{`ALTER PUBLICATION bagger_lw_storage ADD TABLE storage.gen`},
 		insert: func(n int) string { return fmt.Sprintf(`INSERT INTO storage.gen VALUES (%d, 'g%d')`, n, n) },
-		del:    `DELETE FROM storage.gen WHERE id = (SELECT max(id) FROM storage.gen)`,
-		newest: `SELECT to_jsonb(t.*)::text FROM storage.gen t ORDER BY id DESC LIMIT 1`,
+		pk:     "id",
 	}}
 }
 
@@ -189,7 +195,7 @@ func stressSingleKey(t *testing.T, url string, tc singleKeyCase, rounds, maxOps 
 				}
 			}
 			if e.rows(tc.table) > 1 && rng.IntN(3) == 0 {
-				e.exec(tc.del)
+				e.exec(tc.del())
 			} else {
 				n++
 				e.exec(tc.insert(n))
@@ -212,7 +218,7 @@ func stressSingleKey(t *testing.T, url string, tc singleKeyCase, rounds, maxOps 
 		})
 		// Everything committed before the marker is in the store now.
 		var want *string
-		if err := e.db.QueryRow(ctx, tc.newest).Scan(&want); err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		if err := e.db.QueryRow(ctx, tc.newest()).Scan(&want); err != nil && !errors.Is(err, pgx.ErrNoRows) {
 			t.Fatal(err)
 		}
 		got, ok := e.get(tc.key)

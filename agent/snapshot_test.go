@@ -13,10 +13,7 @@ import (
 // Resync copies everything again from a fresh snapshot and removes keys
 // matching no row; it refuses while an agent streams the slot.
 func TestResync(t *testing.T) {
-	e := newEnv(t, "")
-	e.seed()
-	e.run(e.config())
-	e.converged(converge.Options{})
+	e := newStreamingEnv(t)
 	ctx := context.Background()
 	if err := Resync(ctx, e.config()); !isSlotActive(err) {
 		t.Fatalf("Resync with the agent running: %v, want the slot-in-use error", err)
@@ -47,10 +44,7 @@ func TestResync(t *testing.T) {
 // A store that lost data (restored from a backup: its checkpoint is behind
 // what the slot was confirmed to) or was wiped is copied again on start.
 func TestStoreRestoredOrWiped(t *testing.T) {
-	e := newEnv(t, "")
-	e.seed()
-	e.run(e.config())
-	e.converged(converge.Options{})
+	e := newStreamingEnv(t)
 	ctx := context.Background()
 	old, err := e.store.Get(ctx, CheckpointKey("", e.slot))
 	if err != nil {

@@ -61,33 +61,32 @@ dbuild() {
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
+# goimage IMAGE DIR BIN PKG [LDFLAGS]: IMAGE of docker/DIR/Dockerfile and
+# the static binary BIN built from PKG (build context $tmp/DIR), rebuilt
+# whenever either differs.
+goimage() {
+	local image=$1 dir=$tmp/$2 bin=$3 pkg=$4 ldflags=${5:-} start=$SECONDS h
+	mkdir -p "$dir"
+	gobuild "$dir/$bin" "$pkg" "$ldflags"
+	cp "docker/$2/Dockerfile" "$dir/"
+	h=$(sum "$dir/$bin" "$dir/Dockerfile")
+	if current "$image" "$h"; then
+		log "$image is current"
+	else
+		dbuild --label "org.lenkwerk.inputs=$h" -t "$image" "$dir"
+		log "$image built in $((SECONDS - start))s"
+	fi
+}
+
 # agent: rebuilt whenever the binary differs, so tests run today's agent.
 if ours "$AGENT_IMAGE"; then
-	start=$SECONDS
-	mkdir "$tmp/agent"
-	gobuild "$tmp/agent/lenkwerk" ./agent/cmd/lenkwerk "-X main.version=container"
-	cp docker/agent/Dockerfile "$tmp/agent/"
-	h=$(sum "$tmp/agent/lenkwerk" "$tmp/agent/Dockerfile")
-	if current "$AGENT_IMAGE" "$h"; then
-		log "$AGENT_IMAGE is current"
-	else
-		dbuild --label "org.lenkwerk.inputs=$h" -t "$AGENT_IMAGE" "$tmp/agent"
-		log "$AGENT_IMAGE built in $((SECONDS - start))s"
-	fi
+	goimage "$AGENT_IMAGE" agent lenkwerk ./agent/cmd/lenkwerk "-X main.version=container"
 fi
 
+# etcd: its Dockerfile copies the (empty) data directory too.
 if ours "$ETCD_IMAGE"; then
-	start=$SECONDS
 	mkdir -p "$tmp/etcd/data"
-	gobuild "$tmp/etcd/etcd" ./docker/etcd
-	cp docker/etcd/Dockerfile "$tmp/etcd/"
-	h=$(sum "$tmp/etcd/etcd" "$tmp/etcd/Dockerfile")
-	if current "$ETCD_IMAGE" "$h"; then
-		log "$ETCD_IMAGE is current"
-	else
-		dbuild --label "org.lenkwerk.inputs=$h" -t "$ETCD_IMAGE" "$tmp/etcd"
-		log "$ETCD_IMAGE built in $((SECONDS - start))s"
-	fi
+	goimage "$ETCD_IMAGE" etcd etcd ./docker/etcd
 fi
 
 # PostgreSQL: debootstrap (cached tarball) → docker import → Dockerfile.

@@ -37,9 +37,7 @@ func TestEtcd(t *testing.T) {
 	e.stop()
 	e.apply(kvdriver.Delete("/bagger/Config/after-restart"))
 	e.apply(put("/bagger/Dimension/3", dimension(3, 2, "level")))
-	if err := e.store.Compact(e.ctx, e.storeRevision()); err != nil {
-		t.Fatal(err)
-	}
+	e.compact()
 	e.start()
 	e.caughtUp()
 	e.equal()

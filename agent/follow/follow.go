@@ -104,17 +104,13 @@ func New(cfg Config) (*Follower, error) {
 	if cfg.MaxBackoff <= 0 {
 		cfg.MaxBackoff = DefaultMaxBackoff
 	}
-	// Cleaned once here: the checkpoint's and reserved keys are built
-	// from cfg.Prefix.
-	prefix, err := keymap.CleanPrefix(cfg.Prefix)
-	if err != nil {
-		return nil, fmt.Errorf("follow: %w", err)
-	}
-	cfg.Prefix = prefix
 	m, err := keymap.New(cfg.Prefix, cfg.Templates)
 	if err != nil {
 		return nil, fmt.Errorf("follow: %w", err)
 	}
+	// Cleaned once here (by keymap.New): the checkpoint's and reserved
+	// keys are built from cfg.Prefix.
+	cfg.Prefix = m.Prefix()
 	return &Follower{cfg: cfg, mapper: m, log: cfg.Logger, logged: map[string]bool{}}, nil
 }
 

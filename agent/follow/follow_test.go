@@ -67,6 +67,17 @@ func newEnv(t *testing.T, storeURL string, cfg follow.Config) *env {
 	return e
 }
 
+// newFollowingEnv is newEnv (no prefix, the default templates) with the
+// baseline keys in the store and a running follower caught up with them.
+func newFollowingEnv(t *testing.T) *env {
+	t.Helper()
+	e := newEnv(t, "", follow.Config{})
+	e.apply(baseline("")...)
+	e.start()
+	e.caughtUp()
+	return e
+}
+
 // start runs a new follower until stop.
 func (e *env) start() {
 	e.t.Helper()
@@ -135,6 +146,15 @@ func (e *env) storeRevision() int64 {
 		e.t.Fatal(err)
 	}
 	return rev
+}
+
+// compact compacts the store's history up to its current revision: a
+// follower started next finds its revision compacted and reconciles.
+func (e *env) compact() {
+	e.t.Helper()
+	if err := e.store.Compact(e.ctx, e.storeRevision()); err != nil {
+		e.t.Fatal(err)
+	}
 }
 
 // caughtUp waits until the follower has applied the store's current
@@ -299,10 +319,7 @@ func baseline(prefix string) []kvdriver.Op {
 }
 
 func TestLoadAndFollow(t *testing.T) {
-	e := newEnv(t, "", follow.Config{})
-	e.apply(baseline("")...)
-	e.start()
-	e.caughtUp()
+	e := newFollowingEnv(t)
 	e.equal()
 
 	steps := []struct {
@@ -441,17 +458,12 @@ func TestRestartResumesFromCheckpoint(t *testing.T) {
 // A watch whose history is compacted lists again and reconciles: rows of
 // keys deleted meanwhile, and rows the store never had, are removed.
 func TestCompactionReconciles(t *testing.T) {
-	e := newEnv(t, "", follow.Config{})
-	e.apply(baseline("")...)
-	e.start()
-	e.caughtUp()
+	e := newFollowingEnv(t)
 	e.stop()
 	e.apply(kvdriver.Delete("/Index/1/11"), kvdriver.Delete("/Config/a%2Fb"), kvdriver.Delete("/Servermap"))
 	e.apply(put("/Index/1/11", field(11, 1, 1, "upper(app)")), put("/Dimension/5", dimension(5, 2, "level")))
 	e.apply(kvdriver.Delete("/PostgresInstance/db2/5432"))
-	if err := e.store.Compact(e.ctx, e.storeRevision()); err != nil {
-		t.Fatal(err)
-	}
+	e.compact()
 	// A row the store never had.
 	if _, err := e.conn().Exec(e.ctx, `INSERT INTO storage.config (id, key, value) VALUES (99, 'stale', '1')`); err != nil {
 		t.Fatal(err)
@@ -609,9 +621,7 @@ func TestHostileStore(t *testing.T) {
 	e.caughtUp()
 	e.stop()
 	e.apply(put("/Config/after-compaction", config(27, "after-compaction", 1)))
-	if err := e.store.Compact(e.ctx, e.storeRevision()); err != nil {
-		t.Fatal(err)
-	}
+	e.compact()
 	e.start()
 	e.caughtUp()
 	e.equal(append(skipKeys, "/Config/later")...)
@@ -623,10 +633,7 @@ func TestHostileStore(t *testing.T) {
 // A lost database connection ends the session; the next one resumes from
 // the checkpoint.
 func TestDatabaseReconnect(t *testing.T) {
-	e := newEnv(t, "", follow.Config{})
-	e.apply(baseline("")...)
-	e.start()
-	e.caughtUp()
+	e := newFollowingEnv(t)
 	if _, err := e.conn().Exec(e.ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()`); err != nil {
 		t.Fatal(err)
 	}
@@ -643,10 +650,7 @@ func TestDatabaseReconnect(t *testing.T) {
 // fields. Such changes wait (the checkpoint stays before them, across a
 // restart too) until the rest arrives.
 func TestSplitTransaction(t *testing.T) {
-	e := newEnv(t, "", follow.Config{})
-	e.apply(baseline("")...)
-	e.start()
-	e.caughtUp()
+	e := newFollowingEnv(t)
 	waitPending := func(n int) {
 		t.Helper()
 		deadline := time.Now().Add(30 * time.Second)
@@ -709,9 +713,7 @@ func TestQuotedIdentifiers(t *testing.T) {
 	// Reconcile reads the local rows back.
 	e.stop()
 	e.apply(kvdriver.Delete("/Odd/2"), put(`/Odd/3`, row{`k"ey`: 3, "select": "z", "a,b": nil, "new": 4, "t": 5}))
-	if err := e.store.Compact(e.ctx, e.storeRevision()); err != nil {
-		t.Fatal(err)
-	}
+	e.compact()
 	e.start()
 	e.caughtUp()
 	e.equal()

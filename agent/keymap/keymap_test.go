@@ -9,14 +9,7 @@ import (
 )
 
 func TestDefaultsAndKeys(t *testing.T) {
-	m, err := New("/bagger", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tm, err := m.Table("storage", "index_field", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tm := mustTemplate(t, "/bagger", nil, "storage", "index_field", nil)
 	k, err := tm.Key(map[string]json.RawMessage{"index_id": json.RawMessage(`3`), "id": json.RawMessage(`"a/b%c"`)})
 	if err != nil {
 		t.Fatal(err)
@@ -60,14 +53,7 @@ func TestEscapeRoundTrip(t *testing.T) {
 }
 
 func TestDotSegments(t *testing.T) {
-	m, err := New("", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tm, err := m.Table("storage", "config", []string{"key"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	tm := mustTemplate(t, "", nil, "storage", "config", []string{"key"})
 	for v, want := range map[string]string{`"."`: "/Config/%2E", `".."`: "/Config/%2E%2E", `"..."`: "/Config/..."} {
 		key, err := tm.Key(map[string]json.RawMessage{"key": json.RawMessage(v)})
 		if err != nil || key != want {
@@ -88,14 +74,7 @@ func TestDotSegments(t *testing.T) {
 // first segment is a column: its value .lenkwerk is escaped.
 func TestReservedSegmentEscaped(t *testing.T) {
 	for _, prefix := range []string{"", "/p"} {
-		m, err := New(prefix, map[string]string{"storage.config": "/{key}"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		tm, err := m.Table("storage", "config", []string{"key"})
-		if err != nil {
-			t.Fatal(err)
-		}
+		tm := mustTemplate(t, prefix, map[string]string{"storage.config": "/{key}"}, "storage", "config", []string{"key"})
 		key, err := tm.Key(map[string]json.RawMessage{"key": json.RawMessage(`".lenkwerk"`)})
 		if want := prefix + "/%2Elenkwerk"; err != nil || key != want {
 			t.Errorf("prefix %q: key of .lenkwerk: %q, %v; want %q", prefix, key, err, want)
@@ -157,14 +136,7 @@ func TestTemplatesAndPrefixes(t *testing.T) {
 // escapes; the key must be the one json.Unmarshal's decoding gives, and a
 // raw control character (invalid JSON) must still be refused.
 func TestKeyStringFastPath(t *testing.T) {
-	m, err := New("", map[string]string{"s.t": "/T/{c}"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl, err := m.Table("s", "t", []string{"c"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	tmpl := mustTemplate(t, "", map[string]string{"s.t": "/T/{c}"}, "s", "t", []string{"c"})
 	for _, s := range []string{"a", "a/b", "ä 𝄞", "%2F", ".", "..", `q"uote`, `back\slash`, "tab\tx", "x\u2028y", "<&>"} {
 		raw, err := json.Marshal(s)
 		if err != nil {
@@ -248,14 +220,7 @@ var keyValuesSeeds = []string{
 // the same key, or fails where Key fails, with the same error.
 func TestKeyValuesEqualsKey(t *testing.T) {
 	for _, prefix := range []string{"", "/p"} {
-		m, err := New(prefix, map[string]string{"s.t": "/T/{a}/x/{b}"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		tm, err := m.Table("s", "t", nil)
-		if err != nil {
-			t.Fatal(err)
-		}
+		tm := mustTemplate(t, prefix, map[string]string{"s.t": "/T/{a}/x/{b}"}, "s", "t", nil)
 		for _, a := range keyValuesSeeds {
 			for _, b := range keyValuesSeeds {
 				checkKeyValues(t, tm, a, b)
@@ -269,17 +234,25 @@ func TestKeyValuesEqualsKey(t *testing.T) {
 			t.Errorf("KeyValues with one value of two = %q, want an error", k)
 		}
 	}
-	st, err := New("/p", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	single, err := st.Table("storage", "servermap", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	single := mustTemplate(t, "/p", nil, "storage", "servermap", nil)
 	if k, err := single.KeyValues(nil); err != nil || k != "/p/Servermap" {
 		t.Errorf("KeyValues of a single-key template = %q, %v", k, err)
 	}
+}
+
+// mustTemplate is the template of schema.table (primary key pk) of a
+// mapper New(prefix, templates); an error fails the test.
+func mustTemplate(t testing.TB, prefix string, templates map[string]string, schema, table string, pk []string) *Template {
+	t.Helper()
+	m, err := New(prefix, templates)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tm, err := m.Table(schema, table, pk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tm
 }
 
 func checkKeyValues(t *testing.T, tm *Template, a, b string) {
@@ -295,13 +268,6 @@ func FuzzKeyValues(f *testing.F) {
 	for _, s := range keyValuesSeeds {
 		f.Add(s, `"k"`)
 	}
-	m, err := New("/p", map[string]string{"s.t": "/T/{a}/x/{b}"})
-	if err != nil {
-		f.Fatal(err)
-	}
-	tm, err := m.Table("s", "t", nil)
-	if err != nil {
-		f.Fatal(err)
-	}
+	tm := mustTemplate(f, "/p", map[string]string{"s.t": "/T/{a}/x/{b}"}, "s", "t", nil)
 	f.Fuzz(func(t *testing.T, a, b string) { checkKeyValues(t, tm, a, b) })
 }

@@ -7,20 +7,15 @@ import (
 	"testing"
 
 	"github.com/bagger/lenkwerk/agent/pgjson"
-	"github.com/bagger/lenkwerk/integration/pgtest"
 )
 
 // pgoutput leaves out generated columns, which to_jsonb has: CheckColumns
 // says so by name instead of letting a different value through.
 func TestGeneratedColumnsAreReported(t *testing.T) {
 	ctx := context.Background()
-	url := pgtest.NewDatabase(t)
-	ref := connect(t, ctx, url, map[string]string{"TimeZone": "UTC"})
-	if _, err := ref.Exec(ctx, `CREATE TABLE g (id int PRIMARY KEY, twice int GENERATED ALWAYS AS (id * 2) STORED);
+	url, ref := newDatabase(t, ctx, map[string]string{"TimeZone": "UTC"}, `CREATE TABLE g (id int PRIMARY KEY, twice int GENERATED ALWAYS AS (id * 2) STORED);
 		CREATE TABLE plain (id int PRIMARY KEY, v text);
-		CREATE PUBLICATION p FOR TABLE g, plain`); err != nil {
-		t.Fatal(err)
-	}
+		CREATE PUBLICATION p FOR TABLE g, plain`)
 	repl := replConn(t, ctx, url, pgjson.SessionSettings(), "s")
 	if _, err := ref.Exec(ctx, `INSERT INTO g (id) VALUES (1); INSERT INTO plain VALUES (1, 'x')`); err != nil {
 		t.Fatal(err)

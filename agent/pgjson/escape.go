@@ -36,22 +36,13 @@ func appendEscaped(dst, s []byte) []byte {
 	return dst
 }
 
+// named are the escapes escape_json writes by name: '"' as \", '\n' as \n
+// and so on (0: none).
+var named = [256]byte{'"': '"', '\\': '\\', '\b': 'b', '\f': 'f', '\n': 'n', '\r': 'r', '\t': 't'}
+
 func appendEscapedByte(dst []byte, c byte) []byte {
-	switch c {
-	case '"':
-		return append(dst, '\\', '"')
-	case '\\':
-		return append(dst, '\\', '\\')
-	case '\b':
-		return append(dst, '\\', 'b')
-	case '\f':
-		return append(dst, '\\', 'f')
-	case '\n':
-		return append(dst, '\\', 'n')
-	case '\r':
-		return append(dst, '\\', 'r')
-	case '\t':
-		return append(dst, '\\', 't')
+	if e := named[c]; e != 0 {
+		return append(dst, '\\', e)
 	}
 	if c < 0x20 {
 		return append(dst, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&15])

@@ -207,11 +207,7 @@ var cases = []liveCase{
 // checks that json_populate_record gives the row back.
 func TestToJSONBEquality(t *testing.T) {
 	ctx := context.Background()
-	url := pgtest.NewDatabase(t)
-	ref := connect(t, ctx, url, map[string]string{"TimeZone": "UTC"})
-	if _, err := ref.Exec(ctx, schemaSQL); err != nil {
-		t.Fatalf("schema: %v", err)
-	}
+	url, ref := newDatabase(t, ctx, map[string]string{"TimeZone": "UTC"}, schemaSQL)
 	var ddl strings.Builder
 	tables := make([]string, len(cases))
 	for i, c := range cases {
@@ -338,7 +334,22 @@ func colTexts(ch change) []string {
 	return out
 }
 
-func connect(t testing.TB, ctx context.Context, url string, params map[string]string) *pgx.Conn {
+// newDatabase creates a database, connects to it with the run-time
+// parameters params and runs schema there (a test's tables and
+// publication). ref is that connection.
+func newDatabase(t *testing.T, ctx context.Context, params map[string]string, schema string) (url string, ref *pgx.Conn) {
+	t.Helper()
+	url = pgtest.NewDatabase(t)
+	ref = connect(t, ctx, url, params)
+	if _, err := ref.Exec(ctx, schema); err != nil {
+		t.Fatalf("schema: %v", err)
+	}
+	return url, ref
+}
+
+// parseConfig is url's configuration with params as run-time (startup)
+// parameters.
+func parseConfig(t testing.TB, url string, params map[string]string) *pgx.ConnConfig {
 	t.Helper()
 	cfg, err := pgx.ParseConfig(url)
 	if err != nil {
@@ -347,7 +358,12 @@ func connect(t testing.TB, ctx context.Context, url string, params map[string]st
 	for k, v := range params {
 		cfg.RuntimeParams[k] = v
 	}
-	conn, err := pgx.ConnectConfig(ctx, cfg)
+	return cfg
+}
+
+func connect(t testing.TB, ctx context.Context, url string, params map[string]string) *pgx.Conn {
+	t.Helper()
+	conn, err := pgx.ConnectConfig(ctx, parseConfig(t, url, params))
 	if err != nil {
 		t.Fatalf("connect: %v", err)
 	}

@@ -86,6 +86,17 @@ func randomJSON(rng *rand.Rand, b *strings.Builder, depth int) {
 			b.WriteByte(" \t\n\r"[rng.IntN(4)])
 		}
 	}
+	// list writes n items, comma-separated, and the white space before
+	// the closing bracket.
+	list := func(n int, item func()) {
+		for i := 0; i < n; i++ {
+			if i > 0 {
+				b.WriteByte(',')
+			}
+			item()
+		}
+		ws()
+	}
 	ws()
 	k := rng.IntN(10)
 	if depth > 4 {
@@ -94,29 +105,17 @@ func randomJSON(rng *rand.Rand, b *strings.Builder, depth int) {
 	switch k {
 	case 0, 1:
 		b.WriteByte('{')
-		n := rng.IntN(6)
-		for i := 0; i < n; i++ {
-			if i > 0 {
-				b.WriteByte(',')
-			}
+		list(rng.IntN(6), func() {
 			ws()
 			randomString(rng, b, keyPool[rng.IntN(len(keyPool))])
 			ws()
 			b.WriteByte(':')
 			randomJSON(rng, b, depth+1)
-		}
-		ws()
+		})
 		b.WriteByte('}')
 	case 2, 3:
 		b.WriteByte('[')
-		n := rng.IntN(5)
-		for i := 0; i < n; i++ {
-			if i > 0 {
-				b.WriteByte(',')
-			}
-			randomJSON(rng, b, depth+1)
-		}
-		ws()
+		list(rng.IntN(5), func() { randomJSON(rng, b, depth+1) })
 		b.WriteByte(']')
 	case 4, 5:
 		b.WriteString(randomNumber(rng))

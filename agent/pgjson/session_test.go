@@ -6,7 +6,6 @@ import (
 	"testing"
 
 	"github.com/bagger/lenkwerk/agent/pgjson"
-	"github.com/bagger/lenkwerk/integration/pgtest"
 )
 
 // TestWalsenderHonoursStartupParameters proves that pgoutput formats values
@@ -17,12 +16,8 @@ import (
 // in every column.
 func TestWalsenderHonoursStartupParameters(t *testing.T) {
 	ctx := context.Background()
-	url := pgtest.NewDatabase(t)
-	ref := connect(t, ctx, url, nil)
-	if _, err := ref.Exec(ctx, `CREATE TABLE v (ts timestamptz, d date, f float8, i interval, b bytea);
-		CREATE PUBLICATION p FOR TABLE v`); err != nil {
-		t.Fatal(err)
-	}
+	url, ref := newDatabase(t, ctx, nil, `CREATE TABLE v (ts timestamptz, d date, f float8, i interval, b bytea);
+		CREATE PUBLICATION p FOR TABLE v`)
 	other := map[string]string{
 		"TimeZone":           "Asia/Kolkata",
 		"DateStyle":          "German, DMY",

@@ -24,15 +24,9 @@ type change struct {
 // pgoutput slot on it (before the caller writes what it wants to read).
 func replConn(t *testing.T, ctx context.Context, url string, params map[string]string, slot string) *pgconn.PgConn {
 	t.Helper()
-	cfg, err := pgconn.ParseConfig(url)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg := parseConfig(t, url, params)
 	cfg.RuntimeParams["replication"] = "database"
-	for k, v := range params {
-		cfg.RuntimeParams[k] = v
-	}
-	conn, err := pgconn.ConnectConfig(ctx, cfg)
+	conn, err := pgconn.ConnectConfig(ctx, &cfg.Config)
 	if err != nil {
 		t.Fatalf("replication connect: %v", err)
 	}

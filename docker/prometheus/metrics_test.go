@@ -73,10 +73,6 @@ func TestRulesAndDashboardUseRealMetrics(t *testing.T) {
 type expr struct{ where, expr string }
 
 func ruleExprs(t *testing.T) []expr {
-	b, err := os.ReadFile("lenkwerk.rules.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
 	var f struct {
 		Groups []struct {
 			Rules []struct {
@@ -84,9 +80,7 @@ func ruleExprs(t *testing.T) []expr {
 			}
 		}
 	}
-	if err := yaml.Unmarshal(b, &f); err != nil {
-		t.Fatalf("lenkwerk.rules.yaml: %v", err)
-	}
+	decodeFile(t, "lenkwerk.rules.yaml", yaml.Unmarshal, &f)
 	var out []expr
 	for _, g := range f.Groups {
 		for _, r := range g.Rules {
@@ -96,11 +90,19 @@ func ruleExprs(t *testing.T) []expr {
 	return out
 }
 
-func dashboardExprs(t *testing.T) []expr {
-	b, err := os.ReadFile("../grafana/lenkwerk-dashboard.json")
+// decodeFile reads the file at path into v with unmarshal (YAML or JSON).
+func decodeFile(t *testing.T, path string, unmarshal func([]byte, any) error, v any) {
+	t.Helper()
+	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
+	if err := unmarshal(b, v); err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+}
+
+func dashboardExprs(t *testing.T) []expr {
 	var d struct {
 		Panels []struct {
 			Title   string
@@ -113,9 +115,7 @@ func dashboardExprs(t *testing.T) []expr {
 			}
 		}
 	}
-	if err := json.Unmarshal(b, &d); err != nil {
-		t.Fatalf("dashboard: %v", err)
-	}
+	decodeFile(t, "../grafana/lenkwerk-dashboard.json", json.Unmarshal, &d)
 	var out []expr
 	for _, p := range d.Panels {
 		for _, tg := range p.Targets {

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bagger/lenkwerk/integration/pgtest"
 	"github.com/bagger/lenkwerk/integration/testutil"
 )
 
@@ -20,7 +21,7 @@ func TestConfigErrorsExitAtStart(t *testing.T) {
 	bin := lenkwerkBinary(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
-	_, admin := migratedCluster(t, ctx)
+	_, admin := migratedCluster(t, ctx, pgtest.Options{})
 	execSQL(t, ctx, admin, `CREATE TABLE public.extra (id int PRIMARY KEY, name text)`, `GRANT SELECT ON public.extra TO lenkwerk_agent`,
 		`CREATE TABLE public.partial (id int PRIMARY KEY, name text)`, `GRANT SELECT ON public.partial TO lenkwerk_agent`,
 		`ALTER PUBLICATION bagger_lw_storage ADD TABLE public.partial (id)`)

@@ -13,8 +13,6 @@ import (
 	"github.com/bagger/lenkwerk/integration/pgtest"
 	"github.com/bagger/lenkwerk/integration/testutil"
 	"github.com/bagger/lenkwerk/kvdriver"
-	"github.com/bagger/lenkwerk/migrations"
-	"github.com/jackc/pgx/v5"
 )
 
 // TestFanOutBinary runs one agent process fanning out to etcd and pgkv:
@@ -25,16 +23,8 @@ func TestFanOutBinary(t *testing.T) {
 	t.Parallel() // waits mostly; private servers
 	bin := lenkwerkBinary(t)
 	ctx := context.Background()
-	c := pgtest.StartCluster(t, pgtest.Options{})
-	admin := c.NewDatabase(t)
-	if err := migrations.Up(ctx, admin, migrations.Options{}); err != nil {
-		t.Fatal(err)
-	}
-	db, err := pgx.Connect(ctx, admin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close(context.Background()) })
+	c, admin := migratedCluster(t, ctx, pgtest.Options{})
+	db := connectLocal(t, ctx, admin)
 	etcd := etcdtest.New(t)
 	pgkvURL := c.NewDatabase(t)
 	stores := map[string]*kvdriver.Store{}
@@ -82,7 +72,7 @@ func TestFanOutBinary(t *testing.T) {
 	conv("kv2")
 	metrics := p.metricsURL(t)
 	testutil.WaitFor(t, "/readyz naming the failing store", 30*time.Second, func() bool {
-		code, body := httpGet(t, metrics+"/readyz")
+		code, body := testutil.HTTPGet(t, metrics+"/readyz")
 		return code == http.StatusServiceUnavailable && strings.Contains(body, "store default") && !strings.Contains(body, "store kv2")
 	})
 	if err := etcd.Start(ctx); err != nil {
@@ -91,13 +81,13 @@ func TestFanOutBinary(t *testing.T) {
 	exec(`SELECT storage.save_config('after_etcd_outage', '2')`)
 	conv("default")
 	conv("kv2")
-	_, text := httpGet(t, metrics+"/metrics")
+	_, text := testutil.HTTPGet(t, metrics+"/metrics")
 	for _, store := range []string{"default", "kv2"} {
-		if v, ok := metricValue(text, "lenkwerk_agent_transactions_applied_total", `store="`+store+`"`); !ok || v < 1 {
+		if v, ok := testutil.MetricValue(text, "lenkwerk_agent_transactions_applied_total", `store="`+store+`"`); !ok || v < 1 {
 			t.Errorf("lenkwerk_agent_transactions_applied_total{store=%q} = %v (found %v), want >= 1", store, v, ok)
 		}
 	}
-	if v, _ := metricValue(text, "lenkwerk_agent_errors_total", `store="default"`, `kind="store"`); v < 1 {
+	if v, _ := testutil.MetricValue(text, "lenkwerk_agent_errors_total", `store="default"`, `kind="store"`); v < 1 {
 		t.Errorf(`lenkwerk_agent_errors_total{store="default",kind="store"} = %v, want >= 1`, v)
 	}
 	if code := p.terminate(30 * time.Second); code != 0 {

@@ -98,8 +98,9 @@ func TestFollowBinary(t *testing.T) {
 	}
 }
 
-// connectLocal connects to the local copy (its tables appear once the
-// follower has migrated it).
+// connectLocal connects to url for the rest of the test: the local copy
+// (its tables appear once the follower has migrated it) or a migrated
+// Lenkwerk database.
 func connectLocal(t *testing.T, ctx context.Context, url string) *pgx.Conn {
 	t.Helper()
 	conn, err := pgx.Connect(ctx, url)

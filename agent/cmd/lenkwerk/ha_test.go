@@ -1,16 +1,13 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"os/exec"
 	"regexp"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -24,7 +21,6 @@ import (
 	"github.com/bagger/lenkwerk/integration/pgtest"
 	"github.com/bagger/lenkwerk/integration/testutil"
 	"github.com/bagger/lenkwerk/kvdriver"
-	"github.com/bagger/lenkwerk/migrations"
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 )
@@ -128,48 +124,6 @@ func waitMetricsAddr(t *testing.T, what string, log func() string) string {
 		return m != nil
 	})
 	return addr
-}
-
-// httpGet returns the status and body of a GET.
-func httpGet(t *testing.T, u string) (int, string) {
-	t.Helper()
-	resp, err := http.Get(u)
-	if err != nil {
-		t.Fatalf("GET %s: %v", u, err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
-}
-
-// metricValue returns the value of the sample of name whose labels
-// include all of labels (`k="v"` strings), and whether there is one.
-func metricValue(text, name string, labels ...string) (float64, bool) {
-	sc := bufio.NewScanner(strings.NewReader(text))
-	sc.Buffer(nil, 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if strings.HasPrefix(line, "#") || !strings.HasPrefix(line, name) {
-			continue
-		}
-		rest := line[len(name):]
-		if rest == "" || (rest[0] != '{' && rest[0] != ' ') {
-			continue
-		}
-		ok := true
-		for _, l := range labels {
-			ok = ok && strings.Contains(rest, l)
-		}
-		if !ok {
-			continue
-		}
-		f := strings.Fields(rest)
-		v, err := strconv.ParseFloat(f[len(f)-1], 64)
-		if err == nil {
-			return v, true
-		}
-	}
-	return 0, false
 }
 
 // haWatcher follows the store's history: every value of /Config/ha (a
@@ -279,16 +233,8 @@ func TestHAFailover(t *testing.T) {
 	ctx := context.Background()
 	// A hung agent is noticed by wal_sender_timeout: its walsender, which
 	// holds the agent lock, ends.
-	c := pgtest.StartCluster(t, pgtest.Options{Settings: map[string]string{"wal_sender_timeout": "'3s'"}})
-	admin := c.NewDatabase(t)
-	if err := migrations.Up(ctx, admin, migrations.Options{}); err != nil {
-		t.Fatal(err)
-	}
-	db, err := pgx.Connect(ctx, admin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close(context.Background()) })
+	_, admin := migratedCluster(t, ctx, pgtest.Options{Settings: map[string]string{"wal_sender_timeout": "'3s'"}})
+	db := connectLocal(t, ctx, admin)
 	etcd := etcdtest.New(t)
 	store, err := kvdriver.Open(ctx, etcd.URL())
 	if err != nil {
@@ -337,22 +283,22 @@ func TestHAFailover(t *testing.T) {
 	checkRoles := func(act string) {
 		t.Helper()
 		testutil.WaitFor(t, "agent "+act+" ready", 20*time.Second, func() bool {
-			code, _ := httpGet(t, procs[act].metricsURL(t)+"/readyz")
+			code, _ := testutil.HTTPGet(t, procs[act].metricsURL(t)+"/readyz")
 			return code == http.StatusOK
 		})
 		// A restarted standby may still be opening its store.
 		var code int
 		var body string
 		testutil.WaitFor(t, "agent "+other[act]+" standby", 20*time.Second, func() bool {
-			code, body = httpGet(t, procs[other[act]].metricsURL(t)+"/readyz")
+			code, body = testutil.HTTPGet(t, procs[other[act]].metricsURL(t)+"/readyz")
 			return strings.Contains(body, "standby")
 		})
 		if code != http.StatusServiceUnavailable {
 			t.Errorf("standby %s: /readyz %d %q, want 503 naming the standby", other[act], code, body)
 		}
 		for name, want := range map[string]string{act: "active", other[act]: "standby"} {
-			_, text := httpGet(t, procs[name].metricsURL(t)+"/metrics")
-			if v, ok := metricValue(text, "lenkwerk_agent_role", `role="`+want+`"`); !ok || v != 1 {
+			_, text := testutil.HTTPGet(t, procs[name].metricsURL(t)+"/metrics")
+			if v, ok := testutil.MetricValue(text, "lenkwerk_agent_role", `role="`+want+`"`); !ok || v != 1 {
 				t.Errorf("agent %s: lenkwerk_agent_role{role=%q} = %v (found %v), want 1", name, want, v, ok)
 			}
 		}

@@ -94,36 +94,15 @@ func TestKVTrailingSlashPrefix(t *testing.T) {
 	if got, want := mustKV(t, "--kv", u, "ls", "/"), want+"/IndexField\t2\n"; got != want {
 		t.Errorf("ls / = %q, want %q", got, want)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	pr, pw := io.Pipe()
-	done := make(chan error, 1)
-	go func() {
-		done <- runKV(ctx, []string{"--kv", u, "watch", "/Index/", "--from", "2"}, strings.NewReader(""), pw)
-		pw.Close()
-	}()
-	lines := make(chan string, 16)
-	go func() {
-		sc := bufio.NewScanner(pr)
-		for sc.Scan() {
-			lines <- sc.Text()
-		}
-		close(lines)
-	}()
+	w := startKVWatch(t, "--kv", u, "watch", "/Index/", "--from", "2")
 	mustKV(t, "--kv", u, "put", "/IndexX", `8`)  // rev 5: outside
 	mustKV(t, "--kv", u, "put", "/Index/2", `9`) // rev 6
 	for _, want := range []string{"2\tput\t/Index\t0", "3\tput\t/Index/1\t1", "6\tput\t/Index/2\t9"} {
-		select {
-		case got := <-lines:
-			if got != want {
-				t.Errorf("watch /Index/ line = %q, want %q", got, want)
-			}
-		case <-time.After(10 * time.Second):
-			t.Fatalf("watch /Index/: no line %q within 10s", want)
+		if got := w.next(); got != want {
+			t.Errorf("watch /Index/ line = %q, want %q", got, want)
 		}
 	}
-	cancel()
-	watchEnded(t, done, "watch /Index/")
+	w.stop("watch /Index/")
 }
 
 func TestKVEnvURL(t *testing.T) {
@@ -189,53 +168,25 @@ func TestKVWatch(t *testing.T) {
 	mustKV(t, "--kv", u, "put", "/Other", `2`)          // rev 4
 	mustKV(t, "--kv", u, "put", "/Index/2", `3`)        // rev 5
 
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	pr, pw := io.Pipe()
-	done := make(chan error, 1)
-	go func() {
-		done <- runKV(ctx, []string{"--kv", u, "watch", "/Index", "--from", "3"}, strings.NewReader(""), pw)
-		pw.Close()
-	}()
-	lines := bufio.NewScanner(pr)
-	next := func() string {
-		t.Helper()
-		got := make(chan string, 1)
-		go func() {
-			if lines.Scan() {
-				got <- lines.Text()
-			} else {
-				got <- "<EOF>"
-			}
-		}()
-		select {
-		case l := <-got:
-			return l
-		case <-time.After(10 * time.Second):
-			t.Fatalf("no watch line within 10s")
-			return ""
-		}
-	}
+	w := startKVWatch(t, "--kv", u, "watch", "/Index", "--from", "3")
 	// --from 3 replays from revision 3 inclusive; /Other is outside the
 	// prefix.
 	for _, want := range []string{"3\tput\t/Index/1\t{\"a\":1}", "5\tput\t/Index/2\t3"} {
-		if got := next(); got != want {
+		if got := w.next(); got != want {
 			t.Errorf("watch line = %q, want %q", got, want)
 		}
 	}
 	// Live events come out while the watch runs: each line is flushed.
 	mustKV(t, "--kv", u, "del", "/Index/1")
-	if got, want := next(), "6\tdelete\t/Index/1"; got != want {
+	if got, want := w.next(), "6\tdelete\t/Index/1"; got != want {
 		t.Errorf("watch line = %q, want %q", got, want)
 	}
 	mustKV(t, "--kv", u, "put", "/Index/3", "{\n\"x\": [1,\n2]}")
-	if got, want := next(), "7\tput\t/Index/3\t{\"x\":[1,2]}"; got != want {
+	if got, want := w.next(), "7\tput\t/Index/3\t{\"x\":[1,2]}"; got != want {
 		t.Errorf("watch line = %q, want %q", got, want)
 	}
 	// Interrupting (main cancels the context) ends it cleanly.
-	cancel()
-	go io.Copy(io.Discard, pr)
-	watchEnded(t, done, "watch")
+	w.stop("watch")
 }
 
 func TestKVWatchCompacted(t *testing.T) {
@@ -370,6 +321,63 @@ func TestShowTreeControlCharacters(t *testing.T) {
 		}
 	}
 	checkLines(t, "dev tree", strings.Join(got, "\n"), want, true)
+}
+
+// kvWatch is a `lenkwerk kv ... watch` running in the background.
+type kvWatch struct {
+	t      *testing.T
+	lines  chan string // its output lines; closed at its end
+	cancel context.CancelFunc
+	done   chan error
+}
+
+// startKVWatch runs `lenkwerk kv` with args (a watch) until w.stop or the
+// end of the test.
+func startKVWatch(t *testing.T, args ...string) *kvWatch {
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	w := &kvWatch{t: t, lines: make(chan string, 16), cancel: cancel, done: make(chan error, 1)}
+	pr, pw := io.Pipe()
+	go func() {
+		w.done <- runKV(ctx, args, strings.NewReader(""), pw)
+		pw.Close()
+	}()
+	go func() {
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			w.lines <- sc.Text()
+		}
+		close(w.lines)
+	}()
+	return w
+}
+
+// next is the watch's next output line ("<EOF>" once it has ended); the
+// test fails when none comes within 10 s.
+func (w *kvWatch) next() string {
+	w.t.Helper()
+	select {
+	case l, ok := <-w.lines:
+		if !ok {
+			return "<EOF>"
+		}
+		return l
+	case <-time.After(10 * time.Second):
+		w.t.Fatalf("no watch line within 10s")
+		return ""
+	}
+}
+
+// stop interrupts the watch (as main cancels the context) and checks that
+// it ends cleanly; what names it in the error.
+func (w *kvWatch) stop(what string) {
+	w.t.Helper()
+	w.cancel()
+	go func() {
+		for range w.lines { // whatever it still writes
+		}
+	}()
+	watchEnded(w.t, w.done, what)
 }
 
 // watchEnded checks that a watch command whose context was cancelled

@@ -128,7 +128,7 @@ func TestHostileKVConfig(t *testing.T) {
 	bin := lenkwerkBinary(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	c, admin := migratedCluster(t, ctx)
+	c, admin := migratedCluster(t, ctx, pgtest.Options{})
 	execSQL(t, ctx, admin, `CREATE ROLE lenkwerk_config_login LOGIN IN ROLE lenkwerk_config`)
 	configURL := withOptions(withURLUser(t, admin, "lenkwerk_config_login"), "-c role=lenkwerk_config")
 	agentURL := withURLUser(t, admin, "lenkwerk_agent")
@@ -218,9 +218,9 @@ func TestHostileKVConfig(t *testing.T) {
 
 // migratedCluster starts a private cluster (the migrations' roles are
 // cluster-wide) and returns it with a migrated database's superuser URL.
-func migratedCluster(t *testing.T, ctx context.Context) (*pgtest.Cluster, string) {
+func migratedCluster(t *testing.T, ctx context.Context, opts pgtest.Options) (*pgtest.Cluster, string) {
 	t.Helper()
-	c := pgtest.StartCluster(t, pgtest.Options{})
+	c := pgtest.StartCluster(t, opts)
 	admin := c.NewDatabase(t)
 	if err := migrations.Up(ctx, admin, migrations.Options{}); err != nil {
 		t.Fatal(err)

@@ -77,15 +77,16 @@ func runMigrate(ctx context.Context, args []string, stdin io.Reader, stdout, std
 		Note:        func(msg string) { fmt.Fprintln(stdout, msg) },
 	}
 	action, rest := pos[0], pos[1:]
-	arg := func(name string) (uint, error) {
+	// withVersion runs do with the action's one argument, a version.
+	withVersion := func(do func(v uint) error) error {
 		if len(rest) != 1 {
-			return 0, usageErr("%s takes one argument, the version", action)
+			return usageErr("%s takes one argument, the version", action)
 		}
 		v, err := strconv.ParseUint(rest[0], 10, 0)
 		if err != nil {
-			return 0, usageErr("%s: invalid %s %q", action, name, rest[0])
+			return usageErr("%s: invalid version %q", action, rest[0])
 		}
-		return uint(v), nil
+		return do(uint(v))
 	}
 	switch action {
 	case "up":
@@ -121,19 +122,11 @@ func runMigrate(ctx context.Context, args []string, stdin io.Reader, stdout, std
 			return err
 		}
 	case "goto":
-		v, err := arg("version")
-		if err != nil {
-			return err
-		}
-		if err := migrations.Goto(ctx, *dbURL, v, opts); err != nil {
+		if err := withVersion(func(v uint) error { return migrations.Goto(ctx, *dbURL, v, opts) }); err != nil {
 			return err
 		}
 	case "force":
-		v, err := arg("version")
-		if err != nil {
-			return err
-		}
-		if err := migrations.Force(ctx, *dbURL, v); err != nil {
+		if err := withVersion(func(v uint) error { return migrations.Force(ctx, *dbURL, v) }); err != nil {
 			return err
 		}
 	case "version":

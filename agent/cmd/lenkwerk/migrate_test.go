@@ -13,7 +13,6 @@ import (
 	"github.com/bagger/lenkwerk/integration/pgtest"
 	"github.com/bagger/lenkwerk/migrations"
 	"github.com/bagger/lenkwerk/migrations/baggertest"
-	"github.com/jackc/pgx/v5"
 )
 
 // migrateRun runs the migrate command with stdin and returns its output.
@@ -166,11 +165,7 @@ func TestMigrateCommandCopy(t *testing.T) {
 	if latest := migrations.Versions()[len(migrations.Versions())-1]; !strings.Contains(out, fmt.Sprintf("version %d", latest)) {
 		t.Fatalf("up --copy printed %q", out)
 	}
-	conn, err := pgx.Connect(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
+	conn := connectLocal(t, ctx, url)
 	var pubs, slots, tables int
 	if err := conn.QueryRow(ctx, `SELECT (SELECT count(*) FROM pg_publication), (SELECT count(*) FROM pg_replication_slots WHERE database = current_database()), (SELECT count(*) FROM pg_tables WHERE schemaname = 'storage')`).Scan(&pubs, &slots, &tables); err != nil {
 		t.Fatal(err)

@@ -15,8 +15,6 @@ import (
 	"github.com/bagger/lenkwerk/integration/testutil"
 	"github.com/bagger/lenkwerk/kvdriver"
 	"github.com/bagger/lenkwerk/kvdriver/mem"
-	"github.com/bagger/lenkwerk/migrations"
-	"github.com/jackc/pgx/v5"
 )
 
 // statusSetup migrates a database on a private cluster (slot names are
@@ -24,11 +22,7 @@ import (
 // the same database.
 func statusSetup(t *testing.T, ctx context.Context) (agentURL, kvURL string) {
 	t.Helper()
-	c := pgtest.StartCluster(t, pgtest.Options{})
-	admin := c.NewDatabase(t)
-	if err := migrations.Up(ctx, admin, migrations.Options{}); err != nil {
-		t.Fatal(err)
-	}
+	_, admin := migratedCluster(t, ctx, pgtest.Options{})
 	return withURLUser(t, admin, "lenkwerk_agent"), admin
 }
 
@@ -170,11 +164,7 @@ func TestStatusBlockedAgent(t *testing.T) {
 	}
 	testutil.WaitFor(t, "the agent streams", 30*time.Second, func() bool { return a.Status().Streaming })
 	admin := strings.Replace(agentURL, "lenkwerk_agent@", "postgres@", 1)
-	conn, err := pgx.Connect(ctx, admin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.Background())
+	conn := connectLocal(t, ctx, admin)
 	if _, err := conn.Exec(ctx, `INSERT INTO storage.config (key, value) VALUES ('big', '"`+strings.Repeat("x", 3000)+`"')`); err != nil {
 		t.Fatal(err)
 	}
