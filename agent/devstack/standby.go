@@ -123,18 +123,6 @@ func (c *Cluster) baseBackup(ctx context.Context, standby bool) (*Cluster, error
 	return s, nil
 }
 
-func (c *Cluster) appendConf(text string) error {
-	f, err := os.OpenFile(filepath.Join(c.dataDir(), "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
-	if err != nil {
-		return fmt.Errorf("open postgresql.conf: %w", err)
-	}
-	defer f.Close()
-	if _, err := f.WriteString(text); err != nil {
-		return fmt.Errorf("write postgresql.conf: %w", err)
-	}
-	return nil
-}
-
 // RestoreBackup makes b, a stopped base backup of a cluster whose WAL is
 // archived in archiveDir, recover to target (recovery_target_lsn,
 // inclusive) and promote there: a point-in-time restore, which starts a
@@ -170,21 +158,7 @@ func (c *Cluster) writeDataFile(name, content string) error {
 
 // Kill stops the cluster the way a crash does (immediate shutdown: no
 // checkpoint, nothing more sent to standbys).
-func (c *Cluster) Kill() error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.extURL != nil {
-		return errors.New("cannot kill an external server")
-	}
-	if !c.running {
-		return nil
-	}
-	if err := c.run(context.Background(), "pg_ctl", "-D", c.dataDir(), "-m", "immediate", "-w", "-t", "60", "stop"); err != nil {
-		return err
-	}
-	c.running = false
-	return nil
-}
+func (c *Cluster) Kill() error { return c.stop("kill", "immediate") }
 
 // TakeOver makes the stopped standby c the primary at port (the dead
 // primary's): it forgets its upstream, starts on port and is promoted
