@@ -51,14 +51,7 @@ func MakeArchiveDir(tb TB) string {
 func (c *Cluster) StartStandby(tb TB) *Cluster {
 	tb.Helper()
 	s, err := c.baseBackup(context.Background(), true)
-	if err != nil {
-		tb.Fatalf("devstack: postgres: standby: %v", err)
-	}
-	tb.Cleanup(func() {
-		if err := s.Destroy(); err != nil {
-			tb.Errorf("devstack: postgres: destroy standby: %v", err)
-		}
-	})
+	s = Tie(tb, s, err, (*Cluster).Destroy, "devstack: postgres: standby: ", "devstack: postgres: destroy standby: ")
 	if err := s.start(context.Background()); err != nil {
 		tb.Fatalf("devstack: postgres: start standby: %v", err)
 	}
@@ -71,15 +64,7 @@ func (c *Cluster) StartStandby(tb TB) *Cluster {
 func (c *Cluster) BaseBackup(tb TB) *Cluster {
 	tb.Helper()
 	b, err := c.baseBackup(context.Background(), false)
-	if err != nil {
-		tb.Fatalf("devstack: postgres: base backup: %v", err)
-	}
-	tb.Cleanup(func() {
-		if err := b.Destroy(); err != nil {
-			tb.Errorf("devstack: postgres: destroy backup: %v", err)
-		}
-	})
-	return b
+	return Tie(tb, b, err, (*Cluster).Destroy, "devstack: postgres: base backup: ", "devstack: postgres: destroy backup: ")
 }
 
 func (c *Cluster) baseBackup(ctx context.Context, standby bool) (*Cluster, error) {
