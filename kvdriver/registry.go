@@ -22,6 +22,21 @@ type OpenerFunc func(ctx context.Context, u *url.URL) (*Store, error)
 // OpenStore calls f.
 func (f OpenerFunc) OpenStore(ctx context.Context, u *url.URL) (*Store, error) { return f(ctx, u) }
 
+// ConfigOpener is the Opener of a driver whose URL parse turns into a
+// configuration of type C, which open opens; parse's error is returned as
+// it is.
+//
+//	kvdriver.Register(Scheme, kvdriver.ConfigOpener(ParseURL, Open))
+func ConfigOpener[C any](parse func(*url.URL) (C, error), open func(context.Context, C) (*Store, error)) Opener {
+	return OpenerFunc(func(ctx context.Context, u *url.URL) (*Store, error) {
+		cfg, err := parse(u)
+		if err != nil {
+			return nil, err
+		}
+		return open(ctx, cfg)
+	})
+}
+
 var (
 	registryMu sync.RWMutex
 	registry   = map[string]Opener{}

@@ -40,6 +40,24 @@ func TestRedact(t *testing.T) {
 	}
 }
 
+func TestConfigOpener(t *testing.T) {
+	errBad := errors.New("bad URL")
+	o := kvdriver.ConfigOpener(func(u *url.URL) (string, error) {
+		if u.Host == "bad" {
+			return "", errBad
+		}
+		return u.Host, nil
+	}, func(ctx context.Context, host string) (*kvdriver.Store, error) {
+		return nil, errors.New("open " + host)
+	})
+	if _, err := o.OpenStore(context.Background(), &url.URL{Scheme: "x", Host: "bad"}); err != errBad {
+		t.Errorf("OpenStore with a URL parse refuses: %v, want parse's error as it is", err)
+	}
+	if _, err := o.OpenStore(context.Background(), &url.URL{Scheme: "x", Host: "h"}); err == nil || err.Error() != "open h" {
+		t.Errorf("OpenStore: %v, want open's error for the parsed configuration", err)
+	}
+}
+
 func TestOpen(t *testing.T) {
 	kvdriver.Register("kvdriver-test", kvdriver.OpenerFunc(func(ctx context.Context, u *url.URL) (*kvdriver.Store, error) {
 		return nil, errors.New("refused " + kvdriver.Redact(u.String()))

@@ -2,7 +2,6 @@ package migrations
 
 import (
 	"context"
-	"net"
 	"strings"
 	"testing"
 	"time"
@@ -13,15 +12,8 @@ import (
 // A multi-host URL (libpq's syntax, target_session_attrs=read-write)
 // whose first host is down: migrate finds the server that takes writes.
 func TestMultiHostURL(t *testing.T) {
-	url := pgtest.NewDatabase(t)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead := l.Addr().String()
-	l.Close()
-	at := strings.Index(url, "@") + 1
-	multi := url[:at] + dead + "," + url[at:] + "&target_session_attrs=read-write"
+	multi, dead := pgtest.DeadHostFirst(t, pgtest.NewDatabase(t))
+	multi += "&target_session_attrs=read-write"
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	if err := Up(ctx, multi, Options{Slot: "lw_multihost_" + strings.ReplaceAll(dead[strings.LastIndex(dead, ":")+1:], ":", "")}); err != nil {

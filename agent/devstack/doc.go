@@ -46,7 +46,7 @@ package devstack
 
 // TB is the part of testing.TB the helpers that tie a server's life to a
 // test use (NewDatabase, StartStandby, BaseBackup, SaveSlot,
-// MakeArchiveDir), so this package does not import testing: the lenkwerk
+// MakeArchiveDir, Tie), so this package does not import testing: the lenkwerk
 // binary links it.
 type TB interface {
 	Helper()

@@ -58,15 +58,23 @@ func configuredPort(dataDir string) (int, error) {
 // setPort moves a stopped cluster to another port; the later setting in
 // postgresql.conf wins.
 func (c *Cluster) setPort(port int) error {
+	if err := c.appendConf(fmt.Sprintf("# pgtest: the first port was taken\nport = %d\n", port)); err != nil {
+		return err
+	}
+	c.port = port
+	return nil
+}
+
+// appendConf appends text to the cluster's postgresql.conf.
+func (c *Cluster) appendConf(text string) error {
 	f, err := os.OpenFile(filepath.Join(c.dataDir(), "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
 	if err != nil {
 		return fmt.Errorf("open postgresql.conf: %w", err)
 	}
 	defer f.Close()
-	if _, err := fmt.Fprintf(f, "# pgtest: the first port was taken\nport = %d\n", port); err != nil {
+	if _, err := f.WriteString(text); err != nil {
 		return fmt.Errorf("write postgresql.conf: %w", err)
 	}
-	c.port = port
 	return nil
 }
 

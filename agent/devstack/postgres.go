@@ -191,16 +191,20 @@ func (c *Cluster) start(ctx context.Context) error {
 }
 
 // Stop stops the cluster (fast shutdown: clients are disconnected).
-func (c *Cluster) Stop() error {
+func (c *Cluster) Stop() error { return c.stop("stop", "fast") }
+
+// stop shuts a running cluster down with pg_ctl's shutdown mode (fast,
+// immediate); verb names the action in the error for an external server.
+func (c *Cluster) stop(verb, mode string) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.extURL != nil {
-		return errors.New("cannot stop an external server")
+		return errors.New("cannot " + verb + " an external server")
 	}
 	if !c.running {
 		return nil
 	}
-	if err := c.run(context.Background(), "pg_ctl", "-D", c.dataDir(), "-m", "fast", "-w", "-t", "60", "stop"); err != nil {
+	if err := c.run(context.Background(), "pg_ctl", "-D", c.dataDir(), "-m", mode, "-w", "-t", "60", "stop"); err != nil {
 		return err
 	}
 	c.running = false

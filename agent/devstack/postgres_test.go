@@ -26,13 +26,7 @@ func TestNewDatabaseIsLogical(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close(ctx)
-	var level string
-	if err := conn.QueryRow(ctx, "SHOW wal_level").Scan(&level); err != nil {
-		t.Fatal(err)
-	}
-	if level != "logical" {
-		t.Fatalf("wal_level = %q, want logical", level)
-	}
+	checkWalLevel(t, ctx, conn, "logical")
 	// A slot in the database must not stop its cleanup.
 	if _, err := conn.Exec(ctx, "SELECT pg_create_logical_replication_slot('pgtest_slot', 'pgoutput')"); err != nil {
 		t.Fatal(err)
@@ -51,12 +45,19 @@ func TestPrivateClusterRestart(t *testing.T) {
 		t.Fatalf("connect after restart: %v", err)
 	}
 	defer conn.Close(ctx)
+	checkWalLevel(t, ctx, conn, "replica")
+}
+
+// checkWalLevel fails the test unless conn's server runs with wal_level
+// want.
+func checkWalLevel(t *testing.T, ctx context.Context, conn *pgx.Conn, want string) {
+	t.Helper()
 	var level string
 	if err := conn.QueryRow(ctx, "SHOW wal_level").Scan(&level); err != nil {
 		t.Fatal(err)
 	}
-	if level != "replica" {
-		t.Fatalf("wal_level = %q, want replica", level)
+	if level != want {
+		t.Fatalf("wal_level = %q, want %s", level, want)
 	}
 }
 

@@ -51,14 +51,7 @@ func MakeArchiveDir(tb TB) string {
 func (c *Cluster) StartStandby(tb TB) *Cluster {
 	tb.Helper()
 	s, err := c.baseBackup(context.Background(), true)
-	if err != nil {
-		tb.Fatalf("devstack: postgres: standby: %v", err)
-	}
-	tb.Cleanup(func() {
-		if err := s.Destroy(); err != nil {
-			tb.Errorf("devstack: postgres: destroy standby: %v", err)
-		}
-	})
+	s = Tie(tb, s, err, (*Cluster).Destroy, "devstack: postgres: standby: ", "devstack: postgres: destroy standby: ")
 	if err := s.start(context.Background()); err != nil {
 		tb.Fatalf("devstack: postgres: start standby: %v", err)
 	}
@@ -71,15 +64,7 @@ func (c *Cluster) StartStandby(tb TB) *Cluster {
 func (c *Cluster) BaseBackup(tb TB) *Cluster {
 	tb.Helper()
 	b, err := c.baseBackup(context.Background(), false)
-	if err != nil {
-		tb.Fatalf("devstack: postgres: base backup: %v", err)
-	}
-	tb.Cleanup(func() {
-		if err := b.Destroy(); err != nil {
-			tb.Errorf("devstack: postgres: destroy backup: %v", err)
-		}
-	})
-	return b
+	return Tie(tb, b, err, (*Cluster).Destroy, "devstack: postgres: base backup: ", "devstack: postgres: destroy backup: ")
 }
 
 func (c *Cluster) baseBackup(ctx context.Context, standby bool) (*Cluster, error) {
@@ -123,18 +108,6 @@ func (c *Cluster) baseBackup(ctx context.Context, standby bool) (*Cluster, error
 	return s, nil
 }
 
-func (c *Cluster) appendConf(text string) error {
-	f, err := os.OpenFile(filepath.Join(c.dataDir(), "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
-	if err != nil {
-		return fmt.Errorf("open postgresql.conf: %w", err)
-	}
-	defer f.Close()
-	if _, err := f.WriteString(text); err != nil {
-		return fmt.Errorf("write postgresql.conf: %w", err)
-	}
-	return nil
-}
-
 // RestoreBackup makes b, a stopped base backup of a cluster whose WAL is
 // archived in archiveDir, recover to target (recovery_target_lsn,
 // inclusive) and promote there: a point-in-time restore, which starts a
@@ -170,21 +143,7 @@ func (c *Cluster) writeDataFile(name, content string) error {
 
 // Kill stops the cluster the way a crash does (immediate shutdown: no
 // checkpoint, nothing more sent to standbys).
-func (c *Cluster) Kill() error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.extURL != nil {
-		return errors.New("cannot kill an external server")
-	}
-	if !c.running {
-		return nil
-	}
-	if err := c.run(context.Background(), "pg_ctl", "-D", c.dataDir(), "-m", "immediate", "-w", "-t", "60", "stop"); err != nil {
-		return err
-	}
-	c.running = false
-	return nil
-}
+func (c *Cluster) Kill() error { return c.stop("kill", "immediate") }
 
 // TakeOver makes the stopped standby c the primary at port (the dead
 // primary's): it forgets its upstream, starts on port and is promoted

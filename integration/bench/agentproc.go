@@ -70,7 +70,6 @@ func (e *Env) StartAgent(ctx context.Context, src *Source, kind StoreKind, prefi
 	a.cmd = exec.Command(e.Bin, "agent",
 		"--database-url", src.AgentURL, "--kv", e.StoreURL(kind),
 		"--slot", src.Slot, "--prefix", prefix, "--log-level", "warn")
-	a.cmd.Stdout, a.cmd.Stderr = log, log
 	// LWBENCH_AGENT_ENV="GOGC=400 …" sets the agent's environment only
 	// (the embedded etcd of the baseline keeps the benchmark's).
 	if extra := os.Getenv("LWBENCH_AGENT_ENV"); extra != "" {
@@ -79,16 +78,27 @@ func (e *Env) StartAgent(ctx context.Context, src *Source, kind StoreKind, prefi
 	// The death signal: no agent outlives a benchmark that dies.
 	a.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	a.Started = time.Now()
-	if err := a.cmd.Start(); err != nil {
-		log.Close()
+	if err := startLogged(a.cmd, log, a.done); err != nil {
 		return nil, fmt.Errorf("bench: start lenkwerk agent: %w", err)
 	}
-	go func() {
-		_ = a.cmd.Wait()
-		log.Close()
-		close(a.done)
-	}()
 	return a, nil
+}
+
+// startLogged starts cmd with its output going to log; once the process
+// has exited, log is closed and then done. If it does not start, log is
+// closed and the error returned.
+func startLogged(cmd *exec.Cmd, log *os.File, done chan struct{}) error {
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
+		log.Close()
+		return err
+	}
+	go func() {
+		_ = cmd.Wait()
+		log.Close()
+		close(done)
+	}()
+	return nil
 }
 
 // startInProcess runs agent.Run on store in this process.

@@ -93,15 +93,7 @@ func (e *Env) FanoutFollow(ctx context.Context, kind StoreKind, n, steady int, r
 		}
 		fs = append(fs, f)
 	}
-	count := func(f *follower, like string) (int, error) {
-		var c int
-		err := f.conn.QueryRow(ctx, `SELECT count(*) FROM storage.config WHERE key LIKE $1`, like).Scan(&c)
-		return c, err
-	}
-	if err := waitFollowers(ctx, fs, 20*time.Millisecond, func(f *follower) (bool, error) {
-		c, err := count(f, "ready")
-		return c == 1, err
-	}); err != nil {
+	if err := waitFollowers(ctx, fs, 20*time.Millisecond, "ready", 1); err != nil {
 		return res, fmt.Errorf("startup: %w", err)
 	}
 	res.Startup = time.Since(started)
@@ -118,20 +110,14 @@ func (e *Env) FanoutFollow(ctx context.Context, kind StoreKind, n, steady int, r
 	}
 	// Polled rarely: the latencies come from the copies' commit
 	// timestamps, the polls only decide when to go on.
-	if err := waitFollowers(ctx, fs, 100*time.Millisecond, func(f *follower) (bool, error) {
-		c, err := count(f, "lat-%")
-		return c == total, err
-	}); err != nil {
+	if err := waitFollowers(ctx, fs, 100*time.Millisecond, "lat-%", total); err != nil {
 		return res, fmt.Errorf("steady: %w", err)
 	}
 	burstStart := time.Now()
 	if err := st.writeRotation(ctx, burst); err != nil {
 		return res, err
 	}
-	if err := waitFollowers(ctx, fs, 100*time.Millisecond, func(f *follower) (bool, error) {
-		c, err := count(f, "rot-%")
-		return c == burst, err
-	}); err != nil {
+	if err := waitFollowers(ctx, fs, 100*time.Millisecond, "rot-%", burst); err != nil {
 		return res, fmt.Errorf("rotation: %w", err)
 	}
 	// The followers' figures end at the last local commit, not at the
@@ -274,17 +260,10 @@ func (e *Env) startFollower(c *localCopy, kind StoreKind, prefix string) (*follo
 	}
 	f.cmd = exec.Command(e.Bin, "follow", "--database-url", e.PG.URL(c.db, ""), "--kv", e.StoreURL(kind),
 		"--prefix", prefix, "--migrate=false", "--log-level", "warn")
-	f.cmd.Stdout, f.cmd.Stderr = log, log
 	f.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := f.cmd.Start(); err != nil {
-		log.Close()
+	if err := startLogged(f.cmd, log, f.done); err != nil {
 		return nil, fmt.Errorf("bench: start lenkwerk follow: %w", err)
 	}
-	go func() {
-		_ = f.cmd.Wait()
-		log.Close()
-		close(f.done)
-	}()
 	return f, nil
 }
 
@@ -315,17 +294,17 @@ func (f *follower) exited() error {
 	}
 }
 
-// waitFollowers polls every follower every poll until ok, for at most a
-// minute.
-func waitFollowers(ctx context.Context, fs []*follower, poll time.Duration, ok func(*follower) (bool, error)) error {
+// waitFollowers polls every follower's copy every poll until it has want
+// storage.config rows whose key is LIKE like, for at most a minute.
+func waitFollowers(ctx context.Context, fs []*follower, poll time.Duration, like string, want int) error {
 	deadline := time.Now().Add(time.Minute)
 	for i, f := range fs {
 		for {
-			done, err := ok(f)
-			if err != nil {
+			var c int
+			if err := f.conn.QueryRow(ctx, `SELECT count(*) FROM storage.config WHERE key LIKE $1`, like).Scan(&c); err != nil {
 				return fmt.Errorf("follower %d: %w", i, err)
 			}
-			if done {
+			if c == want {
 				break
 			}
 			if err := f.exited(); err != nil {

@@ -171,6 +171,33 @@ func (c *Container) Running(ctx context.Context) (bool, error) {
 	return st.Running, nil
 }
 
+// runs reports whether c was started (is not nil) and its container runs;
+// a state Docker cannot tell counts as not running.
+func runs(ctx context.Context, c *Container) bool {
+	if c == nil {
+		return false
+	}
+	running, err := c.Running(ctx)
+	return err == nil && running
+}
+
+// runningEndpoints returns the host endpoints (host:port) of port on the
+// members that run (see runs), in member order.
+func runningEndpoints(ctx context.Context, members []*Container, port string) ([]string, error) {
+	var eps []string
+	for _, m := range members {
+		if !runs(ctx, m) {
+			continue
+		}
+		ep, err := m.Endpoint(ctx, port)
+		if err != nil {
+			return nil, err
+		}
+		eps = append(eps, ep)
+	}
+	return eps, nil
+}
+
 // ExitCode waits for the container to exit and returns its exit code.
 func (c *Container) ExitCode(ctx context.Context) (int, error) {
 	code := -1

@@ -101,16 +101,9 @@ func (e *Etcd) InternalURL() string {
 // URL is the host's etcd:// store URL with the members that run, on their
 // current host ports.
 func (e *Etcd) URL(ctx context.Context) (string, error) {
-	var eps []string
-	for _, m := range e.Members {
-		if running, err := m.Running(ctx); err != nil || !running {
-			continue
-		}
-		ep, err := m.Endpoint(ctx, "2379/tcp")
-		if err != nil {
-			return "", err
-		}
-		eps = append(eps, ep)
+	eps, err := runningEndpoints(ctx, e.Members, "2379/tcp")
+	if err != nil {
+		return "", err
 	}
 	if len(eps) == 0 {
 		return "", ErrNoMemberRuns

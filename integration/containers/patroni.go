@@ -129,6 +129,19 @@ func (p *Patroni) api(ctx context.Context, i int, method, path string, body any)
 	return resp.StatusCode, b, err
 }
 
+// apiOK calls member i's REST API and wants 200 OK; another status is an
+// error carrying the end of the body.
+func (p *Patroni) apiOK(ctx context.Context, i int, method, path string, body any) error {
+	code, out, err := p.api(ctx, i, method, path, body)
+	if err != nil {
+		return err
+	}
+	if code != http.StatusOK {
+		return fmt.Errorf("patroni %s %s: %d %s", method, path, code, Tail(out, 500))
+	}
+	return nil
+}
+
 // Primary returns the member whose PostgreSQL is the primary and accepts
 // writes, or -1.
 func (p *Patroni) Primary(ctx context.Context) int {
@@ -210,14 +223,7 @@ func (p *Patroni) WaitReplica(ctx context.Context, i int, timeout time.Duration)
 // confirmed.
 func (p *Patroni) SetPermanentSlot(ctx context.Context, i int, slot, db string) error {
 	body := map[string]any{"slots": map[string]any{slot: map[string]string{"type": "logical", "database": db, "plugin": "pgoutput"}}}
-	code, out, err := p.api(ctx, i, http.MethodPatch, "/config", body)
-	if err != nil {
-		return err
-	}
-	if code != http.StatusOK {
-		return fmt.Errorf("patroni PATCH /config: %d %s", code, Tail(out, 500))
-	}
-	return nil
+	return p.apiOK(ctx, i, http.MethodPatch, "/config", body)
 }
 
 // Switchover asks Patroni, through member leader, to hand the primary role
@@ -225,14 +231,7 @@ func (p *Patroni) SetPermanentSlot(ctx context.Context, i int, slot, db string) 
 // candidate has been promoted).
 func (p *Patroni) Switchover(ctx context.Context, leader, candidate int) error {
 	body := map[string]string{"leader": p.Members[leader].Name, "candidate": p.Members[candidate].Name}
-	code, out, err := p.api(ctx, leader, http.MethodPost, "/switchover", body)
-	if err != nil {
-		return err
-	}
-	if code != http.StatusOK {
-		return fmt.Errorf("patroni POST /switchover: %d %s", code, Tail(out, 500))
-	}
-	return nil
+	return p.apiOK(ctx, leader, http.MethodPost, "/switchover", body)
 }
 
 // ErrNoPrimary is returned when no member is the primary.
@@ -284,16 +283,9 @@ func (p *Patroni) WaitSlot(ctx context.Context, i int, slot string, timeout time
 // target_session_attrs=read-write, so a connection lands on whichever
 // member is the primary. It is "" when no member runs.
 func (p *Patroni) HostURL(ctx context.Context, db, user string) (string, error) {
-	var eps []string
-	for i, m := range p.Members {
-		if !p.runs(ctx, i) {
-			continue
-		}
-		ep, err := m.Endpoint(ctx, "5432/tcp")
-		if err != nil {
-			return "", err
-		}
-		eps = append(eps, ep)
+	eps, err := runningEndpoints(ctx, p.Members, "5432/tcp")
+	if err != nil {
+		return "", err
 	}
 	if len(eps) == 0 {
 		return "", nil
@@ -302,14 +294,7 @@ func (p *Patroni) HostURL(ctx context.Context, db, user string) (string, error) 
 }
 
 // runs reports whether member i was started and its container runs.
-func (p *Patroni) runs(ctx context.Context, i int) bool {
-	m := p.Members[i]
-	if m == nil {
-		return false
-	}
-	running, err := m.Running(ctx)
-	return err == nil && running
-}
+func (p *Patroni) runs(ctx context.Context, i int) bool { return runs(ctx, p.Members[i]) }
 
 // SlotSafeLines counts the lines of member i's log in which Patroni calls
 // its copy of slot safe to use after a failover: the physical slot of the

@@ -72,6 +72,32 @@ func (s *stack) markerReaches(ctx context.Context, name string, since time.Time,
 	return time.Since(since)
 }
 
+// standbyAgent adds a second agent, agent-b, starts it and waits until it
+// waits for the HA lock while the first agent streams.
+func (s *stack) standbyAgent(ctx context.Context) *harness.Process {
+	s.t.Helper()
+	b, err := s.AddAgent("agent-b")
+	s.must(err)
+	s.must(b.Start(ctx))
+	s.waitRoles(ctx, b.Name(), 30*time.Second)
+	return b
+}
+
+// promote pulls lever, a switchover or a failover, under load, and logs how
+// long after since (what starts the clock) the new primary took writes and
+// a change committed then reached the store (within timeout), then the
+// slots. what names the marker and the log lines.
+func (s *stack) promote(ctx context.Context, what, since string, lever func(context.Context) error, timeout time.Duration) {
+	s.t.Helper()
+	began := time.Now()
+	s.must(lever(ctx))
+	promoted := time.Since(began)
+	caught := s.markerReaches(ctx, what, began, timeout)
+	s.t.Logf("%s: the new primary took writes %v after %s; a change committed then reached the store %v after %s",
+		what, promoted.Round(time.Millisecond), since, caught.Round(time.Millisecond), since)
+	s.logSlots(ctx, "after the "+what)
+}
+
 // Scenario: a planned Patroni switchover under load, two agents (one
 // streams, one waits for the lock). The agents follow the primary through
 // their multi-host URL and one streams on from Patroni's copy of the slot,
@@ -80,10 +106,7 @@ func TestPatroniSwitchover(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	s := newPatroniStack(t, ctx)
-	b, err := s.AddAgent("agent-b")
-	s.must(err)
-	s.must(b.Start(ctx))
-	s.waitRoles(ctx, b.Name(), 30*time.Second)
+	b := s.standbyAgent(ctx)
 	// What Patroni does to a slot it does not know: created on the
 	// primary, watched across the switchover.
 	s.exec(ctx, `SELECT pg_create_logical_replication_slot('`+probeSlot+`', 'pgoutput')`)
@@ -92,13 +115,7 @@ func TestPatroniSwitchover(t *testing.T) {
 	l := startLoad(t, s, 15)
 	pause(3 * time.Second)
 
-	began := time.Now()
-	s.must(s.SwitchoverPostgres(ctx))
-	switched := time.Since(began)
-	caught := s.markerReaches(ctx, "switchover", began, 60*time.Second)
-	t.Logf("switchover: new primary took writes after %v; a change committed then reached the store %v after the switchover began",
-		switched.Round(time.Millisecond), caught.Round(time.Millisecond))
-	s.logSlots(ctx, "after the switchover")
+	s.promote(ctx, "switchover", "the switchover began", s.SwitchoverPostgres, 60*time.Second)
 	s.logProbeSlot(ctx, "after the switchover")
 
 	l.finish(t)
@@ -136,13 +153,7 @@ func TestPatroniFailover(t *testing.T) {
 	l := startLoad(t, s, 16)
 	pause(3 * time.Second)
 
-	killed := time.Now()
-	s.must(s.FailoverPostgres(ctx))
-	promoted := time.Since(killed)
-	caught := s.markerReaches(ctx, "failover", killed, 90*time.Second)
-	t.Logf("failover: the replica took writes %v after the primary was killed; a change committed then reached the store %v after the kill",
-		promoted.Round(time.Millisecond), caught.Round(time.Millisecond))
-	s.logSlots(ctx, "after the failover")
+	s.promote(ctx, "failover", "the primary was killed", s.FailoverPostgres, 90*time.Second)
 
 	l.finish(t)
 	stopped := time.Now()
@@ -184,21 +195,12 @@ func TestPatroniFailback(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	s := newPatroniStack(t, ctx)
-	b, err := s.AddAgent("agent-b")
-	s.must(err)
-	s.must(b.Start(ctx))
-	s.waitRoles(ctx, b.Name(), 30*time.Second)
+	b := s.standbyAgent(ctx)
 	l := startLoad(t, s, 17)
 	pause(3 * time.Second)
 
 	for round, what := range []string{"failover", "failback"} {
-		killed := time.Now()
-		s.must(s.FailoverPostgres(ctx))
-		promoted := time.Since(killed)
-		caught := s.markerReaches(ctx, what, killed, 90*time.Second)
-		t.Logf("%s: the replica took writes %v after the primary was killed; a change committed then reached the store %v after the kill",
-			what, promoted.Round(time.Millisecond), caught.Round(time.Millisecond))
-		s.logSlots(ctx, "after the "+what)
+		s.promote(ctx, what, "the primary was killed", s.FailoverPostgres, 90*time.Second)
 		if round == 0 {
 			began := time.Now()
 			s.must(s.RejoinPostgres(ctx))

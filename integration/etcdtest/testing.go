@@ -4,6 +4,8 @@ import (
 	"context"
 	"testing"
 	"time"
+
+	"github.com/bagger/lenkwerk/agent/devstack"
 )
 
 // startTimeout bounds how long a helper waits for a server to be ready; a
@@ -17,15 +19,7 @@ func New(tb testing.TB) *Server {
 	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
 	defer cancel()
 	s, err := StartServer(ctx, Options{Dir: tb.TempDir(), UnsafeNoFsync: true})
-	if err != nil {
-		tb.Fatalf("%v", err)
-	}
-	tb.Cleanup(func() {
-		if err := s.Close(); err != nil {
-			tb.Errorf("%v", err)
-		}
-	})
-	return s
+	return devstack.Tie(tb, s, err, (*Server).Close, "", "")
 }
 
 // StartCluster starts an n-member cluster in tb.TempDir() (fsync off) and
@@ -35,13 +29,5 @@ func StartCluster(tb testing.TB, n int) *Cluster {
 	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
 	defer cancel()
 	c, err := NewCluster(ctx, tb.TempDir(), n, Options{UnsafeNoFsync: true})
-	if err != nil {
-		tb.Fatalf("%v", err)
-	}
-	tb.Cleanup(func() {
-		if err := c.Close(); err != nil {
-			tb.Errorf("%v", err)
-		}
-	})
-	return c
+	return devstack.Tie(tb, c, err, (*Cluster).Close, "", "")
 }

@@ -115,6 +115,17 @@ func (s *Stack) patroni(what string) (*patroniCtrs, error) {
 	return p, nil
 }
 
+// patroniLever pulls lever what (see lever; it may move ports) on the
+// Patroni backend; without WithPatroni it returns ErrUnsupported naming
+// method.
+func (s *Stack) patroniLever(ctx context.Context, method, what string, f func(context.Context, *patroniCtrs) error) error {
+	p, err := s.patroni(method)
+	if err != nil {
+		return err
+	}
+	return s.lever(ctx, what, true, func(ctx context.Context) error { return f(ctx, p) })
+}
+
 // Patroni is the Stack's Patroni cluster, nil without WithPatroni.
 func (s *Stack) Patroni() *containers.Patroni {
 	p, err := s.patroni("Patroni")
@@ -129,21 +140,10 @@ func (s *Stack) Patroni() *containers.Patroni {
 // takes writes; DatabaseURL and ConfigURL then name it. The old primary
 // becomes the new one's replica. ErrUnsupported without WithPatroni.
 func (s *Stack) SwitchoverPostgres(ctx context.Context) error {
-	p, err := s.patroni("SwitchoverPostgres")
-	if err != nil {
-		return err
-	}
-	return s.lever(ctx, "switch over PostgreSQL", true, func(ctx context.Context) error {
-		old := p.pat.Primary(ctx)
-		if old < 0 {
-			return containers.ErrNoPrimary
-		}
-		cand := (old + 1) % len(p.pat.Members)
-		if err := p.pat.Switchover(ctx, old, cand); err != nil {
-			return err
-		}
-		_, err := p.pat.WaitPrimary(ctx, patroniFailoverTimeout, old)
-		return err
+	return s.patroniLever(ctx, "SwitchoverPostgres", "switch over PostgreSQL", func(ctx context.Context, p *patroniCtrs) error {
+		return p.replacePrimary(ctx, func(ctx context.Context, old int) error {
+			return p.pat.Switchover(ctx, old, (old+1)%len(p.pat.Members))
+		})
 	})
 }
 
@@ -152,21 +152,26 @@ func (s *Stack) SwitchoverPostgres(ctx context.Context) error {
 // takes writes; DatabaseURL and ConfigURL then name it. The old primary
 // stays down until RejoinPostgres. ErrUnsupported without WithPatroni.
 func (s *Stack) FailoverPostgres(ctx context.Context) error {
-	p, err := s.patroni("FailoverPostgres")
-	if err != nil {
+	return s.patroniLever(ctx, "FailoverPostgres", "fail PostgreSQL over", func(ctx context.Context, p *patroniCtrs) error {
+		return p.replacePrimary(ctx, func(ctx context.Context, old int) error {
+			return p.pat.Members[old].Kill(ctx)
+		})
+	})
+}
+
+// replacePrimary has another member take over as the primary: oust acts on
+// the current primary (member old), then replacePrimary waits until
+// another member takes writes.
+func (p *patroniCtrs) replacePrimary(ctx context.Context, oust func(ctx context.Context, old int) error) error {
+	old := p.pat.Primary(ctx)
+	if old < 0 {
+		return containers.ErrNoPrimary
+	}
+	if err := oust(ctx, old); err != nil {
 		return err
 	}
-	return s.lever(ctx, "fail PostgreSQL over", true, func(ctx context.Context) error {
-		old := p.pat.Primary(ctx)
-		if old < 0 {
-			return containers.ErrNoPrimary
-		}
-		if err := p.pat.Members[old].Kill(ctx); err != nil {
-			return err
-		}
-		_, err := p.pat.WaitPrimary(ctx, patroniFailoverTimeout, old)
-		return err
-	})
+	_, err := p.pat.WaitPrimary(ctx, patroniFailoverTimeout, old)
+	return err
 }
 
 // RejoinPostgres starts the Patroni members FailoverPostgres killed and
@@ -176,11 +181,7 @@ func (s *Stack) FailoverPostgres(ctx context.Context) error {
 // that may promote a member whose slot lacks catalog rows the agent needs.
 // ErrUnsupported without WithPatroni.
 func (s *Stack) RejoinPostgres(ctx context.Context) error {
-	p, err := s.patroni("RejoinPostgres")
-	if err != nil {
-		return err
-	}
-	return s.lever(ctx, "rejoin PostgreSQL members", true, func(ctx context.Context) error {
+	return s.patroniLever(ctx, "RejoinPostgres", "rejoin PostgreSQL members", func(ctx context.Context, p *patroniCtrs) error {
 		for i, m := range p.pat.Members {
 			running, err := m.Running(ctx)
 			if err != nil {

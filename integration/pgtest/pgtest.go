@@ -105,13 +105,5 @@ func NewDatabase(tb testing.TB) string {
 func StartCluster(tb testing.TB, opts Options) *Cluster {
 	tb.Helper()
 	c, err := Start(context.Background(), opts)
-	if err != nil {
-		tb.Fatalf("devstack: postgres: %v", err)
-	}
-	tb.Cleanup(func() {
-		if err := c.Destroy(); err != nil {
-			tb.Errorf("devstack: postgres: destroy cluster: %v", err)
-		}
-	})
-	return c
+	return devstack.Tie(tb, c, err, (*Cluster).Destroy, "devstack: postgres: ", "devstack: postgres: destroy cluster: ")
 }

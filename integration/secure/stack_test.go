@@ -273,30 +273,36 @@ func (s *etcdServer) enableAuth(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	c := s.client(t, s.pki.etcdAdmin, "", "")
-	steps := []struct {
+	type step struct {
 		what string
 		do   func() error
-	}{
+	}
+	steps := []step{
 		{"user add root", func() error { _, err := c.UserAdd(ctx, "root", rootPass); return err }},
 		{"user grant-role root root", func() error { _, err := c.UserGrantRole(ctx, "root", "root"); return err }},
-		{"role add", func() error { _, err := c.RoleAdd(ctx, etcdUser); return err }},
-		// [/bagger, /bagger0): the key /bagger and everything under /bagger/
-		// (the driver lists and watches exactly this range), not /baggerX.
-		{"role grant-permission", func() error {
-			_, err := c.RoleGrantPermission(ctx, etcdUser, prefix, prefix+"0", clientv3.PermissionType(clientv3.PermReadWrite))
-			return err
-		}},
-		{"user add agent", func() error { _, err := c.UserAdd(ctx, etcdUser, agentPass); return err }},
-		{"user grant-role agent", func() error { _, err := c.UserGrantRole(ctx, etcdUser, etcdUser); return err }},
-		{"role add node", func() error { _, err := c.RoleAdd(ctx, nodeUser); return err }},
-		{"role grant-permission node", func() error {
-			_, err := c.RoleGrantPermission(ctx, nodeUser, prefix, prefix+"0", clientv3.PermissionType(clientv3.PermRead))
-			return err
-		}},
-		{"user add node", func() error { _, err := c.UserAdd(ctx, nodeUser, nodePass); return err }},
-		{"user grant-role node", func() error { _, err := c.UserGrantRole(ctx, nodeUser, nodeUser); return err }},
-		{"auth enable", func() error { _, err := c.AuthEnable(ctx); return err }},
 	}
+	// The agent and the storage nodes: a role and a user of the same name
+	// each, the role granted [/bagger, /bagger0): the key /bagger and
+	// everything under /bagger/ (the driver lists and watches exactly this
+	// range), not /baggerX.
+	for _, u := range []struct {
+		name, pass string
+		perm       clientv3.PermissionType
+	}{
+		{etcdUser, agentPass, clientv3.PermissionType(clientv3.PermReadWrite)},
+		{nodeUser, nodePass, clientv3.PermissionType(clientv3.PermRead)},
+	} {
+		steps = append(steps,
+			step{"role add " + u.name, func() error { _, err := c.RoleAdd(ctx, u.name); return err }},
+			step{"role grant-permission " + u.name, func() error {
+				_, err := c.RoleGrantPermission(ctx, u.name, prefix, prefix+"0", u.perm)
+				return err
+			}},
+			step{"user add " + u.name, func() error { _, err := c.UserAdd(ctx, u.name, u.pass); return err }},
+			step{"user grant-role " + u.name, func() error { _, err := c.UserGrantRole(ctx, u.name, u.name); return err }},
+		)
+	}
+	steps = append(steps, step{"auth enable", func() error { _, err := c.AuthEnable(ctx); return err }})
 	for _, st := range steps {
 		if err := st.do(); err != nil {
 			t.Fatalf("etcd %s: %v", st.what, err)

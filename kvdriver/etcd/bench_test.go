@@ -112,25 +112,30 @@ var benchValue = []byte(`{"id":42,"created":"2026-11-25T15:00:00Z","node":"db1.e
 
 func BenchmarkPut(b *testing.B) {
 	s := benchStore(b)
-	ctx := context.Background()
-	i := 0
-	cpu := processCPU(b)
-	for b.Loop() {
-		if _, err := s.Put(ctx, fmt.Sprintf("/bench/put/%d", i%1000), benchValue); err != nil {
-			b.Fatal(err)
-		}
-		i++
-	}
-	reportCPU(b, cpu)
+	benchPuts(b, func(ctx context.Context, key string) error {
+		_, err := s.Put(ctx, key, benchValue)
+		return err
+	})
 }
 
 func BenchmarkRawClientPut(b *testing.B) {
 	c := benchClient(b)
+	benchPuts(b, func(ctx context.Context, key string) error {
+		_, err := c.Put(ctx, key, string(benchValue))
+		return err
+	})
+}
+
+// benchPuts is the loop of the single-put benchmarks: put writes benchValue
+// to key, the keys cycling through /bench/put/0 … /bench/put/999, and the
+// process's CPU time is reported.
+func benchPuts(b *testing.B, put func(ctx context.Context, key string) error) {
+	b.Helper()
 	ctx := context.Background()
 	i := 0
 	cpu := processCPU(b)
 	for b.Loop() {
-		if _, err := c.Put(ctx, fmt.Sprintf("/bench/put/%d", i%1000), string(benchValue)); err != nil {
+		if err := put(ctx, fmt.Sprintf("/bench/put/%d", i%1000)); err != nil {
 			b.Fatal(err)
 		}
 		i++

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -18,13 +17,7 @@ import (
 )
 
 func init() {
-	kvdriver.Register(Scheme, kvdriver.OpenerFunc(func(ctx context.Context, u *url.URL) (*kvdriver.Store, error) {
-		cfg, err := ConfigFromURL(u)
-		if err != nil {
-			return nil, err
-		}
-		return Open(ctx, cfg)
-	}))
+	kvdriver.Register(Scheme, kvdriver.ConfigOpener(ConfigFromURL, Open))
 }
 
 // etcd's default server limits (--max-txn-ops, --max-request-bytes).

@@ -1,7 +1,6 @@
 package mem
 
 import (
-	"context"
 	"fmt"
 	"maps"
 	"net/url"
@@ -43,13 +42,7 @@ type Config struct {
 }
 
 func init() {
-	kvdriver.Register(Scheme, kvdriver.OpenerFunc(func(ctx context.Context, u *url.URL) (*kvdriver.Store, error) {
-		cfg, err := ParseURL(u)
-		if err != nil {
-			return nil, err
-		}
-		return Open(ctx, cfg)
-	}))
+	kvdriver.Register(Scheme, kvdriver.ConfigOpener(ParseURL, Open))
 }
 
 // ParseURL parses a mem:// URL into a Config.

@@ -1,8 +1,6 @@
 package pgkv_test
 
 import (
-	"net"
-	"strings"
 	"testing"
 
 	"github.com/bagger/lenkwerk/integration/pgtest"
@@ -12,15 +10,8 @@ import (
 // first host is down: the store's pool and listener reach the server that
 // takes writes.
 func TestMultiHostURL(t *testing.T) {
-	db := pgtest.NewDatabase(t)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead := l.Addr().String()
-	l.Close()
-	at := strings.Index(db, "@") + 1
-	multi := withParams(db[:at]+dead+","+db[at:], "target_session_attrs", "read-write")
+	multi, _ := pgtest.DeadHostFirst(t, pgtest.NewDatabase(t))
+	multi = withParams(multi, "target_session_attrs", "read-write")
 	s := openStore(t, multi)
 	ctx := ctxT(t)
 	w := s.Watch(ctx, "/k", 0)

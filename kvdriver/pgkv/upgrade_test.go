@@ -9,6 +9,7 @@ import (
 
 	"github.com/bagger/lenkwerk/integration/pgtest"
 	"github.com/bagger/lenkwerk/kvdriver"
+	"github.com/jackc/pgx/v5"
 )
 
 // TestUpgradeFromVersion1: a schema made by the first driver version (no
@@ -57,13 +58,7 @@ func TestUpgradeFromVersion1(t *testing.T) {
 	}
 	// The down migration restores version 1's kv_apply, and up again works.
 	for _, f := range []string{"migrations/000002_require.down.sql", "migrations/000002_require.up.sql"} {
-		sql, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := conn.Exec(ctx, string(sql)); err != nil {
-			t.Fatalf("%s: %v", f, err)
-		}
+		execFile(t, ctx, conn, f)
 		if _, err := conn.Exec(ctx, `SELECT old_kv.kv_apply(ARRAY['/old3'], ARRAY[convert_to('5', 'UTF8')], NULL)`); err != nil {
 			t.Fatalf("three-argument kv_apply after %s: %v", f, err)
 		}
@@ -84,13 +79,7 @@ func TestUpgradeFromVersion1(t *testing.T) {
 		t.Fatal("no kv_log_key_rev index after upgrade")
 	}
 	for i, f := range []string{"migrations/000003_log_key_index.down.sql", "migrations/000003_log_key_index.up.sql"} {
-		sql, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := conn.Exec(ctx, string(sql)); err != nil {
-			t.Fatalf("%s: %v", f, err)
-		}
+		execFile(t, ctx, conn, f)
 		if hasIndex() != (i == 1) {
 			t.Fatalf("after %s: index present %t", f, !(i == 1))
 		}
@@ -102,5 +91,17 @@ func TestUpgradeFromVersion1(t *testing.T) {
 	evs := w.until(t, rev, 10*time.Second)
 	if len(evs) == 0 || evs[len(evs)-1].Revision != rev {
 		t.Fatalf("watch of /old after upgrade: %v, want events up to %d", evs, rev)
+	}
+}
+
+// execFile runs the SQL file f (a migration) on conn.
+func execFile(t *testing.T, ctx context.Context, conn *pgx.Conn, f string) {
+	t.Helper()
+	sql, err := os.ReadFile(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, string(sql)); err != nil {
+		t.Fatalf("%s: %v", f, err)
 	}
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/bagger/lenkwerk/integration/pgtest"
 	"github.com/bagger/lenkwerk/kvdriver"
+	"github.com/bagger/lenkwerk/kvdriver/kvtest"
 	"github.com/bagger/lenkwerk/kvdriver/pgkv"
 )
 
@@ -47,6 +48,22 @@ func dbName(t testing.TB, dbURL string) string {
 	return cc.Database
 }
 
+// watchLive watches prefix on watcher from rev (until ctx ends) and shows
+// the watch live: once watcher's listener has verified notifications,
+// writer puts key and the watch delivers it. It returns the watch and the
+// put's revision.
+func watchLive(t *testing.T, ctx context.Context, watcher, writer *kvdriver.Store, prefix string, rev int64, key, value string) (*collector, int64) {
+	t.Helper()
+	w := collect(watcher.Watch(ctx, prefix, rev))
+	waitFor(t, "the listener to verify notifications", 10*time.Second, func() bool { return pgkv.NotifyErr(watcher) == nil })
+	r, err := writer.Put(ctx, key, []byte(value))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.until(t, r, 10*time.Second)
+	return w, r
+}
+
 // TestLostNotificationsAreCaughtUp: the listener's backend is terminated
 // and writes commit while it is gone (new connections to the database are
 // refused meanwhile, so the listener cannot be back before them). The poll
@@ -67,13 +84,7 @@ func TestLostNotificationsAreCaughtUp(t *testing.T) {
 	}
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	w := collect(watcher.Watch(wctx, "/n", start))
-	waitFor(t, "the listener to verify notifications", 10*time.Second, func() bool { return pgkv.NotifyErr(watcher) == nil })
-	r1, err := writer.Put(ctx, "/n/live", []byte(`1`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	w.until(t, r1, 10*time.Second)
+	w, _ := watchLive(t, wctx, watcher, writer, "/n", start, "/n/live", `1`)
 
 	// Kill the listener and keep it out while writing.
 	oldPID := listenerPID(t, admin, db)
@@ -293,13 +304,7 @@ func TestReaderRole(t *testing.T) {
 	}
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	w := collect(reader.Watch(wctx, "/r", lrev))
-	waitFor(t, "the reader's listener", 10*time.Second, func() bool { return pgkv.NotifyErr(reader) == nil })
-	r2, err := writer.Put(ctx, "/r/b", []byte(`2`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	w.until(t, r2, 10*time.Second)
+	w, r2 := watchLive(t, wctx, reader, writer, "/r", lrev, "/r/b", `2`)
 
 	_, err = reader.Put(ctx, "/r/c", []byte(`3`))
 	if err == nil || !strings.Contains(err.Error(), "permission denied") || !strings.Contains(err.Error(), "read-only") {
@@ -437,13 +442,5 @@ func TestWatchFromNowServerDown(t *testing.T) {
 	}
 	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	start := time.Now()
-	r, ok := <-s.Watch(wctx, "/down", 0)
-	if !ok || r.Err == nil {
-		t.Fatalf("Watch from now with the server down: %v, %v; want an error response", r, ok)
-	}
-	if d := time.Since(start); d > 10*time.Second {
-		t.Errorf("Watch took %v to report the outage", d)
-	}
-	t.Logf("Watch from now, server down: %v", r.Err)
+	kvtest.CheckWatchFromNowDown(t, wctx, s)
 }

@@ -73,15 +73,7 @@ func StartCluster(t *testing.T, opts devstack.Options) *devstack.Cluster {
 	}
 	t.Setenv("LENKWERK_PG_BINDIR", privBin)
 	c, err := devstack.Start(context.Background(), opts)
-	if err != nil {
-		t.Fatalf("baggertest: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := c.Destroy(); err != nil {
-			t.Errorf("baggertest: destroy cluster: %v", err)
-		}
-	})
-	return c
+	return devstack.Tie(t, c, err, (*devstack.Cluster).Destroy, "baggertest: ", "baggertest: destroy cluster: ")
 }
 
 // buildTree builds the private installation under root and returns its
