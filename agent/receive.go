@@ -266,6 +266,10 @@ func (s *session) advanceIdle(ctx context.Context, lsn pglogrepl.LSN, urgent boo
 		return nil
 	}
 	s.setCheckpoint(ck)
+	// The store now has all the server had sent: the lag is zero until
+	// the next message, not what the keepalive showed before the write
+	// (the walsender may send none for wal_sender_timeout/2).
+	s.setServerEnd(lsn)
 	s.sendStatus()
 	return nil
 }

@@ -9,6 +9,7 @@ import (
 	"io"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 	"unicode"
@@ -37,8 +38,12 @@ func mustKV(t *testing.T, args ...string) string {
 }
 
 // memURL is a store private to the test, shared by its kv invocations.
+// memRuns numbers memURL's stores: a named mem store lives as long as the
+// process, so a test run again (-count) needs a fresh name.
+var memRuns atomic.Int64
+
 func memURL(t *testing.T) string {
-	return "mem://kv-test-" + strings.ReplaceAll(t.Name(), "/", "-")
+	return fmt.Sprintf("mem://kv-test-%s-%d", strings.ReplaceAll(t.Name(), "/", "-"), memRuns.Add(1))
 }
 
 func TestKVGetPutDelLs(t *testing.T) {
