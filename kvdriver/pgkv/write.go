@@ -2,6 +2,7 @@ package pgkv
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"time"
@@ -9,6 +10,7 @@ import (
 	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/bagger/lenkwerk/kvdriver"
 )
@@ -159,7 +161,8 @@ func (s *Driver) runGroup(group []*writeReq) (revs []int64, failed int, err erro
 		// serialization error instead of reading the new revision.
 		// Nothing committed: retry.
 		var pgErr *pgconn.PgError
-		if !errors.As(err, &pgErr) {
+		var fe flushError
+		if !errors.As(err, &pgErr) || errors.As(err, &fe) {
 			return nil, -1, s.translate(err)
 		}
 		if (pgErr.Code == pgerrcode.SerializationFailure || pgErr.Code == pgerrcode.DeadlockDetected) && attempt < maxApplyAttempts {
@@ -186,9 +189,11 @@ func (s *Driver) tryGroup(group []*writeReq) (revs []int64, failed int, err erro
 	revs = make([]int64, len(group))
 	if len(group) == 1 {
 		r := group[0]
-		if err := s.wpool.QueryRow(ctx, s.q.apply, r.keys, r.values, channel, r.reqKeys, r.reqRevs).Scan(&revs[0]); err != nil {
-			return nil, 0, err
+		rev, failed, err := s.applyAndSync(ctx, r)
+		if err != nil {
+			return nil, failed, err
 		}
+		revs[0] = rev
 		return revs, -1, nil
 	}
 	tx, err := s.wpool.Begin(ctx)
@@ -204,7 +209,7 @@ func (s *Driver) tryGroup(group []*writeReq) (revs []int64, failed int, err erro
 	}()
 	b := &pgx.Batch{}
 	for _, r := range group {
-		b.Queue(s.q.apply, r.keys, r.values, channel, r.reqKeys, r.reqRevs)
+		b.Queue(s.q.apply, r.keys, r.values, r.reqKeys, r.reqRevs)
 	}
 	br := tx.SendBatch(ctx, b)
 	for i := range group {
@@ -219,5 +224,109 @@ func (s *Driver) tryGroup(group []*writeReq) (revs []int64, failed int, err erro
 	if err = tx.Commit(ctx); err != nil {
 		return nil, -1, err
 	}
+	// The commit did not wait for its flush (see durable.go).
+	var head int64
+	if err := s.wpool.QueryRow(ctx, s.q.sync, channel).Scan(&head); err != nil {
+		return nil, -1, flushError{err: err}
+	}
+	s.noteDurable(head)
 	return revs, -1, nil
+}
+
+// flushError: the batches committed, but kv_sync failed, so they are not
+// known to be durable. Like a lost reply to a commit, it is not retried.
+type flushError struct{ err error }
+
+func (e flushError) Error() string {
+	return fmt.Sprintf("pgkv: committed, but the flush after the commit failed: %v", e.err)
+}
+
+func (e flushError) Unwrap() error { return e.err }
+
+// applyAndSync commits one batch with kv_apply and then, in the same round
+// trip (a pipeline of two implicit transactions), runs kv_sync, which
+// flushes the WAL past kv_apply's asynchronous commit and notifies. failed
+// is 0 if the error is kv_apply's.
+func (s *Driver) applyAndSync(ctx context.Context, r *writeReq) (rev int64, failed int, err error) {
+	c, err := s.wpool.Acquire(ctx)
+	if err != nil {
+		return 0, -1, err
+	}
+	defer c.Release()
+	m := c.Conn().TypeMap()
+	params := make([][]byte, 4)
+	for i, p := range []struct {
+		oid uint32
+		v   any
+	}{{pgtype.TextArrayOID, r.keys}, {pgtype.ByteaArrayOID, r.values}, {pgtype.TextArrayOID, r.reqKeys}, {pgtype.Int8ArrayOID, r.reqRevs}} {
+		if params[i], err = m.Encode(p.oid, pgtype.BinaryFormatCode, p.v, nil); err != nil {
+			return 0, 0, fmt.Errorf("encode kv_apply argument %d: %w", i+1, err)
+		}
+	}
+	binFmt := []int16{pgtype.BinaryFormatCode}
+	p := c.Conn().PgConn().StartPipeline(ctx)
+	p.SendQueryParams(s.q.apply, params,
+		[]uint32{pgtype.TextArrayOID, pgtype.ByteaArrayOID, pgtype.TextArrayOID, pgtype.Int8ArrayOID},
+		[]int16{pgtype.BinaryFormatCode, pgtype.BinaryFormatCode, pgtype.BinaryFormatCode, pgtype.BinaryFormatCode}, binFmt)
+	p.SendPipelineSync()
+	p.SendQueryParams(s.q.sync, [][]byte{[]byte(s.cfg.channel())}, []uint32{pgtype.TextOID}, nil, binFmt)
+	p.SendPipelineSync()
+	if err := p.Flush(); err != nil {
+		_ = p.Close()
+		return 0, -1, err
+	}
+	// Results: kv_apply's, a sync, kv_sync's, a sync. An error ends its
+	// segment; the next one still runs.
+	var (
+		vals   [2][]byte
+		errs   [2]error
+		seg    int
+		closed bool
+	)
+	for seg < 2 && !closed {
+		res, gerr := p.GetResults()
+		var pgErr *pgconn.PgError
+		switch {
+		case gerr != nil && errors.As(gerr, &pgErr):
+			errs[seg] = gerr
+		case gerr != nil:
+			_ = p.Close()
+			return 0, -1, gerr
+		}
+		switch res := res.(type) {
+		case *pgconn.ResultReader:
+			rr := res.Read()
+			switch {
+			case rr.Err != nil:
+				errs[seg] = rr.Err
+			case len(rr.Rows) != 1 || len(rr.Rows[0]) != 1 || len(rr.Rows[0][0]) != 8:
+				errs[seg] = fmt.Errorf("pgkv: unexpected result of %s", []string{"kv_apply", "kv_sync"}[seg])
+			default:
+				vals[seg] = rr.Rows[0][0]
+			}
+		case *pgconn.PipelineSync:
+			seg++
+		case nil:
+			if gerr == nil {
+				closed = true
+			}
+		}
+	}
+	if err := p.Close(); err != nil {
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) {
+			return 0, -1, err
+		}
+	}
+	if errs[0] != nil {
+		return 0, 0, errs[0]
+	}
+	if errs[1] != nil {
+		return 0, -1, flushError{err: errs[1]}
+	}
+	if vals[0] == nil || vals[1] == nil {
+		return 0, -1, errors.New("pgkv: pipeline ended without results")
+	}
+	s.noteDurable(int64(binary.BigEndian.Uint64(vals[1])))
+	return int64(binary.BigEndian.Uint64(vals[0])), -1, nil
 }
