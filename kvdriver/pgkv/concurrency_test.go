@@ -254,11 +254,30 @@ func TestConcurrentWritersUnderSerializable(t *testing.T) {
 	}
 }
 
-// TestWritesAndReadsWaitForTheFlush: kv_apply commits asynchronously
-// (the revision lock is not held through the WAL flush), yet a crash must
-// not lose a revision a reader has seen. On a cluster whose WAL writer
-// sleeps 10 s, so only commits that wait for their flush flush the WAL: an
-// asynchronous commit made by hand is not flushed; a store's Put returns
+// contend makes kv_apply in schema lenkwerk_kv of dbURL believe another
+// writer is waiting for the revision lock (it holds the shared advisory
+// lock every writer holds in kv_apply), so it commits asynchronously,
+// until the returned function is called.
+func contend(t *testing.T, dbURL string) (release func()) {
+	t.Helper()
+	conn := connect(t, dbURL)
+	const key = `hashtext('lenkwerk_pgkv'), hashtext('lenkwerk_kv')`
+	if _, err := conn.Exec(ctxT(t), `SELECT pg_advisory_lock_shared(`+key+`)`); err != nil {
+		t.Fatal(err)
+	}
+	return func() {
+		if _, err := conn.Exec(ctxT(t), `SELECT pg_advisory_unlock_shared(`+key+`)`); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestWritesAndReadsWaitForTheFlush: kv_apply commits asynchronously when
+// another writer waits (the revision lock is not held through the WAL
+// flush), yet a crash must not lose a revision a reader has seen. On a
+// cluster whose WAL writer sleeps 10 s, so only commits that wait for their
+// flush flush the WAL: an asynchronous commit made by hand (with another
+// writer waiting) is not flushed; a store's Put returns
 // only once the WAL is flushed past that commit too (kv_sync), and a
 // store's Get, List and Watch of a revision return only once it is flushed.
 // TestCrashLosesNoSeenRevision is the end-to-end check.
@@ -280,6 +299,7 @@ func TestWritesAndReadsWaitForTheFlush(t *testing.T) {
 	// An asynchronous commit by hand; lsn is at or past its commit record.
 	asyncWrite := func(key string) (rev int64, lsn string) {
 		t.Helper()
+		defer contend(t, dbURL)()
 		tx, err := conn.Begin(ctx)
 		if err != nil {
 			t.Fatal(err)
@@ -304,10 +324,21 @@ func TestWritesAndReadsWaitForTheFlush(t *testing.T) {
 		return rev, lsn
 	}
 
+	// A writer alone commits synchronously, even with synchronous_commit
+	// off as the session default.
+	var setting string
+	if err := conn.QueryRow(ctx, `SELECT lenkwerk_kv.kv_apply(ARRAY['/sc/alone'], ARRAY[convert_to('1', 'UTF8')], NULL), current_setting('synchronous_commit')`).Scan(new(int64), &setting); err != nil || setting != "local" {
+		t.Fatalf("synchronous_commit of a writer alone = %q, %v; want local", setting, err)
+	}
+
+	// A Put while another writer waits commits asynchronously, and returns
+	// only once the WAL is flushed past its commit: past lsn too.
 	_, lsn := asyncWrite("/sc/hand")
+	release := contend(t, dbURL)
 	if _, err := s.Put(ctx, "/sc/put", []byte(`1`)); err != nil {
 		t.Fatal(err)
 	}
+	release()
 	if !flushedPast(lsn) {
 		t.Fatalf("Put returned before the WAL was flushed past %s", lsn)
 	}

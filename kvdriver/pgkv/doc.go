@@ -53,7 +53,7 @@
 //
 // Each Put, Delete and Apply is one call of kv_apply. A store writes
 // through one goroutine (group commit): a lone batch is one statement, one
-// implicit transaction (followed by kv_sync in the same round trip);
+// implicit transaction (followed by kv_sync if it committed asynchronously);
 // batches of concurrent callers that wait meanwhile (up to 64) are committed together in one transaction, one kv_apply each,
 // so each still gets its own revision and a batch whose Requires fail is
 // dropped from the group alone. kv_apply first locks the kv_meta row (SELECT ... FOR NO KEY
@@ -73,30 +73,36 @@
 // session default a writer that waited for the lock fails with a
 // serialization error; nothing was written and the driver retries it.
 //
-// The lock is not held through the commit's WAL flush: kv_apply commits
-// asynchronously (synchronous_commit off for its transaction), so the next
-// writer takes its revision as soon as the commit record is written, and
-// the flushes of writers in separate stores (processes) group instead of
-// queueing one fsync each behind the lock. Yet a revision a reader has
-// seen must not vanish in a crash, or its number would be reused for
-// another change that a watcher then skips. Two rules make sure it cannot:
-// Apply returns only once its write is durable (the driver runs kv_sync
-// right after kv_apply, in the same round trip: its commit flushes the WAL
-// past kv_apply's and, with a synchronous standby, waits for it), and a
-// read (Get, List, a watch's read, Watch from now) returns nothing that is
-// not durable: it reads the WAL insert position in the same statement as
-// the data and, unless the WAL is flushed that far, waits until it is
-// (polling the flush position, and after 50 ms calling kv_sync itself). A
-// commit whose writer died before kv_sync is flushed by the WAL writer
-// within wal_writer_delay or by the next write. When the server is
-// configured with synchronous_standby_names and the session's
-// synchronous_commit waits for standbys (on, remote_write, remote_apply),
-// kv_apply commits synchronously inside the lock as before: only then is a
-// revision visible only after the standby has it, and writers are
-// serialized on the standby's round trip again.
+// A writer that other writers wait for does not hold the lock through its
+// commit's WAL flush: kv_apply then commits asynchronously (synchronous_commit
+// off for its transaction), so the next writer takes its revision as soon as
+// the commit record is written, and the flushes of writers in separate
+// stores (processes) group instead of queueing one fsync each behind the
+// lock. (Every writer holds a shared advisory lock of the schema while in
+// kv_apply; one that can upgrade it is alone and commits synchronously, as
+// before, which costs a lone writer nothing extra.) Yet a revision a
+// reader has seen must not vanish in a crash, or its number would be
+// reused for another change that a watcher then skips. Two rules make sure
+// it cannot: Apply returns only once its write is durable (the driver runs
+// kv_sync right after an asynchronous kv_apply, which the same statement
+// tells it: kv_sync's commit flushes the WAL past kv_apply's and, with a
+// synchronous standby, waits for it), and a read (Get, List, a watch's read, Watch
+// from now) returns nothing that is not durable: it reads the WAL insert
+// position in the same statement as the data and, unless the WAL is
+// flushed that far or a notification vouched for the revision, waits until
+// it is (polling the flush position, and after 50 ms calling kv_sync
+// itself). A commit whose writer died before kv_sync is flushed by the WAL
+// writer within wal_writer_delay or by the next write; its watchers see it
+// at their next poll. When the server is configured with
+// synchronous_standby_names and the session's synchronous_commit waits for
+// standbys (on, remote_write, remote_apply), kv_apply always commits
+// synchronously inside the lock as before: only then is a revision visible
+// only after the standby has it, and writers are serialized on the
+// standby's round trip again.
 //
-// kv_sync sends pg_notify('<schema>_changes', '<rev> <token>') after its
-// flush: revision rev and all before it are durable. The payload is only
+// A synchronous kv_apply, or else kv_sync, sends
+// pg_notify('<schema>_changes', '<rev> <token>') after the flush: revision
+// rev and all before it are durable. The payload is only
 // the revision and kv_meta.sync_token, never a value; the token keeps a
 // NOTIFY by another role from vouching for a revision.
 //

@@ -8,21 +8,24 @@ import (
 	"time"
 )
 
-// Durability. kv_apply commits asynchronously (migration 4): the revision
-// lock is released once the commit record is written, before the WAL
-// flush, so writers of separate stores no longer queue for one fsync each
-// and their flushes group. Two rules keep what a watcher has seen from
-// vanishing in a crash (an asynchronous commit that is lost frees its
+// Durability. kv_apply commits asynchronously when other writers wait for
+// the revision lock (migration 4): the lock is released once the commit
+// record is written, before the WAL flush, so writers of separate stores no
+// longer queue for one fsync each and their flushes group. A writer alone
+// commits synchronously, as before. Two rules keep what a watcher has seen
+// from vanishing in a crash (an asynchronous commit that is lost frees its
 // revision number for another change):
 //
-//   - A write is durable before Apply returns: kv_sync runs after kv_apply,
-//     in the same round trip, and its commit flushes past kv_apply's.
+//   - A write is durable before Apply returns: kv_sync runs after an
+//     asynchronous kv_apply (the same statement says which), and its
+//     commit flushes past kv_apply's.
 //   - A reader returns nothing that is not durable: each read also takes the
 //     WAL insert position after its snapshot (walPos) and, unless the WAL is
 //     flushed that far, waits until it is (awaitDurable). The position is
 //     fixed, so continuous writes cannot starve the reader.
 //
-// kv_sync notifies "<rev> <token>" after its flush: revision rev is durable,
+// A synchronous kv_apply, or else kv_sync, notifies "<rev> <token>" after
+// the flush: revision rev is durable,
 // and so is everything before it. A reader whose revisions are all at or
 // below the highest such revision the store heard of needs no wait; the
 // token (kv_meta.sync_token) keeps other roles' NOTIFYs from vouching.

@@ -10,8 +10,9 @@ import (
 
 // TestMigration4DownAndUp: version 4's down migration restores version
 // 3's kv_apply (a synchronous commit, at least local, inside the revision
-// lock) and drops kv_sync and the token; up again brings back the
-// asynchronous commit, and the store writes, reads and watches as before.
+// lock, even when other writers wait) and drops kv_sync and the token; up
+// again brings back the asynchronous commit under contention, and the store
+// writes, reads and watches as before.
 func TestMigration4DownAndUp(t *testing.T) {
 	dbURL := pgtest.NewDatabase(t)
 	s := openStore(t, withParams(dbURL, "poll-interval", "100ms"))
@@ -21,8 +22,10 @@ func TestMigration4DownAndUp(t *testing.T) {
 		t.Fatal(err)
 	}
 	conn := connect(t, withParams(dbURL, "options", "-c synchronous_commit=off -c search_path=lenkwerk_kv"))
+	// With another writer waiting (contend).
 	commitSetting := func() string {
 		t.Helper()
+		defer contend(t, dbURL)()
 		tx, err := conn.Begin(ctx)
 		if err != nil {
 			t.Fatal(err)

@@ -8,7 +8,7 @@ import (
 
 // queries holds the driver's SQL with the schema's quoted name filled in.
 type queries struct {
-	get, list, apply, sync, flushed, head, watch, compactTarget, compactMark, compactDelete string
+	get, list, applyOne, sync, flushed, head, watch, compactTarget, compactMark, compactDelete string
 }
 
 // walPos is what every read adds to its statement (see durable.go): the
@@ -39,10 +39,16 @@ func newQueries(schema string) queries {
 			LEFT JOIN $schema.kv k ON k.key = $1 OR (k.key >= $2 AND k.key < $3)
 			ORDER BY k.key`),
 
-		// kv_apply commits without waiting for its WAL flush; kv_sync, in
-		// a transaction of its own after it, makes it durable and notifies.
-		apply: r.Replace(`SELECT $schema.kv_apply($1::text[], $2::bytea[], NULL, $3::text[], $4::bigint[])`),
-		sync:  r.Replace(`SELECT $schema.kv_sync($1::text)`),
+		// kv_apply commits without waiting for its WAL flush when other
+		// writers wait for it; kv_sync, in a transaction of its own after
+		// it, then makes it durable and notifies. applyOne also returns
+		// whether the write needs kv_sync: kv_apply sets
+		// lenkwerk_pgkv.pending, read after it (OFFSET 0) in the same
+		// statement, so on the same server connection whatever pools
+		// connections.
+		applyOne: r.Replace(`SELECT a.rev, current_setting('lenkwerk_pgkv.pending', true)
+			FROM (SELECT $schema.kv_apply($1::text[], $2::bytea[], $3::text, $4::text[], $5::bigint[]) AS rev OFFSET 0) a`),
+		sync: r.Replace(`SELECT $schema.kv_sync($1::text)`),
 
 		// Whether the WAL is flushed up to a position walPos returned.
 		flushed: `SELECT pg_current_wal_flush_lsn() >= $1::pg_lsn`,

@@ -2,7 +2,6 @@ package pgkv
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"time"
@@ -10,7 +9,6 @@ import (
 	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/bagger/lenkwerk/kvdriver"
 )
@@ -209,20 +207,28 @@ func (s *Driver) tryGroup(group []*writeReq) (revs []int64, failed int, err erro
 	}()
 	b := &pgx.Batch{}
 	for _, r := range group {
-		b.Queue(s.q.apply, r.keys, r.values, r.reqKeys, r.reqRevs)
+		b.Queue(s.q.applyOne, r.keys, r.values, channel, r.reqKeys, r.reqRevs)
 	}
 	br := tx.SendBatch(ctx, b)
+	synced := true
 	for i := range group {
-		if err = br.QueryRow().Scan(&revs[i]); err != nil {
+		var pending *string
+		if err = br.QueryRow().Scan(&revs[i], &pending); err != nil {
 			_ = br.Close()
 			return nil, i, err
 		}
+		synced = synced && pending != nil && *pending == "no"
 	}
 	if err = br.Close(); err != nil {
 		return nil, -1, err
 	}
 	if err = tx.Commit(ctx); err != nil {
 		return nil, -1, err
+	}
+	if synced {
+		// kv_apply was alone: the commit flushed, and notified.
+		s.noteDurable(revs[len(revs)-1])
+		return revs, -1, nil
 	}
 	// The commit did not wait for its flush (see durable.go).
 	var head int64
@@ -243,90 +249,24 @@ func (e flushError) Error() string {
 
 func (e flushError) Unwrap() error { return e.err }
 
-// applyAndSync commits one batch with kv_apply and then, in the same round
-// trip (a pipeline of two implicit transactions), runs kv_sync, which
-// flushes the WAL past kv_apply's asynchronous commit and notifies. failed
-// is 0 if the error is kv_apply's.
+// applyAndSync commits one batch with kv_apply and, if kv_apply committed
+// asynchronously (another writer was waiting for the revision lock), runs
+// kv_sync, which flushes the WAL past that commit and notifies. A kv_apply
+// that was alone committed synchronously and notified itself. failed is 0
+// if the error is kv_apply's.
 func (s *Driver) applyAndSync(ctx context.Context, r *writeReq) (rev int64, failed int, err error) {
-	c, err := s.wpool.Acquire(ctx)
-	if err != nil {
-		return 0, -1, err
+	var pending *string
+	if err := s.wpool.QueryRow(ctx, s.q.applyOne, r.keys, r.values, s.cfg.channel(), r.reqKeys, r.reqRevs).Scan(&rev, &pending); err != nil {
+		return 0, 0, err
 	}
-	defer c.Release()
-	m := c.Conn().TypeMap()
-	params := make([][]byte, 4)
-	for i, p := range []struct {
-		oid uint32
-		v   any
-	}{{pgtype.TextArrayOID, r.keys}, {pgtype.ByteaArrayOID, r.values}, {pgtype.TextArrayOID, r.reqKeys}, {pgtype.Int8ArrayOID, r.reqRevs}} {
-		if params[i], err = m.Encode(p.oid, pgtype.BinaryFormatCode, p.v, nil); err != nil {
-			return 0, 0, fmt.Errorf("encode kv_apply argument %d: %w", i+1, err)
-		}
+	if pending != nil && *pending == "no" {
+		s.noteDurable(rev)
+		return rev, -1, nil
 	}
-	binFmt := []int16{pgtype.BinaryFormatCode}
-	p := c.Conn().PgConn().StartPipeline(ctx)
-	p.SendQueryParams(s.q.apply, params,
-		[]uint32{pgtype.TextArrayOID, pgtype.ByteaArrayOID, pgtype.TextArrayOID, pgtype.Int8ArrayOID},
-		[]int16{pgtype.BinaryFormatCode, pgtype.BinaryFormatCode, pgtype.BinaryFormatCode, pgtype.BinaryFormatCode}, binFmt)
-	p.SendPipelineSync()
-	p.SendQueryParams(s.q.sync, [][]byte{[]byte(s.cfg.channel())}, []uint32{pgtype.TextOID}, nil, binFmt)
-	p.SendPipelineSync()
-	if err := p.Flush(); err != nil {
-		_ = p.Close()
-		return 0, -1, err
+	var head int64
+	if err := s.wpool.QueryRow(ctx, s.q.sync, s.cfg.channel()).Scan(&head); err != nil {
+		return 0, -1, flushError{err: err}
 	}
-	// Results: kv_apply's, a sync, kv_sync's, a sync. An error ends its
-	// segment; the next one still runs.
-	var (
-		vals   [2][]byte
-		errs   [2]error
-		seg    int
-		closed bool
-	)
-	for seg < 2 && !closed {
-		res, gerr := p.GetResults()
-		var pgErr *pgconn.PgError
-		switch {
-		case gerr != nil && errors.As(gerr, &pgErr):
-			errs[seg] = gerr
-		case gerr != nil:
-			_ = p.Close()
-			return 0, -1, gerr
-		}
-		switch res := res.(type) {
-		case *pgconn.ResultReader:
-			rr := res.Read()
-			switch {
-			case rr.Err != nil:
-				errs[seg] = rr.Err
-			case len(rr.Rows) != 1 || len(rr.Rows[0]) != 1 || len(rr.Rows[0][0]) != 8:
-				errs[seg] = fmt.Errorf("pgkv: unexpected result of %s", []string{"kv_apply", "kv_sync"}[seg])
-			default:
-				vals[seg] = rr.Rows[0][0]
-			}
-		case *pgconn.PipelineSync:
-			seg++
-		case nil:
-			if gerr == nil {
-				closed = true
-			}
-		}
-	}
-	if err := p.Close(); err != nil {
-		var pgErr *pgconn.PgError
-		if !errors.As(err, &pgErr) {
-			return 0, -1, err
-		}
-	}
-	if errs[0] != nil {
-		return 0, 0, errs[0]
-	}
-	if errs[1] != nil {
-		return 0, -1, flushError{err: errs[1]}
-	}
-	if vals[0] == nil || vals[1] == nil {
-		return 0, -1, errors.New("pgkv: pipeline ended without results")
-	}
-	s.noteDurable(int64(binary.BigEndian.Uint64(vals[1])))
-	return int64(binary.BigEndian.Uint64(vals[0])), -1, nil
+	s.noteDurable(head)
+	return rev, -1, nil
 }

@@ -1,11 +1,12 @@
 -- pgkv schema, version 4: writers no longer wait for their WAL flush
--- inside the revision lock. kv_apply commits asynchronously (unless a
--- synchronous standby is to be waited for), kv_sync makes a write durable
--- after its commit and sends the notification, and readers wait until what
--- they read is flushed (the driver compares the WAL flush position with the
--- insert position read in the same statement). Before, each writer's fsync
--- happened while it held the lock, so writers of separate stores queued for
--- one fsync each.
+-- inside the revision lock while other writers wait for it. kv_apply then
+-- commits asynchronously (a writer alone, or one that a synchronous standby
+-- must confirm, still commits synchronously), kv_sync makes such a write
+-- durable after its commit and sends the notification, and readers wait
+-- until what they read is flushed (the driver compares the WAL flush
+-- position with the insert position read in the same statement). Before,
+-- each writer's fsync happened while it held the lock, so writers of
+-- separate stores queued for one fsync each.
 
 -- sync_token authenticates kv_sync's notifications: "<rev> <token>" tells
 -- the schema's readers that revision rev is durable. Anyone may NOTIFY;
@@ -13,7 +14,16 @@
 ALTER TABLE kv_meta ADD COLUMN sync_token text NOT NULL DEFAULT gen_random_uuid()::text;
 
 -- kv_apply as in version 2 (the same arguments and checks), but its commit
--- is asynchronous. The driver passes p_channel NULL: kv_sync notifies.
+-- is asynchronous when another writer is waiting for the revision lock.
+-- Every writer holds a shared transaction advisory lock of the schema while
+-- in kv_apply; one that can then upgrade it to exclusive is alone, and
+-- commits synchronously as before (nobody waits for its flush; writers
+-- arriving meanwhile wait for it as they would for the row lock), notifying
+-- "<rev> <token>" after the flush. Otherwise the commit does not wait for
+-- its flush and sends no notification: the driver's kv_sync does both.
+-- The first call's choice holds for its whole transaction
+-- (lenkwerk_pgkv.mode); the session setting lenkwerk_pgkv.pending tells
+-- the driver (read in the same statement) whether the write needs kv_sync.
 CREATE OR REPLACE FUNCTION kv_apply(p_keys text[], p_values bytea[], p_channel text, p_req_keys text[] DEFAULT '{}', p_req_revs bigint[] DEFAULT '{}')
 RETURNS bigint
 LANGUAGE plpgsql
@@ -25,10 +35,13 @@ DECLARE
     v_key     text;
     v_want    bigint;
     v_have    bigint;
+    v_mode    text;
+    v_token   text;
 BEGIN
     -- The lock is taken before any key is touched, so every writer locks in
     -- the same order (no deadlocks) and holds it until commit.
-    SELECT rev + 1 INTO STRICT v_rev FROM kv_meta FOR NO KEY UPDATE;
+    PERFORM pg_advisory_xact_lock_shared(hashtext('lenkwerk_pgkv'), hashtext(current_schema()));
+    SELECT rev + 1, sync_token INTO STRICT v_rev, v_token FROM kv_meta FOR NO KEY UPDATE;
 
     -- Checked under the lock: no writer can change a required key between
     -- the check and this batch's commit.
@@ -64,21 +77,39 @@ BEGIN
         RETURN v_rev - 1;
     END IF;
     UPDATE kv_meta SET rev = v_rev;
-    -- The commit does not wait for its WAL flush, so the revision lock is
-    -- released as soon as the commit record is written and the next writer
-    -- goes on while this one's flush is pending. A revision a watcher has
-    -- seen must still survive a crash (an asynchronous commit can be lost
-    -- and its number reused for another change): the driver makes the write
-    -- durable with kv_sync before Apply returns, and its readers return only
-    -- what is flushed (see kv_sync). With a synchronous standby that the
-    -- session waits for, the commit waits inside the lock as before: only
-    -- that makes a revision visible after it reached the standby.
-    IF current_setting('synchronous_commit') IN ('off', 'local')
-       OR current_setting('synchronous_standby_names') = '' THEN
-        PERFORM set_config('synchronous_commit', 'off', true);
+    -- A writer that others wait for does not keep them waiting through
+    -- its WAL flush: it commits asynchronously (the revision lock is
+    -- released as soon as the commit record is written, and the flushes of
+    -- many writers group). A revision a reader has seen must still survive
+    -- a crash (an asynchronous commit can be lost and its number reused for
+    -- another change): the driver makes the write durable with kv_sync
+    -- before Apply returns, and its readers return only what is flushed.
+    -- With a synchronous standby that the session waits for, the commit
+    -- always waits inside the lock as before: only that makes a revision
+    -- visible after it reached the standby.
+    v_mode := current_setting('lenkwerk_pgkv.mode', true);
+    IF v_mode IS NULL OR v_mode = '' THEN
+        IF current_setting('synchronous_commit') NOT IN ('off', 'local')
+           AND current_setting('synchronous_standby_names') <> '' THEN
+            v_mode := 'sync';
+        ELSIF pg_try_advisory_xact_lock(hashtext('lenkwerk_pgkv'), hashtext(current_schema())) THEN
+            v_mode := 'sync';
+        ELSE
+            v_mode := 'async';
+        END IF;
+        PERFORM set_config('lenkwerk_pgkv.mode', v_mode, true);
     END IF;
-    IF p_channel IS NOT NULL THEN
-        PERFORM pg_notify(p_channel, v_rev::text);
+    IF v_mode = 'async' THEN
+        PERFORM set_config('synchronous_commit', 'off', true);
+        PERFORM set_config('lenkwerk_pgkv.pending', 'yes', false);
+    ELSE
+        IF current_setting('synchronous_commit') = 'off' THEN
+            PERFORM set_config('synchronous_commit', 'local', true);
+        END IF;
+        PERFORM set_config('lenkwerk_pgkv.pending', 'no', false);
+        IF p_channel IS NOT NULL THEN
+            PERFORM pg_notify(p_channel, v_rev::text || ' ' || v_token);
+        END IF;
     END IF;
     RETURN v_rev;
 END
@@ -86,7 +117,7 @@ $$;
 
 -- kv_sync makes every commit before it durable and returns the store
 -- revision, which is then durable. The driver calls it after each write's
--- commit (in the same round trip), and readers call it when the WAL they
+-- asynchronous commit, and readers call it when the WAL they
 -- must wait for is not flushed soon. If the WAL is already flushed as far
 -- as it is written, there is nothing to do; otherwise a transactional
 -- logical message gives this transaction WAL of its own, so its commit
