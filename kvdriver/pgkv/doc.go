@@ -185,7 +185,9 @@
 // Migrations take a session-level advisory lock: run them (migrate=true,
 // the default) against PostgreSQL or a session pooler, and open through a
 // transaction pooler with migrate=false. Writes work through any proxy
-// (each is one statement); with pgbouncer before 1.21 in transaction mode
+// (each transaction is one statement: kv_apply reports in the same
+// statement whether kv_sync must follow, and kv_sync may run on any
+// server connection); with pgbouncer before 1.21 in transaction mode
 // also add default_query_exec_mode=exec (pgx's prepared-statement cache
 // needs a session). LISTEN is refused on a hot standby too: a store opened
 // on a replica reads and watches by polling.

@@ -74,6 +74,9 @@ BEGIN
     GET DIAGNOSTICS v_changed = ROW_COUNT;
 
     IF v_changed = 0 THEN
+        -- No revision taken: the head it returns may be another writer's
+        -- asynchronous commit, so the driver must not take it as durable.
+        PERFORM set_config('lenkwerk_pgkv.pending', 'unknown', false);
         RETURN v_rev - 1;
     END IF;
     UPDATE kv_meta SET rev = v_rev;
