@@ -101,10 +101,11 @@
 // standby's round trip again.
 //
 // A synchronous kv_apply, or else kv_sync, sends
-// pg_notify('<schema>_changes', '<rev> <token>') after the flush: revision
-// rev and all before it are durable. The payload is only
-// the revision and kv_meta.sync_token, never a value; the token keeps a
-// NOTIFY by another role from vouching for a revision.
+// pg_notify('<schema>_changes', '<rev> <tag>') after the flush: revision
+// rev and all before it are durable. The payload is only the revision and
+// tag = hex(sha256('<rev> ' || kv_meta.sync_token)), never a value: any
+// session may LISTEN, so the token is never sent, and a NOTIFY by a role
+// that cannot read kv_meta cannot vouch for a revision.
 //
 // Restoring a backup or failing over to an asynchronous standby can still
 // lose the last revisions: a watch that notices the store revision going

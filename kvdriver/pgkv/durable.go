@@ -2,6 +2,9 @@ package pgkv
 
 import (
 	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
 	"fmt"
 	"strconv"
 	"strings"
@@ -24,11 +27,12 @@ import (
 //     flushed that far, waits until it is (awaitDurable). The position is
 //     fixed, so continuous writes cannot starve the reader.
 //
-// A synchronous kv_apply, or else kv_sync, notifies "<rev> <token>" after
-// the flush: revision rev is durable,
-// and so is everything before it. A reader whose revisions are all at or
-// below the highest such revision the store heard of needs no wait; the
-// token (kv_meta.sync_token) keeps other roles' NOTIFYs from vouching.
+// A synchronous kv_apply, or else kv_sync, notifies "<rev> <tag>" after
+// the flush: revision rev is durable, and so is everything before it. A
+// reader whose revisions are all at or below the highest such revision the
+// store heard of needs no wait. The tag (syncTag, from kv_meta.sync_token)
+// keeps other roles' NOTIFYs from vouching: any session may LISTEN, so the
+// token itself is never sent.
 
 const (
 	// durablePollMin and durablePollMax bound the interval between checks
@@ -53,15 +57,30 @@ func (s *Driver) noteDurable(rev int64) {
 	}
 }
 
-// syncNotification parses kv_sync's payload: the durable revision if the
-// payload carries the store's token.
+// syncNotification parses a durability notification, "<rev> <tag>": the
+// durable revision if tag is syncTag(rev, the store's token).
 func (s *Driver) syncNotification(payload string) (int64, bool) {
-	revText, token, ok := strings.Cut(payload, " ")
-	if !ok || s.syncToken == "" || token != s.syncToken {
+	revText, tag, ok := strings.Cut(payload, " ")
+	if !ok || s.syncToken == "" {
 		return 0, false
 	}
 	rev, err := strconv.ParseInt(revText, 10, 64)
-	return rev, err == nil
+	if err != nil || revText != strconv.FormatInt(rev, 10) {
+		return 0, false
+	}
+	want := syncTag(rev, s.syncToken)
+	if subtle.ConstantTimeCompare([]byte(tag), []byte(want)) != 1 {
+		return 0, false
+	}
+	return rev, true
+}
+
+// syncTag is what kv_apply and kv_sync send with a durable revision:
+// hex(sha256("<rev> <token>")). Any session may LISTEN, so the token
+// itself is never sent; a tag seen for one revision vouches for no other.
+func syncTag(rev int64, token string) string {
+	sum := sha256.Sum256([]byte(strconv.FormatInt(rev, 10) + " " + token))
+	return hex.EncodeToString(sum[:])
 }
 
 // awaitDurable returns once what a read saw is durable: at once if its

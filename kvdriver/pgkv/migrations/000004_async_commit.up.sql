@@ -8,9 +8,11 @@
 -- each writer's fsync happened while it held the lock, so writers of
 -- separate stores queued for one fsync each.
 
--- sync_token authenticates kv_sync's notifications: "<rev> <token>" tells
--- the schema's readers that revision rev is durable. Anyone may NOTIFY;
--- only roles that can read kv_meta know the token.
+-- sync_token authenticates the durability notifications: "<rev> <tag>",
+-- tag = hex(sha256("<rev> <token>")), tells the schema's readers that
+-- revision rev is durable. Anyone may NOTIFY, and anyone may LISTEN (so the
+-- token itself never travels); only roles that can read kv_meta can make a
+-- tag, and a tag seen for one revision makes none for another.
 ALTER TABLE kv_meta ADD COLUMN sync_token text NOT NULL DEFAULT gen_random_uuid()::text;
 
 -- kv_apply as in version 2 (the same arguments and checks), but its commit
@@ -111,7 +113,7 @@ BEGIN
         END IF;
         PERFORM set_config('lenkwerk_pgkv.pending', 'no', false);
         IF p_channel IS NOT NULL THEN
-            PERFORM pg_notify(p_channel, v_rev::text || ' ' || v_token);
+            PERFORM pg_notify(p_channel, v_rev::text || ' ' || encode(sha256(convert_to(v_rev::text || ' ' || v_token, 'UTF8')), 'hex'));
         END IF;
     END IF;
     RETURN v_rev;
@@ -147,7 +149,7 @@ BEGIN
         PERFORM pg_logical_emit_message(true, 'lenkwerk-pgkv-sync', '');
     END IF;
     IF p_channel IS NOT NULL THEN
-        PERFORM pg_notify(p_channel, v_rev::text || ' ' || v_token);
+        PERFORM pg_notify(p_channel, v_rev::text || ' ' || encode(sha256(convert_to(v_rev::text || ' ' || v_token, 'UTF8')), 'hex'));
     END IF;
     RETURN v_rev;
 END
