@@ -21,9 +21,9 @@ func (s *Driver) Compact(ctx context.Context, rev int64) error {
 	var marked int64
 	err := s.pool.QueryRow(ctx, s.q.compactMark, rev).Scan(&marked)
 	if errors.Is(err, pgx.ErrNoRows) {
-		var head, compacted int64
-		if err := s.pool.QueryRow(ctx, s.q.head).Scan(&head, &compacted); err != nil {
-			return s.translate(err)
+		head, _, err := s.head(ctx)
+		if err != nil {
+			return err
 		}
 		if rev > head {
 			return fmt.Errorf("beyond the store revision %d", head)

@@ -254,26 +254,118 @@ func TestConcurrentWritersUnderSerializable(t *testing.T) {
 	}
 }
 
-// TestWritesCommitSynchronously: with synchronous_commit=off as the
-// session default, kv_apply still commits synchronously (locally): a crash
-// must not lose a revision a watcher has seen.
-func TestWritesCommitSynchronously(t *testing.T) {
-	dbURL := pgtest.NewDatabase(t)
-	openStore(t, dbURL) // migrate
+// contend makes kv_apply in schema lenkwerk_kv of dbURL believe another
+// writer is waiting for the revision lock (it holds the shared advisory
+// lock every writer holds in kv_apply), so it commits asynchronously,
+// until the returned function is called.
+func contend(t *testing.T, dbURL string) (release func()) {
+	t.Helper()
+	conn := connect(t, dbURL)
+	const key = `hashtext('lenkwerk_pgkv'), hashtext('lenkwerk_kv')`
+	if _, err := conn.Exec(ctxT(t), `SELECT pg_advisory_lock_shared(`+key+`)`); err != nil {
+		t.Fatal(err)
+	}
+	return func() {
+		if _, err := conn.Exec(ctxT(t), `SELECT pg_advisory_unlock_shared(`+key+`)`); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestWritesAndReadsWaitForTheFlush: kv_apply commits asynchronously when
+// another writer waits (the revision lock is not held through the WAL
+// flush), yet a crash must not lose a revision a reader has seen. On a
+// cluster whose WAL writer sleeps 10 s, so only commits that wait for their
+// flush flush the WAL: an asynchronous commit made by hand (with another
+// writer waiting) is not flushed; a store's Put returns
+// only once the WAL is flushed past that commit too (kv_sync), and a
+// store's Get, List and Watch of a revision return only once it is flushed.
+// TestCrashLosesNoSeenRevision is the end-to-end check.
+func TestWritesAndReadsWaitForTheFlush(t *testing.T) {
+	c := pgtest.StartCluster(t, pgtest.Options{Settings: map[string]string{"wal_writer_delay": "10s", "wal_writer_flush_after": "0"}})
+	dbURL := c.NewDatabase(t)
 	ctx := ctxT(t)
+	// Even with synchronous_commit=off as the session default.
+	s := openStore(t, withParams(dbURL, "options", "-c synchronous_commit=off", "poll-interval", "100ms"))
 	conn := connect(t, withParams(dbURL, "options", "-c synchronous_commit=off"))
-	tx, err := conn.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
+	flushedPast := func(lsn string) bool {
+		t.Helper()
+		var ok bool
+		if err := conn.QueryRow(ctx, `SELECT pg_current_wal_flush_lsn() >= $1::pg_lsn`, lsn).Scan(&ok); err != nil {
+			t.Fatal(err)
+		}
+		return ok
 	}
-	defer tx.Rollback(ctx)
-	var rev int64
-	if err := tx.QueryRow(ctx, `SELECT lenkwerk_kv.kv_apply(ARRAY['/sc'], ARRAY[convert_to('1', 'UTF8')], NULL)`).Scan(&rev); err != nil {
-		t.Fatal(err)
+	// An asynchronous commit by hand; lsn is at or past its commit record.
+	asyncWrite := func(key string) (rev int64, lsn string) {
+		t.Helper()
+		defer contend(t, dbURL)()
+		tx, err := conn.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tx.Rollback(ctx)
+		if err := tx.QueryRow(ctx, `SELECT lenkwerk_kv.kv_apply(ARRAY[$1::text], ARRAY[convert_to('1', 'UTF8')], NULL)`, key).Scan(&rev); err != nil {
+			t.Fatal(err)
+		}
+		var setting string
+		if err := tx.QueryRow(ctx, `SHOW synchronous_commit`).Scan(&setting); err != nil || setting != "off" {
+			t.Fatalf("synchronous_commit in the writing transaction = %q, %v; want off", setting, err)
+		}
+		if err := tx.Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := conn.QueryRow(ctx, `SELECT pg_current_wal_insert_lsn()::text`).Scan(&lsn); err != nil {
+			t.Fatal(err)
+		}
+		if flushedPast(lsn) {
+			t.Fatalf("the WAL is flushed past an asynchronous commit at once (%s): the test cannot tell", lsn)
+		}
+		return rev, lsn
 	}
+
+	// A writer alone commits synchronously, even with synchronous_commit
+	// off as the session default.
 	var setting string
-	if err := tx.QueryRow(ctx, `SHOW synchronous_commit`).Scan(&setting); err != nil || setting != "local" {
-		t.Fatalf("synchronous_commit in the writing transaction = %q, %v; want local", setting, err)
+	if err := conn.QueryRow(ctx, `SELECT lenkwerk_kv.kv_apply(ARRAY['/sc/alone'], ARRAY[convert_to('1', 'UTF8')], NULL), current_setting('synchronous_commit')`).Scan(new(int64), &setting); err != nil || setting != "local" {
+		t.Fatalf("synchronous_commit of a writer alone = %q, %v; want local", setting, err)
+	}
+
+	// A Put while another writer waits commits asynchronously, and returns
+	// only once the WAL is flushed past its commit: past lsn too.
+	_, lsn := asyncWrite("/sc/hand")
+	release := contend(t, dbURL)
+	if _, err := s.Put(ctx, "/sc/put", []byte(`1`)); err != nil {
+		t.Fatal(err)
+	}
+	release()
+	if !flushedPast(lsn) {
+		t.Fatalf("Put returned before the WAL was flushed past %s", lsn)
+	}
+
+	rev, lsn := asyncWrite("/sc/get")
+	if kv, err := s.Get(ctx, "/sc/get"); err != nil || kv.ModRevision != rev {
+		t.Fatalf("Get = %v, %v; want revision %d", kv, err, rev)
+	}
+	if !flushedPast(lsn) {
+		t.Fatalf("Get returned revision %d before the WAL was flushed past its commit (%s)", rev, lsn)
+	}
+
+	rev, lsn = asyncWrite("/sc/list")
+	if _, head, err := s.List(ctx, "/sc"); err != nil || head != rev {
+		t.Fatalf("List at %d, %v; want revision %d", head, err, rev)
+	}
+	if !flushedPast(lsn) {
+		t.Fatalf("List returned revision %d before the WAL was flushed past its commit (%s)", rev, lsn)
+	}
+
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	w := collect(s.Watch(wctx, "/sc", rev))
+	rev, lsn = asyncWrite("/sc/watch")
+	w.until(t, rev, 10*time.Second)
+	if !flushedPast(lsn) {
+		t.Fatalf("the watch delivered revision %d before the WAL was flushed past its commit (%s)", rev, lsn)
 	}
 }
 

@@ -41,8 +41,9 @@
 //
 //	kv       (key text COLLATE "C" PRIMARY KEY, value bytea, mod_rev bigint): the current state
 //	kv_log   (rev, idx, key, value, at): one row per event; value NULL is a delete
-//	kv_meta  one row: rev (the store revision) and compact_rev (the compaction point)
+//	kv_meta  one row: rev (the store revision), compact_rev (the compaction point), sync_token
 //	kv_apply(keys text[], values bytea[], channel text, req_keys text[], req_revs bigint[]): the only write path
+//	kv_sync(channel text): makes the commits before it durable, then notifies
 //
 // Values are stored as the exact bytes written (validated as JSON, never
 // re-encoded), so they read back byte for byte, as from etcd. Keys sort in
@@ -52,8 +53,8 @@
 //
 // Each Put, Delete and Apply is one call of kv_apply. A store writes
 // through one goroutine (group commit): a lone batch is one statement, one
-// implicit transaction; batches of concurrent callers that wait meanwhile
-// (up to 64) are committed together in one transaction, one kv_apply each,
+// implicit transaction (followed by kv_sync if it committed asynchronously);
+// batches of concurrent callers that wait meanwhile (up to 64) are committed together in one transaction, one kv_apply each,
 // so each still gets its own revision and a batch whose Requires fail is
 // dropped from the group alone. kv_apply first locks the kv_meta row (SELECT ... FOR NO KEY
 // UPDATE) and takes rev+1; the lock is held until commit, so a second
@@ -70,17 +71,47 @@
 // and commit; a mismatch raises SQLSTATE LWK01, which the driver returns as
 // kvdriver.ErrConflict, with nothing written. Under a REPEATABLE READ or SERIALIZABLE
 // session default a writer that waited for the lock fails with a
-// serialization error; nothing was written and the driver retries it. The
-// transaction sends pg_notify('<schema>_changes', '<rev>') at commit; the
-// payload is only the revision, never a value.
+// serialization error; nothing was written and the driver retries it.
 //
-// A revision a watcher has seen must not vanish, or its number would be
-// reused for another change the watcher then skips. kv_apply therefore
-// commits with synchronous_commit at least local even when the session has
-// it off. Restoring a backup or failing over to an asynchronous standby
-// can still lose the last revisions: a watch that notices the store
-// revision going back ends with an error wrapping kvdriver.ErrCompacted,
-// so the consumer lists again.
+// A writer that other writers wait for does not hold the lock through its
+// commit's WAL flush: kv_apply then commits asynchronously (synchronous_commit
+// off for its transaction), so the next writer takes its revision as soon as
+// the commit record is written, and the flushes of writers in separate
+// stores (processes) group instead of queueing one fsync each behind the
+// lock. (Every writer holds a shared advisory lock of the schema while in
+// kv_apply; one that can upgrade it is alone and commits synchronously, as
+// before, which costs a lone writer nothing extra.) Yet a revision a
+// reader has seen must not vanish in a crash, or its number would be
+// reused for another change that a watcher then skips. Two rules make sure
+// it cannot: Apply returns only once its write is durable (the driver runs
+// kv_sync right after an asynchronous kv_apply, which the same statement
+// tells it: kv_sync's commit flushes the WAL past kv_apply's and, with a
+// synchronous standby, waits for it), and a read (Get, List, a watch's read, Watch
+// from now) returns nothing that is not durable: it reads the WAL insert
+// position in the same statement as the data and, unless the WAL is
+// flushed that far or a notification vouched for the revision, waits until
+// it is (polling the flush position, and after 50 ms calling kv_sync
+// itself). A commit whose writer died before kv_sync is flushed by the WAL
+// writer within wal_writer_delay or by the next write; its watchers see it
+// at their next poll. When the server is configured with
+// synchronous_standby_names and the session's synchronous_commit waits for
+// standbys (on, remote_write, remote_apply), kv_apply always commits
+// synchronously inside the lock as before: only then is a revision visible
+// only after the standby has it, and writers are serialized on the
+// standby's round trip again.
+//
+// A synchronous kv_apply, or else kv_sync, sends
+// pg_notify('<schema>_changes', '<rev> <tag>') after the flush: revision
+// rev and all before it are durable. The payload is only the revision and
+// tag = hex(sha256('<rev> ' || kv_meta.sync_token)), never a value: any
+// session may LISTEN, so the token is never sent, and a NOTIFY by a role
+// that cannot read kv_meta cannot vouch for a revision.
+//
+// Restoring a backup or failing over to an asynchronous standby can still
+// lose the last revisions: a watch that notices the store revision going
+// back ends with an error wrapping kvdriver.ErrCompacted, so the consumer
+// lists again. On a hot standby the flush check is skipped: what a standby
+// has replayed was flushed on the primary.
 //
 // # Watch
 //
@@ -135,7 +166,11 @@
 // A reader may Open with migrate=true as long as the schema is current:
 // the version is checked before any migration lock or DDL. NOTIFY needs no
 // privilege either, so any role can wake watchers needlessly; it cannot
-// make them see anything that is not in the log.
+// make them see anything that is not in the log, nor anything not yet
+// durable (that takes kv_meta's token). A reader that must wait for the
+// WAL flush longer than 50 ms calls kv_sync (EXECUTE is PUBLIC's by
+// default, as is pg_logical_emit_message, which it uses): a transaction
+// that writes a small WAL message, even for a read-only role.
 //
 // # Connection poolers
 //
@@ -151,7 +186,9 @@
 // Migrations take a session-level advisory lock: run them (migrate=true,
 // the default) against PostgreSQL or a session pooler, and open through a
 // transaction pooler with migrate=false. Writes work through any proxy
-// (each is one statement); with pgbouncer before 1.21 in transaction mode
+// (each transaction is one statement: kv_apply reports in the same
+// statement whether kv_sync must follow, and kv_sync may run on any
+// server connection); with pgbouncer before 1.21 in transaction mode
 // also add default_query_exec_mode=exec (pgx's prepared-statement cache
 // needs a session). LISTEN is refused on a hot standby too: a store opened
 // on a replica reads and watches by polling.

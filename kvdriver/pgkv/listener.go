@@ -96,6 +96,9 @@ func (l *listener) notified(n *pgconn.Notification) {
 		l.setStatus(nil)
 		return
 	}
+	if rev, ok := l.s.syncNotification(n.Payload); ok {
+		l.s.noteDurable(rev)
+	}
 	l.wakeAll()
 }
 

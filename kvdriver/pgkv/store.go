@@ -52,6 +52,11 @@ type Driver struct {
 
 	writes     chan *writeReq
 	writerDone chan struct{} // closed when writeLoop has ended
+
+	// syncToken is kv_meta.sync_token; durable the highest revision known
+	// to be durable (see durable.go).
+	syncToken string
+	durable   atomic.Int64
 }
 
 // Open connects to the database, applies the migrations (unless
@@ -124,6 +129,9 @@ func (s *Driver) checkSchema(ctx context.Context) error {
 	case dirty || uint(version) != SchemaVersion:
 		return fmt.Errorf("pgkv: schema %q is at version %d (dirty %t), this driver needs %d: open with migrate=true", s.cfg.Schema, version, dirty, SchemaVersion)
 	}
+	if err := s.pool.QueryRow(ctx, `SELECT sync_token FROM `+pgx.Identifier{s.cfg.Schema, "kv_meta"}.Sanitize()).Scan(&s.syncToken); err != nil {
+		return fmt.Errorf("pgkv: read kv_meta: %w", translate(err, s.cfg.Schema))
+	}
 	return nil
 }
 
@@ -135,17 +143,26 @@ func (s *Driver) Limits() kvdriver.Limits { return s.cfg.Limits }
 
 // Get implements kvdriver.Driver.
 func (s *Driver) Get(ctx context.Context, key string) (kvdriver.KV, error) {
-	kv := kvdriver.KV{Key: key}
+	var (
+		head    int64
+		lsn     *string
+		flushed bool
+		value   []byte
+		mod     *int64
+	)
 	err := s.read(ctx, func() error {
-		return s.pool.QueryRow(ctx, s.q.get, key).Scan(&kv.Value, &kv.ModRevision)
+		return s.pool.QueryRow(ctx, s.q.get, key).Scan(&head, &lsn, &flushed, &value, &mod)
 	})
-	if errors.Is(err, pgx.ErrNoRows) {
-		return kvdriver.KV{}, kvdriver.ErrNotFound
-	}
 	if err != nil {
 		return kvdriver.KV{}, s.translate(err)
 	}
-	return kv, nil
+	if err := s.awaitDurable(ctx, head, lsn, flushed); err != nil {
+		return kvdriver.KV{}, err
+	}
+	if mod == nil {
+		return kvdriver.KV{}, kvdriver.ErrNotFound
+	}
+	return kvdriver.KV{Key: key, Value: value, ModRevision: *mod}, nil
 }
 
 // List implements kvdriver.Driver: keys sorted in byte order, and the
@@ -174,8 +191,10 @@ func (s *Driver) list(ctx context.Context, prefix string) ([]kvdriver.KV, int64,
 	}
 	defer rows.Close()
 	var (
-		kvs []kvdriver.KV
-		rev int64
+		kvs     []kvdriver.KV
+		rev     int64
+		lsn     *string
+		flushed bool
 	)
 	for rows.Next() {
 		var (
@@ -183,14 +202,21 @@ func (s *Driver) list(ctx context.Context, prefix string) ([]kvdriver.KV, int64,
 			value []byte
 			mod   *int64
 		)
-		if err := rows.Scan(&rev, &key, &value, &mod); err != nil {
+		if err := rows.Scan(&rev, &lsn, &flushed, &key, &value, &mod); err != nil {
 			return nil, 0, err
 		}
 		if key != nil {
 			kvs = append(kvs, kvdriver.KV{Key: *key, Value: value, ModRevision: *mod})
 		}
 	}
-	return kvs, rev, rows.Err()
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, 0, err
+	}
+	if err := s.awaitDurable(ctx, rev, lsn, flushed); err != nil {
+		return nil, 0, err
+	}
+	return kvs, rev, nil
 }
 
 // read runs an idempotent read, and once more when its connection turned

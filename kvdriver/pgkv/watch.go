@@ -59,9 +59,16 @@ func (s *Driver) Watch(ctx context.Context, prefix string, afterRev int64) <-cha
 }
 
 func (s *Driver) head(ctx context.Context) (rev, compacted int64, err error) {
-	err = s.pool.QueryRow(ctx, s.q.head).Scan(&rev, &compacted)
+	var (
+		lsn     *string
+		flushed bool
+	)
+	err = s.pool.QueryRow(ctx, s.q.head).Scan(&rev, &compacted, &lsn, &flushed)
 	if err != nil {
 		return 0, 0, s.translate(err)
+	}
+	if err := s.awaitDurable(ctx, rev, lsn, flushed); err != nil {
+		return 0, 0, err
 	}
 	return rev, compacted, nil
 }
@@ -221,13 +228,17 @@ func (w *watcher) read(ctx context.Context, after int64, upto, limit *int64) (ev
 		return nil, 0, 0, w.s.translate(err)
 	}
 	defer rows.Close()
+	var (
+		lsn     *string
+		flushed bool
+	)
 	for rows.Next() {
 		var (
 			rev   *int64
 			key   *string
 			value []byte
 		)
-		if err := rows.Scan(&head, &compacted, &rev, &key, &value); err != nil {
+		if err := rows.Scan(&head, &compacted, &lsn, &flushed, &rev, &key, &value); err != nil {
 			return nil, 0, 0, err
 		}
 		if rev == nil {
@@ -239,8 +250,13 @@ func (w *watcher) read(ctx context.Context, after int64, upto, limit *int64) (ev
 		}
 		events = append(events, e)
 	}
+	rows.Close()
 	if err := rows.Err(); err != nil {
 		return nil, 0, 0, w.s.translate(err)
+	}
+	// Nothing read is delivered before it is durable.
+	if err := w.s.awaitDurable(qctx, head, lsn, flushed); err != nil {
+		return nil, 0, 0, err
 	}
 	return events, head, compacted, nil
 }

@@ -159,7 +159,8 @@ func (s *Driver) runGroup(group []*writeReq) (revs []int64, failed int, err erro
 		// serialization error instead of reading the new revision.
 		// Nothing committed: retry.
 		var pgErr *pgconn.PgError
-		if !errors.As(err, &pgErr) {
+		var fe flushError
+		if !errors.As(err, &pgErr) || errors.As(err, &fe) {
 			return nil, -1, s.translate(err)
 		}
 		if (pgErr.Code == pgerrcode.SerializationFailure || pgErr.Code == pgerrcode.DeadlockDetected) && attempt < maxApplyAttempts {
@@ -186,9 +187,11 @@ func (s *Driver) tryGroup(group []*writeReq) (revs []int64, failed int, err erro
 	revs = make([]int64, len(group))
 	if len(group) == 1 {
 		r := group[0]
-		if err := s.wpool.QueryRow(ctx, s.q.apply, r.keys, r.values, channel, r.reqKeys, r.reqRevs).Scan(&revs[0]); err != nil {
-			return nil, 0, err
+		rev, failed, err := s.applyAndSync(ctx, r)
+		if err != nil {
+			return nil, failed, err
 		}
+		revs[0] = rev
 		return revs, -1, nil
 	}
 	tx, err := s.wpool.Begin(ctx)
@@ -204,14 +207,17 @@ func (s *Driver) tryGroup(group []*writeReq) (revs []int64, failed int, err erro
 	}()
 	b := &pgx.Batch{}
 	for _, r := range group {
-		b.Queue(s.q.apply, r.keys, r.values, channel, r.reqKeys, r.reqRevs)
+		b.Queue(s.q.applyOne, r.keys, r.values, channel, r.reqKeys, r.reqRevs)
 	}
 	br := tx.SendBatch(ctx, b)
+	synced := true
 	for i := range group {
-		if err = br.QueryRow().Scan(&revs[i]); err != nil {
+		var pending *string
+		if err = br.QueryRow().Scan(&revs[i], &pending); err != nil {
 			_ = br.Close()
 			return nil, i, err
 		}
+		synced = synced && pending != nil && *pending == "no"
 	}
 	if err = br.Close(); err != nil {
 		return nil, -1, err
@@ -219,5 +225,48 @@ func (s *Driver) tryGroup(group []*writeReq) (revs []int64, failed int, err erro
 	if err = tx.Commit(ctx); err != nil {
 		return nil, -1, err
 	}
+	if synced {
+		// kv_apply was alone: the commit flushed, and notified.
+		s.noteDurable(revs[len(revs)-1])
+		return revs, -1, nil
+	}
+	// The commit did not wait for its flush (see durable.go).
+	var head int64
+	if err := s.wpool.QueryRow(ctx, s.q.sync, channel).Scan(&head); err != nil {
+		return nil, -1, flushError{err: err}
+	}
+	s.noteDurable(head)
 	return revs, -1, nil
+}
+
+// flushError: the batches committed, but kv_sync failed, so they are not
+// known to be durable. Like a lost reply to a commit, it is not retried.
+type flushError struct{ err error }
+
+func (e flushError) Error() string {
+	return fmt.Sprintf("pgkv: committed, but the flush after the commit failed: %v", e.err)
+}
+
+func (e flushError) Unwrap() error { return e.err }
+
+// applyAndSync commits one batch with kv_apply and, if kv_apply committed
+// asynchronously (another writer was waiting for the revision lock), runs
+// kv_sync, which flushes the WAL past that commit and notifies. A kv_apply
+// that was alone committed synchronously and notified itself. failed is 0
+// if the error is kv_apply's.
+func (s *Driver) applyAndSync(ctx context.Context, r *writeReq) (rev int64, failed int, err error) {
+	var pending *string
+	if err := s.wpool.QueryRow(ctx, s.q.applyOne, r.keys, r.values, s.cfg.channel(), r.reqKeys, r.reqRevs).Scan(&rev, &pending); err != nil {
+		return 0, 0, err
+	}
+	if pending != nil && *pending == "no" {
+		s.noteDurable(rev)
+		return rev, -1, nil
+	}
+	var head int64
+	if err := s.wpool.QueryRow(ctx, s.q.sync, s.cfg.channel()).Scan(&head); err != nil {
+		return 0, -1, flushError{err: err}
+	}
+	s.noteDurable(head)
+	return rev, -1, nil
 }
