@@ -261,7 +261,7 @@ func TestConcurrentWritersUnderSerializable(t *testing.T) {
 func contend(t *testing.T, dbURL string) (release func()) {
 	t.Helper()
 	conn := connect(t, dbURL)
-	const key = `hashtext('lenkwerk_pgkv'), hashtext('lenkwerk_kv')`
+	const key = `hashtextextended('lenkwerk_pgkv lenkwerk_kv', 0)`
 	if _, err := conn.Exec(ctxT(t), `SELECT pg_advisory_lock_shared(`+key+`)`); err != nil {
 		t.Fatal(err)
 	}

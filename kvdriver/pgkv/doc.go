@@ -78,7 +78,7 @@
 // off for its transaction), so the next writer takes its revision as soon as
 // the commit record is written, and the flushes of writers in separate
 // stores (processes) group instead of queueing one fsync each behind the
-// lock. (Every writer holds a shared advisory lock of the schema while in
+// lock. (Every writer holds a shared one-key advisory lock of the schema while in
 // kv_apply; one that can upgrade it is alone and commits synchronously, as
 // before, which costs a lone writer nothing extra.) Yet a revision a
 // reader has seen must not vanish in a crash, or its number would be

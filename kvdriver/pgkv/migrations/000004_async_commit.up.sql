@@ -42,7 +42,10 @@ DECLARE
 BEGIN
     -- The lock is taken before any key is touched, so every writer locks in
     -- the same order (no deadlocks) and holds it until commit.
-    PERFORM pg_advisory_xact_lock_shared(hashtext('lenkwerk_pgkv'), hashtext(current_schema()));
+    -- The one-key (bigint) lock: in a Lenkwerk database the two-key
+    -- functions are the agent role's alone (its migration 8), the one-key
+    -- ones stay with PUBLIC.
+    PERFORM pg_advisory_xact_lock_shared(hashtextextended('lenkwerk_pgkv ' || current_schema(), 0));
     SELECT rev + 1, sync_token INTO STRICT v_rev, v_token FROM kv_meta FOR NO KEY UPDATE;
 
     -- Checked under the lock: no writer can change a required key between
@@ -97,7 +100,7 @@ BEGIN
         IF current_setting('synchronous_commit') NOT IN ('off', 'local')
            AND current_setting('synchronous_standby_names') <> '' THEN
             v_mode := 'sync';
-        ELSIF pg_try_advisory_xact_lock(hashtext('lenkwerk_pgkv'), hashtext(current_schema())) THEN
+        ELSIF pg_try_advisory_xact_lock(hashtextextended('lenkwerk_pgkv ' || current_schema(), 0)) THEN
             v_mode := 'sync';
         ELSE
             v_mode := 'async';
