@@ -231,11 +231,9 @@ func (s *Driver) tryGroup(group []*writeReq) (revs []int64, failed int, err erro
 		return revs, -1, nil
 	}
 	// The commit did not wait for its flush (see durable.go).
-	var head int64
-	if err := s.wpool.QueryRow(ctx, s.q.sync, channel).Scan(&head); err != nil {
-		return nil, -1, flushError{err: err}
+	if err := s.syncAfterCommit(ctx); err != nil {
+		return nil, -1, err
 	}
-	s.noteDurable(head)
 	return revs, -1, nil
 }
 
@@ -263,10 +261,20 @@ func (s *Driver) applyAndSync(ctx context.Context, r *writeReq) (rev int64, fail
 		s.noteDurable(rev)
 		return rev, -1, nil
 	}
+	if err := s.syncAfterCommit(ctx); err != nil {
+		return 0, -1, err
+	}
+	return rev, -1, nil
+}
+
+// syncAfterCommit runs kv_sync after a commit that did not wait for its
+// flush: it flushes the WAL past that commit and notifies. Its error is a
+// flushError: the commit stands, but is not known to be durable.
+func (s *Driver) syncAfterCommit(ctx context.Context) error {
 	var head int64
 	if err := s.wpool.QueryRow(ctx, s.q.sync, s.cfg.channel()).Scan(&head); err != nil {
-		return 0, -1, flushError{err: err}
+		return flushError{err: err}
 	}
 	s.noteDurable(head)
-	return rev, -1, nil
+	return nil
 }
